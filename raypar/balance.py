@@ -1,0 +1,141 @@
+"""Split the blocks into N contiguous segments balanced by cost: the slowest segment sets the pace.
+
+Cost measures: ``time`` (measured forward+backward time of each block on a sample batch; the default),
+``flops`` (forward+backward FLOPs counted by ``torch.utils.flop_counter``), ``params`` (parameter count). Or give the
+block counts per segment explicitly.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UserError
+from .models import StagedModel
+
+MEASURES = ("time", "flops", "params")
+
+
+@dataclass
+class Profile:
+    """What one dry run learns about a part of the network (pre, one block, or post)."""
+    cost: float            # in the unit of the measure (seconds, FLOPs, parameters)
+    params: int
+    flops: float           # forward+backward FLOPs on the sample batch
+    in_shape: tuple        # one sample's shapes, no batch dim
+    out_shape: tuple
+
+
+def _fwd_bwd_flops(module: nn.Module, x: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter:
+        out = module(x)
+        out.backward(torch.ones_like(out))
+    return float(counter.get_total_flops())
+
+
+def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    grad = None
+    times = []
+    for i in range(repeats + 1):           # first run is a warm-up
+        t0 = time.perf_counter()
+        out = module(x)
+        if grad is None:
+            grad = torch.randn_like(out)
+        out.backward(grad)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time",
+                 repeats: int = 3) -> tuple[Profile, torch.Tensor]:
+    """Profile one part on the batch ``x``; returns the profile and the part's output (no graph).
+    BN statistics and grads of ``part`` do change: profile a copy."""
+    x_in = x.detach().requires_grad_(x.is_floating_point())
+    flops = _fwd_bwd_flops(part, x_in)
+    params = sum(p.numel() for p in part.parameters())
+    if measure == "time":
+        cost = _fwd_bwd_time(part, x_in, repeats)
+    elif measure == "flops":
+        cost = flops
+    else:
+        cost = float(max(params, 1))
+    with torch.no_grad():
+        out = part(x_in)
+    return Profile(cost, params, flops, tuple(x.shape[1:]), tuple(out.shape[1:])), out
+
+
+def check_measure(measure: str) -> None:
+    if measure not in MEASURES:
+        raise UserError(f"unknown balance measure {measure!r}; choose one of {', '.join(MEASURES)} "
+                        f"or give block counts like 5,7")
+
+
+def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time",
+            repeats: int = 3) -> tuple[Profile, list[Profile], Profile]:
+    """Profile pre, every block and post on ``sample`` (a batch). The model itself is left untouched."""
+    check_measure(measure)
+    model = copy.deepcopy(staged).train()    # profiling must not touch BN statistics or grads of the real model
+    results = []
+    x = sample
+    for part in [model.pre, *model.blocks, model.post]:
+        prof, x = measure_part(part, x, measure, repeats)
+        results.append(prof)
+    return results[0], results[1:-1], results[-1]
+
+
+def partition(costs: list[float], n: int) -> list[int]:
+    """Contiguous split of ``costs`` into ``n`` non-empty segments minimising the largest segment sum.
+
+    Returns the number of blocks per segment. Exact dynamic programme, O(n L^2).
+    """
+    L = len(costs)
+    check_num_subnets(n, L)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[k][i]: minimal max-segment cost of splitting the first i blocks into k segments
+    best = [[inf] * (L + 1) for _ in range(n + 1)]
+    cut = [[0] * (L + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for k in range(1, n + 1):
+        for i in range(k, L - (n - k) + 1):
+            for j in range(k - 1, i):
+                v = max(best[k - 1][j], prefix[i] - prefix[j])
+                if v < best[k][i]:
+                    best[k][i], cut[k][i] = v, j
+    counts, i = [], L
+    for k in range(n, 0, -1):
+        j = cut[k][i]
+        counts.append(i - j)
+        i = j
+    return counts[::-1]
+
+
+def check_num_subnets(n: int, num_blocks: int) -> None:
+    if not isinstance(n, int) or n < 1 or n > num_blocks:
+        raise UserError(f"number of sub-networks must be between 1 and the number of blocks ({num_blocks}), "
+                        f"got {n}")
+
+
+def check_counts(counts: list[int], n: int, num_blocks: int) -> list[int]:
+    counts = [int(c) for c in counts]
+    if len(counts) != n or any(c < 1 for c in counts) or sum(counts) != num_blocks:
+        raise UserError(f"explicit split {counts} must be {n} positive block counts summing to {num_blocks}")
+    return counts
+
+
+def parse_balance(text: str):
+    """CLI form: ``time``/``flops``/``params`` or a comma-separated list of block counts like ``5,7``."""
+    if text in MEASURES:
+        return text
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise UserError(f"--balance must be one of {', '.join(MEASURES)} or block counts like 5,7; got {text!r}")

@@ -1,0 +1,61 @@
+"""Coarse networks ``C_j``: cheap maps from ``F_j``'s input shape to ``F_j``'s output shape.
+
+Default: one 3x3 convolution (stride and channels chosen to match the shapes) + BatchNorm + ReLU. ``depth`` adds
+more 3x3 conv/BN/ReLU layers, ``width`` scales the hidden channels (relative to the output channels). Flat (B, D)
+interfaces get Linear + BatchNorm1d + ReLU instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class CoarseSpec:
+    depth: int = 1          # number of conv/BN/ReLU layers
+    width: float = 1.0      # hidden channels = width * output channels (only used when depth > 1)
+    kernel: int = 3
+
+    def __post_init__(self):
+        if self.depth < 1:
+            raise UserError(f"coarse depth must be >= 1, got {self.depth}")
+        if self.width <= 0:
+            raise UserError(f"coarse width must be > 0, got {self.width}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise UserError(f"coarse kernel must be an odd number >= 1, got {self.kernel}")
+
+
+def _layer(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def build_coarse(in_shape: tuple, out_shape: tuple, spec: CoarseSpec = CoarseSpec()) -> nn.Module:
+    """A coarse network mapping one sample of ``in_shape`` to ``out_shape`` (shapes without batch dim)."""
+    if len(in_shape) == 1 and len(out_shape) == 1:
+        layers: list[nn.Module] = []
+        d_in = in_shape[0]
+        hidden = max(1, int(round(spec.width * out_shape[0])))
+        for i in range(spec.depth):
+            d_out = out_shape[0] if i == spec.depth - 1 else hidden
+            layers += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+            d_in = d_out
+        return nn.Sequential(*layers)
+    if len(in_shape) != 3 or len(out_shape) != 3:
+        raise UserError(f"no coarse network for interface shapes {in_shape} -> {out_shape}: "
+                        f"supported are (C, H, W) and (D,) tensors")
+    (c_in, h_in, w_in), (c_out, h_out, w_out) = in_shape, out_shape
+    exact = h_in % h_out == 0 and w_in % w_out == 0 and h_in // h_out == w_in // w_out
+    stride = h_in // h_out if exact else 1
+    hidden = max(1, int(round(spec.width * c_out)))
+    layers = []
+    for i in range(spec.depth):
+        last = i == spec.depth - 1
+        layers += _layer(c_in, c_out if last else hidden, spec.kernel, stride if i == 0 else 1)
+        c_in = hidden
+    if not exact:
+        layers.append(nn.AdaptiveAvgPool2d((h_out, w_out)))
+    return nn.Sequential(*layers)

@@ -1,0 +1,138 @@
+"""Built-in models, each a :class:`StagedModel`: ``pre`` (stem), ``blocks`` (the "time steps"), ``post`` (head).
+
+* CIFAR-style VGG-11/13/16/19 with BatchNorm: ``pre`` is the first conv/BN/ReLU (plus a pool if one follows it),
+  every further conv/BN/ReLU (with the pool that follows it) is one block, ``post`` is pool + classifier.
+* Pre-activation bottleneck ResNet of depth 9n+2 (He et al. 2016): ``resnet164`` (n=18), ``resnet1001`` (n=111),
+  any ``resnet<D>`` with D = 9n+2 (``resnet20``, ``resnet29``, ...): ``pre`` is the 3x3 stem conv, each
+  bottleneck unit is one block, ``post`` is BN/ReLU/avg-pool/linear.
+
+``width_mult`` scales every channel count so that tiny versions run in tests.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+class StagedModel(nn.Module):
+    """``x --pre--> x0 --B_1--> ... --B_L--> h --post--> logits``; ``forward`` is the plain sequential network."""
+
+    def __init__(self, pre: nn.Module, blocks: Sequence[nn.Module], post: nn.Module,
+                 input_shape: tuple[int, ...] | None = None):
+        super().__init__()
+        self.pre = pre
+        self.blocks = nn.ModuleList(blocks)
+        self.post = post
+        # shape of one sample (no batch dim), used for dry runs; None when unknown
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        if len(self.blocks) == 0:
+            raise UserError("a staged model needs at least one block between pre and post")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.post(x)
+
+
+# ----------------------------------------------------------------------------------------------------- VGG
+VGG_CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
+
+def _ch(c: int, width_mult: float) -> int:
+    return max(1, int(round(c * width_mult)))
+
+
+def vgg(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
+        image_size: int = 32) -> StagedModel:
+    cfg = VGG_CONFIGS[name]
+    units: list[list[nn.Module]] = []
+    c_in = in_channels
+    for v in cfg:
+        if v == "M":
+            units[-1].append(nn.MaxPool2d(2, 2))
+        else:
+            c_out = _ch(v, width_mult)
+            units.append([nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                          nn.ReLU(inplace=True)])
+            c_in = c_out
+    pre, *blocks = [nn.Sequential(*u) for u in units]
+    post = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+    return StagedModel(pre, blocks, post, input_shape=(in_channels, image_size, image_size))
+
+
+# -------------------------------------------------------------------------------------------- PreAct ResNet
+class PreActBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1):
+        super().__init__()
+        c_out = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
+        self.shortcut = (nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+                         if stride != 1 or c_in != c_out else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.conv3(torch.relu(self.bn3(out)))
+        return out + shortcut
+
+
+def preact_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
+                  image_size: int = 32) -> StagedModel:
+    if depth < 11 or (depth - 2) % 9:
+        raise UserError(f"invalid ResNet depth {depth}: the pre-activation bottleneck ResNet needs depth = 9n+2 "
+                        f"with n >= 1 (e.g. 11, 20, 29, 164, 1001)")
+    n = (depth - 2) // 9
+    base = _ch(16, width_mult)
+    pre = nn.Conv2d(in_channels, base, 3, padding=1, bias=False)
+    blocks: list[nn.Module] = []
+    c_in = base
+    for stage, planes in enumerate([base, base * 2, base * 4]):
+        for i in range(n):
+            stride = 2 if (stage > 0 and i == 0) else 1
+            blocks.append(PreActBottleneck(c_in, planes, stride))
+            c_in = planes * PreActBottleneck.expansion
+    post = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(c_in, num_classes))
+    return StagedModel(pre, blocks, post, input_shape=(in_channels, image_size, image_size))
+
+
+# ----------------------------------------------------------------------------------------------- registry
+def available() -> list[str]:
+    return sorted(VGG_CONFIGS) + ["resnet<D> (D = 9n+2, e.g. resnet20, resnet164, resnet1001)"]
+
+
+def build(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
+          image_size: int = 32) -> StagedModel:
+    """Build a built-in model by name (``vgg16``, ``resnet164``, ``resnet20``, ...)."""
+    if width_mult <= 0:
+        raise UserError(f"width_mult must be > 0, got {width_mult}")
+    if num_classes < 1 or in_channels < 1:
+        raise UserError("num_classes and in_channels must be >= 1")
+    key = name.lower()
+    if key in VGG_CONFIGS:
+        return vgg(key, num_classes, in_channels, width_mult, image_size)
+    m = re.fullmatch(r"resnet(\d+)", key)
+    if m:
+        return preact_resnet(int(m.group(1)), num_classes, in_channels, width_mult, image_size)
+    raise UserError(f"unknown model {name!r}; available: {', '.join(available())}")

@@ -1,0 +1,129 @@
+"""``PararealNet``: the parareal network in one process — the reference the distributed engine must match."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import balance as bal
+from .coarse import CoarseSpec, build_coarse
+from .convert import staged_from
+from .errors import UserError
+from .parareal import parareal
+
+
+@dataclass
+class SegmentInfo:
+    """One fine segment and its coarse network, as the split report shows them."""
+    index: int
+    blocks: tuple[int, int]       # [start, stop) block indices
+    params: int
+    cost: float                   # in the balance measure's unit
+    flops: float                  # forward+backward FLOPs on the profiling batch
+    in_shape: tuple
+    out_shape: tuple
+    coarse_params: int = 0
+    coarse_cost: float = 0.0      # in the balance measure's unit
+    coarse_flops: float = 0.0
+
+    @property
+    def coarse_ratio(self) -> float:
+        """Coarse/fine cost of this interval, in the balance measure."""
+        return self.coarse_cost / self.cost if self.cost else 0.0
+
+    @property
+    def out_bytes_per_sample(self) -> int:
+        return 4 * math.prod(self.out_shape)
+
+
+class PararealNet(nn.Module):
+    """A network torn into ``num_subnets`` fine segments glued by coarse networks (DESIGN.md §2).
+
+    Pieces, for the distributed engine to reuse rather than rebuild: ``pre``, ``segments`` (``F_1..F_N``, each an
+    ``nn.Sequential`` of the original blocks, sharing their parameters), ``coarse`` (``C_1..C_N``; empty for N = 1)
+    and ``post``. ``split`` holds the block counts, ``segment_info`` the cost report.
+    """
+
+    def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,
+                 balance="time", input_shape: tuple | None = None, profile_batch: int = 8):
+        super().__init__()
+        staged = staged_from(staged)
+        num_blocks = len(staged.blocks)
+        bal.check_num_subnets(num_subnets, num_blocks)
+        if not isinstance(iterations, int) or not 1 <= iterations <= num_subnets:
+            raise UserError(f"iterations K must be between 1 and the number of sub-networks ({num_subnets}), "
+                            f"got {iterations}")
+        shape = input_shape or staged.input_shape
+        if shape is None:
+            raise UserError("input_shape is unknown: pass input_shape=(C, H, W) for one sample")
+        self.num_subnets, self.iterations = num_subnets, iterations
+        self.coarse_spec = coarse or CoarseSpec()
+
+        dtype = next(staged.parameters()).dtype
+        sample = torch.randn(profile_batch, *shape, dtype=dtype)
+        measure = balance if isinstance(balance, str) else "flops"
+        pre_p, block_p, post_p = bal.profile(staged, sample, measure)
+        if isinstance(balance, str):
+            self.split = bal.partition([p.cost for p in block_p], num_subnets)
+        else:
+            self.split = bal.check_counts(list(balance), num_subnets, num_blocks)
+        self.balance_measure = measure
+        self.pre_profile, self.post_profile = pre_p, post_p
+
+        self.pre, self.post = staged.pre, staged.post
+        self.segments = nn.ModuleList()
+        self.segment_info: list[SegmentInfo] = []
+        start = 0
+        for j, count in enumerate(self.split):
+            stop = start + count
+            ps = block_p[start:stop]
+            self.segments.append(nn.Sequential(*staged.blocks[start:stop]))
+            self.segment_info.append(SegmentInfo(j + 1, (start, stop), sum(p.params for p in ps),
+                                                 sum(p.cost for p in ps), sum(p.flops for p in ps),
+                                                 ps[0].in_shape, ps[-1].out_shape))
+            start = stop
+        self.coarse = nn.ModuleList()
+        if num_subnets > 1:
+            for info in self.segment_info:
+                net = build_coarse(info.in_shape, info.out_shape, self.coarse_spec)
+                prof, _ = bal.measure_part(copy.deepcopy(net), torch.randn(profile_batch, *info.in_shape),
+                                           measure)
+                info.coarse_params, info.coarse_cost, info.coarse_flops = prof.params, prof.cost, prof.flops
+                self.coarse.append(net)
+
+    def fine_local(self, k: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [seg(u) for seg, u in zip(self.segments, inputs)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = self.pre(x)
+        l = parareal(x0, self.coarse, self.fine_local, self.iterations, self.num_subnets)
+        return self.post(l[-1])
+
+    def sequential(self, x: torch.Tensor) -> torch.Tensor:
+        """The original network ``post(F_N(...F_1(pre(x))))`` on the same parameters."""
+        h = self.pre(x)
+        for seg in self.segments:
+            h = seg(h)
+        return self.post(h)
+
+    def driver_modules(self) -> nn.ModuleDict:
+        """The parts that live in the driver: pre, the coarse networks and post."""
+        return nn.ModuleDict({"pre": self.pre, "coarse": self.coarse, "post": self.post})
+
+    # ---------------------------------------------------------------- the split report (`raypar info`)
+    def ideal_speedup(self) -> float:
+        """Sequential cost / (pre + coarse + max fine + post), in the balance measure (forward+backward).
+
+        The coarse cost counts both sweeps: the coarse sweep runs C_1..C_N once and every correction sweep
+        runs C_2..C_N once more; with K iterations the fine work is done K times."""
+        if self.num_subnets == 1:
+            return 1.0
+        fine = [s.cost for s in self.segment_info]
+        coarse = sum(s.coarse_cost for s in self.segment_info)
+        coarse += self.iterations * sum(s.coarse_cost for s in self.segment_info[1:])
+        edge = self.pre_profile.cost + self.post_profile.cost
+        seq = edge + sum(fine)
+        return seq / (edge + coarse + self.iterations * max(fine))

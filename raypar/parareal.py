@@ -1,0 +1,55 @@
+"""The parareal equations of DESIGN.md §2, in one place. Both the in-process reference network and the
+distributed engine call :func:`parareal`; they differ only in how the fine propagators run.
+
+With coarse networks ``C_1..C_N``, fine propagators ``F_1..F_N`` and ``x0 = pre(x)``:
+
+    z_0 = x0,   z_j = C_j(z_{j-1})                                     j = 1..N-1   coarse sweep
+    l^0_j = z_j
+    for k = 1..K:
+        f^k_j = F_j(l^{k-1}_{j-1})                                     j = 1..N     fine, all in parallel
+        l^k_0 = x0,   l^k_j = f^k_j + (C_j(l^k_{j-1}) - C_j(l^{k-1}_{j-1}))   j = 1..N     correction sweep
+    output = l^K_N
+
+``C_j(l^{k-1}_{j-1})`` is remembered from the previous sweep (for k = 1 it is ``z_j``, plus the extra ``z_N``), so no
+coarse network ever runs twice on the same input. Since ``l_0 = x0`` in every iteration, ``C_1`` terms cancel
+exactly and ``l_1 = f_1``. The difference of the two coarse terms is taken first, so where an interval has
+converged (``l^k_{j-1} == l^{k-1}_{j-1}``) the correction is exactly zero: with K = N the output is the sequential
+network's ``F_N(...F_1(x0))`` up to the rounding inside the fine segments themselves.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+# fine(k, inputs) -> outputs: runs F_1..F_N on inputs[0..N-1] (all at once where it can) in iteration k
+FineMap = Callable[[int, list[torch.Tensor]], list[torch.Tensor]]
+
+
+def coarse_sweep(coarse: Sequence[torch.nn.Module], x0: torch.Tensor) -> list[torch.Tensor]:
+    """Returns ``[C_1(z_0), ..., C_N(z_{N-1})]`` = ``[z_1, ..., z_N]``."""
+    c, z = [], x0
+    for net in coarse:
+        z = net(z)
+        c.append(z)
+    return c
+
+
+def parareal(x0: torch.Tensor, coarse: Sequence[torch.nn.Module], fine: FineMap, iterations: int = 1,
+             num_subnets: int | None = None) -> list[torch.Tensor]:
+    """Run K parareal iterations and return ``[l^K_1, ..., l^K_N]``; the network's output is ``post`` of the last.
+    With no coarse networks (N = 1) this is ``[F_1(x0)]``."""
+    n = num_subnets if num_subnets is not None else max(1, len(coarse))
+    if n == 1:
+        return fine(1, [x0])
+    c_prev = coarse_sweep(coarse, x0)              # C_j(l^{k-1}_{j-1}), j = 1..N
+    inputs = [x0] + c_prev[:-1]                    # l^{k-1}_{j-1}, j = 1..N  (z_0 .. z_{N-1})
+    for k in range(1, iterations + 1):
+        f = fine(k, inputs)
+        l, c_new = [f[0]], [c_prev[0]]             # l_1 = f_1; C_1(l_0) = C_1(x0) never changes
+        for j in range(1, n):
+            c = coarse[j](l[j - 1])
+            l.append(f[j] + (c - c_prev[j]))
+            c_new.append(c)
+        inputs, c_prev = [x0] + l[:-1], c_new
+    return l

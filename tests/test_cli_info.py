@@ -1,0 +1,39 @@
+"""`raypar info` end to end, through the installed console script, and its one-line errors."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+RAYPAR = shutil.which("raypar") or ""
+
+
+def run(*args):
+    cmd = [RAYPAR, *args] if RAYPAR else [sys.executable, "-m", "raypar.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, COLUMNS="160"))
+
+
+def test_info_prints_the_split():
+    r = run("info", "--model", "vgg16", "--subnets", "2", "--width-mult", "0.25", "--balance", "flops")
+    assert r.returncode == 0, r.stderr
+    for text in ("F_1", "F_2", "pre", "post", "ideal speedup", "GF"):
+        assert text in r.stdout
+    assert "F_3" not in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--subnets", "0"], "number of sub-networks must be between 1 and the number of blocks"),
+    (["--subnets", "13", "--model", "vgg16"], "between 1 and the number of blocks (12), got 13"),
+    (["--subnets", "2", "--iterations", "0"], "iterations K must be between 1"),
+    (["--subnets", "2", "--iterations", "3"], "iterations K must be between 1"),
+    (["--model", "alexnet"], "unknown model 'alexnet'"),
+    (["--model", "resnet100"], "invalid ResNet depth 100"),
+    (["--subnets", "two"], "invalid int value: 'two'"),
+])
+def test_info_bad_input_exit_2_one_line(args, message):
+    r = run("info", "--width-mult", "0.25", *args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,154 @@
+"""The parareal network in one process: K = N exactness, K = 1 behaviour, gradients, balance, bad input."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from raypar import CoarseSpec, PararealNet, UserError, build, parareal, staged_from
+from raypar.balance import partition, profile
+
+
+def _exact(model, n, shape=(3, 32, 32), batch=3, balance="flops"):
+    torch.manual_seed(0)
+    model = model.double().eval()
+    net = PararealNet(model, n, iterations=n, balance=balance, input_shape=shape).double().eval()
+    x = torch.randn(batch, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        return net(x), model(x), net
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("name", ["vgg16", "resnet20"])
+def test_k_equals_n_reproduces_builtin(name, n):
+    out, ref, _ = _exact(build(name, width_mult=0.25), n)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_k_equals_n_reproduces_torchvision_resnet(n):
+    out, ref, _ = _exact(torchvision.models.resnet18(num_classes=10), n, batch=2)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_k_equals_n_reproduces_torchvision_vgg(n):
+    from torchvision.models.vgg import VGG, make_layers
+    vgg = VGG(make_layers([8, "M", 16, "M", 32, 32, "M", 64, "M", 512, "M"], batch_norm=True), num_classes=10)
+    vgg.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, 10))
+    out, ref, net = _exact(vgg, n, batch=2)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert sum(net.split) == 5
+
+
+def test_converted_models_compute_the_original():
+    torch.manual_seed(0)
+    for model in (torchvision.models.resnet18(num_classes=7).eval(),
+                  torchvision.models.vgg11(num_classes=5).eval()):
+        staged = staged_from(model, input_shape=(3, 32, 32)).eval()
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(staged(x), model(x), rtol=0, atol=0)
+
+
+def test_sequential_inferred_and_given_pre_post():
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    staged = staged_from(seq)
+    assert len(staged.blocks) == 3 and staged.input_shape == (3, 32, 32)
+    assert isinstance(staged.post[-1], nn.Linear) and isinstance(staged.pre[0], nn.Conv2d)
+    out, ref, _ = _exact(seq, 3)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    given = staged_from(seq, pre=3, post=3)
+    assert len(given.blocks) == 3 and len(given.pre) == 3 and isinstance(given.post[0], nn.AdaptiveAvgPool2d)
+    mlp = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                        nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    out, ref, _ = _exact(mlp, 3, shape=(10,))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_k1_differs_l1_is_f1_and_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    model = build("vgg11", width_mult=0.25)
+    net = PararealNet(model, 3, iterations=1, balance="flops")
+    x = torch.randn(4, 3, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        assert not torch.allclose(net(x), net.sequential(x), atol=1e-3)
+        x0 = net.pre(x)
+        l = parareal(x0, net.coarse, net.fine_local, 1)
+        assert torch.equal(l[0], net.segments[0](x0))         # l_1 = f_1, exactly
+    net.train()
+    net(x).square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert len(net.coarse) == 3
+
+
+def test_n1_is_the_original_network():
+    torch.manual_seed(0)
+    model = build("resnet20", width_mult=0.25).eval()
+    net = PararealNet(model, 1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), model(x))
+    assert len(net.coarse) == 0 and net.ideal_speedup() == 1.0
+
+
+@pytest.mark.parametrize("measure", ["flops", "time"])
+def test_balance_builtin_resnet_within_25_percent(measure):
+    torch.manual_seed(0)
+    staged = build("resnet164", width_mult=0.25)
+    _, blocks, _ = profile(staged, torch.randn(4, 3, 32, 32), measure, repeats=1)
+    costs = [b.cost for b in blocks]
+    counts = partition(costs, 4)
+    sums, i = [], 0
+    for c in counts:
+        sums.append(sum(costs[i:i + c]))
+        i += c
+    assert sum(counts) == 54 and len(counts) == 4
+    assert max(sums) <= 1.25 * (sum(sums) / 4)
+    # the balanced split beats the naive equal-count split whenever costs differ
+    naive = [sum(costs[j * 54 // 4:(j + 1) * 54 // 4]) for j in range(4)]
+    assert max(sums) <= max(naive)
+
+
+def test_partition_is_optimal_on_a_small_case():
+    assert partition([1, 1, 1, 1, 4], 2) == [4, 1]
+    assert partition([5, 1, 1, 1, 1, 1], 2) == [1, 5]
+    assert partition([1, 2, 3], 3) == [1, 1, 1]
+
+
+def test_explicit_split_and_coarse_options():
+    model = build("vgg11", width_mult=0.25)
+    net = PararealNet(model, 2, balance=[3, 4], coarse=CoarseSpec(depth=2, width=0.5))
+    assert net.split == [3, 4]
+    convs = [m for m in net.coarse[0].modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 2
+    for info in net.segment_info:
+        assert 0 < info.coarse_ratio < 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_subnets=0), "between 1 and the number of blocks"),
+    (dict(num_subnets=8), "between 1 and the number of blocks"),
+    (dict(num_subnets=2, iterations=0), "iterations K must be between 1"),
+    (dict(num_subnets=2, iterations=3), "iterations K must be between 1"),
+    (dict(num_subnets=2, balance=[3, 3]), "summing to 7"),
+    (dict(num_subnets=2, balance="speed"), "unknown balance measure"),
+])
+def test_bad_network_arguments(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        PararealNet(build("vgg11", width_mult=0.25), **kwargs)
+
+
+def test_bad_model_names_and_modules():
+    with pytest.raises(UserError, match="unknown model 'vgg17'.*vgg16"):
+        build("vgg17")
+    with pytest.raises(UserError, match="invalid ResNet depth 21"):
+        build("resnet21")
+    with pytest.raises(UserError, match="cannot convert a LSTM: supported are nn.Sequential"):
+        staged_from(nn.LSTM(3, 3))
