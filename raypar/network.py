@@ -63,7 +63,8 @@ class PararealNet(nn.Module):
         self.coarse_spec = coarse or CoarseSpec()
 
         dtype = next(staged.parameters()).dtype
-        sample = torch.randn(profile_batch, *shape, dtype=dtype)
+        gen = torch.Generator().manual_seed(0)      # profiling must not consume the global RNG
+        sample = torch.randn(profile_batch, *shape, dtype=dtype, generator=gen)
         measure = balance if isinstance(balance, str) else "flops"
         pre_p, block_p, post_p = bal.profile(staged, sample, measure)
         if isinstance(balance, str):
@@ -89,8 +90,8 @@ class PararealNet(nn.Module):
         if num_subnets > 1:
             for info in self.segment_info:
                 net = build_coarse(info.in_shape, info.out_shape, self.coarse_spec)
-                prof, _ = bal.measure_part(copy.deepcopy(net), torch.randn(profile_batch, *info.in_shape),
-                                           measure)
+                x = torch.randn(profile_batch, *info.in_shape, generator=gen)
+                prof, _ = bal.measure_part(copy.deepcopy(net), x, measure)
                 info.coarse_params, info.coarse_cost, info.coarse_flops = prof.params, prof.cost, prof.flops
                 self.coarse.append(net)
 

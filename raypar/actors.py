@@ -1,0 +1,115 @@
+"""The fine actor: one fine segment ``F_j`` in its own process (a Ray actor, on its own GPU where there is one).
+
+It owns its segment, optimizer, LR scheduler and RNG. ``forward`` keeps the autograd graph of a step under a key,
+``backward`` runs it with the gradient shipped by the driver, returns the gradient w.r.t. the input and frees the
+graph, ``step`` applies the optimizer. Tensors arrive and leave as numpy arrays (zero-copy through Ray's object
+store); autograd graphs never cross processes.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def make_optimizer(params, lr: float, momentum: float, weight_decay: float, epochs: int):
+    """The optimizer and per-epoch LR schedule that every part (driver and each actor) uses alike."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    return opt, sched
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU numpy view (no copy for a contiguous CPU tensor) for the object store."""
+    return t.detach().to("cpu").contiguous().numpy()
+
+
+def from_numpy(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A tensor over ``a`` (zero-copy on CPU). Arrays from ``ray.get`` are read-only: never modify the result in
+    place (autograd forbids in-place ops on the leaf tensors this is used for)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # "The given NumPy array is not writable"
+        return torch.from_numpy(a).to(device)
+
+
+def to_cpu(obj):
+    """A copy of a (nested) state dict with every tensor on the CPU, for checkpoints and transfers."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+class FineWorker:
+    """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
+
+    def __init__(self, index: int, module: nn.Module, lr: float, momentum: float, weight_decay: float,
+                 epochs: int, seed: int, use_gpu: bool = False):
+        self.index = index
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        torch.manual_seed(seed)
+        self.module = module.to(self.device).train()
+        self.opt, self.sched = make_optimizer(self.module.parameters(), lr, momentum, weight_decay, epochs)
+        self.graphs: dict = {}
+        self.busy = 0.0                                  # compute seconds since the last step()
+
+    def forward(self, key, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        u = from_numpy(x, self.device).requires_grad_(True)
+        out = self.module(u)
+        self.graphs[key] = (u, out)
+        result = to_numpy(out)
+        self.busy += time.perf_counter() - t0
+        return result
+
+    def backward(self, key, grad: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        u, out = self.graphs.pop(key)
+        out.backward(from_numpy(grad, self.device))
+        result = to_numpy(u.grad)
+        self.busy += time.perf_counter() - t0
+        return result
+
+    def step(self) -> float:
+        """Apply the optimizer; return the compute seconds spent in forward/backward since the last step."""
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.graphs.clear()
+        busy, self.busy = self.busy, 0.0
+        return busy
+
+    def end_epoch(self) -> None:
+        self.sched.step()
+
+    @torch.no_grad()
+    def eval_forward(self, x: np.ndarray) -> np.ndarray:
+        self.module.eval()
+        try:
+            return to_numpy(self.module(torch.from_numpy(np.array(x)).to(self.device)))
+        finally:
+            self.module.train()
+
+    def get_state(self) -> dict:
+        return to_cpu({"module": self.module.state_dict(), "optimizer": self.opt.state_dict(),
+                       "scheduler": self.sched.state_dict(), "rng": torch.get_rng_state()})
+
+    def set_state(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+
+    def pid(self) -> int:
+        import os
+        return os.getpid()
+
+
+def fine_actor_class():
+    import ray
+    return ray.remote(FineWorker)

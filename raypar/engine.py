@@ -1,0 +1,237 @@
+"""The engine: the driver's side of a distributed parareal network.
+
+``pre``, the coarse networks and ``post`` live here (in the driver, the Ray Train worker); each fine segment ``F_j``
+lives in a :class:`~raypar.actors.FineWorker` actor. The sweeps are :func:`raypar.parareal.parareal` itself — the
+engine only supplies a fine map that runs ``F_1..F_N`` remotely: all forwards are launched before any is awaited.
+
+Backward, per step:
+  1. ``loss.backward(retain_graph=True)`` through post, the correction sweeps and the coarse networks. A hook on
+     each fine output ``f_j`` ships ``dL/df_j`` to actor j the moment it is known, so the actors start their
+     backward while the driver is still busy with the rest of its graph.
+  2. Every actor's ``step()`` is queued behind its backward; the driver gathers ``dL/du_j`` (u_j = the fine inputs)
+     and runs ``autograd.backward(u, dL/du)`` through the coarse sweep and ``pre``, then steps its own optimizer.
+  With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
+  the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
+Per step and iteration that is 4 N interface tensors (u out, f back, dL/df out, dL/du back) and nothing else.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .actors import FineWorker, from_numpy, make_optimizer, to_cpu, to_numpy
+from .errors import UserError
+from .network import PararealNet
+from .parareal import parareal
+
+
+@dataclass
+class StepStats:
+    """Seconds spent in one step (or summed over many)."""
+    wall: float = 0.0
+    driver: float = 0.0        # pre + coarse sweeps + post + loss + driver backward/optimizer
+    fine_max: float = 0.0      # the busiest actor's forward+backward compute
+    wait: float = 0.0          # driver blocked on actors
+    bytes: int = 0             # interface bytes shipped (both directions)
+    steps: int = 0
+
+    @property
+    def transfer(self) -> float:
+        """Waiting not explained by the slowest actor's compute: transfers and orchestration."""
+        return max(0.0, self.wait - self.fine_max)
+
+    def add(self, other: "StepStats") -> None:
+        for f in ("wall", "driver", "fine_max", "wait", "bytes", "steps"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+
+@dataclass
+class _FineCall:
+    j: int
+    key: tuple
+    u: torch.Tensor            # the input, attached to the driver's graph
+    f: torch.Tensor            # the output, a leaf on the driver
+    grad_ref: object = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 1
+
+
+@dataclass
+class Resources:
+    gpus_per_subnet: float = 0.0
+    cpus_per_subnet: float = 1.0
+    placement: str = "PACK"
+    timeout_s: float = 120.0
+
+
+class PararealEngine:
+    """Train and evaluate a :class:`PararealNet` with its fine segments in Ray actors."""
+
+    def __init__(self, net: PararealNet, optim: OptimConfig, resources: Resources = Resources(), seed: int = 0):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.n, self.k = net.num_subnets, net.iterations
+        use_gpu = resources.gpus_per_subnet > 0
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.driver = net.driver_modules().to(self.device).train()
+        self.pre, self.coarse, self.post = self.driver["pre"], self.driver["coarse"], self.driver["post"]
+        self.opt, self.sched = make_optimizer(self.driver.parameters(), optim.lr, optim.momentum,
+                                              optim.weight_decay, optim.epochs)
+        bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(self.n)], strategy=resources.placement)
+        ready, _ = ray.wait([self.pg.ready()], timeout=resources.timeout_s)
+        if not ready:
+            ray.util.remove_placement_group(self.pg)
+            raise UserError(f"could not get {self.n} x {bundle} for the fine sub-networks within "
+                            f"{resources.timeout_s:.0f} s; the cluster has {ray.cluster_resources()} in total and "
+                            f"{ray.available_resources()} free")
+        actor_cls = ray.remote(FineWorker)
+        self.actors = [
+            actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
+                              scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, j))
+                     .remote(j, seg, optim.lr, optim.momentum, optim.weight_decay, optim.epochs,
+                             seed * 1000 + j + 1, use_gpu)
+            for j, seg in enumerate(net.segments)]
+        self.step_count = 0
+
+    # ------------------------------------------------------------------------------------------- training
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, StepStats]:
+        """One optimizer step on a batch; returns (loss, number correct, timings)."""
+        import ray
+        st = StepStats(steps=1)
+        t_start = time.perf_counter()
+        calls: list[_FineCall] = []
+        step = self.step_count
+
+        def fine(k: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+            arrays = [to_numpy(u) for u in inputs]
+            refs = [a.forward.remote((step, k), arr) for a, arr in zip(self.actors, arrays)]
+            t0 = time.perf_counter()
+            outs = ray.get(refs)
+            st.wait += time.perf_counter() - t0
+            st.bytes += sum(a.nbytes for a in arrays) + sum(o.nbytes for o in outs)
+            fs = [from_numpy(o, self.device).requires_grad_(True) for o in outs]
+            calls.extend(_FineCall(j, (step, k), u, f) for j, (u, f) in enumerate(zip(inputs, fs)))
+            return fs
+
+        x, y = x.to(self.device), y.to(self.device)
+        l = parareal(self.pre(x), self.coarse, fine, self.k, self.n)
+        logits = self.post(l[-1])
+        loss = F.cross_entropy(logits, y)
+
+        def launch(call: _FineCall, grad: torch.Tensor | None):
+            g = to_numpy(grad if grad is not None else torch.zeros_like(call.f))
+            st.bytes += g.nbytes
+            call.grad_ref = self.actors[call.j].backward.remote(call.key, g)
+
+        # Backward, iteration by iteration from the last: dL/df^k is complete only once dL/du^{k+1} (which the actors
+        # return) has been pushed back through the driver's graph. For the last iteration a hook ships dL/df^K the
+        # moment the loss backward produces it, so the actors start while the driver is still busy.
+        last = [c for c in calls if c.key[1] == self.k]
+        for call in last:
+            call.f.register_hook(lambda g, c=call: launch(c, g))
+        loss.backward(retain_graph=True)
+        busy = [0.0]
+        for k in range(self.k, 0, -1):
+            these = [c for c in calls if c.key[1] == k]
+            for call in these:
+                if call.grad_ref is None:
+                    launch(call, call.f.grad)
+            step_refs = [a.step.remote() for a in self.actors] if k == 1 else []
+            t0 = time.perf_counter()
+            grads = ray.get([c.grad_ref for c in these])
+            busy = ray.get(step_refs) if step_refs else busy
+            st.wait += time.perf_counter() - t0
+            st.bytes += sum(g.nbytes for g in grads)
+            pairs = [(c.u, from_numpy(g, self.device)) for c, g in zip(these, grads) if c.u.requires_grad]
+            if pairs:
+                torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step_count += 1
+        st.fine_max = max(busy)
+        st.wall = time.perf_counter() - t_start
+        st.driver = st.wall - st.wait
+        correct = int((logits.argmax(1) == y).sum())
+        return loss.item(), correct, st
+
+    def end_epoch(self) -> None:
+        import ray
+        self.sched.step()
+        ray.get([a.end_epoch.remote() for a in self.actors])
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        import ray
+
+        def fine(k, inputs):
+            refs = [a.eval_forward.remote(to_numpy(u)) for a, u in zip(self.actors, inputs)]
+            return [from_numpy(o, self.device) for o in ray.get(refs)]
+
+        self.driver.eval()
+        try:
+            return self.post(parareal(self.pre(x.to(self.device)), self.coarse, fine, self.k, self.n)[-1])
+        finally:
+            self.driver.train()
+
+    def evaluate(self, batches) -> tuple[float, float]:
+        """Mean loss and accuracy over an iterable of (x, y) batches."""
+        total, loss_sum, correct = 0, 0.0, 0
+        for x, y in batches:
+            logits = self.predict(x)
+            y = y.to(logits.device)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+        return loss_sum / max(1, total), correct / max(1, total)
+
+    # ------------------------------------------------------------------------------------------- state
+    def get_state(self) -> dict:
+        """Everything needed to resume: driver weights/optimizer/scheduler/RNG and every actor's, one step."""
+        import ray
+        fine = ray.get([a.get_state.remote() for a in self.actors])
+        return to_cpu({"driver": self.driver.state_dict(), "optimizer": self.opt.state_dict(),
+                       "scheduler": self.sched.state_dict(), "rng": torch.get_rng_state(),
+                       "step": self.step_count, "fine": fine})
+
+    def set_state(self, state: dict) -> None:
+        import ray
+        if len(state["fine"]) != self.n:
+            raise UserError(f"checkpoint has {len(state['fine'])} sub-networks, this run has {self.n}")
+        self.driver.load_state_dict(state["driver"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step_count = int(state["step"])
+        ray.get([a.set_state.remote(s) for a, s in zip(self.actors, state["fine"])])
+
+    def state_dict(self) -> dict:
+        """The weights in :class:`PararealNet`'s key layout (``pre.*``, ``coarse.*``, ``post.*``, ``segments.j.*``)."""
+        state = self.get_state()
+        sd = dict(state["driver"])
+        for j, fs in enumerate(state["fine"]):
+            sd.update({f"segments.{j}.{k}": v for k, v in fs["module"].items()})
+        return sd
+
+    def actor_pids(self) -> list[int]:
+        import ray
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        import ray
+        for a in self.actors:
+            ray.kill(a)
+        ray.util.remove_placement_group(self.pg)
+
