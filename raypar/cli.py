@@ -48,7 +48,155 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
     info.add_argument("--batch", type=int, default=8, help="batch size of the profiling run (default: %(default)s)")
     info.set_defaults(func=cmd_info, width_mult=1.0, model="resnet164", subnets=4)
+
+    train = sub.add_parser("train", help="train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
+                           description="Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post "
+                                       "in the Ray Train driver, every run recorded in MLflow. With no arguments it "
+                                       "trains a small VGG-11 on the offline digits data set with 2 sub-networks "
+                                       "on an in-process Ray.")
+    _add_model_args(train, d)
+    g = train.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset,
+                   help="digits (offline), cifar10, cifar100, svhn, mnist, imagefolder:PATH (default: %(default)s)")
+    g.add_argument("--data-dir", default=None, help="where torchvision data sets are (or are downloaded to)")
+    g.add_argument("--download", action="store_true", help="download the data set into --data-dir (needs internet)")
+    g = train.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate, cosine schedule (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="(default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    g = train.add_argument_group("resources")
+    g.add_argument("--gpus-per-subnet", type=float, default=None,
+                   help="GPUs per fine actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-subnet", type=float, default=d.cpus_per_subnet, help="(default: %(default)s)")
+    g.add_argument("--placement", default=d.placement, choices=["PACK", "SPREAD"],
+                   help="placement group strategy for the fine actors (default: %(default)s)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "
+                        "in-process local Ray)")
+    g = train.add_argument_group("run bookkeeping")
+    g.add_argument("--storage-path", default=d.storage_path,
+                   help="where Ray Train keeps checkpoints; shared storage (s3://, NFS) on multi-node clusters "
+                        "(default: %(default)s)")
+    g.add_argument("--name", default=None,
+                   help="run name; a run with the same name and storage path resumes from its last checkpoint "
+                        "(default: derived from model, data set, N, K and seed)")
+    g.add_argument("--max-failures", type=int, default=d.max_failures,
+                   help="restarts from the last checkpoint after a lost worker or actor (default: %(default)s)")
+    g.add_argument("--num-to-keep", type=int, default=d.num_to_keep, help="checkpoints kept (default: %(default)s)")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    g.add_argument("--experiment", default=d.experiment, help="MLflow experiment (default: %(default)s)")
+    g.add_argument("--run-name", default=None, help="MLflow run name (default: --name)")
+    train.set_defaults(func=cmd_train)
     return parser
+
+
+def config_from_args(args):
+    """The validated :class:`TrainConfig` of parsed ``train`` arguments."""
+    import dataclasses
+    import os
+
+    from .balance import parse_balance
+    from .config import TrainConfig
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    values["balance"] = parse_balance(args.balance)
+    values["tracking_uri"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    return TrainConfig(**values).validate()
+
+
+def _init_ray(cfg) -> None:
+    import os
+
+    import ray
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        target = cfg.address
+    elif os.environ.get("RAY_ADDRESS"):
+        target = None                                 # inside `ray job submit`: attach to the job's cluster
+    else:                                             # a private in-process Ray sized for this run
+        need = int(cfg.subnets * cfg.cpus_per_subnet + 1.999)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False)
+        return
+    try:
+        ray.init(address=target, configure_logging=False)
+    except ConnectionError as e:
+        raise UserError(f"cannot reach the Ray cluster at {target or os.environ.get('RAY_ADDRESS')}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+
+
+def _fit_with_progress(cfg, fit):
+    """Run ``fit`` in a thread and show its progress: a bar per epoch on a terminal, a line per epoch otherwise."""
+    import queue as queue_mod
+    import threading
+
+    from ray.util.queue import Queue
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    events = Queue(actor_options={"num_cpus": 0})
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = fit(cfg, events)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    console = Console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, disable=not console.is_terminal) as bars:
+        tasks: dict = {}
+        while thread.is_alive() or not events.empty():
+            try:
+                epoch, done, total, metrics = events.get(timeout=0.5)
+            except queue_mod.Empty:
+                continue
+            if epoch not in tasks:
+                tasks[epoch] = bars.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, info="")
+            bars.update(tasks[epoch], completed=done)
+            if metrics:
+                info = (f"train loss {metrics['train_loss']:.3f}  val acc {metrics['val_acc']:.2%}  "
+                        f"{metrics['samples_per_s']:.0f} samples/s")
+                bars.update(tasks[epoch], info=info)
+                if not console.is_terminal:
+                    print(f"epoch {epoch}/{cfg.epochs}: {info}", flush=True)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def cmd_train(args) -> int:
+    from rich.console import Console
+    from rich.panel import Panel
+
+    from . import data
+    from .trainer import fit
+
+    cfg = config_from_args(args)
+    data.load(cfg.dataset, cfg.data_dir, cfg.download)          # a missing data set fails here, before any run
+    _init_ray(cfg)
+    result = _fit_with_progress(cfg, fit)
+    m = result.metrics
+    cfg = cfg.resolved()
+    ui = (f"mlflow ui --backend-store-uri {cfg.tracking_uri}" if cfg.tracking_uri.startswith("sqlite")
+          else f"open {cfg.tracking_uri}")
+    lines = [f"model {cfg.model} x{cfg.width_mult} on {cfg.dataset}, N = {cfg.subnets}, K = {cfg.iterations}",
+             (f"final val accuracy [bold]{m['val_acc']:.2%}[/bold] after epoch {m['epoch']}/{cfg.epochs}, "
+              f"{m['samples_per_s']:.0f} samples/s, {m['epoch_time_s']:.1f} s/epoch" if "val_acc" in m
+              else f"nothing to train: the checkpoint of {cfg.name!r} is already at epoch {cfg.epochs}"),
+             f"MLflow run {result.run_id} (experiment {cfg.experiment!r}){' — resumed' if result.resumed else ''}",
+             f"checkpoints: {cfg.storage_path}/{cfg.name}", f"open the UI: {ui}"]
+    Console().print(Panel("\n".join(lines), title="raypar train", expand=False))
+    print(f"raypar: training finished: run {result.run_id}")
+    return 0
 
 
 def cmd_info(args) -> int:

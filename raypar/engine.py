@@ -103,6 +103,7 @@ class PararealEngine:
                      .remote(j, seg, optim.lr, optim.momentum, optim.weight_decay, optim.epochs,
                              seed * 1000 + j + 1, use_gpu)
             for j, seg in enumerate(net.segments)]
+        ray.get([a.pid.remote() for a in self.actors])         # started and ready: startup is not step time
         self.step_count = 0
 
     # ------------------------------------------------------------------------------------------- training

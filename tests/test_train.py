@@ -1,0 +1,94 @@
+"""Training on Ray end to end: the `raypar train` default run, its MLflow record, resume, N = 1."""
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from raypar.config import TrainConfig
+from raypar.trainer import fit
+
+METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "samples_per_s",
+           "time_pre_coarse_s", "time_fine_max_s", "time_transfer_s"]
+PARAMS = ["model", "dataset", "num_subnets", "iterations", "replicas", "batch_size", "epochs", "lr", "seed",
+          "width_mult"]
+
+
+def _run_of(tracking_uri, run_id):
+    client = MlflowClient(tracking_uri)
+    return client, client.get_run(run_id)
+
+
+def _history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_raypar_train_defaults_end_to_end(tmp_path):
+    """The README's main command: no arguments, digits, N = 2, >= 90% val accuracy, a complete MLflow run."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-m", "raypar.cli", "train"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_id = r.stdout.strip().splitlines()[-1].split("run ")[-1]
+    assert "final val accuracy" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client, run = _run_of(uri, run_id)
+    assert run.info.status == "FINISHED"
+    epochs = TrainConfig().epochs
+    for p in PARAMS:
+        assert p in run.data.params, p
+    assert run.data.params["num_subnets"] == "2" and run.data.params["dataset"] == "digits"
+    for key in METRICS:
+        assert [s for s, _ in _history(client, run_id, key)] == list(range(1, epochs + 1)), key
+    assert run.data.metrics["val_acc"] >= 0.90
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.json", "final_weights.pt"} <= artifacts
+    weights = torch.load(client.download_artifacts(run_id, "final_weights.pt", str(tmp_path)), weights_only=True)
+    assert any(k.startswith("segments.1.") for k in weights) and any(k.startswith("coarse.") for k in weights)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(model="vgg11", width_mult=0.125, subnets=2, epochs=1, batch_size=128, balance="flops",
+                storage_path=str(tmp_path / "runs"), name="resume-test", cpus_per_subnet=0.5,
+                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="tests")
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def test_resume_continues_at_the_next_epoch(ray_local, tmp_path):
+    first = fit(_cfg(tmp_path, epochs=1))
+    assert first.metrics["epoch"] == 1 and not first.resumed
+    second = fit(_cfg(tmp_path, epochs=2))
+    assert second.resumed and second.run_id == first.run_id
+    assert second.metrics["epoch"] == 2
+    client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", first.run_id)
+    assert run.info.status == "FINISHED"
+    # epoch 1 once (from the first run), epoch 2 once (from the resumed one): nothing lost, nothing repeated
+    assert [s for s, _ in _history(client, first.run_id, "val_acc")] == [1, 2]
+
+
+def test_single_subnet_is_the_baseline(ray_local, tmp_path):
+    result = fit(_cfg(tmp_path, subnets=1, name="n1"))
+    assert result.metrics["epoch"] == 1 and result.metrics["val_acc"] > 0.1
+    run = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id)
+    assert run.data.params["num_subnets"] == "1"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--subnets", "0"], "--subnets must be >= 1"),
+    (["--subnets", "2", "--iterations", "3"], "--iterations must be between 1 and --subnets (2)"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "cifar10"], "needs --data-dir"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--balance", "fast"], "--balance must be one of"),
+])
+def test_train_bad_input_exit_2_one_line(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", *args], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
