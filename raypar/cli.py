@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=None,
                    help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "
                         "in-process local Ray)")
+    g.add_argument("--resource-timeout", dest="resource_timeout_s", type=float, default=d.resource_timeout_s,
+                   help="seconds to wait for the cluster (and its autoscaler) to provide the driver and every "
+                        "fine actor before failing with what was asked (default: %(default)s)")
     g = train.add_argument_group("run bookkeeping")
     g.add_argument("--storage-path", default=d.storage_path,
                    help="where Ray Train keeps checkpoints; shared storage (s3://, NFS) on multi-node clusters "
@@ -183,7 +186,16 @@ def cmd_train(args) -> int:
     cfg = config_from_args(args)
     data.load(cfg.dataset, cfg.data_dir, cfg.download)          # a missing data set fails here, before any run
     _init_ray(cfg)
-    result = _fit_with_progress(cfg, fit)
+    try:
+        result = _fit_with_progress(cfg, fit)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an internal error: full traceback, then a clear last line
+        import traceback
+        traceback.print_exc()
+        print(f"raypar: training failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr)
+        return 1
     m = result.metrics
     cfg = cfg.resolved()
     ui = (f"mlflow ui --backend-store-uri {cfg.tracking_uri}" if cfg.tracking_uri.startswith("sqlite")

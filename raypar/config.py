@@ -39,6 +39,7 @@ class TrainConfig:
     cpus_per_subnet: float = 1.0
     placement: str = "PACK"
     address: str | None = None               # None: in-process local Ray (or the cluster of a Ray job)
+    resource_timeout_s: float = 300.0        # how long to wait for the cluster (or its autoscaler) to fit the run
     # run bookkeeping
     storage_path: str = "raypar_runs"
     name: str | None = None                  # Ray Train run name; None: derived from the settings
@@ -74,6 +75,8 @@ class TrainConfig:
             raise UserError("--gpus-per-subnet must be >= 0")
         if self.cpus_per_subnet < 0:
             raise UserError("--cpus-per-subnet must be >= 0")
+        if self.resource_timeout_s <= 0:
+            raise UserError("--resource-timeout must be > 0 seconds")
         if self.placement not in ("PACK", "SPREAD"):
             raise UserError(f"--placement must be PACK or SPREAD, got {self.placement!r}")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 
 from . import data, tracking
 from .config import TrainConfig
+from .errors import UserError
 from .engine import OptimConfig, PararealEngine, Resources, StepStats
 from .models import build
 from .network import PararealNet
@@ -128,6 +130,41 @@ def train_loop(config: dict) -> None:
         engine.shutdown()
 
 
+def bundles(cfg: TrainConfig, gpus: float) -> list[dict]:
+    """What one run needs: the driver (the Ray Train worker) and one bundle per fine actor."""
+    gpu = {"GPU": gpus} if gpus else {}
+    return [{"CPU": 1.0, **gpu}] + [{"CPU": cfg.cpus_per_subnet, **gpu} for _ in range(cfg.subnets)]
+
+
+def wait_for_resources(cfg: TrainConfig, gpus: float) -> None:
+    """Ask for the whole run as one placement group, so that an autoscaler sees the full demand, and fail with a
+    clear message when the cluster cannot provide it within ``cfg.resource_timeout_s``."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    asked = bundles(cfg, gpus)
+    total = {k: sum(b.get(k, 0) for b in asked) for k in ("CPU", "GPU")}
+    have = ray.cluster_resources()
+    pg = placement_group(asked, strategy=cfg.placement)
+    try:
+        ready, _ = ray.wait([pg.ready()], timeout=cfg.resource_timeout_s)
+    finally:
+        remove_placement_group(pg)
+    if not ready:
+        raise UserError(f"the cluster could not provide {len(asked)} bundles (driver + {cfg.subnets} sub-networks: "
+                        f"{total['CPU']:g} CPU, {total['GPU']:g} GPU in all) within {cfg.resource_timeout_s:g} s; "
+                        f"it has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU in total — lower "
+                        f"--subnets, --gpus-per-subnet or --cpus-per-subnet, or add nodes")
+
+
+def warn_if_node_local_storage(cfg: TrainConfig) -> None:
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in cfg.storage_path:
+        print(f"raypar: warning: --storage-path {cfg.storage_path} looks node-local but the cluster has "
+              f"{len(nodes)} nodes; use shared storage (s3://..., gs://..., or an NFS mount on every node) or a "
+              f"restarted driver on another node will not find its checkpoints", file=sys.stderr)
+
+
 def fit(cfg: TrainConfig, events=None) -> TrainResult:
     """Run (or resume) training of ``cfg`` with a ``TorchTrainer`` on the current Ray cluster.
 
@@ -136,9 +173,11 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     cfg = cfg.resolved()
+    gpus = _gpus_per_subnet(cfg)
+    warn_if_node_local_storage(cfg)
+    wait_for_resources(cfg, gpus)
     run_id, resumed = tracking.open_run(cfg)
     cfg = dataclasses.replace(cfg, extra=dict(cfg.extra, mlflow_run_id=run_id))
-    gpus = _gpus_per_subnet(cfg)
     trainer = TorchTrainer(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0,
