@@ -158,16 +158,23 @@ def _fit_with_progress(cfg, fit):
         tasks: dict = {}
         while thread.is_alive() or not events.empty():
             try:
-                epoch, done, total, metrics = events.get(timeout=0.5)
+                ev = events.get(timeout=0.5)
             except queue_mod.Empty:
                 continue
+            epoch = ev["epoch"]
+            if ev["kind"] == "start":
+                if ev["restarts"]:
+                    console.print(f"restarted (restart {ev['restarts']}) from the checkpoint of epoch {epoch}")
+                continue
             if epoch not in tasks:
-                tasks[epoch] = bars.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, info="")
-            bars.update(tasks[epoch], completed=done)
-            if metrics:
-                info = (f"train loss {metrics['train_loss']:.3f}  val acc {metrics['val_acc']:.2%}  "
-                        f"{metrics['samples_per_s']:.0f} samples/s")
-                bars.update(tasks[epoch], info=info)
+                tasks[epoch] = bars.add_task(f"epoch {epoch}/{cfg.epochs}", total=ev.get("total", 1), info="")
+            if ev["kind"] == "step":
+                bars.update(tasks[epoch], completed=ev["done"], total=ev["total"])
+            else:
+                m = ev["metrics"]
+                info = (f"train loss {m['train_loss']:.3f}  val acc {m['val_acc']:.2%}  "
+                        f"{m['samples_per_s']:.0f} samples/s")
+                bars.update(tasks[epoch], info=info, completed=bars.tasks[tasks[epoch]].total)
                 if not console.is_terminal:
                     print(f"epoch {epoch}/{cfg.epochs}: {info}", flush=True)
     thread.join()

@@ -24,19 +24,25 @@ def _fs(path: str):
     return pyarrow.fs.LocalFileSystem(), path
 
 
-def latest_meta(storage_path: str, name: str) -> dict | None:
-    """The metadata of the newest checkpoint of run ``name`` under ``storage_path``, or None."""
+def checkpoints(storage_path: str, name: str) -> list:
+    """Every checkpoint of run ``name`` under ``storage_path`` as ``ray.train.Checkpoint``, newest first."""
     import pyarrow.fs
+    from ray.train import Checkpoint
     fs, root = _fs(storage_path.rstrip("/") + "/" + name)
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     except OSError:
-        return None
-    dirs = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                  and i.base_name.startswith("checkpoint_"))
-    for d in reversed(dirs):
+        return []
+    dirs = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                   and i.base_name.startswith("checkpoint_")), reverse=True)
+    return [Checkpoint(d, filesystem=fs) for d in dirs]
+
+
+def latest_meta(storage_path: str, name: str) -> dict | None:
+    """The metadata of the newest checkpoint of run ``name`` that has one, or None."""
+    for ckpt in checkpoints(storage_path, name):
         try:
-            with fs.open_input_stream(d + "/" + META_FILE) as f:
+            with ckpt.filesystem.open_input_stream(ckpt.path + "/" + META_FILE) as f:
                 return json.loads(f.read().decode())
         except (OSError, ValueError):
             continue                                        # a torn checkpoint: fall back to the one before
@@ -87,11 +93,26 @@ def open_run(cfg) -> tuple[str, bool]:
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict, step: int) -> None:
+    """Log ``metrics`` at ``step``, skipping any already logged there: a run resumed from an older checkpoint (or
+    after a crash between checkpoint and logging) never logs a step twice."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri)
     ts = int(time.time() * 1000)
-    MlflowClient(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
-                                                          for k, v in metrics.items()])
+    todo = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+            if step not in {m.step for m in client.get_metric_history(run_id, k)}]
+    if todo:
+        client.log_batch(run_id, metrics=todo)
+
+
+def count_start(tracking_uri: str, run_id: str) -> int:
+    """Count one more start of the training loop in the run's tags; returns the number of restarts so far."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri)
+    starts = int(client.get_run(run_id).data.tags.get("raypar.starts", "0")) + 1
+    client.set_tag(run_id, "raypar.starts", str(starts))
+    client.set_tag(run_id, "raypar.restarts", str(starts - 1))
+    return starts - 1
 
 
 def log_artifacts(tracking_uri: str, run_id: str, folder: str) -> None:

@@ -7,7 +7,9 @@ with ``ray.train.get_checkpoint()`` and continues at the next epoch with every p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from ray.train import Checkpoint
 
 from . import data, tracking
 from .config import TrainConfig
@@ -39,27 +42,77 @@ def _gpus_per_subnet(cfg: TrainConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _save_checkpoint(engine: PararealEngine, meta: dict):
-    from ray.train import Checkpoint
-    folder = tempfile.mkdtemp(prefix="raypar-ckpt-")
-    torch.save(engine.get_state(), os.path.join(folder, tracking.STATE_FILE))
+def _write_checkpoint(folder: str, engine: PararealEngine, meta: dict) -> None:
+    path = os.path.join(folder, tracking.STATE_FILE)
+    torch.save(engine.get_state(), path)
+    meta = dict(meta, state_sha256=_sha256(path))
     tracking.write_meta(folder, meta)               # written last: a checkpoint without it is treated as torn
-    return Checkpoint.from_directory(folder)
 
 
-def _load_checkpoint(checkpoint) -> tuple[dict, dict]:
-    with checkpoint.as_directory() as folder:
-        with open(os.path.join(folder, tracking.META_FILE)) as f:
-            meta = json.load(f)
-        state = torch.load(os.path.join(folder, tracking.STATE_FILE), weights_only=True, map_location="cpu")
-    return meta, state
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_checkpoint(folder: str) -> tuple[dict, dict]:
+    """(meta, state) of a checkpoint folder; raises if it is torn (missing meta, bad hash, unreadable state)."""
+    with open(os.path.join(folder, tracking.META_FILE)) as f:
+        meta = json.load(f)
+    path = os.path.join(folder, tracking.STATE_FILE)
+    if _sha256(path) != meta.get("state_sha256"):
+        raise ValueError(f"checkpoint {folder} is torn: {tracking.STATE_FILE} does not match its hash")
+    # weights_only: a checkpoint can never run code on load
+    return meta, torch.load(path, weights_only=True, map_location="cpu")
+
+
+def load_latest_checkpoint(cfg: TrainConfig) -> tuple[dict | None, dict | None]:
+    """The newest readable checkpoint of this run, or (None, None).
+
+    Candidates are Ray's latest (``ray.train.get_checkpoint()``) and every checkpoint folder under
+    ``storage_path/name``, newest first: a driver killed right after reporting may die before Ray's controller
+    registers that checkpoint, and a torn newest checkpoint falls back to the one before it."""
+    import ray.train
+    listed = tracking.checkpoints(cfg.storage_path, cfg.name)
+    latest = ray.train.get_checkpoint()
+    if latest is not None and latest.path.rstrip("/") not in {c.path.rstrip("/") for c in listed}:
+        listed.insert(0, latest)
+    for ckpt in listed:
+        try:
+            with ckpt.as_directory() as folder:
+                return _read_checkpoint(folder)
+        except Exception as e:  # noqa: BLE001 - any damage means: fall back to an older checkpoint
+            print(f"raypar: warning: skipping unreadable checkpoint {ckpt.path}: {e}", file=sys.stderr)
+    return None, None
+
+
+def _emit(events, **event) -> None:
+    if events is not None:
+        events.actor.put_nowait.remote(event)          # fire and forget: progress never slows training
+
+
+def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[StepStats, float, int, int]:
+    totals, loss_sum, correct, seen = StepStats(), 0.0, 0, 0
+    for i, (x, y) in enumerate(batches):
+        loss, right, st = engine.train_step(x, y)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss} at epoch {epoch}, step {i + 1}: training stopped; the "
+                                     f"last good checkpoint is kept (try a lower --lr)")
+        totals.add(st)
+        loss_sum += loss * len(y)
+        correct += right
+        seen += len(y)
+        _emit(events, kind="step", epoch=epoch, done=i + 1, total=len(batches))
+    return totals, loss_sum, correct, seen
 
 
 def train_loop(config: dict) -> None:
     """Runs in the Ray Train worker (the driver of one parareal network).
 
     ``config`` holds the run's ``cfg`` (a :class:`TrainConfig` as a dict) and ``events``: a ``ray.util.queue.Queue``
-    (or None) that receives ``(epoch, batches done, batches per epoch, metrics or None)`` for a progress display."""
+    (or None) that receives progress events (dicts with ``kind`` = ``start``, ``step`` or ``epoch``)."""
     import logging
 
     import ray.train
@@ -67,14 +120,13 @@ def train_loop(config: dict) -> None:
     for name in ["ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.train")]]:
         logging.getLogger(name).setLevel(logging.WARNING)      # no per-report chatter in the user's terminal
     cfg = TrainConfig(**config["cfg"])
-    events = config.get("events")
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
-    rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.seed)
     spec = data.load(cfg.dataset, cfg.data_dir, cfg.download)
 
-    checkpoint = ray.train.get_checkpoint()
-    meta, state = _load_checkpoint(checkpoint) if checkpoint else (None, None)
+    meta, state = load_latest_checkpoint(cfg)
     staged = build(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
                    width_mult=cfg.width_mult, image_size=spec.image_size)
     # a resumed run keeps the split it started with (a measured-time balance could choose another one)
@@ -87,40 +139,40 @@ def train_loop(config: dict) -> None:
         engine.set_state(state)
         start = meta["epoch"]
     del state
-    restarts = int(meta.get("restarts", 0)) + 1 if meta else 0
+    restarts = 0
+    if rank0:
+        if meta:
+            tracking.log_metrics(cfg.tracking_uri, run_id, meta["metrics"], step=start)   # if never logged
+        restarts = tracking.count_start(cfg.tracking_uri, run_id)
+    _emit(events, kind="start", epoch=start, restarts=restarts, driver_pid=os.getpid(),
+          actor_pids=engine.actor_pids())
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            totals, loss_sum, correct, seen = StepStats(), 0.0, 0, 0
             batches = data.loader(spec.train, cfg.batch_size, True, cfg.seed, epoch)
-            for i, (x, y) in enumerate(batches):
-                loss, right, st = engine.train_step(x, y)
-                totals.add(st)
-                loss_sum += loss * len(y)
-                correct += right
-                seen += len(y)
-                if events is not None and rank == 0:
-                    events.actor.put_nowait.remote((epoch, i + 1, len(batches), None))   # fire and forget
+            totals, loss_sum, correct, seen = _train_epoch(engine, batches, epoch, events)
             engine.end_epoch()
             train_time = time.perf_counter() - t0
             val_loss, val_acc = engine.evaluate(data.loader(spec.val, 256, False))
             steps = max(1, totals.steps)
             metrics = {
-                "epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                "train_loss": loss_sum / seen, "train_acc": correct / seen,
                 "val_loss": val_loss, "val_acc": val_acc, "epoch_time_s": time.perf_counter() - t0,
                 "samples_per_s": seen / train_time,
                 "time_pre_coarse_s": totals.driver / steps, "time_fine_max_s": totals.fine_max / steps,
                 "time_transfer_s": totals.transfer / steps, "step_time_s": totals.wall / steps,
                 "bytes_per_step": totals.bytes / steps, "lr": engine.sched.get_last_lr()[0],
             }
-            if rank == 0:
+            # checkpoint first, then MLflow: a crash in between is repaired on resume (log_metrics skips what is
+            # there already), so every epoch is logged exactly once
+            with tempfile.TemporaryDirectory() as folder:
+                _write_checkpoint(folder, engine, {"epoch": epoch, "split": net.split, "mlflow_run_id": run_id,
+                                                   "metrics": metrics, "config": cfg.to_dict()})
+                ray.train.report(dict(metrics, epoch=epoch), checkpoint=Checkpoint.from_directory(folder))
+            if rank0:
                 tracking.log_metrics(cfg.tracking_uri, run_id, metrics, step=epoch)
-                if events is not None:
-                    events.actor.put_nowait.remote((epoch, len(batches), len(batches), metrics))
-            ckpt = _save_checkpoint(engine, {"epoch": epoch, "split": net.split, "mlflow_run_id": run_id,
-                                             "restarts": restarts, "config": cfg.to_dict()})
-            ray.train.report(metrics, checkpoint=ckpt)
-        if rank == 0:
+            _emit(events, kind="epoch", epoch=epoch, metrics=metrics)
+        if rank0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(engine.state_dict(), os.path.join(folder, "final_weights.pt"))
                 with open(os.path.join(folder, "config.json"), "w") as f:

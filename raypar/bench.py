@@ -1,0 +1,567 @@
+"""``raypar bench``: training throughput and peak memory of the original network, the parareal network in one
+process, raypar on Ray, Ray Train data parallel and PyTorch pipelining — side by side, in one run.
+
+Every contender trains the same model (same initial weights) on the same synthetic batches (fixed seed) with the
+same SGD recipe, in fresh Ray actor processes that each compute with one thread, one contender at a time: on a CPU
+machine the comparison is about how the work is spread over processes, not about threads. A contender's step time
+is the median over the timed steps after the warm-up steps; samples/s = batch / step time; its peak memory is the
+max RSS of each of its processes (``resource.getrusage`` in the process itself, ``VmHWM`` from ``/proc`` for the
+engine's fine actors; psutil is not needed), next to an idle process's RSS (Python + Ray + torch).
+
+For raypar rows the step is broken down with the engine's own :class:`~raypar.engine.StepStats` (driver, busiest
+fine actor, transfer/idle, bytes shipped vs the 4-tensor minimum) and set against its parallel limit, from the split's
+uncontended profile::
+
+    limit = sequential / max(pre + coarse sweeps + max fine + post, total work / min(cores, N + 1))
+
+efficiency = achieved speedup over the original / limit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .actors import make_optimizer
+from .engine import OptimConfig, PararealEngine, Resources
+from .errors import UserError
+from .models import build
+from .network import PararealNet
+
+CONTENDERS = ("original", "parareal-1proc", "raypar", "ddp", "pipe")
+PRESTART = 6                     # benchmark processes started ahead together (~0.7 GB each while idle)
+
+
+@dataclass
+class BenchConfig:
+    model: str = "vgg16"
+    width_mult: float = 0.25
+    image_size: int = 32
+    in_channels: int = 3
+    num_classes: int = 10
+    batch: int = 64
+    warmup: int = 3
+    steps: int = 10
+    subnets: list[int] = field(default_factory=lambda: [1, 2])
+    microbatches: int = 4
+    balance: object = "time"                 # the split of raypar and pipe: "time", "flops", "params" or counts
+    contenders: list[str] = field(default_factory=lambda: list(CONTENDERS))
+    seed: int = 0
+    lr: float = 0.05
+
+    def validate(self) -> "BenchConfig":
+        build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
+        if self.batch < 1 or self.warmup < 0 or self.steps < 1 or self.microbatches < 1:
+            raise UserError("--batch, --steps and --microbatches must be >= 1 and --warmup >= 0")
+        if not self.subnets or min(self.subnets) < 1:
+            raise UserError(f"--subnets must list numbers >= 1, got {self.subnets}")
+        unknown = sorted(set(self.contenders) - set(CONTENDERS))
+        if unknown or not self.contenders:
+            raise UserError(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
+        return self
+
+    @property
+    def optim(self) -> OptimConfig:
+        return OptimConfig(lr=self.lr)
+
+    @property
+    def shape(self) -> tuple:
+        return (self.in_channels, self.image_size, self.image_size)
+
+
+# --------------------------------------------------------------------------------------- in every process
+def make_batches(cfg: BenchConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The warm-up and timed batches: synthetic, the same in every process (fixed seed)."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    return [(torch.randn(cfg.batch, *cfg.shape, generator=g),
+             torch.randint(0, cfg.num_classes, (cfg.batch,), generator=g)) for _ in range(cfg.warmup + cfg.steps)]
+
+
+def peak_rss_mb(pid: int | None = None) -> float | None:
+    """Peak resident memory of this process (getrusage) or of another local one (``VmHWM`` in /proc)."""
+    if pid is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024       # KiB on Linux
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def timed(step, batches, warmup: int) -> tuple[list[float], list]:
+    """Run ``step(x, y)`` on every batch; return the seconds and results of the steps after the warm-up."""
+    times, results = [], []
+    for i, (x, y) in enumerate(batches):
+        t0 = time.perf_counter()
+        out = step(x, y)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            results.append(out)
+    return times, results
+
+
+def sgd_step(model: nn.Module, opt) -> callable:
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+class Runner:
+    """One benchmark process (a Ray actor computing on one thread)."""
+
+    def __init__(self):
+        torch.set_num_threads(1)
+        make_optimizer([torch.zeros(1, requires_grad=True)], 0.1, 0.9, 0.0, 1)   # torch.optim's lazy imports (~2 s)
+        self.idle = peak_rss_mb()            # Python + Ray + torch + raypar, before any work
+
+    def ready(self) -> float:
+        return self.idle
+
+    def local(self, model: nn.Module, cfg: BenchConfig) -> dict:
+        """The whole network in this one process: the original, or the parareal network."""
+        torch.manual_seed(cfg.seed)
+        model.train()
+        opt, _ = make_optimizer(model.parameters(), cfg.lr, cfg.optim.momentum, cfg.optim.weight_decay, 1)
+        times, _ = timed(sgd_step(model, opt), make_batches(cfg), cfg.warmup)
+        return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
+
+    def raypar(self, net: PararealNet, cfg: BenchConfig) -> dict:
+        """This process is the driver; the engine puts every fine segment into its own actor."""
+        engine = PararealEngine(net, cfg.optim, Resources(cpus_per_subnet=1), seed=cfg.seed)
+        try:
+            times, results = timed(engine.train_step, make_batches(cfg), cfg.warmup)
+            rss = [peak_rss_mb()] + [peak_rss_mb(pid) for pid in engine.actor_pids()]
+        finally:
+            engine.shutdown()
+        return {"times": times, "stats": [asdict(r[2]) for r in results], "rss": rss, "idle": self.idle}
+
+    def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
+        """One stage of a GPipe schedule over gloo; all stages run this at once."""
+        import torch.distributed as dist
+        from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        try:
+            torch.manual_seed(cfg.seed)
+            module.train()
+            opt, _ = make_optimizer(module.parameters(), cfg.lr, cfg.optim.momentum, cfg.optim.weight_decay, 1)
+            stage = PipelineStage(module, rank, world, torch.device("cpu"))
+            schedule = ScheduleGPipe(stage, cfg.microbatches, loss_fn=F.cross_entropy)
+
+            def step(x, y):
+                opt.zero_grad(set_to_none=True)
+                args = (x,) if rank == 0 else ()
+                schedule.step(*args, **({"target": y} if rank == world - 1 else {}))
+                opt.step()
+            times, _ = timed(step, make_batches(cfg), cfg.warmup)
+        finally:
+            dist.destroy_process_group()
+        return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
+
+
+def ddp_loop(config: dict) -> None:
+    """Ray Train worker: DDP (gloo) on this worker's share of every global batch."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    idle = peak_rss_mb()
+    cfg: BenchConfig = config["cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+    model = ray.train.torch.prepare_model(config["model"])
+    opt, _ = make_optimizer(model.parameters(), cfg.lr, cfg.optim.momentum, cfg.optim.weight_decay, 1)
+    shards = [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)]
+    times, _ = timed(sgd_step(model, opt), shards, cfg.warmup)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"times": times, "rss": peak_rss_mb()})
+    metrics = {"times": [max(t) for t in zip(*(g["times"] for g in gathered))], "rss": [g["rss"] for g in gathered],
+               "idle": idle}
+    with tempfile.TemporaryDirectory() as folder:      # Ray Train V2 keeps only metrics that come with a checkpoint
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
+
+
+# --------------------------------------------------------------------------------------------- contenders
+@dataclass
+class Contender:
+    name: str
+    runners: int                   # benchmark processes to start for it (Ray Train starts its own)
+    run: Callable[[list], dict]    # run(runner actors) -> times, rss, idle, processes, extras
+
+
+def _net(cfg: BenchConfig, n: int) -> PararealNet:
+    torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
+    return PararealNet(_model(cfg), n, balance=cfg.balance, input_shape=cfg.shape, profile_batch=cfg.batch)
+
+
+def _model(cfg: BenchConfig):
+    torch.manual_seed(cfg.seed)
+    return build(cfg.model, cfg.num_classes, cfg.in_channels, cfg.width_mult, cfg.image_size)
+
+
+def parallel_limit(net: PararealNet, cores: int) -> float:
+    """The best speedup over the sequential network that this split allows on ``cores`` cores, from the split's
+    profile (uncontended forward+backward cost of every part): sequential / max(critical path, total work / cores),
+    the critical path being pre + coarse sweeps + max fine + post (:meth:`PararealNet.ideal_speedup`)."""
+    info, k = net.segment_info, net.iterations
+    edge = net.pre_profile.cost + net.post_profile.cost
+    coarse = sum(s.coarse_cost for s in info) + k * sum(s.coarse_cost for s in info[1:]) if net.num_subnets > 1 else 0
+    fine = sum(s.cost for s in info)
+    return min(net.ideal_speedup(), cores * (edge + fine) / (edge + coarse + k * fine))
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def bytes_minimum(net: PararealNet, batch: int) -> int:
+    """4 interface tensors per segment and iteration: input out, output back, their gradients the other way."""
+    per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in net.segment_info)
+    return net.iterations * batch * 4 * per * 2
+
+
+def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
+    import ray
+    out = dict(ray.get(runner.local.remote(model, cfg)), processes=1)
+    if isinstance(model, PararealNet):
+        out.update(subnets=model.num_subnets, split=model.split)
+    return out
+
+
+def run_raypar(runner, net: PararealNet, cfg: BenchConfig) -> dict:
+    import ray
+    out = ray.get(runner.raypar.remote(net, cfg))
+    stats, n = out.pop("stats"), net.num_subnets
+    med = {k: statistics.median(s[k] for s in stats) for k in ("driver", "fine_max", "wait")}
+    return dict(out, processes=n + 1, subnets=n, split=net.split, driver_ms=1e3 * med["driver"],
+                fine_max_ms=1e3 * med["fine_max"], transfer_ms=1e3 * max(0.0, med["wait"] - med["fine_max"]),
+                bytes_per_step=max(s["bytes"] for s in stats), bytes_min=bytes_minimum(net, cfg.batch),
+                parallel_limit=parallel_limit(net, min(cpu_cores(), n + 1)))
+
+
+def run_ddp(cfg: BenchConfig, workers: int) -> dict:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    if cfg.batch % workers:
+        raise ValueError(f"batch {cfg.batch} does not split into {workers} equal worker batches")
+    with tempfile.TemporaryDirectory(prefix="raypar-bench-ddp-") as storage:
+        trainer = TorchTrainer(ddp_loop, train_loop_config={"cfg": cfg, "model": _model(cfg)},
+                               scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+                               run_config=RunConfig(name="ddp", storage_path=storage))
+        result = trainer.fit()
+    if result.error:
+        raise result.error
+    m = result.metrics
+    return {"times": m["times"], "rss": m["rss"], "idle": m["idle"], "processes": workers}
+
+
+def pipe_stages(net: PararealNet) -> list[nn.Module]:
+    """raypar's split as pipeline stages: pre joins the first segment, post the last."""
+    stages = [nn.Sequential(seg) for seg in net.segments]
+    stages[0].insert(0, net.pre)
+    stages[-1].append(net.post)
+    return stages
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_pipe(runners: list, net: PararealNet, cfg: BenchConfig) -> dict:
+    import ray
+    stages, port = pipe_stages(net), _free_port()
+    outs = ray.get([a.pipe_stage.remote(m, r, len(stages), port, cfg)
+                    for r, (a, m) in enumerate(zip(runners, stages))], timeout=600)
+    return {"times": [max(t) for t in zip(*(o["times"] for o in outs))], "rss": [o["rss"][0] for o in outs],
+            "idle": outs[0]["idle"], "processes": len(stages), "split": net.split, "microbatches": cfg.microbatches}
+
+
+def plan(cfg: BenchConfig) -> list[Contender]:
+    """The contenders asked for, in table order. The networks are built (and a measured-time split profiled)
+    first, while nothing else runs, and shared: raypar-N, parareal-1proc and pipe use the same split."""
+    big, want = max(cfg.subnets), set(cfg.contenders)
+    sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (set(cfg.subnets) if "raypar" in want else set())
+    nets = {n: _net(cfg, n) for n in sorted(sizes)}
+    table = {"original": [Contender("original", 1, lambda rs: run_local(rs[0], _model(cfg), cfg))],
+             "parareal-1proc": [Contender("parareal-1proc", 1, lambda rs: run_local(rs[0], nets[big], cfg))],
+             "raypar": [Contender(f"raypar-N{n}", 1, lambda rs, n=n: run_raypar(rs[0], nets[n], cfg))
+                        for n in cfg.subnets],
+             "ddp": [Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big))],
+             "pipe": [Contender(f"pipe-{big}", big, lambda rs: run_pipe(rs, nets[big], cfg))]}
+    return [c for name in CONTENDERS if name in want for c in table[name]]
+
+
+def _chunks(contenders: list[Contender], cap: int):
+    """Consecutive groups needing at most ``cap`` runner processes together (at least one contender each)."""
+    chunk, used = [], 0
+    for c in contenders:
+        if chunk and used + c.runners > cap:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(c)
+        used += c.runners
+    if chunk:
+        yield chunk
+
+
+def start_runners(counts: list[int]) -> list[list]:
+    """Start the processes of several contenders at once and wait until every one is up: process start-up (~5 s
+    each on a small CPU) runs in parallel, and no measurement ever overlaps it. Runners reserve no Ray CPU (each
+    computes on one thread, one contender at a time), so idle ones never keep the engine's actors from starting."""
+    import ray
+    cls = ray.remote(num_cpus=0)(Runner)
+    groups = [[cls.remote() for _ in range(k)] for k in counts]
+    refs = [a.ready.remote() for g in groups for a in g]
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=600)
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------ rows
+def to_row(name: str, out: dict, batch: int) -> dict:
+    times, rss = out.pop("times"), [r for r in out.pop("rss") if r is not None]
+    step = statistics.median(times)
+    return {"contender": name, "processes": out.pop("processes"), "samples_per_s": batch / step,
+            "ratio_vs_original": None, "step_ms": 1e3 * step, "peak_rss_mb": max(rss) if rss else None,
+            "rss_per_process_mb": rss, "idle_rss_mb": out.pop("idle"), **out}
+
+
+def finish_rows(rows: list[dict]) -> list[dict]:
+    """Ratios against the original; for raypar rows the efficiency = speedup over the original / parallel limit."""
+    base = next((r for r in rows if r["contender"] == "original" and r.get("samples_per_s")), None)
+    for r in rows:
+        if base is None or not r.get("samples_per_s"):
+            continue
+        r["ratio_vs_original"] = r["samples_per_s"] / base["samples_per_s"]
+        if "parallel_limit" in r:
+            r["efficiency"] = r["ratio_vs_original"] / r["parallel_limit"]
+    return rows
+
+
+def error_row(name: str, e: BaseException) -> dict:
+    return {"contender": name, "processes": None, "samples_per_s": None, "ratio_vs_original": None, "step_ms": None,
+            "peak_rss_mb": None, "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"}
+
+
+def measure(cfg: BenchConfig, log=print) -> list[dict]:
+    """Run every contender, one at a time, each in fresh processes; a contender that fails is a row with its error."""
+    import ray
+    rows = []
+    for chunk in _chunks(plan(cfg), PRESTART):
+        for c, runners in zip(chunk, start_runners([c.runners for c in chunk])):
+            log(f"raypar bench: {c.name} ...")
+            try:
+                rows.append(to_row(c.name, c.run(runners), cfg.batch))
+            except Exception as e:  # noqa: BLE001 - reported in the table instead of stopping the benchmark
+                rows.append(error_row(c.name, e))
+            finally:
+                for a in runners:
+                    ray.kill(a)
+    return finish_rows(rows)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict], cfg: BenchConfig):
+    from rich.table import Table
+    t = Table(title=f"{cfg.model} x{cfg.width_mult}, batch {cfg.batch}, median of {cfg.steps} steps after "
+                    f"{cfg.warmup} warm-up, 1 thread per process", caption=_errors(rows) or None)
+    for c in ("contender", "procs", "samples/s", "x orig", "step ms", "peak RSS MB (idle)", "driver ms",
+              "fine max ms", "transfer ms", "MB/step (min)", "limit", "eff"):
+        t.add_column(c, justify="left" if c == "contender" else "right")
+    for r in rows:
+        if r.get("error"):
+            t.add_row(r["contender"], *["-"] * 10, "[red]error[/red]")
+            continue
+        mb = f"{r['bytes_per_step'] / 2**20:.2f} ({r['bytes_min'] / 2**20:.2f})" if "bytes_min" in r else "-"
+        t.add_row(r["contender"], str(r["processes"]), f"{r['samples_per_s']:.1f}",
+                  _fmt(r["ratio_vs_original"], ".2f"), f"{r['step_ms']:.1f}",
+                  f"{_fmt(r['peak_rss_mb'], '.0f')} ({_fmt(r['idle_rss_mb'], '.0f')})",
+                  _fmt(r.get("driver_ms"), ".1f"), _fmt(r.get("fine_max_ms"), ".1f"),
+                  _fmt(r.get("transfer_ms"), ".1f"), mb, _fmt(r.get("parallel_limit"), ".2f"),
+                  _fmt(r.get("efficiency"), ".0%"))
+    return t
+
+
+def _errors(rows: list[dict]) -> str:
+    return "\n".join(f"{r['contender']}: {r['error']}" for r in rows if r.get("error"))
+
+
+def write_json(rows: list[dict], cfg: BenchConfig, path: str) -> None:
+    import platform
+
+    import ray
+    env = {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(),
+           "cpu_cores": cpu_cores(), "threads_per_process": 1, "load_average": os.getloadavg()}
+    with open(path, "w") as f:
+        json.dump({"config": asdict(cfg), "environment": env, "rows": rows}, f, indent=2)
+
+
+def write_png(rows: list[dict], cfg: BenchConfig, path: str) -> None:
+    """Two bar charts: samples/s, and peak RSS per process split into an idle process's share and the rest."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [r["contender"] for r in rows]
+    speed = [r["samples_per_s"] or 0.0 for r in rows]
+    peak = [r["peak_rss_mb"] or 0.0 for r in rows]
+    idle = [min(r.get("idle_rss_mb") or 0.0, p) for r, p in zip(rows, peak)]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    bars = a.bar(names, speed, color=["#888" if n == "original" else "#3a7" for n in names])
+    a.bar_label(bars, labels=["error" if r.get("error") else f"{v:.0f}" for r, v in zip(rows, speed)])
+    a.set_title("training samples/s (higher is better)", fontsize=10)
+    b.bar(names, idle, color="#ccc", label="idle process (Python + Ray + torch)")
+    bars = b.bar(names, [p - i for p, i in zip(peak, idle)], bottom=idle, color="#37a", label="added by training")
+    b.bar_label(bars, labels=["error" if r.get("error") else f"{v:.0f}" for r, v in zip(rows, peak)])
+    b.set_title("peak RSS of the largest process, MB", fontsize=10)
+    b.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    for ax in (a, b):
+        ax.tick_params(axis="x", rotation=30)
+        ax.margins(y=0.12)
+    fig.suptitle(f"{cfg.model} x{cfg.width_mult}, batch {cfg.batch}, 1 thread per process, {cpu_cores()} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def log_mlflow(rows: list[dict], cfg: BenchConfig, folder: str, tracking_uri: str,
+               experiment: str = "raypar-bench") -> str:
+    """One MLflow run: the configuration as params, ``<contender>.<metric>`` metrics, the JSON and PNG."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import connect
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(connect(tracking_uri, experiment), run_name=f"bench-{cfg.model}-b{cfg.batch}")
+    rid, ts = run.info.run_id, int(time.time() * 1000)
+    params = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in asdict(cfg).items()}
+    metrics = [Metric(f"{r['contender']}.{k}", float(v), ts, 0) for r in rows for k, v in r.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()], metrics=metrics)
+    for name in ("bench.json", "bench.png"):
+        client.log_artifact(rid, os.path.join(folder, name))
+    client.set_terminated(rid)
+    return rid
+
+
+def _ensure_ray(cfg: BenchConfig) -> bool:
+    """Start a private local Ray big enough for the largest contender; True when this call started it."""
+    import ray
+    if ray.is_initialized():
+        return False
+    need = max(max(cfg.subnets) + 1, os.cpu_count() or 1)
+    ray.init(address="local", num_cpus=need, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    return True
+
+
+def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_uri: str | None = None,
+              experiment: str = "raypar-bench", console=None) -> list[dict]:
+    """Measure every contender, print the table, write ``bench.json`` and ``bench.png`` into ``out`` and, with a
+    tracking URI, log one MLflow run. Returns the rows."""
+    import ray
+    from rich.console import Console
+    cfg = cfg or BenchConfig()
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
+    os.makedirs(out, exist_ok=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")          # inherited by a Ray started here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                               # the split is profiled as the processes will run
+    started = _ensure_ray(cfg)
+    try:
+        rows = measure(cfg, log=lambda m: console.print(m, style="dim"))
+    finally:
+        torch.set_num_threads(threads)
+        if started:
+            ray.shutdown()
+    console.print(table(rows, cfg))
+    write_json(rows, cfg, os.path.join(out, "bench.json"))
+    write_png(rows, cfg, os.path.join(out, "bench.png"))
+    if tracking_uri:
+        run_id = log_mlflow(rows, cfg, out, tracking_uri, experiment)
+        console.print(f"MLflow run {run_id} in experiment {experiment!r} at {tracking_uri}")
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    """The options of ``raypar bench`` (and ``python -m raypar.bench``)."""
+    d = BenchConfig()
+    p.add_argument("--model", default=d.model, help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s)")
+    p.add_argument("--width-mult", type=float, default=d.width_mult, help="(default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="(default: %(default)s)")
+    p.add_argument("--in-channels", type=int, default=d.in_channels, help="(default: %(default)s)")
+    p.add_argument("--num-classes", type=int, default=d.num_classes, help="(default: %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="global batch of every contender (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="timed steps (default: %(default)s)")
+    p.add_argument("--subnets", default="1,2", help="raypar's N, comma-separated; ddp and pipe use the largest "
+                                                   "(default: %(default)s)")
+    p.add_argument("--microbatches", type=int, default=d.microbatches, help="GPipe micro-batches (default: %(default)s)")
+    p.add_argument("--balance", default=d.balance, help="split: time, flops, params or counts like 6,6 "
+                                                        "(default: %(default)s)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
+    p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="log an MLflow run here (default: $MLFLOW_TRACKING_URI; none: no MLflow run)")
+    p.add_argument("--experiment", default="raypar-bench", help="MLflow experiment (default: %(default)s)")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def config_from_args(args) -> BenchConfig:
+    from .balance import parse_balance
+    cfg = BenchConfig(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
+                      args.warmup, args.steps, _ints(args.subnets, "--subnets"), args.microbatches,
+                      parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
+                      args.seed, args.lr)
+    return cfg.validate()
+
+
+def cmd_bench(args) -> int:
+    run_bench(config_from_args(args), args.out, args.tracking_uri, args.experiment)
+    print(f"raypar: bench written to {os.path.join(args.out, 'bench.json')} and bench.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m raypar.bench [options]``: the same as ``raypar bench``."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m raypar.bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    try:
+        return cmd_bench(p.parse_args(argv))
+    except UserError as e:
+        print(f"raypar: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

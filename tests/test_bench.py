@@ -1,0 +1,68 @@
+"""`raypar bench` on a tiny configuration: every row present and the numbers consistent with each other.
+
+No timing assertions: the machine is noisy. Left out here only for time (every process costs ~6 s of imports on
+2 cores): Ray Train data parallel (its controller and worker group take ~45 s to start) and parareal-1proc (the same
+code path as the original's, on a PararealNet); both run in the default benchmark.
+"""
+import json
+import math
+
+import pytest
+
+from raypar import PararealNet, build
+from raypar.bench import BenchConfig, run_bench
+
+CFG = dict(model="vgg11", width_mult=0.125, batch=16, warmup=1, steps=2, subnets=[1, 2], balance="flops",
+           contenders=["original", "raypar", "pipe"])
+NAMES = ["original", "raypar-N1", "raypar-N2", "pipe-2"]
+
+
+@pytest.fixture(scope="module")
+def bench(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    uri = f"sqlite:///{out}/mlflow.db"
+    rows = run_bench(BenchConfig(**CFG), out=str(out), tracking_uri=uri)
+    return rows, out, uri
+
+
+def test_every_row_present_and_consistent(bench):
+    rows, _, _ = bench
+    by = {r["contender"]: r for r in rows}
+    assert [r["contender"] for r in rows] == NAMES
+    assert not [r.get("error") for r in rows if r.get("error")]
+    base = by["original"]
+    assert base["ratio_vs_original"] == 1.0
+    for r in rows:
+        assert r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["samples_per_s"] == pytest.approx(CFG["batch"] / (r["step_ms"] / 1e3))
+        assert r["ratio_vs_original"] == pytest.approx(r["samples_per_s"] / base["samples_per_s"])
+        assert len(r["rss_per_process_mb"]) == r["processes"]
+    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2]
+    for n in ("raypar-N1", "raypar-N2"):
+        r = by[n]
+        assert r["driver_ms"] > 0 and r["fine_max_ms"] > 0 and r["transfer_ms"] >= 0
+        assert r["efficiency"] == pytest.approx(r["ratio_vs_original"] / r["parallel_limit"])
+
+
+def test_raypar_ships_exactly_the_four_interface_tensors(bench):
+    rows, _, _ = bench
+    r = next(r for r in rows if r["contender"] == "raypar-N2")
+    net = PararealNet(build("vgg11", width_mult=0.125), 2, balance=r["split"])
+    minimum = sum(CFG["batch"] * 4 * (math.prod(s.in_shape) + math.prod(s.out_shape)) * 2 for s in net.segment_info)
+    assert r["bytes_per_step"] == r["bytes_min"] == minimum
+
+
+def test_json_png_and_mlflow_written(bench):
+    rows, out, uri = bench
+    data = json.loads((out / "bench.json").read_text())
+    assert [r["contender"] for r in data["rows"]] == NAMES and data["config"]["batch"] == CFG["batch"]
+    from PIL import Image
+    with Image.open(out / "bench.png") as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("raypar-bench")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["batch"] == "16"
+    assert run.data.metrics["original.ratio_vs_original"] == 1.0
+    assert {"bench.json", "bench.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
