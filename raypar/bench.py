@@ -112,6 +112,12 @@ def timed(step, batches, warmup: int) -> tuple[list[float], list]:
     return times, results
 
 
+def optimizer(model: nn.Module, cfg: BenchConfig):
+    """raypar's own optimizer (SGD with momentum and weight decay), the same for every contender."""
+    o = cfg.optim
+    return make_optimizer(model.parameters(), o.lr, o.momentum, o.weight_decay, o.epochs)[0]
+
+
 def sgd_step(model: nn.Module, opt) -> callable:
     def step(x, y):
         loss = F.cross_entropy(model(x), y)
@@ -137,7 +143,7 @@ class Runner:
         """The whole network in this one process: the original, or the parareal network."""
         torch.manual_seed(cfg.seed)
         model.train()
-        opt, _ = make_optimizer(model.parameters(), cfg.lr, cfg.optim.momentum, cfg.optim.weight_decay, 1)
+        opt = optimizer(model, cfg)
         times, _ = timed(sgd_step(model, opt), make_batches(cfg), cfg.warmup)
         return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
 
@@ -159,7 +165,7 @@ class Runner:
         try:
             torch.manual_seed(cfg.seed)
             module.train()
-            opt, _ = make_optimizer(module.parameters(), cfg.lr, cfg.optim.momentum, cfg.optim.weight_decay, 1)
+            opt = optimizer(module, cfg)
             stage = PipelineStage(module, rank, world, torch.device("cpu"))
             schedule = ScheduleGPipe(stage, cfg.microbatches, loss_fn=F.cross_entropy)
 
@@ -186,7 +192,7 @@ def ddp_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
     model = ray.train.torch.prepare_model(config["model"])
-    opt, _ = make_optimizer(model.parameters(), cfg.lr, cfg.optim.momentum, cfg.optim.weight_decay, 1)
+    opt = optimizer(model, cfg)
     shards = [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)]
     times, _ = timed(sgd_step(model, opt), shards, cfg.warmup)
     gathered = [None] * world
@@ -408,12 +414,15 @@ def _errors(rows: list[dict]) -> str:
     return "\n".join(f"{r['contender']}: {r['error']}" for r in rows if r.get("error"))
 
 
-def write_json(rows: list[dict], cfg: BenchConfig, path: str) -> None:
+def environment() -> dict:
     import platform
 
     import ray
-    env = {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(),
-           "cpu_cores": cpu_cores(), "threads_per_process": 1, "load_average": os.getloadavg()}
+    return {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(),
+            "cpu_cores": cpu_cores(), "threads_per_process": 1, "load_average_at_start": os.getloadavg()}
+
+
+def write_json(rows: list[dict], cfg: BenchConfig, env: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump({"config": asdict(cfg), "environment": env, "rows": rows}, f, indent=2)
 
@@ -471,7 +480,16 @@ def _ensure_ray(cfg: BenchConfig) -> bool:
     if ray.is_initialized():
         return False
     need = max(max(cfg.subnets) + 1, os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=need, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"                    # inherited by every Ray process started here
+    try:
+        ray.init(address="local", num_cpus=need, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
     return True
 
 
@@ -484,9 +502,9 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
     cfg = cfg or BenchConfig()
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     os.makedirs(out, exist_ok=True)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")          # inherited by a Ray started here
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                               # the split is profiled as the processes will run
+    env = environment()
     started = _ensure_ray(cfg)
     try:
         rows = measure(cfg, log=lambda m: console.print(m, style="dim"))
@@ -495,7 +513,9 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
         if started:
             ray.shutdown()
     console.print(table(rows, cfg))
-    write_json(rows, cfg, os.path.join(out, "bench.json"))
+    console.print(f"{env['cpu_cores']} CPU cores, load average {env['load_average_at_start'][0]:.2f} at the start "
+                  f"(other work on the machine skews the numbers); torch {env['torch']}, Ray {env['ray']}")
+    write_json(rows, cfg, env, os.path.join(out, "bench.json"))
     write_png(rows, cfg, os.path.join(out, "bench.png"))
     if tracking_uri:
         run_id = log_mlflow(rows, cfg, out, tracking_uri, experiment)
@@ -517,7 +537,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="timed steps (default: %(default)s)")
     p.add_argument("--subnets", default="1,2", help="raypar's N, comma-separated; ddp and pipe use the largest "
                                                    "(default: %(default)s)")
-    p.add_argument("--microbatches", type=int, default=d.microbatches, help="GPipe micro-batches (default: %(default)s)")
+    p.add_argument("--microbatches", type=int, default=d.microbatches,
+                   help="GPipe micro-batches (default: %(default)s)")
     p.add_argument("--balance", default=d.balance, help="split: time, flops, params or counts like 6,6 "
                                                         "(default: %(default)s)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="(default: %(default)s)")

@@ -94,7 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--experiment", default=d.experiment, help="MLflow experiment (default: %(default)s)")
     g.add_argument("--run-name", default=None, help="MLflow run name (default: --name)")
     train.set_defaults(func=cmd_train)
+
+    from .bench import add_arguments as add_bench_arguments
+    bench = sub.add_parser("bench", help="training throughput and memory: original vs parareal vs raypar vs DDP vs "
+                                         "pipelining",
+                           description="Train the same model, batch and threads per process as every contender "
+                                       "(original, parareal-1proc, raypar-N on Ray, Ray Train DDP, torch pipelining) "
+                                       "and compare samples/s and peak memory per process; writes bench.json and "
+                                       "bench.png into --out and logs an MLflow run with --tracking-uri.")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args) -> int:
+    from .bench import cmd_bench as run_bench
+    return run_bench(args)
 
 
 def config_from_args(args):
@@ -111,6 +126,21 @@ def config_from_args(args):
     return TrainConfig(**values).validate()
 
 
+def _check_address(address: str, timeout_s: float = 10.0) -> None:
+    """A quick TCP check of ``host:port`` (also ``ray://host:port``): ray.init would retry for minutes."""
+    import socket
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {e}; check --address "
+                        f"(host:port of the head's GCS, default port 6379)") from None
+
+
 def _init_ray(cfg) -> None:
     import os
 
@@ -119,6 +149,7 @@ def _init_ray(cfg) -> None:
         return
     if cfg.address:
         target = cfg.address
+        _check_address(target)
     elif os.environ.get("RAY_ADDRESS"):
         target = None                                 # inside `ray job submit`: attach to the job's cluster
     else:                                             # a private in-process Ray sized for this run
@@ -187,11 +218,12 @@ def cmd_train(args) -> int:
     from rich.console import Console
     from rich.panel import Panel
 
-    from . import data
+    from . import data, tracking
     from .trainer import fit
 
     cfg = config_from_args(args)
     data.load(cfg.dataset, cfg.data_dir, cfg.download)          # a missing data set fails here, before any run
+    tracking.check_reachable(cfg.tracking_uri)
     _init_ray(cfg)
     try:
         result = _fit_with_progress(cfg, fit)

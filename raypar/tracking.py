@@ -49,6 +49,19 @@ def latest_meta(storage_path: str, name: str) -> dict | None:
     return None
 
 
+def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
+    """Fail with one line, before anything starts, when an HTTP tracking server does not answer."""
+    import urllib.error
+    import urllib.request
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except (urllib.error.URLError, OSError) as e:
+        raise UserError(f"cannot reach the MLflow tracking server {tracking_uri}: {getattr(e, 'reason', e)}; "
+                        f"check --tracking-uri / MLFLOW_TRACKING_URI") from None
+
+
 def connect(tracking_uri: str, experiment: str):
     """Set the tracking URI and experiment; fail with a one-line error when the store cannot be reached."""
     import mlflow

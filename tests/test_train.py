@@ -84,6 +84,9 @@ def test_single_subnet_is_the_baseline(ray_local, tmp_path):
     (["--dataset", "cifar10"], "needs --data-dir"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--balance", "fast"], "--balance must be one of"),
+    (["--tracking-uri", "http://127.0.0.1:1"], "cannot reach the MLflow tracking server"),
+    (["--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    (["--gpus-per-subnet", "-1"], "--gpus-per-subnet must be >= 0"),
 ])
 def test_train_bad_input_exit_2_one_line(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", *args], cwd=tmp_path, capture_output=True,
