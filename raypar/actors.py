@@ -68,9 +68,12 @@ class FineWorker:
         self.busy += time.perf_counter() - t0
         return result
 
-    def backward(self, key, grad: np.ndarray) -> np.ndarray:
+    def backward(self, key, grad: np.ndarray | None) -> np.ndarray | None:
+        """Backward through the graph kept under ``key``; ``grad`` None only frees that graph."""
         t0 = time.perf_counter()
         u, out = self.graphs.pop(key)
+        if grad is None:
+            return None
         out.backward(from_numpy(grad, self.device))
         result = to_numpy(u.grad)
         self.busy += time.perf_counter() - t0

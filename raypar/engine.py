@@ -37,6 +37,7 @@ class StepStats:
     wait: float = 0.0          # driver blocked on actors
     bytes: int = 0             # interface bytes shipped (both directions)
     steps: int = 0
+    local_fine: float = 0.0    # forward of the fine segment run in the driver (first_in_driver)
 
     @property
     def transfer(self) -> float:
@@ -44,7 +45,7 @@ class StepStats:
         return max(0.0, self.wait - self.fine_max)
 
     def add(self, other: "StepStats") -> None:
-        for f in ("wall", "driver", "fine_max", "wait", "bytes", "steps"):
+        for f in ("wall", "driver", "fine_max", "wait", "bytes", "steps", "local_fine"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
 
@@ -71,6 +72,9 @@ class Resources:
     cpus_per_subnet: float = 1.0
     placement: str = "PACK"
     timeout_s: float = 120.0
+    # run F_1 in the driver process, overlapped with the actors' F_2..F_N: N processes instead of N + 1, and no
+    # transfers for F_1 (the driver is idle while the actors compute anyway)
+    first_in_driver: bool = False
 
 
 class PararealEngine:
@@ -84,25 +88,31 @@ class PararealEngine:
         self.n, self.k = net.num_subnets, net.iterations
         use_gpu = resources.gpus_per_subnet > 0
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.driver = net.driver_modules().to(self.device).train()
+        self.driver = net.driver_modules()
+        self.offset = 1 if resources.first_in_driver else 0      # segments [0, offset) run in the driver
+        if self.offset:
+            self.driver["segments"] = torch.nn.ModuleList(net.segments[:self.offset])
+        self.driver.to(self.device).train()
         self.pre, self.coarse, self.post = self.driver["pre"], self.driver["coarse"], self.driver["post"]
+        self.local = list(self.driver["segments"]) if self.offset else []
+        remote = list(net.segments)[self.offset:]
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim.lr, optim.momentum,
                                               optim.weight_decay, optim.epochs)
         bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}
-        self.pg = placement_group([dict(bundle) for _ in range(self.n)], strategy=resources.placement)
+        self.pg = placement_group([dict(bundle) for _ in range(max(1, len(remote)))], strategy=resources.placement)
         ready, _ = ray.wait([self.pg.ready()], timeout=resources.timeout_s)
         if not ready:
             ray.util.remove_placement_group(self.pg)
-            raise UserError(f"could not get {self.n} x {bundle} for the fine sub-networks within "
+            raise UserError(f"could not get {len(remote)} x {bundle} for the fine sub-networks within "
                             f"{resources.timeout_s:.0f} s; the cluster has {ray.cluster_resources()} in total and "
                             f"{ray.available_resources()} free")
         actor_cls = ray.remote(FineWorker)
         self.actors = [
             actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
-                              scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, j))
-                     .remote(j, seg, optim.lr, optim.momentum, optim.weight_decay, optim.epochs,
-                             seed * 1000 + j + 1, use_gpu)
-            for j, seg in enumerate(net.segments)]
+                              scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+                     .remote(i + self.offset, seg, optim.lr, optim.momentum, optim.weight_decay, optim.epochs,
+                             seed * 1000 + i + self.offset + 1, use_gpu)
+            for i, seg in enumerate(remote)]
         ray.get([a.pid.remote() for a in self.actors])         # started and ready: startup is not step time
         self.step_count = 0
 
@@ -116,15 +126,18 @@ class PararealEngine:
         step = self.step_count
 
         def fine(k: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-            arrays = [to_numpy(u) for u in inputs]
+            arrays = [to_numpy(u) for u in inputs[self.offset:]]
             refs = [a.forward.remote((step, k), arr) for a, arr in zip(self.actors, arrays)]
+            t0 = time.perf_counter()
+            local = [seg(u) for seg, u in zip(self.local, inputs)]      # F_1 here while the actors work
+            st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
             outs = ray.get(refs)
             st.wait += time.perf_counter() - t0
             st.bytes += sum(a.nbytes for a in arrays) + sum(o.nbytes for o in outs)
             fs = [from_numpy(o, self.device).requires_grad_(True) for o in outs]
-            calls.extend(_FineCall(j, (step, k), u, f) for j, (u, f) in enumerate(zip(inputs, fs)))
-            return fs
+            calls.extend(_FineCall(i, (step, k), u, f) for i, (u, f) in enumerate(zip(inputs[self.offset:], fs)))
+            return local + fs
 
         x, y = x.to(self.device), y.to(self.device)
         l = parareal(self.pre(x), self.coarse, fine, self.k, self.n)
@@ -132,8 +145,10 @@ class PararealEngine:
         loss = F.cross_entropy(logits, y)
 
         def launch(call: _FineCall, grad: torch.Tensor | None):
-            g = to_numpy(grad if grad is not None else torch.zeros_like(call.f))
-            st.bytes += g.nbytes
+            # grad None: this output never reached the loss (with K = N, f^1_j for j > 1 does not); the actor only
+            # frees its graph, and nothing flows back, exactly as autograd leaves such parameters without a grad
+            g = to_numpy(grad) if grad is not None else None
+            st.bytes += g.nbytes if g is not None else 0
             call.grad_ref = self.actors[call.j].backward.remote(call.key, g)
 
         # Backward, iteration by iteration from the last: dL/df^k is complete only once dL/du^{k+1} (which the actors
@@ -154,14 +169,15 @@ class PararealEngine:
             grads = ray.get([c.grad_ref for c in these])
             busy = ray.get(step_refs) if step_refs else busy
             st.wait += time.perf_counter() - t0
-            st.bytes += sum(g.nbytes for g in grads)
-            pairs = [(c.u, from_numpy(g, self.device)) for c, g in zip(these, grads) if c.u.requires_grad]
+            st.bytes += sum(g.nbytes for g in grads if g is not None)
+            pairs = [(c.u, from_numpy(g, self.device)) for c, g in zip(these, grads)
+                     if g is not None and c.u.requires_grad]
             if pairs:
                 torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
-        st.fine_max = max(busy)
+        st.fine_max = max([*busy, st.local_fine])
         st.wall = time.perf_counter() - t_start
         st.driver = st.wall - st.wait
         correct = int((logits.argmax(1) == y).sum())
@@ -178,8 +194,9 @@ class PararealEngine:
         import ray
 
         def fine(k, inputs):
-            refs = [a.eval_forward.remote(to_numpy(u)) for a, u in zip(self.actors, inputs)]
-            return [from_numpy(o, self.device) for o in ray.get(refs)]
+            refs = [a.eval_forward.remote(to_numpy(u)) for a, u in zip(self.actors, inputs[self.offset:])]
+            local = [seg(u) for seg, u in zip(self.local, inputs)]
+            return local + [from_numpy(o, self.device) for o in ray.get(refs)]
 
         self.driver.eval()
         try:
@@ -209,8 +226,8 @@ class PararealEngine:
 
     def set_state(self, state: dict) -> None:
         import ray
-        if len(state["fine"]) != self.n:
-            raise UserError(f"checkpoint has {len(state['fine'])} sub-networks, this run has {self.n}")
+        if len(state["fine"]) != len(self.actors):
+            raise UserError(f"checkpoint has {len(state['fine'])} fine actors, this run has {len(self.actors)}")
         self.driver.load_state_dict(state["driver"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -222,8 +239,8 @@ class PararealEngine:
         """The weights in :class:`PararealNet`'s key layout (``pre.*``, ``coarse.*``, ``post.*``, ``segments.j.*``)."""
         state = self.get_state()
         sd = dict(state["driver"])
-        for j, fs in enumerate(state["fine"]):
-            sd.update({f"segments.{j}.{k}": v for k, v in fs["module"].items()})
+        for i, fs in enumerate(state["fine"]):
+            sd.update({f"segments.{i + self.offset}.{k}": v for k, v in fs["module"].items()})
         return sd
 
     def actor_pids(self) -> list[int]:

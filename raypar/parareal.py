@@ -10,6 +10,7 @@ With coarse networks ``C_1..C_N``, fine propagators ``F_1..F_N`` and ``x0 = pre(
         l^k_0 = x0,   l^k_j = f^k_j + (C_j(l^k_{j-1}) - C_j(l^{k-1}_{j-1}))   j = 1..N     correction sweep
     output = l^K_N
 
+Only ``l^k_1..l^k_{N-1}`` feed the next iteration, so before the last iteration ``F_N`` is not run at all.
 ``C_j(l^{k-1}_{j-1})`` is remembered from the previous sweep (for k = 1 it is ``z_j``, plus the extra ``z_N``), so no
 coarse network ever runs twice on the same input. Since ``l_0 = x0`` in every iteration, ``C_1`` terms cancel
 exactly and ``l_1 = f_1``. The difference of the two coarse terms is taken first, so where an interval has
@@ -45,11 +46,13 @@ def parareal(x0: torch.Tensor, coarse: Sequence[torch.nn.Module], fine: FineMap,
     c_prev = coarse_sweep(coarse, x0)              # C_j(l^{k-1}_{j-1}), j = 1..N
     inputs = [x0] + c_prev[:-1]                    # l^{k-1}_{j-1}, j = 1..N  (z_0 .. z_{N-1})
     for k in range(1, iterations + 1):
-        f = fine(k, inputs)
+        m = n if k == iterations else n - 1       # before the last iteration l^k_N feeds nothing: skip F_N
+        f = fine(k, inputs[:m])
         l, c_new = [f[0]], [c_prev[0]]             # l_1 = f_1; C_1(l_0) = C_1(x0) never changes
         for j in range(1, n):
             c = coarse[j](l[j - 1])
-            l.append(f[j] + (c - c_prev[j]))
             c_new.append(c)
-        inputs, c_prev = [x0] + l[:-1], c_new
+            if j < m:
+                l.append(f[j] + (c - c_prev[j]))
+        inputs, c_prev = [x0] + l[:n - 1], c_new
     return l

@@ -19,14 +19,16 @@ def _reference_step(net, opt, x, y):
     return loss.item()
 
 
-@pytest.mark.parametrize("model, n, k", [("vgg11", 2, 1), ("vgg11", 3, 2), ("resnet20", 3, 1), ("vgg11", 1, 1)])
-def test_engine_matches_reference(ray_local, model, n, k):
+@pytest.mark.parametrize("model, n, k, first_in_driver", [
+    ("vgg11", 2, 1, False), ("vgg11", 3, 2, False), ("resnet20", 3, 1, False), ("vgg11", 1, 1, False),
+    ("vgg11", 2, 1, True), ("vgg11", 3, 3, True)])
+def test_engine_matches_reference(ray_local, model, n, k, first_in_driver):
     torch.manual_seed(0)
     # float64, so that the only difference (the order of float additions) stays far below the tolerance
     net = PararealNet(build(model, width_mult=0.25), n, iterations=k, balance="flops").double()
     ref = copy.deepcopy(net).train()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5), seed=0)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver), seed=0)
     try:
         batches = [(torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))) for _ in range(3)]
         for i, (x, y) in enumerate(batches):
@@ -40,8 +42,11 @@ def test_engine_matches_reference(ray_local, model, n, k):
                     torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
             assert stats.wall > 0 and stats.fine_max > 0 and stats.bytes > 0
         # exactly 4 interface tensors per sub-network and iteration: u out, f back, dL/df out, dL/du back
-        numel = [torch.Size(i.in_shape).numel() + torch.Size(i.out_shape).numel() for i in net.segment_info]
-        assert stats.bytes == k * 8 * 8 * 2 * sum(numel)      # float64: 8 bytes
+        shipped = net.segment_info[1:] if first_in_driver else net.segment_info      # F_1 in the driver: no transfer
+        numel = [torch.Size(i.in_shape).numel() + torch.Size(i.out_shape).numel() for i in shipped]
+        bound = k * 8 * 8 * 2 * sum(numel)                    # float64: 8 bytes
+        # with K > 1, F_N runs only in the last iteration and some outputs never reach the loss
+        assert stats.bytes == bound if k == 1 else 0 < stats.bytes < bound
         ref.eval()
         x = batches[0][0]
         with torch.no_grad():
