@@ -89,8 +89,11 @@ def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time",
     return results[0], results[1:-1], results[-1]
 
 
-def partition(costs: list[float], n: int) -> list[int]:
+def partition(costs: list[float], n: int, first_extra: float = 0.0) -> list[int]:
     """Contiguous split of ``costs`` into ``n`` non-empty segments minimising the largest segment sum.
+
+    ``first_extra`` is work that the first segment's process does besides its blocks (the driver's pre, coarse
+    and post when F_1 runs in the driver).
 
     Returns the number of blocks per segment. Exact dynamic programme, O(n L^2).
     """
@@ -107,7 +110,7 @@ def partition(costs: list[float], n: int) -> list[int]:
     for k in range(1, n + 1):
         for i in range(k, L - (n - k) + 1):
             for j in range(k - 1, i):
-                v = max(best[k - 1][j], prefix[i] - prefix[j])
+                v = max(best[k - 1][j], prefix[i] - prefix[j] + (first_extra if k == 1 else 0.0))
                 if v < best[k][i]:
                     best[k][i], cut[k][i] = v, j
     counts, i = [], L

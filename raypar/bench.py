@@ -40,7 +40,7 @@ from .errors import UserError
 from .models import build
 from .network import PararealNet
 
-CONTENDERS = ("original", "parareal-1proc", "raypar", "ddp", "pipe")
+CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
 PRESTART = 6                     # benchmark processes started ahead together (~0.7 GB each while idle)
 
 
@@ -147,9 +147,11 @@ class Runner:
         times, _ = timed(sgd_step(model, opt), make_batches(cfg), cfg.warmup)
         return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
 
-    def raypar(self, net: PararealNet, cfg: BenchConfig) -> dict:
-        """This process is the driver; the engine puts every fine segment into its own actor."""
-        engine = PararealEngine(net, cfg.optim, Resources(cpus_per_subnet=1), seed=cfg.seed)
+    def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False) -> dict:
+        """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
+        its own actor."""
+        engine = PararealEngine(net, cfg.optim, Resources(cpus_per_subnet=1, first_in_driver=first_in_driver),
+                                seed=cfg.seed)
         try:
             times, results = timed(engine.train_step, make_batches(cfg), cfg.warmup)
             rss = [peak_rss_mb()] + [peak_rss_mb(pid) for pid in engine.actor_pids()]
@@ -211,9 +213,10 @@ class Contender:
     run: Callable[[list], dict]    # run(runner actors) -> times, rss, idle, processes, extras
 
 
-def _net(cfg: BenchConfig, n: int) -> PararealNet:
+def _net(cfg: BenchConfig, n: int, driver_segment: bool = False) -> PararealNet:
     torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
-    return PararealNet(_model(cfg), n, balance=cfg.balance, input_shape=cfg.shape, profile_batch=cfg.batch)
+    return PararealNet(_model(cfg), n, balance=cfg.balance, input_shape=cfg.shape, profile_batch=cfg.batch,
+                       driver_segment=driver_segment)
 
 
 def _model(cfg: BenchConfig):
@@ -236,9 +239,11 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def bytes_minimum(net: PararealNet, batch: int) -> int:
-    """4 interface tensors per segment and iteration: input out, output back, their gradients the other way."""
-    per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in net.segment_info)
+def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False) -> int:
+    """4 interface tensors per remote segment and iteration: input out, output back, their gradients the other
+    way (``skip_first``: F_1 runs in the driver and ships nothing)."""
+    shipped = net.segment_info[1:] if skip_first else net.segment_info
+    per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in shipped)
     return net.iterations * batch * 4 * per * 2
 
 
@@ -250,15 +255,17 @@ def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
     return out
 
 
-def run_raypar(runner, net: PararealNet, cfg: BenchConfig) -> dict:
+def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False) -> dict:
     import ray
-    out = ray.get(runner.raypar.remote(net, cfg))
+    out = ray.get(runner.raypar.remote(net, cfg, first_in_driver))
     stats, n = out.pop("stats"), net.num_subnets
+    procs = n if first_in_driver and n > 1 else n + 1
     med = {k: statistics.median(s[k] for s in stats) for k in ("driver", "fine_max", "wait")}
-    return dict(out, processes=n + 1, subnets=n, split=net.split, driver_ms=1e3 * med["driver"],
+    return dict(out, processes=procs, subnets=n, split=net.split, driver_ms=1e3 * med["driver"],
                 fine_max_ms=1e3 * med["fine_max"], transfer_ms=1e3 * max(0.0, med["wait"] - med["fine_max"]),
-                bytes_per_step=max(s["bytes"] for s in stats), bytes_min=bytes_minimum(net, cfg.batch),
-                parallel_limit=parallel_limit(net, min(cpu_cores(), n + 1)))
+                bytes_per_step=max(s["bytes"] for s in stats),
+                bytes_min=bytes_minimum(net, cfg.batch, skip_first=first_in_driver),
+                parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))
 
 
 def run_ddp(cfg: BenchConfig, workers: int) -> dict:
@@ -306,10 +313,14 @@ def plan(cfg: BenchConfig) -> list[Contender]:
     big, want = max(cfg.subnets), set(cfg.contenders)
     sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (set(cfg.subnets) if "raypar" in want else set())
     nets = {n: _net(cfg, n) for n in sorted(sizes)}
+    f1_nets = {n: _net(cfg, n, driver_segment=True) for n in cfg.subnets if n > 1} if "raypar-f1" in want else {}
     table = {"original": [Contender("original", 1, lambda rs: run_local(rs[0], _model(cfg), cfg))],
              "parareal-1proc": [Contender("parareal-1proc", 1, lambda rs: run_local(rs[0], nets[big], cfg))],
              "raypar": [Contender(f"raypar-N{n}", 1, lambda rs, n=n: run_raypar(rs[0], nets[n], cfg))
                         for n in cfg.subnets],
+             "raypar-f1": [Contender(f"raypar-N{n}-f1", 1,
+                                     lambda rs, n=n: run_raypar(rs[0], f1_nets[n], cfg, first_in_driver=True))
+                           for n in sorted(f1_nets)],
              "ddp": [Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big))],
              "pipe": [Contender(f"pipe-{big}", big, lambda rs: run_pipe(rs, nets[big], cfg))]}
     return [c for name in CONTENDERS if name in want for c in table[name]]

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-subnet", type=float, default=None,
                    help="GPUs per fine actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
     g.add_argument("--cpus-per-subnet", type=float, default=d.cpus_per_subnet, help="(default: %(default)s)")
+    g.add_argument("--driver-segment", action="store_true",
+                   help="run the first fine sub-network in the driver, overlapped with the actors: N processes "
+                        "instead of N + 1 (faster when processes outnumber cores; see benchmarks/throughput)")
     g.add_argument("--placement", default=d.placement, choices=["PACK", "SPREAD"],
                    help="placement group strategy for the fine actors (default: %(default)s)")
     g.add_argument("--address", default=None,

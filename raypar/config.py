@@ -38,6 +38,7 @@ class TrainConfig:
     gpus_per_subnet: float | None = None     # None: 1 when the cluster has GPUs, else 0
     cpus_per_subnet: float = 1.0
     placement: str = "PACK"
+    driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
     address: str | None = None               # None: in-process local Ray (or the cluster of a Ray job)
     resource_timeout_s: float = 300.0        # how long to wait for the cluster (or its autoscaler) to fit the run
     # run bookkeeping

@@ -48,7 +48,8 @@ class PararealNet(nn.Module):
     """
 
     def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,
-                 balance="time", input_shape: tuple | None = None, profile_batch: int = 8):
+                 balance="time", input_shape: tuple | None = None, profile_batch: int = 8,
+                 driver_segment: bool = False):
         super().__init__()
         staged = staged_from(staged)
         num_blocks = len(staged.blocks)
@@ -68,7 +69,13 @@ class PararealNet(nn.Module):
         measure = balance if isinstance(balance, str) else "flops"
         pre_p, block_p, post_p = bal.profile(staged, sample, measure)
         if isinstance(balance, str):
-            self.split = bal.partition([p.cost for p in block_p], num_subnets)
+            costs = [p.cost for p in block_p]
+            self.split = bal.partition(costs, num_subnets)
+            if driver_segment and num_subnets > 1:
+                # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do
+                coarse = self._coarse_costs(self.split, block_p, measure, profile_batch, self.coarse_spec)
+                extra = pre_p.cost + post_p.cost + coarse[0] + (1 + iterations) * sum(coarse[1:])
+                self.split = bal.partition(costs, num_subnets, first_extra=extra)
         else:
             self.split = bal.check_counts(list(balance), num_subnets, num_blocks)
         self.balance_measure = measure
@@ -94,6 +101,18 @@ class PararealNet(nn.Module):
                 prof, _ = bal.measure_part(copy.deepcopy(net), x, measure)
                 info.coarse_params, info.coarse_cost, info.coarse_flops = prof.params, prof.cost, prof.flops
                 self.coarse.append(net)
+
+    @staticmethod
+    def _coarse_costs(split, block_p, measure, batch, spec) -> list[float]:
+        """The cost of each coarse network a split would get (built aside: the global RNG is left alone)."""
+        costs, start = [], 0
+        with torch.random.fork_rng():
+            for count in split:
+                ps = block_p[start:start + count]
+                net = build_coarse(ps[0].in_shape, ps[-1].out_shape, spec)
+                costs.append(bal.measure_part(net, torch.randn(batch, *ps[0].in_shape), measure)[0].cost)
+                start += count
+        return costs
 
     def fine_local(self, k: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         return [seg(u) for seg, u in zip(self.segments, inputs)]

@@ -130,10 +130,12 @@ def train_loop(config: dict) -> None:
     staged = build(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
                    width_mult=cfg.width_mult, image_size=spec.image_size)
     # a resumed run keeps the split it started with (a measured-time balance could choose another one)
-    net = PararealNet(staged, cfg.subnets, cfg.iterations, cfg.coarse, meta["split"] if meta else cfg.balance)
+    net = PararealNet(staged, cfg.subnets, cfg.iterations, cfg.coarse, meta["split"] if meta else cfg.balance,
+                      driver_segment=cfg.driver_segment)
     gpus = _gpus_per_subnet(cfg)
     engine = PararealEngine(net, OptimConfig(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs),
-                            Resources(gpus, cfg.cpus_per_subnet, cfg.placement), seed=cfg.seed)
+                            Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment),
+                            seed=cfg.seed)
     start = 0
     if state is not None:
         engine.set_state(state)
@@ -185,7 +187,8 @@ def train_loop(config: dict) -> None:
 def bundles(cfg: TrainConfig, gpus: float) -> list[dict]:
     """What one run needs: the driver (the Ray Train worker) and one bundle per fine actor."""
     gpu = {"GPU": gpus} if gpus else {}
-    return [{"CPU": 1.0, **gpu}] + [{"CPU": cfg.cpus_per_subnet, **gpu} for _ in range(cfg.subnets)]
+    actors = cfg.subnets - 1 if cfg.driver_segment else cfg.subnets
+    return [{"CPU": 1.0, **gpu}] + [{"CPU": cfg.cpus_per_subnet, **gpu} for _ in range(actors)]
 
 
 def wait_for_resources(cfg: TrainConfig, gpus: float) -> None:
@@ -202,7 +205,7 @@ def wait_for_resources(cfg: TrainConfig, gpus: float) -> None:
     finally:
         remove_placement_group(pg)
     if not ready:
-        raise UserError(f"the cluster could not provide {len(asked)} bundles (driver + {cfg.subnets} sub-networks: "
+        raise UserError(f"the cluster could not provide {len(asked)} bundles (driver + {len(asked) - 1} fine actors: "
                         f"{total['CPU']:g} CPU, {total['GPU']:g} GPU in all) within {cfg.resource_timeout_s:g} s; "
                         f"it has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU in total — lower "
                         f"--subnets, --gpus-per-subnet or --cpus-per-subnet, or add nodes")

@@ -95,6 +95,6 @@ def test_unsatisfiable_resources_fail_clearly_within_timeout(ray_head):
                 timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert "the cluster could not provide 3 bundles" in out and "0 GPU in total" in out, out[-3000:]
+    assert "the cluster could not provide 3 bundles (driver + 2 fine actors" in out and "0 GPU in total" in out, out[-3000:]
     assert time.time() - t0 < 180
     assert not (tmp / "runs2" / "vgg11-digits-n2-k1-s0").exists()

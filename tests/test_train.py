@@ -70,6 +70,13 @@ def test_resume_continues_at_the_next_epoch(ray_local, tmp_path):
     assert [s for s, _ in _history(client, first.run_id, "val_acc")] == [1, 2]
 
 
+def test_driver_segment_trains(ray_local, tmp_path):
+    result = fit(_cfg(tmp_path, subnets=3, name="f1", driver_segment=True))
+    assert result.metrics["epoch"] == 1 and result.metrics["val_acc"] > 0.1
+    ckpt = torch.load(os.path.join(result.checkpoint_path, "state.pt"), weights_only=True)
+    assert len(ckpt["fine"]) == 2 and any(k.startswith("segments.0.") for k in ckpt["driver"])
+
+
 def test_single_subnet_is_the_baseline(ray_local, tmp_path):
     result = fit(_cfg(tmp_path, subnets=1, name="n1"))
     assert result.metrics["epoch"] == 1 and result.metrics["val_acc"] > 0.1
