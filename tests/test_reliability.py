@@ -106,3 +106,14 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(ray_local, store, refere
     assert starts[0]["epoch"] == EPOCHS - 1            # resumed from the checkpoint before the torn one
     _assert_complete_record(cfg, result.run_id)
     _assert_same_weights(_final_weights(cfg, result.run_id), reference)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_the_run_ends_failed(ray_local, store):
+    cfg = _cfg(store, "nan", epochs=2, lr=1e12, max_failures=0)
+    with pytest.raises(Exception, match=r"the loss is (nan|inf|-inf) at epoch \d+, step \d+"):
+        fit(cfg)
+    client = MlflowClient(cfg.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("reliability").experiment_id],
+                              "tags.`raypar.run_key` LIKE '%/nan'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert "the loss is" in runs[0].data.tags["raypar.error"]
