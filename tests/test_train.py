@@ -94,6 +94,8 @@ def test_single_subnet_is_the_baseline(ray_local, tmp_path):
     (["--tracking-uri", "http://127.0.0.1:1"], "cannot reach the MLflow tracking server"),
     (["--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
     (["--gpus-per-subnet", "-1"], "--gpus-per-subnet must be >= 0"),
+    (["--dataset", "cifar10", "--data-dir", "."], "cifar10 not found or corrupt in"),
+    (["--dataset", "imagefolder:no/such/folder"], "needs the subfolders train/ and val/"),
 ])
 def test_train_bad_input_exit_2_one_line(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", *args], cwd=tmp_path, capture_output=True,
