@@ -64,11 +64,11 @@ def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
 
 def connect(tracking_uri: str, experiment: str):
     """Set the tracking URI and experiment; fail with a one-line error when the store cannot be reached."""
-    import mlflow
-    mlflow.set_tracking_uri(tracking_uri)
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri)        # never mlflow.set_tracking_uri: it rewrites the process environment
     try:
-        exp = mlflow.get_experiment_by_name(experiment)
-        return exp.experiment_id if exp else mlflow.create_experiment(experiment)
+        exp = client.get_experiment_by_name(experiment)
+        return exp.experiment_id if exp else client.create_experiment(experiment)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
         raise UserError(f"cannot reach the MLflow tracking store {tracking_uri!r}: "
                         f"{str(e).splitlines()[0][:200]}") from None
@@ -89,7 +89,7 @@ def open_run(cfg) -> tuple[str, bool]:
     """Create the MLflow run for ``cfg`` or, when resuming from a checkpoint, reopen its run. Returns (id, resumed)."""
     from mlflow.tracking import MlflowClient
     exp_id = connect(cfg.tracking_uri, cfg.experiment)
-    client = MlflowClient()
+    client = MlflowClient(cfg.tracking_uri)
     meta = latest_meta(cfg.storage_path, cfg.name)
     if meta and meta.get("mlflow_run_id"):
         try:
