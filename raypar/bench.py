@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .actors import make_optimizer
-from .engine import OptimConfig, PararealEngine, Resources
+from .engine import PararealEngine, Resources
 from .errors import UserError
 from .models import build
 from .network import PararealNet
+from .optim import OptimConfig, make_optimizer
 
 CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
 PRESTART = 6                     # benchmark processes started ahead together (~0.7 GB each while idle)
@@ -114,8 +114,7 @@ def timed(step, batches, warmup: int) -> tuple[list[float], list]:
 
 def optimizer(model: nn.Module, cfg: BenchConfig):
     """raypar's own optimizer (SGD with momentum and weight decay), the same for every contender."""
-    o = cfg.optim
-    return make_optimizer(model.parameters(), o.lr, o.momentum, o.weight_decay, o.epochs)[0]
+    return make_optimizer(model.parameters(), cfg.optim)[0]
 
 
 def sgd_step(model: nn.Module, opt) -> callable:
@@ -133,7 +132,7 @@ class Runner:
 
     def __init__(self):
         torch.set_num_threads(1)
-        make_optimizer([torch.zeros(1, requires_grad=True)], 0.1, 0.9, 0.0, 1)   # torch.optim's lazy imports (~2 s)
+        make_optimizer([torch.zeros(1, requires_grad=True)], OptimConfig())   # torch.optim's lazy imports (~2 s)
         self.idle = peak_rss_mb()            # Python + Ray + torch + raypar, before any work
 
     def ready(self) -> float:

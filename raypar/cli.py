@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .errors import UserError
+from .tracking import redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -15,22 +16,135 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _add_model_args(p: argparse.ArgumentParser, defaults) -> None:
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas like 1,2,4, got {text!r}")
+    return values
+
+
+def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bool = False) -> None:
+    """The model/split options. ``fixed``: real defaults (``info``); otherwise every default is None so that a
+    recipe or config file can fill what the command line leaves out (``train``, ``study``: see config_from_args)."""
+    def default(name):
+        return getattr(d, name) if fixed else None
+
+    def shown(name):
+        return f"(default: {getattr(d, name)})"
+
     g = p.add_argument_group("model and split")
-    g.add_argument("--model", default=defaults.model,
-                   help="vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet164, resnet1001) (default: %(default)s)")
-    g.add_argument("--width-mult", type=float, default=defaults.width_mult,
-                   help="scale every channel count (default: %(default)s)")
-    g.add_argument("--subnets", "-n", type=int, default=defaults.subnets,
-                   help="number N of fine sub-networks (default: %(default)s)")
-    g.add_argument("--iterations", "-k", type=int, default=defaults.iterations,
-                   help="parareal iterations K, 1..N; K = N reproduces the sequential network (default: %(default)s)")
-    g.add_argument("--balance", default="time",
-                   help="split by measured 'time', 'flops', 'params', or block counts like 5,7 (default: time)")
-    g.add_argument("--coarse-depth", type=int, default=defaults.coarse_depth,
-                   help="conv/BN/ReLU layers per coarse network (default: %(default)s)")
-    g.add_argument("--coarse-width", type=float, default=defaults.coarse_width,
-                   help="hidden channels of a coarse network relative to its output (default: %(default)s)")
+    g.add_argument("--model", default=default("model"),
+                   help=f"vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet164, resnet1001) {shown('model')}")
+    g.add_argument("--width-mult", type=float, default=default("width_mult"),
+                   help=f"scale every channel count {shown('width_mult')}")
+    if study:
+        g.add_argument("--subnets", "-n", type=_int_list, default=[1, 2, 4],
+                       help="the numbers N of fine sub-networks to train; N = 1 is the original network, run in one "
+                            "process (default: 1,2,4)")
+        g.add_argument("--iterations", "-k", type=_int_list, default=[1],
+                       help="the parareal iterations K to train for each N (only K <= N is run) (default: 1)")
+    else:
+        g.add_argument("--subnets", "-n", type=int, default=default("subnets"),
+                       help=f"number N of fine sub-networks {shown('subnets')}")
+        g.add_argument("--iterations", "-k", type=int, default=default("iterations"),
+                       help=f"parareal iterations K, 1..N; K = N reproduces the sequential network "
+                            f"{shown('iterations')}")
+    g.add_argument("--balance", default=default("balance"),
+                   help=f"split by measured 'time', 'flops', 'params', or block counts like 5,7 {shown('balance')}")
+    g.add_argument("--coarse-depth", type=int, default=default("coarse_depth"),
+                   help=f"conv/BN/ReLU layers per coarse network {shown('coarse_depth')}")
+    g.add_argument("--coarse-width", type=float, default=default("coarse_width"),
+                   help=f"hidden channels of a coarse network relative to its output {shown('coarse_width')}")
+    g.add_argument("--coarse-norm", default=default("coarse_norm"), choices=["group", "batch"],
+                   help=f"the coarse networks' normalisation; BatchNorm's running statistics blend the coarse and "
+                        f"correction sweeps' inputs and cost accuracy at evaluation (see raypar/coarse.py) "
+                        f"{shown('coarse_norm')}")
+    g.add_argument("--norm", default=default("norm"), choices=["batch", "group"],
+                   help=f"normalisation layers of the built-in models: BatchNorm, or GroupNorm "
+                        f"(independent of the batch: replicas compute exactly what one process would on the "
+                        f"combined batch) {shown('norm')}")
+
+
+def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
+    """Every option of a training run (``train``; ``study`` takes lists of N, K and seeds instead)."""
+    def shown(name):
+        return f"(default: {getattr(d, name)})"
+
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", default=None,
+                   help="start from a named recipe (`raypar recipes` lists them); options given here override it")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="start from a TOML file of settings (the recipe format: keys are the option names with "
+                        "'_' for '-', e.g. lr_schedule = \"step\"); applied after --recipe, before the options here")
+    _add_model_args(p, d, fixed=False, study=study)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None,
+                   help=f"digits (offline), cifar10, cifar100, svhn, mnist, imagefolder:PATH {shown('dataset')}")
+    g.add_argument("--data-dir", default=None, help="where torchvision data sets are (or are downloaded to)")
+    g.add_argument("--download", action="store_true", default=None,
+                   help="download the data set into --data-dir (needs internet)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None, help=shown("epochs"))
+    g.add_argument("--batch-size", type=int, default=None, help=shown("batch_size"))
+    g.add_argument("--lr", type=float, default=None, help=f"SGD learning rate {shown('lr')}")
+    g.add_argument("--lr-schedule", default=None, choices=["cosine", "step"],
+                   help=f"per-epoch LR schedule: cosine to 0, or x --lr-gamma at 50%% and 75%% of the epochs "
+                        f"(lr_milestones in a config file) {shown('lr_schedule')}")
+    g.add_argument("--lr-gamma", type=float, default=None, help=f"the step schedule's factor {shown('lr_gamma')}")
+    g.add_argument("--momentum", type=float, default=None, help=shown("momentum"))
+    g.add_argument("--weight-decay", type=float, default=None, help=shown("weight_decay"))
+    g.add_argument("--on-nonfinite", default=None, choices=["stop", "skip"],
+                   help=f"a NaN/inf loss: stop the run (the last good checkpoint stays), or skip that batch with no "
+                        f"update anywhere, counted in the metric skipped_batches {shown('on_nonfinite')}")
+    if study:
+        g.add_argument("--seeds", type=_int_list, default=[0], help="seeds, one run each per configuration "
+                                                                    "(default: 0)")
+    else:
+        g.add_argument("--seed", type=int, default=None, help=shown("seed"))
+    g = p.add_argument_group("resources")
+    g.add_argument("--gpus-per-subnet", type=float, default=None,
+                   help="GPUs per fine actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-subnet", type=float, default=None, help=shown("cpus_per_subnet"))
+    g.add_argument("--replicas", "-r", type=int, default=None,
+                   help=f"R data-parallel replicas of the whole parareal network: R drivers x N fine actors, the "
+                        f"data split between them, every part's gradients averaged before each step; --batch-size "
+                        f"is per replica {shown('replicas')}")
+    g.add_argument("--driver-segment", action="store_true", default=None,
+                   help="run the first fine sub-network in the driver, overlapped with the actors: N processes "
+                        "instead of N + 1 (faster when processes outnumber cores; see benchmarks/throughput)")
+    g.add_argument("--placement", default=None, choices=["PACK", "SPREAD"],
+                   help=f"placement group strategy for the fine actors {shown('placement')}")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "
+                        "in-process local Ray)")
+    g.add_argument("--resource-timeout", dest="resource_timeout_s", type=float, default=None,
+                   help=f"seconds to wait for the cluster (and its autoscaler) to provide the driver and every "
+                        f"fine actor before failing with what was asked {shown('resource_timeout_s')}")
+    g = p.add_argument_group("run bookkeeping")
+    g.add_argument("--storage-path", default=None,
+                   help=f"where Ray Train keeps checkpoints; shared storage (s3://, NFS) on multi-node clusters "
+                        f"{shown('storage_path')}")
+    if study:
+        g.add_argument("--name", default=None,
+                       help="the study's name: its MLflow parent run and the prefix of every run's name; the same "
+                            "command again resumes the study (default: <recipe or model>-<dataset>)")
+        g.add_argument("--out", default=None,
+                       help="folder for the report and plots (default: studies/<name>)")
+    else:
+        g.add_argument("--name", default=None,
+                       help="run name; a run with the same name and storage path resumes from its last checkpoint "
+                            "(default: derived from model, data set, N, K and seed)")
+    g.add_argument("--max-failures", type=int, default=None,
+                   help=f"restarts from the last checkpoint after a lost worker or actor {shown('max_failures')}")
+    g.add_argument("--num-to-keep", type=int, default=None, help=f"checkpoints kept {shown('num_to_keep')}")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    g.add_argument("--experiment", default=None, help=f"MLflow experiment {shown('experiment')}")
+    if not study:
+        g.add_argument("--run-name", default=None, help="MLflow run name (default: --name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,61 +156,51 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show how a model splits into sub-networks",
                           description="Print the split of a model into N sub-networks: blocks, parameters, "
                                       "cost, interface tensors, coarse/fine cost and the ideal speedup.")
-    _add_model_args(info, d)
+    _add_model_args(info, TrainConfig(model="resnet164", width_mult=1.0, subnets=4))
     info.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: %(default)s)")
     info.add_argument("--in-channels", type=int, default=3, help="input channels (default: %(default)s)")
     info.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
     info.add_argument("--batch", type=int, default=8, help="batch size of the profiling run (default: %(default)s)")
-    info.set_defaults(func=cmd_info, width_mult=1.0, model="resnet164", subnets=4)
+    info.set_defaults(func=cmd_info)
 
     train = sub.add_parser("train", help="train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
                            description="Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post "
                                        "in the Ray Train driver, every run recorded in MLflow. With no arguments it "
                                        "trains a small VGG-11 on the offline digits data set with 2 sub-networks "
-                                       "on an in-process Ray.")
-    _add_model_args(train, d)
-    g = train.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset,
-                   help="digits (offline), cifar10, cifar100, svhn, mnist, imagefolder:PATH (default: %(default)s)")
-    g.add_argument("--data-dir", default=None, help="where torchvision data sets are (or are downloaded to)")
-    g.add_argument("--download", action="store_true", help="download the data set into --data-dir (needs internet)")
-    g = train.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate, cosine schedule (default: %(default)s)")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="(default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    g = train.add_argument_group("resources")
-    g.add_argument("--gpus-per-subnet", type=float, default=None,
-                   help="GPUs per fine actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
-    g.add_argument("--cpus-per-subnet", type=float, default=d.cpus_per_subnet, help="(default: %(default)s)")
-    g.add_argument("--driver-segment", action="store_true",
-                   help="run the first fine sub-network in the driver, overlapped with the actors: N processes "
-                        "instead of N + 1 (faster when processes outnumber cores; see benchmarks/throughput)")
-    g.add_argument("--placement", default=d.placement, choices=["PACK", "SPREAD"],
-                   help="placement group strategy for the fine actors (default: %(default)s)")
-    g.add_argument("--address", default=None,
-                   help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "
-                        "in-process local Ray)")
-    g.add_argument("--resource-timeout", dest="resource_timeout_s", type=float, default=d.resource_timeout_s,
-                   help="seconds to wait for the cluster (and its autoscaler) to provide the driver and every "
-                        "fine actor before failing with what was asked (default: %(default)s)")
-    g = train.add_argument_group("run bookkeeping")
-    g.add_argument("--storage-path", default=d.storage_path,
-                   help="where Ray Train keeps checkpoints; shared storage (s3://, NFS) on multi-node clusters "
-                        "(default: %(default)s)")
-    g.add_argument("--name", default=None,
-                   help="run name; a run with the same name and storage path resumes from its last checkpoint "
-                        "(default: derived from model, data set, N, K and seed)")
-    g.add_argument("--max-failures", type=int, default=d.max_failures,
-                   help="restarts from the last checkpoint after a lost worker or actor (default: %(default)s)")
-    g.add_argument("--num-to-keep", type=int, default=d.num_to_keep, help="checkpoints kept (default: %(default)s)")
-    g.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    g.add_argument("--experiment", default=d.experiment, help="MLflow experiment (default: %(default)s)")
-    g.add_argument("--run-name", default=None, help="MLflow run name (default: --name)")
+                                       "on an in-process Ray. Settings come from the defaults shown, replaced by "
+                                       "--recipe, then by --config, then by the options given.")
+    _add_train_args(train, d)
     train.set_defaults(func=cmd_train)
+
+    study = sub.add_parser("study", help="train the original network and its parareal versions side by side",
+                           description="Train, with one recipe and seed list, the original network (N = 1, in one "
+                                       "process) and its parareal versions for every N and K asked for, as nested "
+                                       "MLflow runs under one parent run; print a table as it goes; write a Markdown "
+                                       "report and PNG plots into --out and onto the parent run. The same command "
+                                       "again resumes an interrupted study (finished runs are not retrained).")
+    _add_train_args(study, d, study=True)
+    study.set_defaults(func=cmd_study)
+
+    compare = sub.add_parser("compare", help="compare the runs of an MLflow experiment or study, one row per "
+                                             "configuration",
+                             description="Read finished runs from MLflow and print one row per configuration "
+                                         "(model, data set, N, K, replicas, recipe): seeds, best and final val "
+                                         "accuracy (mean ± std over seeds), time per epoch, samples/s, speedup and "
+                                         "accuracy delta vs the N = 1 baseline of the same model and recipe.")
+    compare.add_argument("--experiment", default=None, help="the MLflow experiment to read (default: raypar)")
+    compare.add_argument("--parent", default=None, metavar="RUN_ID",
+                         help="only the runs of one study (its parent run id)")
+    compare.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    compare.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"],
+                         help="output format (default: %(default)s)")
+    compare.set_defaults(func=cmd_compare)
+
+    recipes = sub.add_parser("recipes", help="list the built-in recipes",
+                             description="List the recipes that ship with raypar (name@version and what they "
+                                         "train); `--show NAME` prints one as a TOML file to start your own from.")
+    recipes.add_argument("--show", default=None, metavar="NAME", help="print this recipe's TOML file")
+    recipes.set_defaults(func=cmd_recipes)
 
     from .bench import add_arguments as add_bench_arguments
     bench = sub.add_parser("bench", help="training throughput and memory: original vs parareal vs raypar vs DDP vs "
@@ -107,7 +211,50 @@ def build_parser() -> argparse.ArgumentParser:
                                        "bench.png into --out and logs an MLflow run with --tracking-uri.")
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from .plan import add_arguments as add_plan_arguments
+    plan = sub.add_parser("plan", help="predict step time and speedup for N = 1..G sub-networks, before running",
+                          description="Predict, for N = 1..G sub-networks, the training step time and the speedup "
+                                      "over the sequential network: Amdahl for the parareal structure (pre + coarse "
+                                      "sweeps + K x max fine + post on the critical path) plus the interface "
+                                      "transfers over --link-gbps, from per-part costs measured on this machine "
+                                      "(one thread per process) and PararealNet's balanced split.")
+    add_plan_arguments(plan)
+    plan.set_defaults(func=cmd_plan)
     return parser
+
+
+def cmd_study(args) -> int:
+    from .study import run_study
+    from .trainer import fit
+    cfg = config_from_args(args, skip=("subnets", "iterations", "name"))
+    return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seeds, name=args.name,
+                     out=args.out, init_ray=_init_ray, fit=lambda c: _fit_with_progress(c, fit))
+
+
+def cmd_compare(args) -> int:
+    import os
+
+    from .compare import cmd_compare as run_compare
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    return run_compare(uri, args.experiment, args.parent, args.format)
+
+
+def cmd_recipes(args) -> int:
+    from importlib import resources
+
+    from . import recipes
+    if args.show:
+        recipes.get(args.show)                                  # an unknown name: one line, exit 2
+        print(resources.files("raypar").joinpath("recipes", f"{args.show}.toml").read_text(), end="")
+        return 0
+    for r in recipes.available():
+        v = r.values
+        print(f"{r.tag:24s} {v['model']} x{v.get('width_mult', 1.0)} on {v['dataset']}, {v['epochs']} epochs, "
+              f"N = {v.get('subnets', 2)}\n    {r.description}")
+    print("\nrun one with `raypar train --recipe NAME` (options given override it); `raypar recipes --show NAME` "
+          "prints its TOML")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -115,17 +262,37 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
-def config_from_args(args):
-    """The validated :class:`TrainConfig` of parsed ``train`` arguments."""
+def cmd_plan(args) -> int:
+    from .plan import cmd_plan as run_plan
+    return run_plan(args)
+
+
+def config_from_args(args, skip: tuple = ()):
+    """The validated :class:`TrainConfig` of parsed ``train`` (or ``study``) arguments: the defaults, replaced by
+    ``--recipe``, then by ``--config``, then by every option given on the command line (``skip``: options that are
+    not TrainConfig values here, like a study's lists of N and K)."""
     import dataclasses
     import os
 
+    from . import recipes
     from .balance import parse_balance
-    from .config import TrainConfig
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    values["balance"] = parse_balance(args.balance)
-    values["tracking_uri"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    from .config import TrainConfig, load_file
+    values: dict = {}
+    if args.recipe:
+        recipe = recipes.get(args.recipe)
+        values.update(recipe.values, recipe=recipe.tag)
+    if args.config:
+        from_file, meta = load_file(args.config)
+        values.update(from_file)
+        if meta.get("name"):
+            values["recipe"] = f"{meta['name']}@{meta.get('version', 0)}"
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(skip) - {"recipe"}   # --recipe: a name
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if "balance" in given:
+        given["balance"] = parse_balance(given["balance"])
+    values.update(given)
+    if "tracking_uri" not in values:
+        values["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     return TrainConfig(**values).validate()
 
 
@@ -140,7 +307,7 @@ def _check_address(address: str, timeout_s: float = 10.0) -> None:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
             pass
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot reach the Ray cluster at {address}: {e}; check --address "
+        raise UserError(f"cannot reach the Ray cluster at {redact(address)}: {e}; check --address "
                         f"(host:port of the head's GCS, default port 6379)") from None
 
 
@@ -156,14 +323,22 @@ def _init_ray(cfg) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         target = None                                 # inside `ray job submit`: attach to the job's cluster
     else:                                             # a private in-process Ray sized for this run
-        need = int(cfg.subnets * cfg.cpus_per_subnet + 1.999)
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False)
+        import logging
+        need = int(cfg.replicas * (cfg.subnets * cfg.cpus_per_subnet + 1) + 0.999)
+        # no "token authentication is enabled" notice for a cluster that lives and dies inside this process
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = auth_log.level
+        auth_log.setLevel(logging.ERROR)
+        try:
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False)
+        finally:
+            auth_log.setLevel(level)
         return
     try:
         ray.init(address=target, configure_logging=False)
     except ConnectionError as e:
-        raise UserError(f"cannot reach the Ray cluster at {target or os.environ.get('RAY_ADDRESS')}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot reach the Ray cluster at {redact(target or os.environ.get('RAY_ADDRESS'))}: "
+                        f"{redact(str(e).splitlines()[0][:200])}") from None
 
 
 def _fit_with_progress(cfg, fit):
@@ -234,20 +409,20 @@ def cmd_train(args) -> int:
         raise
     except Exception as e:  # noqa: BLE001 - an internal error: full traceback, then a clear last line
         import traceback
-        traceback.print_exc()
-        print(f"raypar: training failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        print(redact(f"raypar: training failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"),
               file=sys.stderr)
         return 1
     m = result.metrics
     cfg = cfg.resolved()
     ui = (f"mlflow ui --backend-store-uri {cfg.tracking_uri}" if cfg.tracking_uri.startswith("sqlite")
-          else f"open {cfg.tracking_uri}")
+          else f"open {redact(cfg.tracking_uri)}")
     lines = [f"model {cfg.model} x{cfg.width_mult} on {cfg.dataset}, N = {cfg.subnets}, K = {cfg.iterations}",
              (f"final val accuracy [bold]{m['val_acc']:.2%}[/bold] after epoch {m['epoch']}/{cfg.epochs}, "
               f"{m['samples_per_s']:.0f} samples/s, {m['epoch_time_s']:.1f} s/epoch" if "val_acc" in m
               else f"nothing to train: the checkpoint of {cfg.name!r} is already at epoch {cfg.epochs}"),
              f"MLflow run {result.run_id} (experiment {cfg.experiment!r}){' — resumed' if result.resumed else ''}",
-             f"checkpoints: {cfg.storage_path}/{cfg.name}", f"open the UI: {ui}"]
+             f"checkpoints: {redact(cfg.storage_path)}/{cfg.name}", f"open the UI: {ui}"]
     Console().print(Panel("\n".join(lines), title="raypar train", expand=False))
     print(f"raypar: training finished: run {result.run_id}")
     return 0
@@ -266,9 +441,10 @@ def cmd_info(args) -> int:
         raise UserError("--batch and --image-size must be >= 1")
     console = Console()
     staged = build(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
-                   width_mult=args.width_mult, image_size=args.image_size)
+                   width_mult=args.width_mult, image_size=args.image_size, norm=args.norm)
     with console.status(f"profiling {args.model} ({len(staged.blocks)} blocks)..."):
-        net = PararealNet(staged, args.subnets, args.iterations, CoarseSpec(args.coarse_depth, args.coarse_width),
+        coarse = CoarseSpec(args.coarse_depth, args.coarse_width, norm=args.coarse_norm)
+        net = PararealNet(staged, args.subnets, args.iterations, coarse,
                           parse_balance(args.balance), profile_batch=args.batch)
     console.print(split_table(net, args.batch))
     console.print(f"ideal speedup over the sequential network: [bold]{net.ideal_speedup():.2f}x[/bold] "
@@ -285,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return args.func(args)
     except UserError as e:
-        msg = str(e).replace("\n", " ")
+        msg = redact(str(e).replace("\n", " "))
         print(msg if msg.startswith("raypar") else f"raypar: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

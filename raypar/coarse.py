@@ -1,8 +1,16 @@
 """Coarse networks ``C_j``: cheap maps from ``F_j``'s input shape to ``F_j``'s output shape.
 
-Default: one 3x3 convolution (stride and channels chosen to match the shapes) + BatchNorm + ReLU. ``depth`` adds
-more 3x3 conv/BN/ReLU layers, ``width`` scales the hidden channels (relative to the output channels). Flat (B, D)
-interfaces get Linear + BatchNorm1d + ReLU instead.
+Default: one 3x3 convolution (stride and channels chosen to match the shapes) + GroupNorm + ReLU. ``depth`` adds
+more 3x3 conv/norm/ReLU layers, ``width`` scales the hidden channels (relative to the output channels). Flat (B, D)
+interfaces get Linear + norm + ReLU instead.
+
+Why GroupNorm and not BatchNorm (``norm="batch"``): a coarse network runs on two different kinds of input every
+step — the coarse sweep's ``z`` and the correction sweep's ``l`` — so a BatchNorm's running statistics blend the two
+distributions, and at evaluation (which uses the running statistics) both paths are normalised with the blend,
+unlike in training. Measured on digits (VGG-11 x0.25, N = 2, K = 1, 6 epochs, seed 0): 94.4 % val accuracy with
+BatchNorm coarse networks, 98.05 % when the same network is evaluated with batch statistics, 98.6 % with GroupNorm
+coarse networks, against 98.3 % for the original network. GroupNorm has no running statistics: training and
+evaluation agree, and the result does not depend on the batch.
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import UserError
+from .models import norm_layer
 
 
 @dataclass(frozen=True)
@@ -18,8 +27,11 @@ class CoarseSpec:
     depth: int = 1          # number of conv/BN/ReLU layers
     width: float = 1.0      # hidden channels = width * output channels (only used when depth > 1)
     kernel: int = 3
+    norm: str = "group"     # "group" (GroupNorm, the default) or "batch" (BatchNorm): see the module docstring
 
     def __post_init__(self):
+        if self.norm not in ("batch", "group"):
+            raise UserError(f"coarse norm must be batch or group, got {self.norm!r}")
         if self.depth < 1:
             raise UserError(f"coarse depth must be >= 1, got {self.depth}")
         if self.width <= 0:
@@ -28,9 +40,9 @@ class CoarseSpec:
             raise UserError(f"coarse kernel must be an odd number >= 1, got {self.kernel}")
 
 
-def _layer(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
+def _layer(c_in: int, c_out: int, kernel: int, stride: int, norm: str) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            norm_layer(norm, c_out), nn.ReLU(inplace=True)]
 
 
 def build_coarse(in_shape: tuple, out_shape: tuple, spec: CoarseSpec = CoarseSpec()) -> nn.Module:
@@ -41,7 +53,8 @@ def build_coarse(in_shape: tuple, out_shape: tuple, spec: CoarseSpec = CoarseSpe
         hidden = max(1, int(round(spec.width * out_shape[0])))
         for i in range(spec.depth):
             d_out = out_shape[0] if i == spec.depth - 1 else hidden
-            layers += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(d_in, d_out, bias=False), norm_layer(spec.norm, d_out, flat=True),
+                       nn.ReLU(inplace=True)]
             d_in = d_out
         return nn.Sequential(*layers)
     if len(in_shape) != 3 or len(out_shape) != 3:
@@ -54,7 +67,7 @@ def build_coarse(in_shape: tuple, out_shape: tuple, spec: CoarseSpec = CoarseSpe
     layers = []
     for i in range(spec.depth):
         last = i == spec.depth - 1
-        layers += _layer(c_in, c_out if last else hidden, spec.kernel, stride if i == 0 else 1)
+        layers += _layer(c_in, c_out if last else hidden, spec.kernel, stride if i == 0 else 1, spec.norm)
         c_in = hidden
     if not exact:
         layers.append(nn.AdaptiveAvgPool2d((h_out, w_out)))

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -54,8 +55,22 @@ def _ch(c: int, width_mult: float) -> int:
     return max(1, int(round(c * width_mult)))
 
 
+NORMS = ("batch", "group")
+
+
+def norm_layer(kind: str, channels: int, flat: bool = False) -> nn.Module:
+    """``batch``: BatchNorm (statistics of each process's own batch; ``flat``: BatchNorm1d for (B, D) tensors);
+    ``group``: GroupNorm with up to 32 groups of at least 4 channels, which does not depend on the batch, so
+    data-parallel replicas compute exactly what one process would on the combined batch."""
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, max(1, channels // 4)), channels)
+    if kind == "batch":
+        return nn.BatchNorm1d(channels) if flat else nn.BatchNorm2d(channels)
+    raise UserError(f"unknown norm {kind!r}; choose {' or '.join(NORMS)}")
+
+
 def vgg(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
-        image_size: int = 32) -> StagedModel:
+        image_size: int = 32, norm: str = "batch") -> StagedModel:
     cfg = VGG_CONFIGS[name]
     units: list[list[nn.Module]] = []
     c_in = in_channels
@@ -64,7 +79,7 @@ def vgg(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: floa
             units[-1].append(nn.MaxPool2d(2, 2))
         else:
             c_out = _ch(v, width_mult)
-            units.append([nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            units.append([nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm_layer(norm, c_out),
                           nn.ReLU(inplace=True)])
             c_in = c_out
     pre, *blocks = [nn.Sequential(*u) for u in units]
@@ -76,14 +91,14 @@ def vgg(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: floa
 class PreActBottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, c_in: int, planes: int, stride: int = 1):
+    def __init__(self, c_in: int, planes: int, stride: int = 1, norm: str = "batch"):
         super().__init__()
         c_out = planes * self.expansion
-        self.bn1 = nn.BatchNorm2d(c_in)
+        self.bn1 = norm_layer(norm, c_in)
         self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(norm, planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes)
+        self.bn3 = norm_layer(norm, planes)
         self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
         self.shortcut = (nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
                          if stride != 1 or c_in != c_out else None)
@@ -98,7 +113,7 @@ class PreActBottleneck(nn.Module):
 
 
 def preact_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
-                  image_size: int = 32) -> StagedModel:
+                  image_size: int = 32, norm: str = "batch") -> StagedModel:
     if depth < 11 or (depth - 2) % 9:
         raise UserError(f"invalid ResNet depth {depth}: the pre-activation bottleneck ResNet needs depth = 9n+2 "
                         f"with n >= 1 (e.g. 11, 20, 29, 164, 1001)")
@@ -110,9 +125,9 @@ def preact_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, width
     for stage, planes in enumerate([base, base * 2, base * 4]):
         for i in range(n):
             stride = 2 if (stage > 0 and i == 0) else 1
-            blocks.append(PreActBottleneck(c_in, planes, stride))
+            blocks.append(PreActBottleneck(c_in, planes, stride, norm))
             c_in = planes * PreActBottleneck.expansion
-    post = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    post = nn.Sequential(norm_layer(norm, c_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(c_in, num_classes))
     return StagedModel(pre, blocks, post, input_shape=(in_channels, image_size, image_size))
 
@@ -123,16 +138,19 @@ def available() -> list[str]:
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
-          image_size: int = 32) -> StagedModel:
-    """Build a built-in model by name (``vgg16``, ``resnet164``, ``resnet20``, ...)."""
+          image_size: int = 32, norm: str = "batch") -> StagedModel:
+    """Build a built-in model by name (``vgg16``, ``resnet164``, ``resnet20``, ...); ``norm``: see
+    :func:`norm_layer`."""
+    if norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}; choose {' or '.join(NORMS)}")
     if width_mult <= 0:
         raise UserError(f"width_mult must be > 0, got {width_mult}")
     if num_classes < 1 or in_channels < 1:
         raise UserError("num_classes and in_channels must be >= 1")
     key = name.lower()
     if key in VGG_CONFIGS:
-        return vgg(key, num_classes, in_channels, width_mult, image_size)
+        return vgg(key, num_classes, in_channels, width_mult, image_size, norm)
     m = re.fullmatch(r"resnet(\d+)", key)
     if m:
-        return preact_resnet(int(m.group(1)), num_classes, in_channels, width_mult, image_size)
+        return preact_resnet(int(m.group(1)), num_classes, in_channels, width_mult, image_size, norm)
     raise UserError(f"unknown model {name!r}; available: {', '.join(available())}")

@@ -1,0 +1,87 @@
+"""Configuration files and recipes: precedence (defaults < --recipe < --config < options), one-line errors for
+malformed files, every built-in recipe valid, the LR schedules."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from raypar import recipes
+from raypar.cli import build_parser, config_from_args
+from raypar.config import TrainConfig
+from raypar.optim import OptimConfig, make_optimizer
+
+
+def _cfg(*argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_no_options_give_the_defaults(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert _cfg() == TrainConfig()
+
+
+def test_recipe_then_config_file_then_options(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[recipe]\nname = "mine"\nversion = 3\n\n[train]\nepochs = 7\nlr = 1\nbalance = [3, 4]\n'
+                    'lr_schedule = "step"\nlr_milestones = [0.25]\n')
+    cfg = _cfg("--recipe", "resnet164-cifar10", "--config", str(path), "--lr", "0.2", "--seed", "5")
+    r = recipes.get("resnet164-cifar10").values
+    assert (cfg.model, cfg.dataset, cfg.weight_decay, cfg.batch_size) == (r["model"], r["dataset"], 1e-4, 128)
+    assert (cfg.epochs, cfg.balance, cfg.lr_milestones) == (7, [3, 4], [0.25])      # the file over the recipe
+    assert cfg.lr == 0.2 and cfg.seed == 5                                           # the options over both
+    assert isinstance(cfg.lr, float) and cfg.recipe == "mine@3"
+    assert _cfg("--recipe", "vgg16-cifar10").recipe == "vgg16-cifar10@1"
+
+
+def test_every_recipe_is_valid_and_versioned():
+    found = recipes.available()
+    names = {r.name for r in found}
+    assert {"digits-cpu", "vgg16-cifar10", "vgg16-cifar100", "vgg16-svhn", "resnet164-cifar10",
+            "resnet164-cifar100", "resnet1001-cifar10"} <= names
+    for r in found:
+        cfg = TrainConfig(**r.values).validate()
+        assert r.version >= 1 and r.description
+        assert cfg.momentum == 0.9 and cfg.weight_decay in (5e-4, 1e-4)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs = [", "is not valid TOML"),
+    ("epochz = 3", "unknown setting 'epochz'"),
+    ('epochs = "three"', "epochs = 'three' has the wrong type"),
+    ("subnets = 0", "--subnets must be >= 1"),
+    ('lr_schedule = "linear"', "--lr-schedule must be one of cosine, step"),
+])
+def test_bad_config_file_exit_2_one_line_nothing_written(tmp_path, text, message):
+    (tmp_path / "bad.toml").write_text(text + "\n")
+    r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", "--config", "bad.toml"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
+
+
+def test_missing_config_file_and_unknown_recipe():
+    from raypar.errors import UserError
+    with pytest.raises(UserError, match="config file no/such.toml does not exist"):
+        _cfg("--config", "no/such.toml")
+    with pytest.raises(UserError, match="unknown recipe 'vgg99'; available: digits-cpu"):
+        _cfg("--recipe", "vgg99")
+
+
+def _lrs(o: OptimConfig) -> list[float]:
+    opt, sched = make_optimizer([torch.zeros(1, requires_grad=True)], o)
+    out = []
+    for _ in range(o.epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_lr_schedules():
+    step = _lrs(OptimConfig(lr=0.1, epochs=8, schedule="step", milestones=[0.5, 0.75], gamma=0.1))
+    assert step == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+    cosine = _lrs(OptimConfig(lr=0.1, epochs=4, schedule="cosine"))
+    assert cosine[0] == 0.1 and all(a > b for a, b in zip(cosine, cosine[1:]))
