@@ -14,12 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def make_optimizer(params, lr: float, momentum: float, weight_decay: float, epochs: int):
-    """The optimizer and per-epoch LR schedule that every part (driver and each actor) uses alike."""
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    return opt, sched
+from . import hybrid
+from .optim import OptimConfig, make_optimizer
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -49,18 +45,23 @@ def to_cpu(obj):
 class FineWorker:
     """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
 
-    def __init__(self, index: int, module: nn.Module, lr: float, momentum: float, weight_decay: float,
-                 epochs: int, seed: int, use_gpu: bool = False):
+    def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False):
         self.index = index
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         torch.manual_seed(seed)
         self.module = module.to(self.device).train()
-        self.opt, self.sched = make_optimizer(self.module.parameters(), lr, momentum, weight_decay, epochs)
+        self.opt, self.sched = make_optimizer(self.module.parameters(), optim)
         self.graphs: dict = {}
+        self.world = 1                                   # replicas of this segment (join_replicas)
         self.busy = 0.0                                  # compute seconds since the last step()
+        self.saved_buffers: dict | None = None           # keep_buffers: the buffers before this step's forward
+        self.saved_step = None
 
     def forward(self, key, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
+        if self.saved_buffers is not None and self.saved_step != key[0]:     # the first forward of step key[0]
+            self.saved_buffers = {k: b.clone() for k, b in self.module.named_buffers()}
+            self.saved_step = key[0]
         u = from_numpy(x, self.device).requires_grad_(True)
         out = self.module(u)
         self.graphs[key] = (u, out)
@@ -80,10 +81,31 @@ class FineWorker:
         return result
 
     def step(self) -> float:
-        """Apply the optimizer; return the compute seconds spent in forward/backward since the last step."""
+        """Apply the optimizer (to the gradients averaged over the replicas, with R > 1); return the compute seconds
+        spent in forward/backward since the last step."""
+        hybrid.average_gradients(list(self.module.parameters()), self.world)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.graphs.clear()
+        busy, self.busy = self.busy, 0.0
+        return busy
+
+    def keep_buffers(self, on: bool = True) -> None:
+        """Keep a copy of the buffers (BatchNorm statistics) from before each step's first forward, for
+        :meth:`discard`."""
+        self.saved_buffers = {} if on else None
+        self.saved_step = None
+
+    def discard(self, step) -> float:
+        """Undo step ``step`` (a batch with a non-finite loss): free its kept graphs, restore the buffers its forward
+        changed, no optimizer step. Returns the compute seconds spent, like :meth:`step`."""
+        for key in [k for k in self.graphs if k[0] == step]:
+            self.backward(key, None)
+        if self.saved_buffers and self.saved_step == step:
+            with torch.no_grad():
+                for k, b in self.module.named_buffers():
+                    b.copy_(self.saved_buffers[k])
+        self.opt.zero_grad(set_to_none=True)
         busy, self.busy = self.busy, 0.0
         return busy
 
@@ -111,6 +133,20 @@ class FineWorker:
     def pid(self) -> int:
         import os
         return os.getpid()
+
+    def node_id(self) -> str:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
+    # ------------------------------------------------------------------ data parallel replicas (raypar.hybrid)
+    def endpoint(self) -> tuple[str, int]:
+        """Where this segment's replica group meets (asked of replica 0's actor)."""
+        return hybrid.free_endpoint()
+
+    def join_replicas(self, addr: str, port: int, world: int, rank: int) -> None:
+        """Join the process group of this segment's R replicas; from now on :meth:`step` averages gradients."""
+        hybrid.init_group(addr, port, world, rank, self.device)
+        self.world = world
 
 
 def fine_actor_class():

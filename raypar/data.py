@@ -103,10 +103,14 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: in
            shard: tuple[int, int] = (0, 1)) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): a resumed run sees the same batches.
 
-    ``shard = (rank, world)`` gives each data-parallel replica its own disjoint part of the epoch."""
+    ``shard = (rank, world)`` gives each data-parallel replica its own disjoint part of the epoch, every replica
+    the same number of samples (the last ``len % world`` samples of a shuffled epoch are left out): replica r's
+    i-th batch of size B holds exactly the samples of the i-th batch of size ``world * B`` of one process."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     idx = torch.randperm(len(ds), generator=g) if shuffle else torch.arange(len(ds))
     rank, world = shard
+    if shuffle and world > 1:
+        idx = idx[:len(idx) - len(idx) % world]
     idx = idx[rank::world].tolist()
     workers = 0 if isinstance(ds, TensorDataset) else min(4, os.cpu_count() or 1)
     return DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False,

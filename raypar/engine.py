@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .actors import FineWorker, from_numpy, make_optimizer, to_cpu, to_numpy
+from . import hybrid
+from .actors import FineWorker, from_numpy, to_cpu, to_numpy
 from .errors import UserError
 from .network import PararealNet
+from .optim import OptimConfig, make_optimizer
 from .parareal import parareal
 
 
@@ -38,6 +40,7 @@ class StepStats:
     bytes: int = 0             # interface bytes shipped (both directions)
     steps: int = 0
     local_fine: float = 0.0    # forward of the fine segment run in the driver (first_in_driver)
+    skipped: int = 0           # batches skipped for a non-finite loss (skip_nonfinite)
 
     @property
     def transfer(self) -> float:
@@ -45,7 +48,7 @@ class StepStats:
         return max(0.0, self.wait - self.fine_max)
 
     def add(self, other: "StepStats") -> None:
-        for f in ("wall", "driver", "fine_max", "wait", "bytes", "steps", "local_fine"):
+        for f in ("wall", "driver", "fine_max", "wait", "bytes", "steps", "local_fine", "skipped"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
 
@@ -59,14 +62,6 @@ class _FineCall:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 1
-
-
-@dataclass
 class Resources:
     gpus_per_subnet: float = 0.0
     cpus_per_subnet: float = 1.0
@@ -77,12 +72,27 @@ class Resources:
     first_in_driver: bool = False
 
 
+@dataclass
+class Replica:
+    """This engine's place among R data-parallel replicas (see :mod:`raypar.hybrid`)."""
+    rank: int = 0
+    world: int = 1
+
+
 class PararealEngine:
     """Train and evaluate a :class:`PararealNet` with its fine segments in Ray actors."""
 
-    def __init__(self, net: PararealNet, optim: OptimConfig, resources: Resources = Resources(), seed: int = 0):
+    def __init__(self, net: PararealNet, optim: OptimConfig, resources: Resources = Resources(), seed: int = 0,
+                 skip_nonfinite: bool = False, replica: Replica = Replica()):
+        """``skip_nonfinite``: a batch whose loss is NaN/inf changes nothing (no backward, no optimizer step, the
+        BatchNorm statistics of its forward undone, in the driver and in every actor) and the step reports
+        ``skipped = 1``; otherwise its loss is returned like any other (the caller stops).
+
+        ``replica``: with R > 1 this driver is one of R replicas (Ray Train workers whose torch.distributed group is
+        up): its fine actors join one process group per segment with their peers, and every part's gradients are
+        averaged over the replicas before each step. Its actors are placed on the driver's node where they fit
+        (``PACK``), or spread across nodes (``SPREAD``)."""
         import ray
-        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.n, self.k = net.num_subnets, net.iterations
@@ -96,13 +106,10 @@ class PararealEngine:
         self.pre, self.coarse, self.post = self.driver["pre"], self.driver["coarse"], self.driver["post"]
         self.local = list(self.driver["segments"]) if self.offset else []
         remote = list(net.segments)[self.offset:]
-        self.opt, self.sched = make_optimizer(self.driver.parameters(), optim.lr, optim.momentum,
-                                              optim.weight_decay, optim.epochs)
+        self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
         bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}
-        self.pg = placement_group([dict(bundle) for _ in range(max(1, len(remote)))], strategy=resources.placement)
-        ready, _ = ray.wait([self.pg.ready()], timeout=resources.timeout_s)
-        if not ready:
-            ray.util.remove_placement_group(self.pg)
+        self.pg = self._placement_group([dict(bundle) for _ in range(max(1, len(remote)))], resources)
+        if self.pg is None:
             raise UserError(f"could not get {len(remote)} x {bundle} for the fine sub-networks within "
                             f"{resources.timeout_s:.0f} s; the cluster has {ray.cluster_resources()} in total and "
                             f"{ray.available_resources()} free")
@@ -110,11 +117,43 @@ class PararealEngine:
         self.actors = [
             actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                     .remote(i + self.offset, seg, optim.lr, optim.momentum, optim.weight_decay, optim.epochs,
-                             seed * 1000 + i + self.offset + 1, use_gpu)
+                     .remote(i + self.offset, seg, optim, seed * 1000 + i + self.offset + 1 + 100_000 * replica.rank,
+                             use_gpu)
             for i, seg in enumerate(remote)]
         ray.get([a.pid.remote() for a in self.actors])         # started and ready: startup is not step time
+        self.replica = replica
+        self.group = None                                      # the drivers' group: the default one (gloo) on CPU
+        if replica.world > 1:
+            import torch.distributed as dist
+            if self.device.type == "cuda":
+                self.group = dist.new_group(backend="nccl")
+            ends = ray.get([a.endpoint.remote() for a in self.actors]) if replica.rank == 0 else None
+            ends = hybrid.broadcast(ends, replica.world)
+            ray.get([a.join_replicas.remote(addr, port, replica.world, replica.rank)
+                     for a, (addr, port) in zip(self.actors, ends)])
         self.step_count = 0
+        self.skip_nonfinite = skip_nonfinite
+        if skip_nonfinite:
+            ray.get([a.keep_buffers.remote(True) for a in self.actors])
+
+    @staticmethod
+    def _placement_group(bundles: list[dict], resources: Resources, first_try_s: float = 15.0):
+        """The fine actors' placement group, ready, or None after ``resources.timeout_s``. ``PACK``: all on this
+        driver's node if they fit there, else all on one other node (``STRICT_PACK`` aimed at this node), else packed
+        as tightly as the cluster allows (``PACK``); ``SPREAD``: across nodes."""
+        import ray
+        from ray.util.placement_group import placement_group
+        tries = [(resources.placement, None, resources.timeout_s)]
+        if resources.placement == "PACK":
+            here = ray.get_runtime_context().get_node_id()
+            tries.insert(0, ("STRICT_PACK", here, min(first_try_s, resources.timeout_s)))
+        for strategy, target, wait_s in tries:
+            pg = placement_group(bundles, strategy=strategy, _soft_target_node_id=target)
+            ready, _ = ray.wait([pg.ready()], timeout=wait_s)
+            if ready:
+                return pg
+            ray.util.remove_placement_group(pg)
+        return None
 
     # ------------------------------------------------------------------------------------------- training
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, StepStats]:
@@ -140,9 +179,12 @@ class PararealEngine:
             return local + fs
 
         x, y = x.to(self.device), y.to(self.device)
+        saved = ({k: b.clone() for k, b in self.driver.named_buffers()} if self.skip_nonfinite else None)
         l = parareal(self.pre(x), self.coarse, fine, self.k, self.n)
         logits = self.post(l[-1])
         loss = F.cross_entropy(logits, y)
+        if saved is not None and self.all_sum([float(not torch.isfinite(loss))])[0] > 0:
+            return self._skip(step, saved, loss, st, t_start)        # every replica skips the same batch
 
         def launch(call: _FineCall, grad: torch.Tensor | None):
             # grad None: this output never reached the loss (with K = N, f^1_j for j > 1 does not); the actor only
@@ -174,6 +216,7 @@ class PararealEngine:
                      if g is not None and c.u.requires_grad]
             if pairs:
                 torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
+        hybrid.average_gradients(list(self.driver.parameters()), self.replica.world, self.group)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
@@ -182,6 +225,25 @@ class PararealEngine:
         st.driver = st.wall - st.wait
         correct = int((logits.argmax(1) == y).sum())
         return loss.item(), correct, st
+
+    def _skip(self, step: int, saved: dict, loss: torch.Tensor, st: StepStats, t_start: float):
+        """Undo the forward of a batch with a non-finite loss: every actor frees the graphs it keeps for this step
+        and restores its buffers, the driver restores its own; no backward, no optimizer step anywhere. The step
+        counter still advances (it only names the kept graphs): driver and actors stay in lockstep."""
+        import ray
+        t0 = time.perf_counter()
+        busy = ray.get([a.discard.remote(step) for a in self.actors])
+        st.wait += time.perf_counter() - t0
+        with torch.no_grad():
+            for k, b in self.driver.named_buffers():
+                b.copy_(saved[k])
+        self.opt.zero_grad(set_to_none=True)
+        self.step_count += 1
+        st.skipped = 1
+        st.fine_max = max([*busy, st.local_fine])
+        st.wall = time.perf_counter() - t_start
+        st.driver = st.wall - st.wait
+        return loss.item(), 0, st
 
     def end_epoch(self) -> None:
         import ray
@@ -204,8 +266,13 @@ class PararealEngine:
         finally:
             self.driver.train()
 
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Sums over the replicas (the values themselves when there is one)."""
+        return hybrid.all_sum(values, self.replica.world, self.device, self.group)
+
     def evaluate(self, batches) -> tuple[float, float]:
-        """Mean loss and accuracy over an iterable of (x, y) batches."""
+        """Mean loss and accuracy over an iterable of (x, y) batches (with R replicas: over every replica's
+        batches, each replica evaluating its own shard)."""
         total, loss_sum, correct = 0, 0.0, 0
         for x, y in batches:
             logits = self.predict(x)
@@ -213,6 +280,7 @@ class PararealEngine:
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
+        loss_sum, correct, total = self.all_sum([loss_sum, correct, total])
         return loss_sum / max(1, total), correct / max(1, total)
 
     # ------------------------------------------------------------------------------------------- state
@@ -246,6 +314,12 @@ class PararealEngine:
     def actor_pids(self) -> list[int]:
         import ray
         return ray.get([a.pid.remote() for a in self.actors])
+
+    def placement(self) -> dict:
+        """The Ray node ids of this driver and of each of its fine actors."""
+        import ray
+        return {"driver": ray.get_runtime_context().get_node_id(),
+                "actors": ray.get([a.node_id.remote() for a in self.actors])}
 
     def shutdown(self) -> None:
         import ray

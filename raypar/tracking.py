@@ -8,13 +8,43 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 
 from .errors import UserError
 
 RUN_KEY_TAG = "raypar.run_key"
+PARENT_TAG = "mlflow.parentRunId"          # MLflow's own nesting tag: the UI shows the runs under their parent
 META_FILE = "raypar_meta.json"
 STATE_FILE = "state.pt"
+
+# scheme://user:password@host -> scheme://user:***@host (scheme://token@host -> scheme://***@host), and the values of
+# query parameters that look like secrets (?token=..., &password=..., X-Amz-Signature=...)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:?#]*)(?P<password>:[^\s/@?#]*)?@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&][^\s=&#]*(?:token|passw|pwd|secret|key|signature|credential|auth)"
+                           r"[^\s=&#]*=)[^\s&#]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials in any URI it contains masked: ``http://user:***@host:5000``."""
+    if not isinstance(text, str) or ("@" not in text and "=" not in text):
+        return text
+
+    def userinfo(m):
+        if m.group("password") is not None:
+            return f"{m.group('scheme')}{m.group('user')}:***@"
+        return f"{m.group('scheme')}***@"
+    return _SECRET_QUERY.sub(r"\g<key>***", _USERINFO.sub(userinfo, text))
+
+
+def redact_config(obj):
+    """A copy of a (nested) configuration with every string passed through :func:`redact`: what goes into MLflow
+    params and artifacts, checkpoints and messages."""
+    if isinstance(obj, dict):
+        return {k: redact_config(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact_config(v) for v in obj)
+    return redact(obj) if isinstance(obj, str) else obj
 
 
 def _fs(path: str):
@@ -55,10 +85,20 @@ def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
     import urllib.request
     if not tracking_uri.startswith(("http://", "https://")):
         return
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+    parts = urlsplit(tracking_uri)
+    userinfo, _, host = parts.netloc.rpartition("@")        # user:password@ goes in a header, not in the host
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=host)).rstrip("/") + "/health")
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        urllib.request.urlopen(request, timeout=timeout_s).close()
     except (urllib.error.URLError, OSError) as e:
-        raise UserError(f"cannot reach the MLflow tracking server {tracking_uri}: {getattr(e, 'reason', e)}; "
+        raise UserError(f"cannot reach the MLflow tracking server {redact(tracking_uri)}: "
+                        f"{redact(str(getattr(e, 'reason', e)))}; "
                         f"check --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
@@ -70,17 +110,17 @@ def connect(tracking_uri: str, experiment: str):
         exp = client.get_experiment_by_name(experiment)
         return exp.experiment_id if exp else client.create_experiment(experiment)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-        raise UserError(f"cannot reach the MLflow tracking store {tracking_uri!r}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot reach the MLflow tracking store {redact(tracking_uri)!r}: "
+                        f"{redact(str(e).splitlines()[0][:200])}") from None
 
 
 def params_of(cfg) -> dict:
     import ray
     import torch
-    p = {k: v for k, v in cfg.to_dict().items() if k not in ("extra", "tracking_uri", "address")}
+    p = {k: v for k, v in redact_config(cfg.to_dict()).items() if k not in ("extra", "tracking_uri", "address")}
     p["num_subnets"] = p.pop("subnets")
     p["balance"] = ",".join(map(str, p["balance"])) if isinstance(p["balance"], list) else p["balance"]
-    p.update(replicas=1, torch_version=torch.__version__, ray_version=ray.__version__,
+    p.update(torch_version=torch.__version__, ray_version=ray.__version__,
              python_version=platform.python_version())
     return p
 
@@ -97,8 +137,10 @@ def open_run(cfg) -> tuple[str, bool]:
             return meta["mlflow_run_id"], True
         except Exception:  # noqa: BLE001 - the old run is gone from this store: start a fresh one
             pass
-    run = client.create_run(exp_id, run_name=cfg.run_name or cfg.name,
-                            tags={RUN_KEY_TAG: f"{cfg.storage_path}/{cfg.name}"})
+    tags = {RUN_KEY_TAG: redact(f"{cfg.storage_path}/{cfg.name}")}
+    if cfg.extra.get("parent_run_id"):                  # a run of a study: nested under the study's parent run
+        tags[PARENT_TAG] = cfg.extra["parent_run_id"]
+    run = client.create_run(exp_id, run_name=cfg.run_name or cfg.name, tags=tags)
     from mlflow.entities import Param
     params = [Param(k, str(v)) for k, v in params_of(cfg).items()]
     client.log_batch(run.info.run_id, params=params)
@@ -128,16 +170,23 @@ def count_start(tracking_uri: str, run_id: str) -> int:
     return starts - 1
 
 
+def set_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:
+    from mlflow.tracking import MlflowClient
+    MlflowClient(tracking_uri).set_tag(run_id, key, value)
+
+
 def log_artifacts(tracking_uri: str, run_id: str, folder: str) -> None:
     from mlflow.tracking import MlflowClient
     MlflowClient(tracking_uri).log_artifacts(run_id, folder)
 
 
-def close_run(tracking_uri: str, run_id: str, error: BaseException | None = None) -> None:
+def close_run(tracking_uri: str, run_id: str, error: BaseException | None = None, reason: str | None = None) -> None:
+    """End the run: FINISHED, or FAILED with the tag ``raypar.error`` = ``reason`` (one line) and the error's text."""
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri)
     if error is not None:
-        client.set_tag(run_id, "raypar.error", f"{type(error).__name__}: {str(error)[:4000]}")
+        text = f"{type(error).__name__}: {error}"
+        client.set_tag(run_id, "raypar.error", redact(f"{reason}\n\n{text}" if reason else text)[:4000])
     client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
 
 

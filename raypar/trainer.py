@@ -22,7 +22,8 @@ from ray.train import Checkpoint
 from . import data, tracking
 from .config import TrainConfig
 from .errors import UserError
-from .engine import OptimConfig, PararealEngine, Resources, StepStats
+from . import hybrid
+from .engine import PararealEngine, Replica, Resources, StepStats
 from .models import build
 from .network import PararealNet
 
@@ -97,14 +98,18 @@ def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[S
     totals, loss_sum, correct, seen = StepStats(), 0.0, 0, 0
     for i, (x, y) in enumerate(batches):
         loss, right, st = engine.train_step(x, y)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss} at epoch {epoch}, step {i + 1}: training stopped; the "
-                                     f"last good checkpoint is kept (try a lower --lr)")
         totals.add(st)
-        loss_sum += loss * len(y)
-        correct += right
-        seen += len(y)
+        if not st.skipped:                  # a skipped batch (--on-nonfinite skip) changed nothing: not counted
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the loss is {loss} at epoch {epoch}, step {i + 1}: training stopped; the "
+                                         f"last good checkpoint is kept (try a lower --lr, or --on-nonfinite skip)")
+            loss_sum += loss * len(y)
+            correct += right
+            seen += len(y)
         _emit(events, kind="step", epoch=epoch, done=i + 1, total=len(batches))
+    if not seen:
+        raise FloatingPointError(f"every batch of epoch {epoch} had a non-finite loss ({totals.skipped} skipped): "
+                                 f"training stopped; the last good checkpoint is kept (try a lower --lr)")
     return totals, loss_sum, correct, seen
 
 
@@ -120,22 +125,31 @@ def train_loop(config: dict) -> None:
     for name in ["ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.train")]]:
         logging.getLogger(name).setLevel(logging.WARNING)      # no per-report chatter in the user's terminal
     cfg = TrainConfig(**config["cfg"])
-    rank0 = ray.train.get_context().get_world_rank() == 0
+    ctx = ray.train.get_context()
+    replica = Replica(ctx.get_world_rank(), ctx.get_world_size())
+    rank0 = replica.rank == 0
     events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
-    torch.manual_seed(cfg.seed)
     spec = data.load(cfg.dataset, cfg.data_dir, cfg.download)
 
     meta, state = load_latest_checkpoint(cfg)
-    staged = build(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                   width_mult=cfg.width_mult, image_size=spec.image_size)
+
+    def network(balance) -> PararealNet:
+        torch.manual_seed(cfg.seed)                  # the same initial weights on every replica
+        staged = build(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                       width_mult=cfg.width_mult, image_size=spec.image_size, norm=cfg.norm)
+        return PararealNet(staged, cfg.subnets, cfg.iterations, cfg.coarse, balance,
+                           driver_segment=cfg.driver_segment)
+
     # a resumed run keeps the split it started with (a measured-time balance could choose another one)
-    net = PararealNet(staged, cfg.subnets, cfg.iterations, cfg.coarse, meta["split"] if meta else cfg.balance,
-                      driver_segment=cfg.driver_segment)
+    net = network(meta["split"] if meta else cfg.balance)
+    split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
+    if split != net.split:
+        net = network(split)
     gpus = _gpus_per_subnet(cfg)
-    engine = PararealEngine(net, OptimConfig(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs),
+    engine = PararealEngine(net, cfg.optim,
                             Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment),
-                            seed=cfg.seed)
+                            seed=cfg.seed, skip_nonfinite=cfg.on_nonfinite == "skip", replica=replica)
     start = 0
     if state is not None:
         engine.set_state(state)
@@ -148,14 +162,24 @@ def train_loop(config: dict) -> None:
         restarts = tracking.count_start(cfg.tracking_uri, run_id)
     _emit(events, kind="start", epoch=start, restarts=restarts, driver_pid=os.getpid(),
           actor_pids=engine.actor_pids())
+    where = engine.placement()
+    if replica.world > 1:
+        import torch.distributed as dist
+        everywhere = [None] * replica.world
+        dist.all_gather_object(everywhere, where)
+        where = everywhere
+    if rank0:
+        tracking.set_tag(cfg.tracking_uri, run_id, "raypar.placement", json.dumps(where))
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            batches = data.loader(spec.train, cfg.batch_size, True, cfg.seed, epoch)
+            shard = (replica.rank, replica.world)
+            batches = data.loader(spec.train, cfg.batch_size, True, cfg.seed, epoch, shard)
             totals, loss_sum, correct, seen = _train_epoch(engine, batches, epoch, events)
             engine.end_epoch()
             train_time = time.perf_counter() - t0
-            val_loss, val_acc = engine.evaluate(data.loader(spec.val, 256, False))
+            loss_sum, correct, seen = engine.all_sum([loss_sum, correct, seen])      # over the replicas
+            val_loss, val_acc = engine.evaluate(data.loader(spec.val, 256, False, shard=shard))
             steps = max(1, totals.steps)
             metrics = {
                 "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -164,13 +188,19 @@ def train_loop(config: dict) -> None:
                 "time_pre_coarse_s": totals.driver / steps, "time_fine_max_s": totals.fine_max / steps,
                 "time_transfer_s": totals.transfer / steps, "step_time_s": totals.wall / steps,
                 "bytes_per_step": totals.bytes / steps, "lr": engine.sched.get_last_lr()[0],
+                "skipped_batches": totals.skipped,
             }
             # checkpoint first, then MLflow: a crash in between is repaired on resume (log_metrics skips what is
-            # there already), so every epoch is logged exactly once
+            # there already), so every epoch is logged exactly once. With R replicas rank 0's state is the one
+            # checkpoint (the weights are the same on every replica; BatchNorm statistics are rank 0's)
             with tempfile.TemporaryDirectory() as folder:
-                _write_checkpoint(folder, engine, {"epoch": epoch, "split": net.split, "mlflow_run_id": run_id,
-                                                   "metrics": metrics, "config": cfg.to_dict()})
-                ray.train.report(dict(metrics, epoch=epoch), checkpoint=Checkpoint.from_directory(folder))
+                checkpoint = None
+                if rank0:
+                    _write_checkpoint(folder, engine, {"epoch": epoch, "split": net.split, "mlflow_run_id": run_id,
+                                                       "metrics": metrics,
+                                                       "config": tracking.redact_config(cfg.to_dict())})
+                    checkpoint = Checkpoint.from_directory(folder)
+                ray.train.report(dict(metrics, epoch=epoch), checkpoint=checkpoint)
             if rank0:
                 tracking.log_metrics(cfg.tracking_uri, run_id, metrics, step=epoch)
             _emit(events, kind="epoch", epoch=epoch, metrics=metrics)
@@ -178,46 +208,200 @@ def train_loop(config: dict) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(engine.state_dict(), os.path.join(folder, "final_weights.pt"))
                 with open(os.path.join(folder, "config.json"), "w") as f:
-                    json.dump(dict(cfg.to_dict(), split=net.split, gpus_per_subnet=gpus), f, indent=2)
+                    json.dump(dict(tracking.redact_config(cfg.to_dict()), split=net.split, gpus_per_subnet=gpus),
+                              f, indent=2)
                 tracking.log_artifacts(cfg.tracking_uri, run_id, folder)
     finally:
         engine.shutdown()
 
 
 def bundles(cfg: TrainConfig, gpus: float) -> list[dict]:
-    """What one run needs: the driver (the Ray Train worker) and one bundle per fine actor."""
+    """What one run needs: per replica, the driver (a Ray Train worker) and one bundle per fine actor."""
     gpu = {"GPU": gpus} if gpus else {}
     actors = cfg.subnets - 1 if cfg.driver_segment else cfg.subnets
-    return [{"CPU": 1.0, **gpu}] + [{"CPU": cfg.cpus_per_subnet, **gpu} for _ in range(actors)]
+    return ([{"CPU": 1.0, **gpu}] + [{"CPU": cfg.cpus_per_subnet, **gpu} for _ in range(actors)]) * cfg.replicas
+
+
+def _started_by_this_process() -> bool:
+    """Whether ``ray.init()`` in this process started the cluster (a private local Ray: ``ray.init`` cannot be given
+    an autoscaling config, so such a cluster never grows)."""
+    import ray._private.worker
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(node is not None and getattr(node, "head", False))
+
+
+def cluster_can_grow(wait_s: float = 5.0) -> bool | None:
+    """Whether an autoscaler can add nodes to the current Ray cluster: True, False (a fixed cluster: a private local
+    Ray, or nodes started by hand with ``ray start``), or None when the cluster does not say (then assume it can).
+
+    A cluster that ``ray.init()`` started in this process cannot grow. Otherwise, read what Ray's autoscaler itself
+    publishes in the GCS:
+      - a cluster config (``ReportClusterConfig``, e.g. KubeRay / managed clusters): it can grow when a node group
+        has ``max_count`` above its ``min_count`` (the rule Ray Data uses, ``is_autoscaling_enabled``);
+      - otherwise the v1 monitor's status report (``__autoscaling_status``, what ``ray status`` shows). A cluster
+        started without ``--autoscaling-config`` runs a read-only autoscaler that names every node's type after the
+        node itself (``node_<id>``) and never launches one; with a cluster-launcher config (``ray up``) the types are
+        the config's (``gpu_1x``, ...). The report is written every few seconds: wait up to ``wait_s`` for it.
+    The v2 autoscaler publishes neither: None."""
+    import ray._private.ray_constants as ray_constants
+    import ray._private.state
+    from ray.experimental.internal_kv import _internal_kv_get
+    if _started_by_this_process():
+        return False
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: any failure means "not known"
+        config = None
+    if config is not None and config.node_group_configs:
+        return any(g.max_count == -1 or g.max_count > g.min_count
+                   for g in config.node_group_configs if g.resources and g.max_count != 0)
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+        if is_autoscaler_v2(fetch_from_server=True):
+            return None
+    except Exception:  # noqa: BLE001
+        pass
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        except Exception:  # noqa: BLE001
+            return None
+        if raw or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    try:
+        mapping = (json.loads(raw).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if not mapping:
+        return None
+    return not all(node_type == f"node_{node}" for node, node_type in mapping.items())
+
+
+def _fits(bundle: dict, node: dict) -> bool:
+    return all(node.get(k, 0) >= v - 1e-9 for k, v in bundle.items() if v)
 
 
 def wait_for_resources(cfg: TrainConfig, gpus: float) -> None:
     """Ask for the whole run as one placement group, so that an autoscaler sees the full demand, and fail with a
-    clear message when the cluster cannot provide it within ``cfg.resource_timeout_s``."""
+    clear message when the cluster cannot provide it within ``cfg.resource_timeout_s`` — or at once when the cluster
+    cannot grow (no autoscaler, see :func:`cluster_can_grow`) and its nodes could never hold the run: more of a
+    resource than all nodes have together, or a bundle that fits no node."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     asked = bundles(cfg, gpus)
     total = {k: sum(b.get(k, 0) for b in asked) for k in ("CPU", "GPU")}
     have = ray.cluster_resources()
+    per = len(asked) // cfg.replicas
+    what = (f"{len(asked)} bundles ({f'{cfg.replicas} replicas x ' if cfg.replicas > 1 else ''}driver + {per - 1} "
+            f"fine actors: {total['CPU']:g} CPU, {total['GPU']:g} GPU in all)")
+    fix = (f"lower {'--replicas, ' if cfg.replicas > 1 else ''}--subnets, --gpus-per-subnet or --cpus-per-subnet, "
+           f"or add nodes")
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    never = (any(total[k] > have.get(k, 0) + 1e-9 for k in total)
+             or any(not any(_fits(b, node) for node in nodes) for b in asked))
+    if never and cluster_can_grow() is False:
+        raise UserError(f"the cluster can never provide {what}: it has {have.get('CPU', 0):g} CPU, "
+                        f"{have.get('GPU', 0):g} GPU in total on {len(nodes)} node(s) and no autoscaler to add nodes "
+                        f"— {fix}")
     pg = placement_group(asked, strategy=cfg.placement)
     try:
         ready, _ = ray.wait([pg.ready()], timeout=cfg.resource_timeout_s)
     finally:
         remove_placement_group(pg)
     if not ready:
-        raise UserError(f"the cluster could not provide {len(asked)} bundles (driver + {len(asked) - 1} fine actors: "
-                        f"{total['CPU']:g} CPU, {total['GPU']:g} GPU in all) within {cfg.resource_timeout_s:g} s; "
-                        f"it has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU in total — lower "
-                        f"--subnets, --gpus-per-subnet or --cpus-per-subnet, or add nodes")
+        raise UserError(f"the cluster could not provide {what} within {cfg.resource_timeout_s:g} s; it has "
+                        f"{have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU in total — {fix}")
 
 
-def warn_if_node_local_storage(cfg: TrainConfig) -> None:
+def check_shared_storage(cfg: TrainConfig, timeout_s: float = 60.0) -> None:
+    """On a multi-node cluster, check that every node sees ``cfg.storage_path``: write a marker file there from this
+    process and look for it from a task pinned to each other alive node. A node that cannot see it raises a
+    :class:`UserError` naming the node (a restarted driver there would not find the checkpoints). Remote URIs
+    (``s3://``, ``gs://``, ...) are not checked; a node that does not answer within ``timeout_s`` is only warned
+    about. Leaves nothing behind: the marker, and any folder created for it, are removed."""
+    import uuid
+
     import ray
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and "://" not in cfg.storage_path:
-        print(f"raypar: warning: --storage-path {cfg.storage_path} looks node-local but the cluster has "
-              f"{len(nodes)} nodes; use shared storage (s3://..., gs://..., or an NFS mount on every node) or a "
-              f"restarted driver on another node will not find its checkpoints", file=sys.stderr)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    root = cfg.storage_path
+    if "://" in root:
+        return
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    if not others:
+        return
+
+    def sees(path: str) -> bool:            # a local function: shipped by value, the node needs no raypar
+        import os
+        return os.path.exists(path)
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(sees)
+    created, folder = [], os.path.abspath(root)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(root, f".raypar-storage-check-{uuid.uuid4().hex}")
+    try:
+        with open(marker, "w") as f:
+            f.write("written by raypar to check that every node sees --storage-path; safe to delete\n")
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(marker) for n in others]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        blind, silent = [], []
+        for node, ref in zip(others, refs):
+            try:
+                seen = ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - no answer in time, or the node died meanwhile
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone
+                    pass
+                silent.append(node)
+                continue
+            if not seen:
+                blind.append(node)
+    finally:
+        os.remove(marker)
+        for folder in created:                   # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
+    def name(node):
+        return f"{node.get('NodeManagerAddress', '?')} (node id {node['NodeID'][:12]})"
+    if blind:
+        raise UserError(f"--storage-path {tracking.redact(root)} is not shared: node {name(blind[0])}"
+                        f"{f' and {len(blind) - 1} more' if len(blind) > 1 else ''} cannot see it; on a multi-node "
+                        f"cluster use shared storage (s3://..., gs://..., or an NFS mount at the same path on every "
+                        f"node)")
+    if silent:
+        print(f"raypar: warning: could not check that node {name(silent[0])} sees --storage-path "
+              f"{tracking.redact(root)} (no answer within {timeout_s:g} s); it must be shared storage",
+              file=sys.stderr)
+
+
+def failure_reason(error: BaseException, max_failures: int = 0) -> str:
+    """One line saying why a run failed, for the MLflow tag ``raypar.error``: Ray Train reports a worker's failure
+    as a ``WorkerGroupError`` whose text is a truncated traceback; the reason is the worker's own exception (an
+    ``ActorDiedError`` for a lost fine actor, the ``FloatingPointError`` of a NaN loss, ...)."""
+    from ray.train import WorkerGroupError
+    cause = error
+    failures = getattr(error, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        cause = failures[min(failures)]
+    cause = getattr(cause, "controller_failure", None) or cause
+    while isinstance(getattr(cause, "cause", None), BaseException):     # RayTaskError wraps the real exception
+        cause = cause.cause
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    line = next((ln for ln in lines if not ln.startswith(("Traceback", "File ", "^", "ray::"))), "")
+    reason = f"{type(cause).__name__}: {line}" if line else type(cause).__name__
+    if isinstance(error, WorkerGroupError) and max_failures > 0:
+        reason += f" (no restarts left: --max-failures {max_failures})"
+    return reason[:1000]
 
 
 def fit(cfg: TrainConfig, events=None) -> TrainResult:
@@ -225,18 +409,22 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
 
     ``events``: an optional ``ray.util.queue.Queue`` that receives progress events (see :func:`train_loop`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = cfg.resolved()
     gpus = _gpus_per_subnet(cfg)
-    warn_if_node_local_storage(cfg)
+    check_shared_storage(cfg)
     wait_for_resources(cfg, gpus)
     run_id, resumed = tracking.open_run(cfg)
     cfg = dataclasses.replace(cfg, extra=dict(cfg.extra, mlflow_run_id=run_id))
     trainer = TorchTrainer(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0,
-                                     resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})}),
+        # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica);
+        # gloo for the drivers' group (a CUDA driver adds an NCCL group of its own: raypar.hybrid)
+        scaling_config=ScalingConfig(num_workers=cfg.replicas, use_gpu=gpus > 0,
+                                     resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})},
+                                     placement_strategy="SPREAD" if cfg.replicas > 1 else "PACK"),
+        torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)))
@@ -245,7 +433,7 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
         if result.error:
             raise result.error
     except BaseException as e:
-        tracking.close_run(cfg.tracking_uri, run_id, e)
+        tracking.close_run(cfg.tracking_uri, run_id, e, reason=failure_reason(e, cfg.max_failures))
         raise
     tracking.close_run(cfg.tracking_uri, run_id)
     return TrainResult(dict(result.metrics or {}), run_id, resumed,

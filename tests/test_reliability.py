@@ -1,5 +1,6 @@
 """Lost processes and torn checkpoints: the run finishes, logs every epoch once, and ends bit-identical to an
 uninterrupted run with the same seed."""
+import math
 import os
 import queue
 import signal
@@ -117,3 +118,294 @@ def test_nan_loss_stops_with_a_clear_error_and_the_run_ends_failed(ray_local, st
                               "tags.`raypar.run_key` LIKE '%/nan'")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "the loss is" in runs[0].data.tags["raypar.error"]
+
+
+# ------------------------------------------------------------------------------------ running out of restarts
+def test_run_out_of_restarts_ends_failed_and_fit_raises(ray_local, store):
+    """max_failures = 1 and the fine actor SIGKILLed at every start: one restart, then the run fails."""
+    from ray.util.queue import Queue
+    cfg = _cfg(store, "exhausted", epochs=1, max_failures=1)
+    events = Queue(actor_options={"num_cpus": 0})
+    box, starts = {}, []
+
+    def run():
+        try:
+            box["result"] = fit(cfg, events)
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive() or not events.empty():
+        try:
+            ev = events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if ev["kind"] == "start":
+            starts.append(ev)
+            os.kill(ev["actor_pids"][0], signal.SIGKILL)
+    thread.join()
+    assert "error" in box and "result" not in box, "fit() must raise when the restarts run out"
+    assert [s["restarts"] for s in starts] == [0, 1]
+    client = MlflowClient(cfg.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("reliability").experiment_id],
+                              "tags.`raypar.run_key` LIKE '%/exhausted'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    tags = runs[0].data.tags
+    assert tags["raypar.restarts"] == "1"
+    reason = tags["raypar.error"].splitlines()[0]          # the reason first, on one line; the details below it
+    assert reason.startswith("ActorDiedError: ") and "no restarts left: --max-failures 1" in reason, reason
+
+
+# ------------------------------------------------------------------------------------ --on-nonfinite skip
+def _engine(skip: bool):
+    from raypar import PararealNet, build
+    from raypar.engine import OptimConfig, PararealEngine, Resources
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.125), 2, balance="flops")
+    return PararealEngine(net, OptimConfig(lr=0.1, epochs=2), Resources(cpus_per_subnet=0.5), seed=0,
+                          skip_nonfinite=skip)
+
+
+def _everything(engine) -> dict:
+    """Every tensor of the engine's state: weights, BatchNorm statistics, optimizer momenta, of driver and actors."""
+    state = engine.get_state()
+    flat = {f"driver.{k}": v for k, v in state["driver"].items()}
+    for i, fine in enumerate(state["fine"]):
+        flat.update({f"fine{i}.{k}": v for k, v in fine["module"].items()})
+        flat.update({f"fine{i}.momentum.{k}": s["momentum_buffer"] for k, s in fine["optimizer"]["state"].items()})
+    flat.update({f"driver.momentum.{k}": s["momentum_buffer"] for k, s in state["optimizer"]["state"].items()})
+    return flat
+
+
+def test_nonfinite_batch_is_skipped_everywhere_and_training_goes_on(ray_local):
+    from raypar.trainer import _train_epoch
+    g = torch.Generator().manual_seed(1)
+    b1, b2, b3 = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in "123"]
+    bad = (b1[0].clone(), b1[1])
+    bad[0][3, 0, 5, 5] = float("nan")                  # one NaN pixel: NaN loss (and NaN BatchNorm statistics)
+    engine, reference = _engine(skip=True), _engine(skip=False)
+    try:
+        engine.train_step(*b1)
+        before = _everything(engine)
+        loss, correct, st = engine.train_step(*bad)
+        assert math.isnan(loss) and st.skipped == 1 and correct == 0
+        after = _everything(engine)
+        for k in before:                                # nothing changed: weights, BN statistics, momenta
+            assert torch.equal(before[k], after[k]), k
+        loss, _, st = engine.train_step(*b2)            # training goes on, every part in lockstep:
+        assert math.isfinite(loss) and st.skipped == 0
+        for x, y in (b1, b2):                           # the same as a run that never saw the bad batch
+            reference.train_step(x, y)
+        got, want = _everything(engine), _everything(reference)
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+        # the epoch loop counts skipped batches and leaves them out of the loss and accuracy
+        totals, loss_sum, _, seen = _train_epoch(engine, [b3, bad, bad], epoch=1, events=None)
+        assert totals.skipped == 2 and totals.steps == 3 and seen == 16 and math.isfinite(loss_sum)
+        with pytest.raises(FloatingPointError, match=r"every batch of epoch 2 had a non-finite loss"):
+            _train_epoch(engine, [bad], epoch=2, events=None)
+    finally:
+        engine.shutdown()
+        reference.shutdown()
+
+
+# ------------------------------------------------------------------------------------ more than the cluster has
+def test_fixed_cluster_fails_at_once_when_it_can_never_fit_the_run(ray_local):
+    """The session's private Ray has no autoscaler: 9 CPUs asked of a 4-CPU cluster fail at once, not after the
+    resource timeout."""
+    import time
+
+    from raypar.trainer import cluster_can_grow, wait_for_resources
+    from raypar.errors import UserError
+    assert cluster_can_grow() is False
+    cfg = TrainConfig(subnets=4, cpus_per_subnet=2, resource_timeout_s=120).validate()
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"can never provide 5 bundles \(driver \+ 4 fine actors: 9 CPU, 0 GPU in all\)"
+                                        r": it has 4 CPU, 0 GPU in total on 1 node\(s\) and no autoscaler"):
+        wait_for_resources(cfg, 0)
+    assert time.monotonic() - t0 < 30
+
+
+def test_autoscaling_cluster_keeps_waiting(ray_local, monkeypatch):
+    """When the autoscaler's status report names real node types (a `ray up` cluster), the run waits for new nodes
+    up to --resource-timeout instead of failing at once."""
+    import json
+    import time
+
+    import ray.experimental.internal_kv as kv
+
+    from raypar.trainer import cluster_can_grow, wait_for_resources
+    from raypar.errors import UserError
+    node = ray_local.get_runtime_context().get_node_id()
+    report = {"autoscaler_report": {"node_type_mapping": {"10.0.0.1": "head", "10.0.0.2": "gpu_1x"}}}
+    real_get = kv._internal_kv_get
+    monkeypatch.setattr("raypar.trainer._started_by_this_process", lambda: False)    # as if attached to a cluster
+    monkeypatch.setattr(kv, "_internal_kv_get", lambda key, *a, **k: json.dumps(report).encode()
+                        if key == "__autoscaling_status" else real_get(key, *a, **k))
+    assert cluster_can_grow() is True
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"could not provide 3 bundles .* within 2 s"):
+        wait_for_resources(TrainConfig(resource_timeout_s=2).validate(), gpus=1)
+    assert time.monotonic() - t0 >= 2
+    report["autoscaler_report"]["node_type_mapping"] = {node: f"node_{node}"}       # read-only: fixed cluster
+    assert cluster_can_grow() is False
+
+
+def test_cli_gpus_the_cluster_can_never_have_exit_2_at_once(tmp_path):
+    import subprocess
+    import sys
+    import time
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", "--gpus-per-subnet", "1"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)      # the default --resource-timeout is 300 s
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("raypar: error: the cluster can never provide 3 bundles (driver + 2 fine actors: "
+                               "3 CPU, 3 GPU in all)") and "0 GPU in total" in lines[0] and "no autoscaler" in lines[0]
+    assert time.monotonic() - t0 < 120
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
+
+
+# ------------------------------------------------------------------------------------ storage every node must see
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def blind_node(ray_local, tmp_path_factory):
+    """A second node in the session's cluster (0 CPUs: nothing else lands there) that does not share one folder:
+    `ray start --address` in its own mount namespace with an empty tmpfs over ``hidden``. Stopped by SIGTERM to its
+    process group."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a node with its own mount namespace")
+    tmp = tmp_path_factory.mktemp("blind")
+    hidden = tmp / "hidden"
+    hidden.mkdir()
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    here = ray_local.get_runtime_context().get_node_id()
+    start = (f"mount -t tmpfs tmpfs {hidden} && exec {ray_bin} start --block "
+             f"--address={ray_local.get_runtime_context().gcs_address} --num-cpus=0 --num-gpus=0 "
+             f"--object-store-memory=80000000 --dashboard-agent-listen-port={_free_port()} "
+             f"--dashboard-agent-grpc-port={_free_port()} --runtime-env-agent-port={_free_port()} "
+             f"--metrics-export-port={_free_port()} --disable-usage-stats")
+    env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp / "node.log", "w")
+
+    def others():
+        return [n for n in ray_local.nodes() if n["Alive"] and n["NodeID"] != here]
+    for attempt in range(3):          # `ray start` gives its raylet a fixed 30 s: on a loaded machine, try again
+        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", start], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 120
+        while not others() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        if others():
+            break
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    else:
+        pytest.fail(f"the second node did not come up: {(tmp / 'node.log').read_text()[-2000:]}")
+    yield others()[0], tmp
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+    deadline = time.time() + 60
+    while others() and time.time() < deadline:          # gone before the next test plans its resources
+        time.sleep(0.5)
+
+
+def test_storage_a_node_cannot_see_fails_before_anything_is_written(blind_node):
+    from raypar.errors import UserError
+    node, tmp = blind_node
+    storage = tmp / "hidden" / "runs"                   # on this machine only: the second node sees an empty tmpfs
+    cfg = TrainConfig(model="vgg11", width_mult=0.125, balance="flops", epochs=1, storage_path=str(storage),
+                      name="blind", tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="blind").validate()
+    with pytest.raises(UserError, match=rf"--storage-path {storage} is not shared: node \S+ \(node id "
+                                        rf"{node['NodeID'][:12]}\) cannot see it; .*use shared storage \(s3://"):
+        fit(cfg)
+    assert not storage.exists() and not list((tmp / "hidden").iterdir())   # no marker, no checkpoint left
+    assert not (tmp / "mlflow.db").exists()                                   # no MLflow run
+
+
+def test_storage_every_node_sees_passes_and_leaves_nothing(blind_node):
+    from raypar.trainer import check_shared_storage
+    node, tmp = blind_node
+    shared = tmp / "shared" / "runs"
+    check_shared_storage(TrainConfig(storage_path=str(shared)).resolved())
+    assert not (tmp / "shared").exists()                # the marker and the folders made for it are gone
+    check_shared_storage(TrainConfig(storage_path="s3://bucket/runs").resolved())     # remote URIs: not checked
+
+
+# ------------------------------------------------------------------------------------ one run: skip + no secrets
+SECRET = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def skip_run(ray_local, store):
+    """One short run that diverges (lr 1e12) with --on-nonfinite skip, and a Ray address that holds a password
+    (fit() itself never connects to it: the session's Ray is already up)."""
+    cfg = _cfg(store, "skip", epochs=1, lr=1e12, on_nonfinite="skip", max_failures=0,
+               address=f"ray://alice:{SECRET}@10.0.0.1:10001")
+    return cfg, fit(cfg)
+
+
+def test_skip_run_goes_on_and_logs_skipped_batches(skip_run):
+    cfg, result = skip_run
+    client = MlflowClient(cfg.tracking_uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    (step, skipped), = [(m.step, m.value) for m in client.get_metric_history(result.run_id, "skipped_batches")]
+    assert step == 1 and skipped >= 1
+    assert math.isfinite(result.metrics["train_loss"])          # the skipped batches are not in the mean
+
+
+def test_no_credentials_in_mlflow_params_artifacts_or_checkpoints(skip_run, tmp_path):
+    cfg, result = skip_run
+    client = MlflowClient(cfg.tracking_uri)
+    run = client.get_run(result.run_id)
+    for key, value in {**run.data.params, **run.data.tags}.items():
+        assert SECRET not in value, key
+    config = open(client.download_artifacts(result.run_id, "config.json", str(tmp_path))).read()
+    assert SECRET not in config and '"address": "ray://alice:***@10.0.0.1:10001"' in config
+    metas = [open(os.path.join(c.path, "raypar_meta.json")).read() for c in checkpoints(cfg.storage_path, cfg.name)]
+    assert metas and all(SECRET not in m and "alice:***@10.0.0.1" in m for m in metas)
+
+
+def test_redact():
+    from raypar.tracking import redact, redact_config
+    assert redact("http://user:password@host:5000") == "http://user:***@host:5000"
+    assert redact("https://tok3n@host/x") == "https://***@host/x"
+    assert (redact("cannot reach ray://u:p%40ss@10.0.0.1:10001: refused")
+            == "cannot reach ray://u:***@10.0.0.1:10001: refused")
+    assert redact("s3://b/p?X-Amz-Signature=abc&region=x") == "s3://b/p?X-Amz-Signature=***&region=x"
+    for plain in ("sqlite:////tmp/a@b/mlflow.db", "raypar_runs", "gs://bucket/runs", "http://host:5000"):
+        assert redact(plain) == plain
+    assert redact_config({"a": ["http://u:pw@h"], "b": 1, "c": None}) == {"a": ["http://u:***@h"], "b": 1, "c": None}
+
+
+def test_cli_messages_never_show_a_password(tmp_path):
+    import subprocess
+    import sys
+    uri = f"http://alice:{SECRET}@127.0.0.1:1"
+    r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", "--tracking-uri", uri], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the MLflow tracking server http://alice:***@127.0.0.1:1" in lines[0]
+    assert SECRET not in r.stdout + r.stderr

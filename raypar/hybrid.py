@@ -1,0 +1,72 @@
+"""Data parallel on top of parareal (DESIGN §3, "hybrid"): R replicas of the whole parareal network — R drivers
+(the Ray Train workers) x N fine actors — each training on its own shard of every batch, with the gradients of every
+part averaged over the replicas before each optimizer step:
+
+* pre, the coarse networks and post (and F_1 with ``--driver-segment``): over the drivers' process group;
+* fine segment j: over a process group of the R actors that hold F_j, one group per j.
+
+Averaging uses ``torch.distributed.all_reduce`` (gloo on CPU, NCCL for CUDA tensors) on one flat buffer per part.
+Starting from the same weights (same seed) and applying the same averaged gradients, the replicas stay identical.
+BatchNorm statistics stay per replica (each normalises its own shard); with ``--norm group`` (and the default
+GroupNorm coarse networks) the model has no batch statistics and R replicas compute exactly what one process computes
+on the combined batch.
+"""
+from __future__ import annotations
+
+import datetime
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def free_endpoint() -> tuple[str, int]:
+    """This node's IP and a free TCP port, for a process group's rendezvous."""
+    import ray
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_group(addr: str, port: int, world: int, rank: int, device: torch.device, timeout_s: float = 300.0):
+    """Join the process group of one part's R replicas (in a fine actor: its only group, so the default one)."""
+    dist.init_process_group(backend_for(device), init_method=f"tcp://{addr}:{port}", world_size=world, rank=rank,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def average_gradients(params, world: int, group=None) -> None:
+    """Replace every parameter's gradient by its mean over the ``world`` replicas of ``group``. Parameters without
+    a gradient are left alone (every replica has the same ones: the same graph on the same architecture)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world <= 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_sum(values: list[float], world: int, device: torch.device, group=None) -> list[float]:
+    """Sums of a few numbers over the replicas (losses, counts, timings)."""
+    if world <= 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, group=group)
+    return t.tolist()
+
+
+def broadcast(obj, world: int, group=None):
+    """Rank 0's ``obj`` on every replica (e.g. the split measured by rank 0)."""
+    if world <= 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]

@@ -1,0 +1,111 @@
+"""R replicas x N sub-networks on a real multi-node Ray cluster on one machine: a head and a worker node started
+with `ray start` on loopback, each with 3 CPUs and 3 (CUDA-less) GPUs, so a replica (driver + 2 fine actors, one GPU
+each) fills one node. R = 2 x N = 2 trains, each replica's actors run on its driver's node, and the weights match an
+R = 1 run on the combined batch (GroupNorm: no batch statistics, so the two compute the same thing)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray() -> str:
+    return str(BIN / "ray") if (BIN / "ray").exists() else shutil.which("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two nodes; stopped by SIGTERM to their process groups (never `ray stop`: other Ray instances live here)."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    gcs = _free_port()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
+    env.pop("RAY_ADDRESS", None)
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=3", "--num-gpus=3", "--disable-usage-stats"]
+    head = [_ray(), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
+            f"--ray-client-server-port={_free_port()}", *common]
+    procs, logs = [], []
+
+    def start(cmd, name):
+        log = open(tmp / f"{name}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+
+    start(head, "head")
+    address = f"127.0.0.1:{gcs}"
+    status = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        status = subprocess.run([_ray(), "status", "--address", address], env=env, capture_output=True, text=True)
+        if status.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
+    start([_ray(), "start", f"--address={address}", *common], "worker")
+    while time.time() < deadline:
+        status = subprocess.run([_ray(), "status", "--address", address], env=env, capture_output=True, text=True)
+        if "6.0 GPU" in status.stdout or "0.0/6.0 GPU" in status.stdout:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"worker did not join: {status.stdout[-2000:]} {(tmp / 'worker.log').read_text()[-2000:]}")
+    yield address, env, tmp
+    for p in reversed(procs):
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    for log in logs:
+        log.close()
+
+
+def _train(cluster, name, *args):
+    address, env, tmp = cluster
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", "--address", address, "--name", name,
+                        "--model", "vgg11", "--width-mult", "0.125", "--subnets", "2", "--gpus-per-subnet", "1",
+                        "--norm", "group", "--balance", "flops", "--epochs", "1", "--resource-timeout", "120",
+                        "--tracking-uri", uri, "--storage-path", str(tmp / "runs"), "--experiment", "multinode",
+                        *args], env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    run_id = r.stdout.strip().splitlines()[-1].split("run ")[-1]
+    client = MlflowClient(uri)
+    weights = torch.load(client.download_artifacts(run_id, "final_weights.pt", str(tmp)), weights_only=True)
+    return client.get_run(run_id), weights
+
+
+def test_replicas_x_subnets_across_nodes_match_one_replica_on_the_combined_batch(cluster):
+    # 1436 digits (an even number) in 2 steps: 2 replicas x 352 samples, or 1 replica x 704 — the same samples
+    run2, w2 = _train(cluster, "r2", "--replicas", "2", "--batch-size", "352")
+    assert run2.info.status == "FINISHED" and run2.data.params["replicas"] == "2"
+    placement = json.loads(run2.data.tags["raypar.placement"])
+    assert len(placement) == 2
+    for replica in placement:                       # PACK: a replica's fine actors on its driver's node
+        assert replica["actors"] == [replica["driver"]] * 2, placement
+    assert placement[0]["driver"] != placement[1]["driver"], placement       # one replica per node
+
+    run1, w1 = _train(cluster, "r1", "--replicas", "1", "--batch-size", "704")
+    assert run1.data.params["replicas"] == "1"
+    assert set(w1) == set(w2)
+    for key in w1:
+        assert torch.allclose(w2[key].float(), w1[key].float(), rtol=1e-3, atol=2e-5), key
+    assert run2.data.metrics["train_loss"] == pytest.approx(run1.data.metrics["train_loss"], rel=1e-5)
+    assert run2.data.metrics["val_acc"] == run1.data.metrics["val_acc"]
