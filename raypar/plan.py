@@ -1,0 +1,483 @@
+"""``raypar plan``: predict the training step time and speedup of N = 1..G sub-networks before running anything.
+
+The prediction is Amdahl's law for the parareal structure plus the interface transfers, from the measured cost of
+every part (forward + backward + optimizer step, at the planned batch, one thread — one process per device, as
+``raypar bench`` runs) and the interface sizes. The split is :class:`~raypar.network.PararealNet`'s own balanced
+partition. For N >= 2 sub-networks and K iterations, with every time in seconds (DESIGN.md §2, §5)::
+
+    E        = pre + post                                  the driver's edges
+    coarse   = C_1 + ... + C_N  +  K (C_2 + ... + C_N)     the coarse sweep, then one correction sweep per iteration
+    fine     = sum over k = 1..K of max_j F_j              iteration k < K runs F_1..F_{N-1} only (F_N feeds nothing)
+    bytes    = sum over k and the remote j run in k of  batch * 2 * (in_j + out_j) * 4 B
+                                                           in_j, out_j: numel per sample of F_j's input and output;
+                                                           4 tensors: u out, f back, dL/df out, dL/du back
+    transfer = bytes / link  +  2 K * latency              every interface tensor goes through the driver's link; per
+                                                           iteration one round trip for the forward calls and one for
+                                                           the backward calls (all segments' calls go out together;
+                                                           the actors' optimizer steps queue behind the last backward)
+    critical = E + coarse + fine + transfer
+    work     = E + coarse + sum of all F_j runs            compute only
+    step     = max(critical, work / min(devices, processes))       processes = N + 1, or N with --driver-segment
+    speedup  = step(N = 1) / step(N)                       N = 1: the original network in one process, E + sum F_j
+
+Each part's cost includes its share of the optimizer step (measured once, per parameter). ``--driver-segment``:
+F_1 runs in the driver (N processes instead of N + 1), so it ships nothing, and its work adds to the driver's; the
+split is the one PararealNet balances with the driver's work counted in segment 1. The efficiency bound is
+speedup / devices in use (min(devices, processes)).
+
+The times are measured on this machine's CPU with one thread: ``--gpus`` counts devices, i.e. cores here, one process
+each. The default link is :data:`LINK_GBPS` and :data:`CALL_LATENCY_MS`, measured on the 2-core development machine
+(a local Ray object store, driver <-> actor, :func:`measure_link`); ``--measure-link`` measures this machine's.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+from .errors import UserError
+
+# driver <-> actor through a local Ray object store (numpy arrays, as the engine ships them), measured with
+# measure_link() on the 2-core development machine (Ray 2.60, Python 3.11), with other work on the machine
+LINK_GBPS = 3.5
+CALL_LATENCY_MS = 1.5
+MEASURES = ("time", "flops", "params")
+
+
+# ------------------------------------------------------------------------------------------------ rows
+@dataclass
+class PlanRow:
+    """The prediction for N sub-networks."""
+    subnets: int
+    split: list[int]               # blocks per segment
+    iterations: int                # K (capped at N)
+    processes: int                 # 1 for N = 1; N + 1, or N with the driver segment
+    devices: int                   # devices in use: min(devices, processes)
+    step_ms: float                 # predicted step time
+    speedup: float                 # step(N = 1) / step(N)
+    efficiency: float              # speedup / devices in use: the best parallel efficiency this N allows
+    bytes_per_step: int            # interface bytes through the driver's link per step
+    coarse_share: float            # coarse sweeps / step
+    critical_ms: float             # pre + coarse + fine + post + transfer
+    work_ms: float                 # all compute of the step, every process together
+    transfer_ms: float             # bytes / link + round trips * latency
+    coarse_ms: float
+    fine_max_ms: float             # sum over iterations of the slowest fine segment
+    driver_ms: float               # the driver's own compute (pre, coarse, post; + F_1 with the driver segment)
+    bound: str                     # "critical path" or "devices"
+
+
+@dataclass
+class Costs:
+    """Measured seconds of every part at ``batch`` (forward + backward on one thread, plus its optimizer step)."""
+    batch: int
+    pre_s: float
+    post_s: float
+    blocks_s: list[float]
+    opt_s_per_param: float
+    threads: int = 1
+    coarse_s: dict = field(default_factory=dict)       # (n, k, driver_segment, split) -> [C_1 .. C_N] seconds
+
+
+@dataclass
+class Link:
+    gbps: float = LINK_GBPS
+    latency_ms: float = CALL_LATENCY_MS
+    measured: bool = False
+
+    def seconds(self, nbytes: int, round_trips: int) -> float:
+        return nbytes * 8 / (self.gbps * 1e9) + round_trips * self.latency_ms * 1e-3
+
+
+@contextmanager
+def _threads(n: int):
+    import torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+class Planner:
+    """One model measured once; :meth:`row` predicts any N from it. Every PararealNet it builds is kept."""
+
+    def __init__(self, model: str = "vgg16", width_mult: float = 0.25, image_size: int = 32, in_channels: int = 3,
+                 num_classes: int = 10, batch: int = 64, coarse_depth: int = 1, coarse_width: float = 1.0,
+                 balance: str = "time", threads: int = 1, repeats: int = 5, seed: int = 0):
+        import torch
+
+        from . import balance as bal
+        from .coarse import CoarseSpec
+        from .models import build
+        if batch < 1 or image_size < 1:
+            raise UserError(f"--batch and --image-size must be >= 1, got {batch} and {image_size}")
+        if balance not in MEASURES:
+            raise UserError(f"--balance must be one of {', '.join(MEASURES)} for a plan over N, got {balance!r}")
+        if threads < 1:
+            raise UserError(f"threads must be >= 1, got {threads}")
+        self.coarse_spec = CoarseSpec(coarse_depth, coarse_width)
+        torch.manual_seed(seed)
+        self.staged = build(model, num_classes, in_channels, width_mult, image_size)
+        self.model, self.width_mult, self.balance, self.threads = model, width_mult, balance, threads
+        self.shape, self.batch = (in_channels, image_size, image_size), batch
+        self.num_blocks = len(self.staged.blocks)
+        self._nets: dict = {}
+        with _threads(threads):
+            x = torch.randn(batch, *self.shape, generator=torch.Generator().manual_seed(seed))
+            pre, blocks, post = bal.profile(self.staged, x, "time", repeats)
+            per_param = _optimizer_seconds_per_param(self.staged)
+        self.profiles = (pre, blocks, post)
+        self.costs = Costs(batch, pre.cost + per_param * pre.params, post.cost + per_param * post.params,
+                           [b.cost + per_param * b.params for b in blocks], per_param, threads)
+
+    def net(self, n: int, iterations: int, driver_segment: bool, split: list[int] | None = None):
+        """PararealNet's split for N (built, profiled and balanced by PararealNet itself), kept for reuse;
+        ``split``: these block counts instead (e.g. the split a bench run used)."""
+        from .network import PararealNet
+        key = (n, iterations, driver_segment, tuple(split) if split else None)
+        if key not in self._nets:
+            with _threads(self.threads):
+                import torch
+                torch.manual_seed(0)
+                self._nets[key] = PararealNet(copy.deepcopy(self.staged), n, iterations, self.coarse_spec,
+                                              list(split) if split else self.balance, self.shape,
+                                              profile_batch=self.batch,
+                                              driver_segment=driver_segment)
+        return self._nets[key]
+
+    def coarse_seconds(self, n: int, iterations: int, driver_segment: bool,
+                       split: list[int] | None = None) -> list[float]:
+        """Measured seconds of C_1..C_N at the batch (+ their optimizer share)."""
+        import torch
+
+        from . import balance as bal
+        key = (n, iterations, driver_segment, tuple(split) if split else None)
+        if key not in self.costs.coarse_s:
+            net = self.net(n, iterations, driver_segment, split)
+            out = []
+            with _threads(self.threads):
+                for c, info in zip(net.coarse, net.segment_info):
+                    if net.balance_measure == "time":
+                        sec = info.coarse_cost            # measured by PararealNet at this batch already
+                    else:
+                        x = torch.randn(self.batch, *info.in_shape, generator=torch.Generator().manual_seed(0))
+                        sec = bal.measure_part(copy.deepcopy(c), x, "time")[0].cost
+                    out.append(sec + self.costs.opt_s_per_param * info.coarse_params)
+            self.costs.coarse_s[key] = out
+        return self.costs.coarse_s[key]
+
+    def sequential_s(self) -> float:
+        c = self.costs
+        return c.pre_s + sum(c.blocks_s) + c.post_s
+
+    def row(self, n: int, devices: int, link: Link, iterations: int = 1, driver_segment: bool = False,
+            in_process: bool | None = None, split: list[int] | None = None) -> PlanRow:
+        """The prediction for N sub-networks. N = 1 is the original network in one process (``in_process``
+        False: the engine with its one fine actor, for comparison with ``raypar bench``'s raypar-N1); ``split``: these
+        block counts instead of PararealNet's balanced split."""
+        c = self.costs
+        k = min(iterations, n)
+        e = c.pre_s + c.post_s
+        seq = self.sequential_s()
+        if n == 1:
+            split = [self.num_blocks]
+            fines, coarse, local = [sum(c.blocks_s)], [], in_process is not False
+        else:
+            given = split
+            split = list(self.net(n, k, driver_segment, given).split)
+            bounds = [0, *itertools.accumulate(split)]
+            fines = [sum(c.blocks_s[a:b]) for a, b in zip(bounds, bounds[1:])]
+            coarse = self.coarse_seconds(n, k, driver_segment, given)
+            local = False
+        coarse_s = sum(coarse) + k * sum(coarse[1:])
+        first_local = driver_segment and n > 1
+        nbytes, trips, fine_crit, fine_work = 0, 0, 0.0, 0.0
+        if not local:
+            shapes = self._interfaces(split)
+            remote = range(1 if first_local else 0, n)
+            for it in range(1, k + 1):
+                run = n if it == k else n - 1                     # before the last iteration F_N is not run
+                fine_crit += max(fines[:run])
+                fine_work += sum(fines[:run])
+                shipped = [j for j in remote if j < run]
+                nbytes += sum(self.batch * 2 * (shapes[j][0] + shapes[j][1]) * 4 for j in shipped)
+                trips += 2 if shipped else 0                      # forward calls, then backward calls
+        transfer = link.seconds(nbytes, trips) if not local else 0.0
+        processes = 1 if local else (n if first_local else n + 1)
+        used = max(1, min(devices, processes))
+        if local:                                                 # the original network: exactly the sequential
+            fine_crit, critical = sum(fines), seq
+            work = seq
+        else:
+            critical = e + coarse_s + fine_crit + transfer
+            work = e + coarse_s + fine_work
+        step = max(critical, work / used)
+        driver = e + coarse_s + (k * fines[0] if first_local else 0.0) if not local else seq
+        speedup = seq / step
+        return PlanRow(n, split, k if n > 1 else 1, processes, used, 1e3 * step, speedup, speedup / used, nbytes,
+                       coarse_s / step, 1e3 * critical, 1e3 * work, 1e3 * transfer, 1e3 * coarse_s, 1e3 * fine_crit,
+                       1e3 * driver, "critical path" if critical >= work / used else "devices")
+
+    def _interfaces(self, split: list[int]) -> list[tuple[int, int]]:
+        """numel per sample of every segment's input and output."""
+        _, blocks, _ = self.profiles
+        out, start = [], 0
+        for count in split:
+            out.append((math.prod(blocks[start].in_shape), math.prod(blocks[start + count - 1].out_shape)))
+            start += count
+        return out
+
+
+def _optimizer_seconds_per_param(staged) -> float:
+    """The optimizer step (raypar's SGD with momentum and weight decay) of the whole model, per parameter."""
+    import torch
+
+    from .optim import OptimConfig, make_optimizer
+    model = copy.deepcopy(staged)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = make_optimizer(params, OptimConfig())[0]
+    times = []
+    for i in range(6):
+        t0 = time.perf_counter()
+        opt.step()
+        if i:                                          # the first step creates the momentum buffers
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) / max(1, sum(p.numel() for p in params))
+
+
+# -------------------------------------------------------------------------------------------- predict
+def check_inputs(gpus: int, link_gbps: float | None, latency_ms: float | None, iterations: int) -> None:
+    if not isinstance(gpus, int) or gpus < 1:
+        raise UserError(f"--gpus (devices) must be >= 1, got {gpus}")
+    if link_gbps is not None and not (link_gbps > 0 and math.isfinite(link_gbps)):
+        raise UserError(f"--link-gbps must be a positive number of Gbit/s, got {link_gbps}")
+    if latency_ms is not None and not (latency_ms >= 0 and math.isfinite(latency_ms)):
+        raise UserError(f"--latency-ms must be >= 0, got {latency_ms}")
+    if not isinstance(iterations, int) or iterations < 1:
+        raise UserError(f"--iterations K must be >= 1, got {iterations}")
+
+
+def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, link_gbps: float | None = None,
+            latency_ms: float | None = None, batch: int = 64, image_size: int = 32, in_channels: int = 3,
+            num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
+            driver_segment: bool = False, balance: str = "time", planner: Planner | None = None) -> list[PlanRow]:
+    """One :class:`PlanRow` per N = 1..min(gpus, blocks). ``planner``: reuse the measurements of an earlier call
+    (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,
+    :data:`CALL_LATENCY_MS`."""
+    check_inputs(gpus, link_gbps, latency_ms, iterations)
+    planner = planner or Planner(model, width_mult, image_size, in_channels, num_classes, batch, coarse_depth,
+                                 coarse_width, balance)
+    link = Link(LINK_GBPS if link_gbps is None else link_gbps, CALL_LATENCY_MS if latency_ms is None else latency_ms)
+    return [planner.row(n, gpus, link, iterations, driver_segment) for n in range(1, min(gpus, planner.num_blocks) + 1)]
+
+
+def measure_link(size_bytes: int = 4 << 20, repeats: int = 15) -> Link:
+    """Driver <-> actor through this machine's local Ray object store, as the engine ships interface tensors (numpy
+    arrays, out and back): latency = the median round trip of a tiny argument, rate = 2 * size / (the median round
+    trip of a ``size_bytes`` array - latency). Starts (and stops) a private local Ray unless one is running."""
+    import numpy as np
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        echo = ray.remote(num_cpus=0)(_Echo).remote()
+        small, big = np.zeros(1, np.float32), np.ones(size_bytes // 4, np.float32)
+
+        def med(a):
+            ray.get(echo.echo.remote(a))                     # warm-up
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                ray.get(echo.echo.remote(a))
+                ts.append(time.perf_counter() - t0)
+            return statistics.median(ts)
+        lat, rt = med(small), med(big)
+        ray.kill(echo)
+    finally:
+        if started:
+            ray.shutdown()
+    return Link(gbps=2 * big.nbytes * 8 / max(rt - lat, 1e-9) / 1e9, latency_ms=1e3 * lat, measured=True)
+
+
+class _Echo:
+    def echo(self, a):
+        return a
+
+
+# ------------------------------------------------------------------------------------------- rendering
+def render(rows: list[PlanRow], title: str = "", caption: str | None = None):
+    from rich.table import Table
+    t = Table(title=title or None, caption=caption)
+    for col in ("N", "procs", "split", "step ms", "speedup", "eff ≤", "MB/step", "transfer ms", "coarse share",
+                "limited by"):
+        t.add_column(col, justify="left" if col in ("split", "limited by") else "right")
+    for r in rows:
+        t.add_row(str(r.subnets), str(r.processes), ",".join(map(str, r.split)), f"{r.step_ms:.1f}",
+                  f"{r.speedup:.2f}", f"{r.efficiency:.0%}", f"{r.bytes_per_step / 2**20:.2f}",
+                  f"{r.transfer_ms:.1f}", f"{r.coarse_share:.0%}", r.bound)
+    return t
+
+
+def to_json(rows: list[PlanRow], meta: dict) -> str:
+    return json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2)
+
+
+# ----------------------------------------------------------------------------- predicted vs bench.json
+def against_bench(path: str, link: Link, planner: Planner | None = None) -> list[dict]:
+    """Predict the contenders of a ``raypar bench`` run (its ``bench.json``: model, batch, balance, cores) and put
+    the prediction next to the measurement: original = N = 1; raypar-N{n} and raypar-N{n}-f1 (the engine, N = 1
+    with its one actor included)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        cfg, env, rows = data["config"], data["environment"], data["rows"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read a raypar bench result from {path}: {e}") from None
+    if not isinstance(cfg.get("balance"), str):
+        raise UserError(f"{path}: the bench used an explicit split {cfg.get('balance')}; plan needs time/flops/params")
+    planner = planner or Planner(cfg["model"], cfg["width_mult"], cfg["image_size"], cfg["in_channels"],
+                                 cfg["num_classes"], cfg["batch"], balance=cfg["balance"])
+    cores = int(env.get("cpu_cores") or os.cpu_count() or 1)
+    seq = planner.sequential_s() * 1e3
+    out = []
+    for r in rows:
+        name = r["contender"]
+        if not r.get("step_ms"):
+            continue
+        if name == "original":
+            p = planner.row(1, cores, link)
+        elif name.startswith("raypar-N"):
+            n = int(name[len("raypar-N"):].split("-")[0])
+            p = planner.row(n, cores, link, driver_segment=name.endswith("-f1"), in_process=False,
+                            split=r.get("split") if n > 1 else None)
+        else:
+            continue
+        out.append({"contender": name, "processes": p.processes, "split": p.split, "measured_ms": r["step_ms"],
+                    "predicted_ms": p.step_ms, "step_error": p.step_ms / r["step_ms"] - 1,
+                    "measured_speedup": r.get("ratio_vs_original"), "predicted_speedup": seq / p.step_ms,
+                    "speedup_error": (seq / p.step_ms / r["ratio_vs_original"] - 1) if r.get("ratio_vs_original")
+                    else None, "predicted_transfer_ms": p.transfer_ms, "measured_transfer_ms": r.get("transfer_ms"),
+                    "load_average_at_start": (env.get("load_average_at_start") or [None])[0]})
+    return out
+
+
+def _load(rows: list[dict]) -> str:
+    v = rows[0]["load_average_at_start"] if rows else None
+    return "-" if v is None else f"{v:.2f}"
+
+
+def render_against(rows: list[dict], title: str):
+    from rich.table import Table
+    t = Table(title=title)
+    for col in ("contender", "procs", "split", "measured ms", "predicted ms", "error", "measured x", "predicted x",
+                "error", "transfer ms meas / pred"):
+        t.add_column(col, justify="left" if col == "contender" else "right")
+
+    def pct(v):
+        return "-" if v is None else f"{v:+.0%}"
+    for r in rows:
+        mx = r["measured_speedup"]
+        mt = r["measured_transfer_ms"]
+        t.add_row(r["contender"], str(r["processes"]), ",".join(map(str, r["split"])), f"{r['measured_ms']:.1f}",
+                  f"{r['predicted_ms']:.1f}", pct(r["step_error"]), "-" if mx is None else f"{mx:.2f}",
+                  f"{r['predicted_speedup']:.2f}", pct(r["speedup_error"]),
+                  f"{'-' if mt is None else format(mt, '.1f')} / {r['predicted_transfer_ms']:.1f}")
+    return t
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``raypar plan``."""
+    p.add_argument("--model", default="vgg16", help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s)")
+    p.add_argument("--width-mult", type=float, default=0.25, help="scale every channel count (default: %(default)s)")
+    p.add_argument("--gpus", type=int, default=_cores(),
+                   help="devices to plan for, one process per device: GPUs, or on a CPU-only machine cores (each "
+                        "process computes with one thread). Rows go N = 1..G; plain raypar needs N + 1 processes "
+                        "(the driver too), N with --driver-segment. The step times are measured on this machine's "
+                        "CPU with one thread (default: this machine's cores, %(default)s)")
+    p.add_argument("--link-gbps", type=float, default=None,
+                   help=f"bandwidth of the driver's link in Gbit/s; every interface tensor goes through it (default: "
+                        f"{LINK_GBPS:g}, a local Ray object store measured on a 2-core machine; see --measure-link)")
+    p.add_argument("--latency-ms", type=float, default=None,
+                   help=f"round trip of one remote call; 2 per iteration are on the critical path (the forward "
+                        f"trips, then the backward trips) (default: {CALL_LATENCY_MS:g}, measured with the link)")
+    p.add_argument("--measure-link", action="store_true",
+                   help="measure the link and latency on this machine (a local Ray object store, driver <-> actor, "
+                        "4 MiB arrays; 10-30 s) instead of the defaults; --link-gbps/--latency-ms still win")
+    p.add_argument("--batch", type=int, default=64, help="global batch per step (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
+    p.add_argument("--in-channels", type=int, default=3, help="(default: %(default)s)")
+    p.add_argument("--num-classes", type=int, default=10, help="(default: %(default)s)")
+    p.add_argument("--iterations", "-k", type=int, default=1,
+                   help="parareal iterations K (capped at N for each row) (default: %(default)s)")
+    p.add_argument("--coarse-depth", type=int, default=1, help="conv/BN/ReLU layers per coarse network "
+                                                               "(default: %(default)s)")
+    p.add_argument("--coarse-width", type=float, default=1.0, help="hidden channels of a coarse network relative to "
+                                                                   "its output (default: %(default)s)")
+    p.add_argument("--balance", default="time", choices=MEASURES,
+                   help="the split's cost measure, as in train (the times are always measured) (default: %(default)s)")
+    p.add_argument("--driver-segment", action="store_true",
+                   help="F_1 runs in the driver: N processes instead of N + 1, no transfers for F_1")
+    p.add_argument("--format", default="table", choices=["table", "json"], help="(default: %(default)s)")
+    p.add_argument("--bench", default=None, metavar="BENCH_JSON",
+                   help="instead: predict the contenders of a `raypar bench` result (its bench.json; model, batch "
+                        "and cores from it) and print predicted vs measured")
+
+
+def cmd_plan(args) -> int:
+    check_inputs(args.gpus, args.link_gbps, args.latency_ms, args.iterations)
+    from rich.console import Console
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    link = measure_link() if args.measure_link else Link()
+    link = Link(args.link_gbps if args.link_gbps is not None else link.gbps,
+                args.latency_ms if args.latency_ms is not None else link.latency_ms, link.measured)
+    where = "measured here" if link.measured else "default"
+    link_text = f"link {link.gbps:.2f} Gbit/s, {link.latency_ms:.2f} ms per call round trip ({where} unless given)"
+    if args.bench:
+        rows = against_bench(args.bench, link)
+        if args.format == "json":
+            print(json.dumps({"bench": args.bench, "link_gbps": link.gbps, "latency_ms": link.latency_ms,
+                              "rows": rows}, indent=2))
+        else:
+            console.print(render_against(rows, f"predicted vs measured: {args.bench}"))
+            console.print(f"{link_text}; the prediction profiles this machine now, the bench measured then "
+                          f"(load average at its start: {_load(rows)})")
+        return 0
+    planner = Planner(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
+                      args.coarse_depth, args.coarse_width, args.balance)
+    rows = predict(gpus=args.gpus, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
+                   driver_segment=args.driver_segment, planner=planner)
+    meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.gpus,
+            "iterations": args.iterations, "driver_segment": args.driver_segment, "link_gbps": link.gbps,
+            "latency_ms": link.latency_ms, "link_measured": link.measured, "blocks": planner.num_blocks,
+            "sequential_ms": 1e3 * planner.sequential_s()}
+    if args.format == "json":
+        print(to_json(rows, meta))
+        return 0
+    notes = []
+    if args.gpus > planner.num_blocks:
+        notes.append(f"stopped at N = {planner.num_blocks}: {args.model} has {planner.num_blocks} blocks")
+    console.print(render(rows, f"{args.model} x{args.width_mult}, batch {args.batch}, {args.gpus} device(s), "
+                               f"K = {args.iterations}{', F_1 in the driver' if args.driver_segment else ''}",
+                         caption="\n".join(notes) or None))
+    console.print(f"sequential step {meta['sequential_ms']:.1f} ms (fwd+bwd+optimizer, one thread, measured now); "
+                  f"{link_text}. eff ≤ = speedup / devices in use; raypar needs N + 1 processes "
+                  f"(N with --driver-segment)")
+    return 0

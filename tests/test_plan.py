@@ -1,0 +1,155 @@
+"""`raypar plan`: the predicted step time and speedup for N = 1..G, and its one-line errors."""
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from raypar.bench import bytes_minimum
+from raypar.models import build
+from raypar.network import PararealNet
+from raypar.plan import Link, Planner, against_bench, predict
+
+TINY = dict(model="vgg11", width_mult=0.125, batch=8, balance="flops")       # 7 blocks; the split is deterministic
+
+
+@pytest.fixture(scope="module")
+def planner():
+    return Planner(TINY["model"], TINY["width_mult"], batch=TINY["batch"], balance=TINY["balance"])
+
+
+@functools.lru_cache(maxsize=None)
+def pararealnet(n, **kw):
+    torch.manual_seed(0)
+    return PararealNet(build("vgg11", 10, 3, 0.125, 32), n, balance="flops", input_shape=(3, 32, 32),
+                       profile_batch=TINY["batch"], **kw)
+
+
+def test_one_row_per_n_and_n1_is_the_original(planner):
+    rows = predict(gpus=4, planner=planner)
+    assert [r.subnets for r in rows] == [1, 2, 3, 4]
+    one = rows[0]
+    assert one.speedup == 1.0 and one.efficiency == 1.0
+    assert one.split == [7] and one.processes == 1 and one.bytes_per_step == 0
+    assert one.transfer_ms == 0.0 and one.coarse_share == 0.0
+    assert one.step_ms == pytest.approx(1e3 * planner.sequential_s())
+    for r in rows[1:]:
+        assert r.processes == r.subnets + 1 and r.devices == min(4, r.processes)
+        assert r.speedup == pytest.approx(rows[0].step_ms / r.step_ms)
+        assert r.efficiency == pytest.approx(r.speedup / r.devices)
+        assert 0 < r.coarse_share < 1 and r.coarse_ms > 0
+        # the step is the larger of the critical path and the work spread over the devices in use
+        assert r.step_ms == pytest.approx(max(r.critical_ms, r.work_ms / r.devices))
+        assert r.critical_ms == pytest.approx(1e3 * (planner.costs.pre_s + planner.costs.post_s)
+                                              + r.coarse_ms + r.fine_max_ms + r.transfer_ms)
+
+
+def test_split_is_pararealnets(planner):
+    for n in (2, 4):
+        assert planner.row(n, 8, Link()).split == pararealnet(n).split
+        assert planner.row(n, 8, Link(), driver_segment=True).split == pararealnet(n, driver_segment=True).split
+
+
+def test_transfer_bytes_are_4_interface_tensors_per_remote_segment(planner):
+    batch = TINY["batch"]
+    for n in (2, 3):
+        net = pararealnet(n)
+        per_segment = [batch * 4 * 2 * (math.prod(s.in_shape) + math.prod(s.out_shape)) for s in net.segment_info]
+        assert planner.row(n, 8, Link()).bytes_per_step == sum(per_segment) == bytes_minimum(net, batch)
+        # F_1 in the driver ships nothing
+        f1 = pararealnet(n, driver_segment=True)
+        row = planner.row(n, 8, Link(), driver_segment=True)
+        assert row.processes == n
+        assert row.bytes_per_step == bytes_minimum(f1, batch, skip_first=True)
+    # K = 2: the first iteration runs (and ships) F_1 only, the second F_1 and F_2
+    first = pararealnet(2, iterations=2).segment_info[0]
+    k2 = planner.row(2, 8, Link(), iterations=2)
+    assert k2.iterations == 2
+    assert k2.bytes_per_step == (planner.row(2, 8, Link()).bytes_per_step
+                                 + batch * 4 * 2 * (math.prod(first.in_shape) + math.prod(first.out_shape)))
+
+
+def test_faster_link_never_slower(planner):
+    steps = {gbps: [r.step_ms for r in predict(gpus=3, link_gbps=gbps, latency_ms=0.5, planner=planner)]
+             for gbps in (0.01, 0.1, 1.0, 10.0, 100.0)}
+    slow_to_fast = list(steps.values())
+    for a, b in zip(slow_to_fast, slow_to_fast[1:]):
+        assert a[0] == b[0]                                   # N = 1: one process, nothing moves
+        assert all(x >= y for x, y in zip(a[1:], b[1:]))
+    assert all(x > y for x, y in zip(steps[0.01][1:], steps[0.1][1:]))   # transfer-bound: strictly faster
+    transfer = [planner.row(2, 3, Link(g, 0.5)).transfer_ms for g in (0.1, 1.0, 10.0)]
+    assert transfer[0] > transfer[1] > transfer[2] > 0
+
+
+def test_devices_bound_and_stop_at_the_number_of_blocks(planner):
+    assert len(predict(gpus=9, planner=planner)) == 7                  # vgg11 has 7 blocks
+    one_device = planner.row(3, 1, Link(1e6, 0.0))
+    assert one_device.devices == 1 and one_device.bound == "devices"
+    assert one_device.step_ms == pytest.approx(one_device.work_ms)     # every process on one device: all the work
+    assert one_device.speedup < 1                                      # the coarse work makes it slower
+
+
+def test_against_a_bench_result(planner, tmp_path):
+    rows = [{"contender": "original", "step_ms": 100.0, "ratio_vs_original": 1.0},
+            {"contender": "raypar-N1", "step_ms": 120.0, "ratio_vs_original": 100 / 120, "split": [7]},
+            {"contender": "raypar-N2", "step_ms": 80.0, "ratio_vs_original": 1.25, "split": [3, 4]},
+            {"contender": "raypar-N2-f1", "step_ms": 70.0, "ratio_vs_original": 100 / 70, "split": [2, 5]},
+            {"contender": "ddp-2", "step_ms": 60.0, "ratio_vs_original": 100 / 60}]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"config": {"model": "vgg11", "width_mult": 0.125, "image_size": 32, "in_channels": 3,
+                                           "num_classes": 10, "batch": 8, "balance": "flops"},
+                                "environment": {"cpu_cores": 2, "load_average_at_start": [0.5, 0.5, 0.5]},
+                                "rows": rows}))
+    out = {r["contender"]: r for r in against_bench(str(path), Link(), planner)}
+    assert list(out) == ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1"]       # no prediction for DDP
+    assert [out[n]["processes"] for n in out] == [1, 2, 3, 2]
+    assert out["raypar-N2"]["split"] == [3, 4] and out["raypar-N2-f1"]["split"] == [2, 5]   # the bench's own split
+    assert out["raypar-N1"]["predicted_transfer_ms"] > 0 == out["original"]["predicted_transfer_ms"]
+    for r in out.values():
+        assert r["step_error"] == pytest.approx(r["predicted_ms"] / r["measured_ms"] - 1)
+        assert r["speedup_error"] == pytest.approx(r["predicted_speedup"] / r["measured_speedup"] - 1)
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "raypar.cli", "plan", *args], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, COLUMNS="160"))
+
+
+def test_cli_json():
+    r = run("--model", "vgg11", "--width-mult", "0.125", "--batch", "8", "--balance", "flops", "--gpus", "2",
+            "--link-gbps", "5", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["link_gbps"] == 5 and out["blocks"] == 7
+    assert [row["subnets"] for row in out["rows"]] == [1, 2] and out["rows"][0]["speedup"] == 1.0
+    assert out["rows"][1]["split"] == pararealnet(2).split
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "alexnet"], "unknown model 'alexnet'"),
+    (["--gpus", "0"], "--gpus (devices) must be >= 1, got 0"),
+    (["--link-gbps", "-1"], "--link-gbps must be a positive number of Gbit/s, got -1.0"),
+    (["--latency-ms", "-0.5"], "--latency-ms must be >= 0, got -0.5"),
+    (["--iterations", "0"], "--iterations K must be >= 1, got 0"),
+    (["--batch", "0"], "--batch and --image-size must be >= 1"),
+    (["--balance", "5,2"], "argument --balance: invalid choice: '5,2'"),
+    (["--coarse-depth", "0"], "coarse depth must be >= 1, got 0"),
+])
+def test_bad_input_exit_2_one_line(args, message, capsys):
+    """In process (the same main() the console script runs); the subprocess test below checks the real exit."""
+    from raypar.cli import main
+    assert main(["plan", "--model", "vgg11", "--width-mult", "0.125", "--batch", "8", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_cli_bad_input_exit_2_one_line():
+    r = run("--model", "vgg11", "--gpus", "0")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--gpus (devices) must be >= 1, got 0" in lines[0], r.stderr
