@@ -1,29 +1,15 @@
 """Where users run: a real Ray head on loopback, `ray job submit --working-dir` through the real CLI, MLflow checked.
 Also: a run whose resources the cluster cannot provide fails clearly within its timeout."""
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from procs import free_port, ray_cli, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray_cli() -> str:
-    return str(BIN / "ray") if (BIN / "ray").exists() else shutil.which("ray")
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +17,10 @@ def ray_head(tmp_path_factory):
     """`ray start --head --block` on 127.0.0.1 with its own ports; stopped by SIGTERM to its process group (never
     `ray stop`, which would also end every other Ray instance on the machine)."""
     tmp = tmp_path_factory.mktemp("head")
-    gcs, dash, agent, client_port = (_free_port() for _ in range(4))
+    gcs, dash, agent, client_port = (free_port() for _ in range(4))
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    cmd = [_ray_cli(), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+    cmd = [ray_cli(), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
            "--num-cpus=4", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
            f"--ray-client-server-port={client_port}", "--disable-usage-stats"]
@@ -44,7 +30,7 @@ def ray_head(tmp_path_factory):
     deadline = time.time() + 120
     job_env = dict(env, RAY_AUTH_MODE="token")
     while time.time() < deadline:
-        r = subprocess.run([_ray_cli(), "job", "list", "--address", address], env=job_env, capture_output=True,
+        r = subprocess.run([ray_cli(), "job", "list", "--address", address], env=job_env, capture_output=True,
                            text=True)
         if r.returncode == 0:
             break
@@ -54,16 +40,12 @@ def ray_head(tmp_path_factory):
     else:
         pytest.fail(f"ray head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
     yield address, job_env, tmp
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_group(proc)
     log.close()
 
 
 def _submit(address, env, *args, timeout=600):
-    cmd = [_ray_cli(), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+    cmd = [ray_cli(), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
            "python", "jobs/train.py", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 

@@ -4,41 +4,27 @@ each) fills one node. R = 2 x N = 2 trains, each replica's actors run on its dri
 R = 1 run on the combined batch (GroupNorm: no batch statistics, so the two compute the same thing)."""
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from procs import free_port, ray_cli, stop_group
 
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray() -> str:
-    return str(BIN / "ray") if (BIN / "ray").exists() else shutil.which("ray")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Two nodes; stopped by SIGTERM to their process groups (never `ray stop`: other Ray instances live here)."""
     tmp = tmp_path_factory.mktemp("cluster")
-    gcs = _free_port()
+    gcs = free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
     env.pop("RAY_ADDRESS", None)
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=3", "--num-gpus=3", "--disable-usage-stats"]
-    head = [_ray(), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
-            f"--ray-client-server-port={_free_port()}", *common]
+    head = [ray_cli(), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}", *common]
     procs, logs = [], []
 
     def start(cmd, name):
@@ -51,15 +37,15 @@ def cluster(tmp_path_factory):
     status = None
     deadline = time.time() + 120
     while time.time() < deadline:
-        status = subprocess.run([_ray(), "status", "--address", address], env=env, capture_output=True, text=True)
+        status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True, text=True)
         if status.returncode == 0:
             break
         time.sleep(2)
     else:
         pytest.fail(f"head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
-    start([_ray(), "start", f"--address={address}", *common], "worker")
+    start([ray_cli(), "start", f"--address={address}", *common], "worker")
     while time.time() < deadline:
-        status = subprocess.run([_ray(), "status", "--address", address], env=env, capture_output=True, text=True)
+        status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True, text=True)
         if "6.0 GPU" in status.stdout or "0.0/6.0 GPU" in status.stdout:
             break
         time.sleep(2)
@@ -67,12 +53,7 @@ def cluster(tmp_path_factory):
         pytest.fail(f"worker did not join: {status.stdout[-2000:]} {(tmp / 'worker.log').read_text()[-2000:]}")
     yield address, env, tmp
     for p in reversed(procs):
-        os.killpg(p.pid, signal.SIGTERM)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+        stop_group(p)
     for log in logs:
         log.close()
 

@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from procs import free_port, stop_group
 
 from raypar.config import TrainConfig
 from raypar.tracking import checkpoints
@@ -270,13 +271,6 @@ def test_cli_gpus_the_cluster_can_never_have_exit_2_at_once(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ storage every node must see
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def blind_node(ray_local, tmp_path_factory):
     """A second node in the session's cluster (0 CPUs: nothing else lands there) that does not share one folder:
@@ -295,9 +289,9 @@ def blind_node(ray_local, tmp_path_factory):
     here = ray_local.get_runtime_context().get_node_id()
     start = (f"mount -t tmpfs tmpfs {hidden} && exec {ray_bin} start --block "
              f"--address={ray_local.get_runtime_context().gcs_address} --num-cpus=0 --num-gpus=0 "
-             f"--object-store-memory=80000000 --dashboard-agent-listen-port={_free_port()} "
-             f"--dashboard-agent-grpc-port={_free_port()} --runtime-env-agent-port={_free_port()} "
-             f"--metrics-export-port={_free_port()} --disable-usage-stats")
+             f"--object-store-memory=80000000 --dashboard-agent-listen-port={free_port()} "
+             f"--dashboard-agent-grpc-port={free_port()} --runtime-env-agent-port={free_port()} "
+             f"--metrics-export-port={free_port()} --disable-usage-stats")
     env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
     env.pop("RAY_ADDRESS", None)
     log = open(tmp / "node.log", "w")
@@ -320,11 +314,7 @@ def blind_node(ray_local, tmp_path_factory):
     else:
         pytest.fail(f"the second node did not come up: {(tmp / 'node.log').read_text()[-2000:]}")
     yield others()[0], tmp
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_group(proc)
     log.close()
     deadline = time.time() + 60
     while others() and time.time() < deadline:          # gone before the next test plans its resources
