@@ -76,6 +76,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise :class:`UserError` naming the first bad one. Returns self."""
+        from .models import check_name
+        check_name(self.model)
         if self.width_mult <= 0:
             raise UserError(f"--width-mult must be > 0, got {self.width_mult}")
         if self.subnets < 1:

@@ -67,10 +67,11 @@ def _torchvision(name: str, data_dir: str | None, download: bool) -> DataSpec:
                    "mnist": torchvision.datasets.MNIST}[name]
             tr = cls(data_dir, train=True, transform=train_tf, download=download)
             va = cls(data_dir, train=False, transform=val_tf, download=download)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:            # OSError: urllib's URLError when a download cannot connect
+        what = "could not be downloaded into" if isinstance(e, OSError) else "not found or corrupt in"
         hint = ("add --download on a machine with internet" if not download else
                 "this machine cannot download it; fetch it elsewhere and copy it into --data-dir")
-        raise UserError(f"{name} not found or corrupt in {data_dir} ({str(e).splitlines()[0]}); {hint}, "
+        raise UserError(f"{name} {what} {data_dir} ({str(e).splitlines()[0]}); {hint}, "
                         f"or use the offline --dataset digits") from None
     classes = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10}[name]
     return DataSpec(tr, va, classes, 1 if name == "mnist" else 3, 32)

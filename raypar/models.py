@@ -112,11 +112,15 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
-def preact_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
-                  image_size: int = 32, norm: str = "batch") -> StagedModel:
+def _check_depth(depth: int) -> None:
     if depth < 11 or (depth - 2) % 9:
         raise UserError(f"invalid ResNet depth {depth}: the pre-activation bottleneck ResNet needs depth = 9n+2 "
                         f"with n >= 1 (e.g. 11, 20, 29, 164, 1001)")
+
+
+def preact_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
+                  image_size: int = 32, norm: str = "batch") -> StagedModel:
+    _check_depth(depth)
     n = (depth - 2) // 9
     base = _ch(16, width_mult)
     pre = nn.Conv2d(in_channels, base, 3, padding=1, bias=False)
@@ -143,6 +147,7 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: fl
     :func:`norm_layer`."""
     if norm not in NORMS:
         raise UserError(f"unknown norm {norm!r}; choose {' or '.join(NORMS)}")
+    check_name(name)
     if width_mult <= 0:
         raise UserError(f"width_mult must be > 0, got {width_mult}")
     if num_classes < 1 or in_channels < 1:
@@ -150,7 +155,15 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: fl
     key = name.lower()
     if key in VGG_CONFIGS:
         return vgg(key, num_classes, in_channels, width_mult, image_size, norm)
+    return preact_resnet(int(key[len("resnet"):]), num_classes, in_channels, width_mult, image_size, norm)
+
+
+def check_name(name: str) -> None:
+    """A :class:`UserError` unless ``name`` is a built-in model (checked without building it)."""
+    key = name.lower()
+    if key in VGG_CONFIGS:
+        return
     m = re.fullmatch(r"resnet(\d+)", key)
-    if m:
-        return preact_resnet(int(m.group(1)), num_classes, in_channels, width_mult, image_size, norm)
-    raise UserError(f"unknown model {name!r}; available: {', '.join(available())}")
+    if not m:
+        raise UserError(f"unknown model {name!r}; available: {', '.join(available())}")
+    _check_depth(int(m.group(1)))

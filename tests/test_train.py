@@ -96,6 +96,9 @@ def test_single_subnet_is_the_baseline(ray_local, tmp_path):
     (["--gpus-per-subnet", "-1"], "--gpus-per-subnet must be >= 0"),
     (["--dataset", "cifar10", "--data-dir", "."], "cifar10 not found or corrupt in"),
     (["--dataset", "imagefolder:no/such/folder"], "needs the subfolders train/ and val/"),
+    (["--model", "vgg99"], "unknown model 'vgg99'"),
+    (["--model", "resnet21"], "invalid ResNet depth 21"),
+    (["--dataset", "cifar10", "--data-dir", "d", "--download"], "cifar10 could not be downloaded into"),
 ])
 def test_train_bad_input_exit_2_one_line(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", *args], cwd=tmp_path, capture_output=True,
