@@ -52,13 +52,23 @@ def test_every_recipe_is_valid_and_versioned():
     ("subnets = 0", "--subnets must be >= 1"),
     ('lr_schedule = "linear"', "--lr-schedule must be one of cosine, step"),
 ])
-def test_bad_config_file_exit_2_one_line_nothing_written(tmp_path, text, message):
+def test_bad_config_file_exit_2_one_line_nothing_written(tmp_path, monkeypatch, capsys, text, message):
+    from raypar.cli import main
     (tmp_path / "bad.toml").write_text(text + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "bad.toml"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
+
+
+def test_malformed_config_file_in_a_real_process(tmp_path):
+    (tmp_path / "bad.toml").write_text("epochs = [\n")
     r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", "--config", "bad.toml"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert len(lines) == 1 and "is not valid TOML" in lines[0], r.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
 
 

@@ -84,7 +84,7 @@ def test_single_subnet_is_the_baseline(ray_local, tmp_path):
     assert run.data.params["num_subnets"] == "1"
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["--subnets", "0"], "--subnets must be >= 1"),
     (["--subnets", "2", "--iterations", "3"], "--iterations must be between 1 and --subnets (2)"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -99,10 +99,29 @@ def test_single_subnet_is_the_baseline(ray_local, tmp_path):
     (["--model", "vgg99"], "unknown model 'vgg99'"),
     (["--model", "resnet21"], "invalid ResNet depth 21"),
     (["--dataset", "cifar10", "--data-dir", "d", "--download"], "cifar10 could not be downloaded into"),
-])
-def test_train_bad_input_exit_2_one_line(tmp_path, args, message):
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_train_bad_input_exit_2_one_line(tmp_path, monkeypatch, capsys, args, message):
+    """Every mistake: exit code 2, one line on stderr, nothing written (in this process, to keep the suite fast;
+    the next test checks the same for a real `raypar` process)."""
+    from raypar.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["train", *args]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
+
+
+@pytest.mark.parametrize("args, message", [BAD_INPUT[0], BAD_INPUT[7], BAD_INPUT[-1]])
+def test_train_bad_input_in_a_real_process(tmp_path, args, message):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", *args], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, env=env)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
