@@ -42,8 +42,10 @@ def init_group(addr: str, port: int, world: int, rank: int, device: torch.device
 def average_gradients(params, world: int, group=None) -> None:
     """Replace every parameter's gradient by its mean over the ``world`` replicas of ``group``. Parameters without
     a gradient are left alone (every replica has the same ones: the same graph on the same architecture)."""
+    if world <= 1:
+        return                                   # one replica: nothing to do (and nothing to walk on the hot path)
     grads = [p.grad for p in params if p.grad is not None]
-    if world <= 1 or not grads:
+    if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, group=group)
