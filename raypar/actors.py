@@ -2,33 +2,20 @@
 
 It owns its segment, optimizer, LR scheduler and RNG. ``forward`` keeps the autograd graph of a step under a key,
 ``backward`` runs it with the gradient shipped by the driver, returns the gradient w.r.t. the input and frees the
-graph, ``step`` applies the optimizer. Tensors arrive and leave as numpy arrays (zero-copy through Ray's object
-store); autograd graphs never cross processes.
+graph, ``step`` applies the optimizer. Tensors arrive and leave by the run's transport (:mod:`raypar.transport`:
+numpy arrays through Ray's object store, point-to-point in a gloo/NCCL group, or CUDA IPC); autograd graphs never
+cross processes.
 """
 from __future__ import annotations
 
 import time
-import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import hybrid
 from .optim import OptimConfig, make_optimizer
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A contiguous CPU numpy view (no copy for a contiguous CPU tensor) for the object store."""
-    return t.detach().to("cpu").contiguous().numpy()
-
-
-def from_numpy(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A tensor over ``a`` (zero-copy on CPU). Arrays from ``ray.get`` are read-only: never modify the result in
-    place (autograd forbids in-place ops on the leaf tensors this is used for)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)     # "The given NumPy array is not writable"
-        return torch.from_numpy(a).to(device)
+from .transport import ActorEnd, from_numpy, to_numpy  # noqa: F401  (re-exported: the engine's and tests' helpers)
 
 
 def to_cpu(obj):
@@ -56,29 +43,33 @@ class FineWorker:
         self.busy = 0.0                                  # compute seconds since the last step()
         self.saved_buffers: dict | None = None           # keep_buffers: the buffers before this step's forward
         self.saved_step = None
+        self.end = ActorEnd(self.device)                 # how tensors arrive and leave (join_transport)
 
-    def forward(self, key, x: np.ndarray) -> np.ndarray:
+    def forward(self, key, x):
+        u = self.end.receive(x).requires_grad_(True)
         t0 = time.perf_counter()
         if self.saved_buffers is not None and self.saved_step != key[0]:     # the first forward of step key[0]
             self.saved_buffers = {k: b.clone() for k, b in self.module.named_buffers()}
             self.saved_step = key[0]
-        u = from_numpy(x, self.device).requires_grad_(True)
         out = self.module(u)
         self.graphs[key] = (u, out)
-        result = to_numpy(out)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)          # compute seconds, not launch seconds
         self.busy += time.perf_counter() - t0
-        return result
+        return self.end.reply(out, x)
 
-    def backward(self, key, grad: np.ndarray | None) -> np.ndarray | None:
+    def backward(self, key, grad):
         """Backward through the graph kept under ``key``; ``grad`` None only frees that graph."""
-        t0 = time.perf_counter()
         u, out = self.graphs.pop(key)
         if grad is None:
             return None
-        out.backward(from_numpy(grad, self.device))
-        result = to_numpy(u.grad)
+        g = self.end.receive(grad)
+        t0 = time.perf_counter()
+        out.backward(g)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self.busy += time.perf_counter() - t0
-        return result
+        return self.end.reply(u.grad, grad)
 
     def step(self) -> float:
         """Apply the optimizer (to the gradients averaged over the replicas, with R > 1); return the compute seconds
@@ -113,12 +104,32 @@ class FineWorker:
         self.sched.step()
 
     @torch.no_grad()
-    def eval_forward(self, x: np.ndarray) -> np.ndarray:
+    def eval_forward(self, key, x):
         self.module.eval()
         try:
-            return to_numpy(self.module(torch.from_numpy(np.array(x)).to(self.device)))
+            return self.end.reply(self.module(self.end.receive(x, writable=True)), x)
         finally:
             self.module.train()
+
+    @torch.no_grad()
+    def output_shape(self, shape: tuple, dtype: torch.dtype) -> tuple:
+        """The shape of this segment's output for an input of ``shape`` (a forward in eval mode: no statistics
+        change)."""
+        self.module.eval()
+        try:
+            return tuple(self.module(torch.zeros(shape, dtype=dtype, device=self.device)).shape)
+        finally:
+            self.module.train()
+
+    # ------------------------------------------------------------------ transport (raypar.transport)
+    def where(self) -> tuple[str, tuple]:
+        """This actor's node and the GPUs Ray gave it."""
+        import ray
+        return ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids())
+
+    def join_transport(self, name: str, addr: str | None = None, port: int | None = None, rank: int = 0,
+                       world: int = 1) -> None:
+        self.end.join(name, addr, port, rank, world)
 
     def get_state(self) -> dict:
         return to_cpu({"module": self.module.state_dict(), "optimizer": self.opt.state_dict(),

@@ -60,6 +60,9 @@ class BenchConfig:
     contenders: list[str] = field(default_factory=lambda: list(CONTENDERS))
     seed: int = 0
     lr: float = 0.05
+    device: str = "cpu"                      # "cuda": every process on the GPU(s) (fractions of one GPU if one)
+    transports: list[str] = field(default_factory=lambda: ["object-store"])   # raypar rows, one set per transport
+    coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.coarse.CoarseSpec)
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -70,7 +73,30 @@ class BenchConfig:
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
         if unknown or not self.contenders:
             raise UserError(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
+        from .transport import TRANSPORTS
+        bad = sorted(set(self.transports) - set(TRANSPORTS)) if self.transports else ["(none)"]
+        if bad:
+            raise UserError(f"unknown transports {bad}; choose from {', '.join(TRANSPORTS)}")
+        if self.device not in ("cpu", "cuda"):
+            raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
+        if self.device == "cuda" and {"ddp", "pipe"} & set(self.contenders):
+            raise UserError("--device cuda: the ddp and pipe contenders run on CPUs only for now; leave them out of "
+                            "--contenders (e.g. --contenders original,parareal-1proc,raypar,raypar-f1)")
         return self
+
+    @property
+    def gpu_share(self) -> float:
+        """The GPUs each benchmark process asks Ray for: a whole GPU each where there are enough, else a slice of
+        one (then N actors share a GPU: per-actor times and transfer costs, not a speedup)."""
+        if self.device != "cuda":
+            return 0.0
+        return 1.0 if torch.cuda.device_count() >= max(self.subnets) + 1 else 0.1
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
 
     @property
     def optim(self) -> OptimConfig:
@@ -82,11 +108,12 @@ class BenchConfig:
 
 
 # --------------------------------------------------------------------------------------- in every process
-def make_batches(cfg: BenchConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(cfg: BenchConfig, device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The warm-up and timed batches: synthetic, the same in every process (fixed seed)."""
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    return [(torch.randn(cfg.batch, *cfg.shape, generator=g),
-             torch.randint(0, cfg.num_classes, (cfg.batch,), generator=g)) for _ in range(cfg.warmup + cfg.steps)]
+    return [(torch.randn(cfg.batch, *cfg.shape, generator=g).to(device),
+             torch.randint(0, cfg.num_classes, (cfg.batch,), generator=g).to(device))
+            for _ in range(cfg.warmup + cfg.steps)]
 
 
 def peak_rss_mb(pid: int | None = None) -> float | None:
@@ -141,22 +168,25 @@ class Runner:
     def local(self, model: nn.Module, cfg: BenchConfig) -> dict:
         """The whole network in this one process: the original, or the parareal network."""
         torch.manual_seed(cfg.seed)
-        model.train()
+        model.to(cfg.torch_device).train()
         opt = optimizer(model, cfg)
-        times, _ = timed(sgd_step(model, opt), make_batches(cfg), cfg.warmup)
+        times, _ = timed(sgd_step(model, opt), make_batches(cfg, cfg.torch_device), cfg.warmup)
         return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
 
-    def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False) -> dict:
+    def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+               transport: str = "object-store") -> dict:
         """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
         its own actor."""
-        engine = PararealEngine(net, cfg.optim, Resources(cpus_per_subnet=1, first_in_driver=first_in_driver),
-                                seed=cfg.seed)
+        engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, 1, first_in_driver=first_in_driver,
+                                                          transport=transport), seed=cfg.seed)
         try:
-            times, results = timed(engine.train_step, make_batches(cfg), cfg.warmup)
+            times, results = timed(engine.train_step, make_batches(cfg, engine.device), cfg.warmup)
             rss = [peak_rss_mb()] + [peak_rss_mb(pid) for pid in engine.actor_pids()]
+            used = engine.tx.name
         finally:
             engine.shutdown()
-        return {"times": times, "stats": [asdict(r[2]) for r in results], "rss": rss, "idle": self.idle}
+        return {"times": times, "stats": [asdict(r[2]) for r in results], "rss": rss, "idle": self.idle,
+                "transport": used}
 
     def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
         """One stage of a GPipe schedule over gloo; all stages run this at once."""
@@ -214,8 +244,9 @@ class Contender:
 
 def _net(cfg: BenchConfig, n: int, driver_segment: bool = False) -> PararealNet:
     torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
-    return PararealNet(_model(cfg), n, balance=cfg.balance, input_shape=cfg.shape, profile_batch=cfg.batch,
-                       driver_segment=driver_segment)
+    from .coarse import CoarseSpec
+    return PararealNet(_model(cfg), n, coarse=CoarseSpec(kernel=cfg.coarse_kernel), balance=cfg.balance,
+                       input_shape=cfg.shape, profile_batch=cfg.batch, driver_segment=driver_segment)
 
 
 def _model(cfg: BenchConfig):
@@ -254,14 +285,17 @@ def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
     return out
 
 
-def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False) -> dict:
+def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+               transport: str = "object-store") -> dict:
     import ray
-    out = ray.get(runner.raypar.remote(net, cfg, first_in_driver))
+    out = ray.get(runner.raypar.remote(net, cfg, first_in_driver, transport))
     stats, n = out.pop("stats"), net.num_subnets
     procs = n if first_in_driver and n > 1 else n + 1
     med = {k: statistics.median(s[k] for s in stats) for k in ("driver", "fine_max", "wait")}
+    each = [1e3 * statistics.median(t) for t in zip(*(s["fine_each"] for s in stats))] if stats else []
     return dict(out, processes=procs, subnets=n, split=net.split, driver_ms=1e3 * med["driver"],
                 fine_max_ms=1e3 * med["fine_max"], transfer_ms=1e3 * max(0.0, med["wait"] - med["fine_max"]),
+                fine_each_ms=each,
                 bytes_per_step=max(s["bytes"] for s in stats),
                 bytes_min=bytes_minimum(net, cfg.batch, skip_first=first_in_driver),
                 parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))
@@ -315,14 +349,19 @@ def plan(cfg: BenchConfig) -> list[Contender]:
     f1_nets = {n: _net(cfg, n, driver_segment=True) for n in cfg.subnets if n > 1} if "raypar-f1" in want else {}
     table = {"original": [Contender("original", 1, lambda rs: run_local(rs[0], _model(cfg), cfg))],
              "parareal-1proc": [Contender("parareal-1proc", 1, lambda rs: run_local(rs[0], nets[big], cfg))],
-             "raypar": [Contender(f"raypar-N{n}", 1, lambda rs, n=n: run_raypar(rs[0], nets[n], cfg))
-                        for n in cfg.subnets],
-             "raypar-f1": [Contender(f"raypar-N{n}-f1", 1,
-                                     lambda rs, n=n: run_raypar(rs[0], f1_nets[n], cfg, first_in_driver=True))
-                           for n in sorted(f1_nets)],
+             "raypar": [Contender(f"raypar-N{n}{_suffix(t)}", 1,
+                                  lambda rs, n=n, t=t: run_raypar(rs[0], nets[n], cfg, transport=t))
+                        for t in cfg.transports for n in cfg.subnets],
+             "raypar-f1": [Contender(f"raypar-N{n}-f1{_suffix(t)}", 1,
+                                     lambda rs, n=n, t=t: run_raypar(rs[0], f1_nets[n], cfg, True, t))
+                           for t in cfg.transports for n in sorted(f1_nets)],
              "ddp": [Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big))],
              "pipe": [Contender(f"pipe-{big}", big, lambda rs: run_pipe(rs, nets[big], cfg))]}
     return [c for name in CONTENDERS if name in want for c in table[name]]
+
+
+def _suffix(transport: str) -> str:
+    return "" if transport == "object-store" else f"-{transport}"
 
 
 def _chunks(contenders: list[Contender], cap: int):
@@ -338,12 +377,12 @@ def _chunks(contenders: list[Contender], cap: int):
         yield chunk
 
 
-def start_runners(counts: list[int]) -> list[list]:
+def start_runners(counts: list[int], gpus: float = 0.0) -> list[list]:
     """Start the processes of several contenders at once and wait until every one is up: process start-up (~5 s
     each on a small CPU) runs in parallel, and no measurement ever overlaps it. Runners reserve no Ray CPU (each
     computes on one thread, one contender at a time), so idle ones never keep the engine's actors from starting."""
     import ray
-    cls = ray.remote(num_cpus=0)(Runner)
+    cls = ray.remote(num_cpus=0, num_gpus=gpus, enable_tensor_transport=gpus > 0)(Runner)
     groups = [[cls.remote() for _ in range(k)] for k in counts]
     refs = [a.ready.remote() for g in groups for a in g]
     if refs:
@@ -382,7 +421,7 @@ def measure(cfg: BenchConfig, log=print) -> list[dict]:
     import ray
     rows = []
     for chunk in _chunks(plan(cfg), PRESTART):
-        for c, runners in zip(chunk, start_runners([c.runners for c in chunk])):
+        for c, runners in zip(chunk, start_runners([c.runners for c in chunk], cfg.gpu_share)):
             log(f"raypar bench: {c.name} ...")
             try:
                 rows.append(to_row(c.name, c.run(runners), cfg.batch))
@@ -428,8 +467,10 @@ def environment() -> dict:
     import platform
 
     import ray
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(),
-            "cpu_cores": cpu_cores(), "threads_per_process": 1, "load_average_at_start": os.getloadavg()}
+            "cpu_cores": cpu_cores(), "threads_per_process": 1, "load_average_at_start": os.getloadavg(),
+            "gpus": gpus}
 
 
 def write_json(rows: list[dict], cfg: BenchConfig, env: dict, path: str) -> None:
@@ -493,8 +534,8 @@ def _ensure_ray(cfg: BenchConfig) -> bool:
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"                    # inherited by every Ray process started here
     try:
-        ray.init(address="local", num_cpus=need, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=need, num_gpus=torch.cuda.device_count() if cfg.device == "cuda" else 0,
+                 include_dashboard=False, configure_logging=False, log_to_driver=False)
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS")
@@ -552,6 +593,13 @@ def add_arguments(p) -> None:
     p.add_argument("--balance", default=d.balance, help="split: time, flops, params or counts like 6,6 "
                                                         "(default: %(default)s)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="(default: %(default)s)")
+    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
+                   help="where every process computes; with one GPU the processes share it (default: %(default)s)")
+    p.add_argument("--transports", default="object-store",
+                   help="raypar rows for each of these interface-tensor transports: object-store, p2p, cuda-ipc, "
+                        "auto (default: %(default)s)")
+    p.add_argument("--coarse-kernel", type=int, default=d.coarse_kernel,
+                   help="kernel size of the coarse convolutions (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
@@ -572,7 +620,8 @@ def config_from_args(args) -> BenchConfig:
     cfg = BenchConfig(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
                       args.warmup, args.steps, _ints(args.subnets, "--subnets"), args.microbatches,
                       parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
-                      args.seed, args.lr)
+                      args.seed, args.lr, args.device,
+                      [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel)
     return cfg.validate()
 
 

@@ -58,6 +58,8 @@ def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bo
                    help=f"conv/BN/ReLU layers per coarse network {shown('coarse_depth')}")
     g.add_argument("--coarse-width", type=float, default=default("coarse_width"),
                    help=f"hidden channels of a coarse network relative to its output {shown('coarse_width')}")
+    g.add_argument("--coarse-kernel", type=int, default=default("coarse_kernel"),
+                   help=f"kernel size of the coarse convolutions (odd; 1 is cheapest) {shown('coarse_kernel')}")
     g.add_argument("--coarse-norm", default=default("coarse_norm"), choices=["group", "batch"],
                    help=f"the coarse networks' normalisation; BatchNorm's running statistics blend the coarse and "
                         f"correction sweeps' inputs and cost accuracy at evaluation (see raypar/coarse.py) "
@@ -117,6 +119,10 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
                         "instead of N + 1 (faster when processes outnumber cores; see benchmarks/throughput)")
     g.add_argument("--placement", default=None, choices=["PACK", "SPREAD"],
                    help=f"placement group strategy for the fine actors {shown('placement')}")
+    g.add_argument("--transport", default=None, choices=["auto", "object-store", "p2p", "cuda-ipc"],
+                   help="how interface tensors travel: object-store (numpy through Ray's object store), p2p "
+                        "(send/recv in a NCCL group between GPUs, gloo on CPUs), cuda-ipc (Ray Direct Transport, "
+                        f"driver and actors sharing one GPU); auto picks p2p or cuda-ipc on GPUs {shown('transport')}")
     g.add_argument("--address", default=None,
                    help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "
                         "in-process local Ray)")
@@ -443,7 +449,7 @@ def cmd_info(args) -> int:
     staged = build(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
                    width_mult=args.width_mult, image_size=args.image_size, norm=args.norm)
     with console.status(f"profiling {args.model} ({len(staged.blocks)} blocks)..."):
-        coarse = CoarseSpec(args.coarse_depth, args.coarse_width, norm=args.coarse_norm)
+        coarse = CoarseSpec(args.coarse_depth, args.coarse_width, args.coarse_kernel, norm=args.coarse_norm)
         net = PararealNet(staged, args.subnets, args.iterations, coarse,
                           parse_balance(args.balance), profile_batch=args.batch)
     console.print(split_table(net, args.batch))

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from .errors import UserError
 
 RECIPE_KEYS = ("model", "width_mult", "norm", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "weight_decay")
-LAYOUT_KEYS = ("num_subnets", "iterations", "replicas", "coarse_depth", "coarse_width", "coarse_norm")
+LAYOUT_KEYS = ("num_subnets", "iterations", "replicas", "coarse_depth", "coarse_width", "coarse_kernel",
+               "coarse_norm")
 
 
 @dataclass

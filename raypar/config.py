@@ -38,6 +38,7 @@ class TrainConfig:
     balance: str | list = "time"
     coarse_depth: int = 1
     coarse_width: float = 1.0
+    coarse_kernel: int = 3                   # kernel size of the coarse convolutions (1: a 1x1 conv, cheaper)
     coarse_norm: str = "group"               # the coarse networks' normalisation (see raypar/coarse.py)
     norm: str = "batch"                      # "batch" (BatchNorm, per replica) or "group" (GroupNorm: batch-free)
     # data
@@ -61,6 +62,7 @@ class TrainConfig:
     replicas: int = 1                        # R data-parallel replicas of the whole parareal network (R x N actors)
     placement: str = "PACK"
     driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
+    transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.transport)
     address: str | None = None               # None: in-process local Ray (or the cluster of a Ray job)
     resource_timeout_s: float = 300.0        # how long to wait for the cluster (or its autoscaler) to fit the run
     # run bookkeeping
@@ -119,13 +121,18 @@ class TrainConfig:
             raise UserError("--resource-timeout must be > 0 seconds")
         if self.placement not in ("PACK", "SPREAD"):
             raise UserError(f"--placement must be PACK or SPREAD, got {self.placement!r}")
+        from .transport import TRANSPORTS
+        if self.transport not in TRANSPORTS:
+            raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if self.transport == "cuda-ipc" and self.gpus_per_subnet == 0:
+            raise UserError("--transport cuda-ipc needs GPUs: give --gpus-per-subnet a fraction of a GPU")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
             raise UserError(f"--name may use letters, digits, '.', '_' and '-' only, got {self.name!r}")
         return self
 
     @property
     def coarse(self) -> CoarseSpec:
-        return CoarseSpec(self.coarse_depth, self.coarse_width, norm=self.coarse_norm)
+        return CoarseSpec(self.coarse_depth, self.coarse_width, self.coarse_kernel, norm=self.coarse_norm)
 
     @property
     def optim(self) -> OptimConfig:

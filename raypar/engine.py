@@ -12,7 +12,8 @@ Backward, per step:
      and runs ``autograd.backward(u, dL/du)`` through the coarse sweep and ``pre``, then steps its own optimizer.
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
-Per step and iteration that is 4 N interface tensors (u out, f back, dL/df out, dL/du back) and nothing else.
+Per step and iteration that is 4 N interface tensors (u out, f back, dL/df out, dL/du back) and nothing else; how
+they travel (object store, point-to-point gloo/NCCL, CUDA IPC) is :mod:`raypar.transport`'s business.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from . import hybrid
-from .actors import FineWorker, from_numpy, to_cpu, to_numpy
+from .actors import FineWorker, to_cpu
 from .errors import UserError
 from .network import PararealNet
 from .optim import OptimConfig, make_optimizer
 from .parareal import parareal
+from .transport import EVAL_U, GRAD_F, TRANSPORTS, U, DriverEnd
 
 
 @dataclass
@@ -41,6 +43,7 @@ class StepStats:
     steps: int = 0
     local_fine: float = 0.0    # forward of the fine segment run in the driver (first_in_driver)
     skipped: int = 0           # batches skipped for a non-finite loss (skip_nonfinite)
+    fine_each: tuple = ()      # each fine process's compute seconds (the driver's F_1 first with first_in_driver)
 
     @property
     def transfer(self) -> float:
@@ -70,6 +73,7 @@ class Resources:
     # run F_1 in the driver process, overlapped with the actors' F_2..F_N: N processes instead of N + 1, and no
     # transfers for F_1 (the driver is idle while the actors compute anyway)
     first_in_driver: bool = False
+    transport: str = "object-store"      # how interface tensors travel: see raypar.transport ("auto" resolves it)
 
 
 @dataclass
@@ -107,13 +111,19 @@ class PararealEngine:
         self.local = list(self.driver["segments"]) if self.offset else []
         remote = list(net.segments)[self.offset:]
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
+        if resources.transport not in TRANSPORTS:
+            raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {resources.transport!r}")
+        if resources.transport == "cuda-ipc" and self.device.type != "cuda":
+            raise UserError("--transport cuda-ipc needs GPUs (--gpus-per-subnet > 0 on a machine with CUDA)")
         bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}
         self.pg = self._placement_group([dict(bundle) for _ in range(max(1, len(remote)))], resources)
         if self.pg is None:
             raise UserError(f"could not get {len(remote)} x {bundle} for the fine sub-networks within "
                             f"{resources.timeout_s:.0f} s; the cluster has {ray.cluster_resources()} in total and "
                             f"{ray.available_resources()} free")
-        actor_cls = ray.remote(FineWorker)
+        # Ray Direct Transport (cuda-ipc) must be switched on when the actor class is made
+        ipc = resources.transport in ("cuda-ipc", "auto") and self.device.type == "cuda"
+        actor_cls = ray.remote(enable_tensor_transport=True)(FineWorker) if ipc else ray.remote(FineWorker)
         self.actors = [
             actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
@@ -121,6 +131,11 @@ class PararealEngine:
                              use_gpu)
             for i, seg in enumerate(remote)]
         ray.get([a.pid.remote() for a in self.actors])         # started and ready: startup is not step time
+        try:
+            self.tx = DriverEnd.connect(resources.transport, self.actors, self.device)
+        except BaseException:
+            self.shutdown()
+            raise
         self.replica = replica
         self.group = None                                      # the drivers' group: the default one (gloo) on CPU
         if replica.world > 1:
@@ -164,17 +179,17 @@ class PararealEngine:
         calls: list[_FineCall] = []
         step = self.step_count
 
+        bytes0 = self.tx.bytes
+
         def fine(k: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-            arrays = [to_numpy(u) for u in inputs[self.offset:]]
-            refs = [a.forward.remote((step, k), arr) for a, arr in zip(self.actors, arrays)]
+            pending = [self.tx.forward(j, (step, k), u, U, k) for j, u in enumerate(inputs[self.offset:])]
             t0 = time.perf_counter()
             local = [seg(u) for seg, u in zip(self.local, inputs)]      # F_1 here while the actors work
             st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
-            outs = ray.get(refs)
+            outs = self.tx.gather(pending)
             st.wait += time.perf_counter() - t0
-            st.bytes += sum(a.nbytes for a in arrays) + sum(o.nbytes for o in outs)
-            fs = [from_numpy(o, self.device).requires_grad_(True) for o in outs]
+            fs = [o.requires_grad_(True) for o in outs]
             calls.extend(_FineCall(i, (step, k), u, f) for i, (u, f) in enumerate(zip(inputs[self.offset:], fs)))
             return local + fs
 
@@ -189,9 +204,8 @@ class PararealEngine:
         def launch(call: _FineCall, grad: torch.Tensor | None):
             # grad None: this output never reached the loss (with K = N, f^1_j for j > 1 does not); the actor only
             # frees its graph, and nothing flows back, exactly as autograd leaves such parameters without a grad
-            g = to_numpy(grad) if grad is not None else None
-            st.bytes += g.nbytes if g is not None else 0
-            call.grad_ref = self.actors[call.j].backward.remote(call.key, g)
+            call.grad_ref = self.tx.call(call.j, "backward", call.key, grad, GRAD_F, call.key[1],
+                                         tuple(call.u.shape))
 
         # Backward, iteration by iteration from the last: dL/df^k is complete only once dL/du^{k+1} (which the actors
         # return) has been pushed back through the driver's graph. For the last iteration a hook ships dL/df^K the
@@ -208,19 +222,19 @@ class PararealEngine:
                     launch(call, call.f.grad)
             step_refs = [a.step.remote() for a in self.actors] if k == 1 else []
             t0 = time.perf_counter()
-            grads = ray.get([c.grad_ref for c in these])
+            grads = self.tx.gather([c.grad_ref for c in these])
             busy = ray.get(step_refs) if step_refs else busy
             st.wait += time.perf_counter() - t0
-            st.bytes += sum(g.nbytes for g in grads if g is not None)
-            pairs = [(c.u, from_numpy(g, self.device)) for c, g in zip(these, grads)
-                     if g is not None and c.u.requires_grad]
+            pairs = [(c.u, g) for c, g in zip(these, grads) if g is not None and c.u.requires_grad]
             if pairs:
                 torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
         hybrid.average_gradients(list(self.driver.parameters()), self.replica.world, self.group)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
+        st.fine_each = tuple(([st.local_fine] if self.offset else []) + list(busy))
         st.fine_max = max([*busy, st.local_fine])
+        st.bytes = self.tx.bytes - bytes0
         st.wall = time.perf_counter() - t_start
         st.driver = st.wall - st.wait
         correct = int((logits.argmax(1) == y).sum())
@@ -253,12 +267,10 @@ class PararealEngine:
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        import ray
-
         def fine(k, inputs):
-            refs = [a.eval_forward.remote(to_numpy(u)) for a, u in zip(self.actors, inputs[self.offset:])]
+            pending = [self.tx.forward(j, None, u, EVAL_U, k) for j, u in enumerate(inputs[self.offset:])]
             local = [seg(u) for seg, u in zip(self.local, inputs)]
-            return local + [from_numpy(o, self.device) for o in ray.get(refs)]
+            return local + self.tx.gather(pending)
 
         self.driver.eval()
         try:

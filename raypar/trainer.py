@@ -148,7 +148,8 @@ def train_loop(config: dict) -> None:
         net = network(split)
     gpus = _gpus_per_subnet(cfg)
     engine = PararealEngine(net, cfg.optim,
-                            Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment),
+                            Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
+                                      transport=cfg.transport),
                             seed=cfg.seed, skip_nonfinite=cfg.on_nonfinite == "skip", replica=replica)
     start = 0
     if state is not None:
@@ -170,6 +171,7 @@ def train_loop(config: dict) -> None:
         where = everywhere
     if rank0:
         tracking.set_tag(cfg.tracking_uri, run_id, "raypar.placement", json.dumps(where))
+        tracking.set_tag(cfg.tracking_uri, run_id, "raypar.transport", engine.tx.name)   # what "auto" chose
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             t0 = time.perf_counter()

@@ -42,6 +42,8 @@ def test_every_row_present_and_consistent(bench):
         r = by[n]
         assert r["driver_ms"] > 0 and r["fine_max_ms"] > 0 and r["transfer_ms"] >= 0
         assert r["efficiency"] == pytest.approx(r["ratio_vs_original"] / r["parallel_limit"])
+        assert r["transport"] == "object-store" and len(r["fine_each_ms"]) == r["subnets"]
+        assert max(r["fine_each_ms"]) <= r["fine_max_ms"] * (1 + 1e-9)       # a median of maxima bounds each
 
 
 def test_raypar_ships_exactly_the_four_interface_tensors(bench):
@@ -66,3 +68,13 @@ def test_json_png_and_mlflow_written(bench):
     assert run.data.params["batch"] == "16"
     assert run.data.metrics["original.ratio_vs_original"] == 1.0
     assert {"bench.json", "bench.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"transports": ["pigeon"]}, "unknown transports"),
+    ({"device": "tpu"}, "--device must be cpu or cuda"),
+    ({"device": "cuda"}, "no CUDA GPU" if not __import__("torch").cuda.is_available() else "run on CPUs only")])
+def test_bad_bench_settings_are_one_line_errors(kw, message):
+    from raypar import UserError
+    with pytest.raises(UserError, match=message):
+        BenchConfig(**{**CFG, **kw}).validate()

@@ -95,3 +95,13 @@ def test_lr_schedules():
     assert step == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
     cosine = _lrs(OptimConfig(lr=0.1, epochs=4, schedule="cosine"))
     assert cosine[0] == 0.1 and all(a > b for a, b in zip(cosine, cosine[1:]))
+
+
+def test_coarse_kernel_and_transport_options():
+    cfg = _cfg("--coarse-kernel", "1", "--transport", "p2p")
+    assert cfg.coarse.kernel == 1 and cfg.transport == "p2p"
+    from raypar import UserError
+    with pytest.raises(UserError, match="coarse kernel must be an odd number"):
+        _cfg("--coarse-kernel", "2")
+    with pytest.raises(UserError, match="cuda-ipc needs GPUs"):
+        _cfg("--transport", "cuda-ipc", "--gpus-per-subnet", "0")

@@ -1,11 +1,13 @@
 """The distributed engine equals the in-process reference: same loss, same parameters after 1 and 3 steps."""
 import copy
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from raypar import PararealNet, build
+from raypar import UserError
 from raypar.engine import OptimConfig, PararealEngine, Resources
 
 OPT = OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=3)
@@ -19,16 +21,21 @@ def _reference_step(net, opt, x, y):
     return loss.item()
 
 
-@pytest.mark.parametrize("model, n, k, first_in_driver", [
-    ("vgg11", 2, 1, False), ("vgg11", 3, 2, False), ("resnet20", 3, 1, False), ("vgg11", 1, 1, False),
-    ("vgg11", 2, 1, True), ("vgg11", 3, 3, True)])
-def test_engine_matches_reference(ray_local, model, n, k, first_in_driver):
+@pytest.mark.parametrize("model, n, k, first_in_driver, transport", [
+    ("vgg11", 2, 1, False, "object-store"), ("vgg11", 3, 2, False, "object-store"),
+    ("resnet20", 3, 1, False, "object-store"), ("vgg11", 1, 1, False, "object-store"),
+    ("vgg11", 2, 1, True, "object-store"), ("vgg11", 3, 3, True, "object-store"),
+    # point-to-point in a gloo group (NCCL on GPUs: the same code)
+    ("vgg11", 3, 2, False, "p2p"), ("resnet20", 3, 1, True, "p2p")])
+def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, transport):
     torch.manual_seed(0)
     # float64, so that the only difference (the order of float additions) stays far below the tolerance
     net = PararealNet(build(model, width_mult=0.25), n, iterations=k, balance="flops").double()
     ref = copy.deepcopy(net).train()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver), seed=0)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
+                                                transport=transport), seed=0)
+    assert engine.tx.name == transport
     try:
         batches = [(torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))) for _ in range(3)]
         for i, (x, y) in enumerate(batches):
@@ -53,3 +60,24 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver):
             torch.testing.assert_close(engine.predict(x), ref(x), rtol=1e-4, atol=1e-5)
     finally:
         engine.shutdown()
+
+
+def test_transport_choice_on_cpu(ray_local):
+    """On CPUs "auto" keeps the object store; CUDA IPC is refused at once, with nothing left running."""
+    import ray
+    net = PararealNet(build("vgg11", width_mult=0.25), 2, balance="flops")
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, transport="auto"))
+    try:
+        assert engine.tx.name == "object-store"
+    finally:
+        engine.shutdown()
+    free = ray.available_resources().get("CPU")
+    with pytest.raises(UserError, match="cuda-ipc needs GPUs"):
+        PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, transport="cuda-ipc"))
+    with pytest.raises(UserError, match="--transport must be one of"):
+        PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, transport="carrier-pigeon"))
+    for _ in range(50):                                           # no actor or placement group left behind
+        if ray.available_resources().get("CPU") == free:
+            break
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU") == free

@@ -73,11 +73,17 @@ def _assert_complete_record(cfg, run_id):
 
 
 @pytest.fixture(scope="module")
-def reference(ray_local, store):
+def uninterrupted(ray_local, store):
+    """The run every interrupted one must match: (its config, its run id, its final weights)."""
     cfg = _cfg(store, "uninterrupted")
     result, starts = _train(cfg)
     _assert_complete_record(cfg, result.run_id)
-    return _final_weights(cfg, result.run_id)
+    return cfg, result.run_id, _final_weights(cfg, result.run_id)
+
+
+@pytest.fixture(scope="module")
+def reference(uninterrupted):
+    return uninterrupted[2]
 
 
 def _assert_same_weights(got, want):
@@ -96,15 +102,14 @@ def test_killed_process_restarts_and_ends_bit_identical(ray_local, store, refere
     _assert_same_weights(_final_weights(cfg, result.run_id), reference)
 
 
-def test_torn_checkpoint_falls_back_to_the_previous_one(ray_local, store, reference):
-    cfg = _cfg(store, "torn")
-    first, _ = _train(cfg)
+def test_torn_checkpoint_falls_back_to_the_previous_one(ray_local, store, uninterrupted):
+    cfg, run_id, reference = uninterrupted             # tear the newest checkpoint of the finished reference run
     newest = checkpoints(cfg.storage_path, cfg.name)[0]
     state = os.path.join(newest.path, "state.pt")
     with open(state, "r+b") as f:                      # a crash in the middle of writing: truncated
         f.truncate(os.path.getsize(state) // 2)
     result, starts = _train(cfg)                       # the same command again: it must redo the last epoch
-    assert result.run_id == first.run_id
+    assert result.run_id == run_id
     assert starts[0]["epoch"] == EPOCHS - 1            # resumed from the checkpoint before the torn one
     _assert_complete_record(cfg, result.run_id)
     _assert_same_weights(_final_weights(cfg, result.run_id), reference)

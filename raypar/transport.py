@@ -1,0 +1,220 @@
+"""How interface tensors travel between the driver and its fine actors (``--transport``).
+
+Per step and iteration the engine ships 4 N tensors (u out, f back, dL/df out, dL/du back); the Ray task calls that
+drive the actors always go through Ray, the tensors go one of three ways:
+
+``object-store``  numpy arrays through Ray's object store (zero-copy reads; a CUDA tensor is copied to host memory and
+                  back). Works everywhere.
+``p2p``           point-to-point ``send``/``recv`` in a torch.distributed process group of the driver (rank 0) and its
+                  actors (ranks 1..): NCCL between GPUs — device to device over NVLink/PCIe/InfiniBand, on one node
+                  or across nodes — and gloo (TCP) on CPUs. Only a small descriptor (shape, dtype, tag) goes through
+                  Ray. NCCL needs each process on its own GPU.
+``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
+                  sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
+``auto``          ``p2p`` with a GPU per process, ``cuda-ipc`` when they all share the driver's GPU, else
+                  ``object-store``.
+
+The group of ``p2p`` is made from its own ``TCPStore`` and ``ProcessGroupGloo``/``ProcessGroupNCCL`` objects, never
+the default group: a driver that is one of R replicas already has the replicas' group as its default one.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+TRANSPORTS = ("auto", "object-store", "p2p", "cuda-ipc")
+
+# tags of the four interface tensors (gloo matches a send to a recv by peer and tag; NCCL by order)
+U, F_OUT, GRAD_F, GRAD_U, EVAL_U, EVAL_OUT = range(6)
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What travels through Ray in place of a tensor on the ``p2p`` path: where to find it in the group."""
+    shape: tuple
+    dtype: torch.dtype
+    tag: int            # the tag of the tensor that comes with this call
+    reply_tag: int      # the tag of the tensor the actor sends back
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU numpy view (no copy for a contiguous CPU tensor) for the object store."""
+    return t.detach().to("cpu").contiguous().numpy()
+
+
+def from_numpy(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A tensor over ``a`` (zero-copy on CPU). Arrays from ``ray.get`` are read-only: never modify the result in
+    place (autograd forbids in-place ops on the leaf tensors this is used for)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # "The given NumPy array is not writable"
+        return torch.from_numpy(a).to(device)
+
+
+def _tag(kind: int, k: int) -> int:
+    return kind * 1000 + k
+
+
+def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0):
+    """A process group that is not the default one: its own store, its own gloo/NCCL backend object."""
+    import torch.distributed as dist
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False)
+    store = dist.PrefixStore("raypar-transport", store)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world)
+    return dist.ProcessGroupGloo(store, rank, world, timeout)
+
+
+# ----------------------------------------------------------------------------------------------- actor side
+class ActorEnd:
+    """The fine actor's end: turns what a call brought into a tensor, and a result into what goes back."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.name = "object-store"
+        self.group = None
+
+    def join(self, name: str, addr: str | None = None, port: int | None = None, rank: int = 0, world: int = 1):
+        self.name = name
+        if name == "p2p":
+            self.group = make_group("nccl" if self.device.type == "cuda" else "gloo", addr, port, rank, world)
+
+    def receive(self, x, writable: bool = False) -> torch.Tensor:
+        """The tensor a call brought; ``writable``: one the caller may modify in place (an object-store array is
+        read-only)."""
+        if isinstance(x, Wire):
+            buf = torch.empty(x.shape, dtype=x.dtype, device=self.device)
+            self.group.recv([buf], 0, x.tag).wait()
+            return buf
+        if isinstance(x, torch.Tensor):          # cuda-ipc: a view of the sender's memory, which it may reuse
+            return x.detach().to(self.device).clone()
+        return from_numpy(np.array(x) if writable else x, self.device)
+
+    def reply(self, t: torch.Tensor, call):
+        if isinstance(call, Wire):
+            self.group.send([t.detach().contiguous()], 0, call.reply_tag).wait()
+            return None
+        if self.name == "cuda-ipc":
+            return t.detach().contiguous()
+        return to_numpy(t)
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+@dataclass
+class Pending:
+    ref: object                       # the Ray call
+    out: torch.Tensor | None = None   # p2p: the buffer the reply lands in
+    works: tuple = ()
+
+
+class DriverEnd:
+    """The driver's end for ``actors``: ``call`` starts an actor method with a tensor (or None), ``gather`` returns
+    the tensors the calls sent back. ``bytes`` counts the interface bytes moved (both directions)."""
+
+    def __init__(self, name: str, actors: list, device: torch.device):
+        self.name, self.actors, self.device, self.bytes = name, actors, device, 0
+        self.group = None
+        self.out_shapes: dict = {}
+
+    # ------------------------------------------------------------------------------------------ set-up
+    @classmethod
+    def connect(cls, name: str, actors: list, device: torch.device) -> "DriverEnd":
+        """Resolve ``auto``, check that the chosen path can work here, and join the actors to it."""
+        import ray
+        if name not in TRANSPORTS:
+            raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
+        gpu = device.type == "cuda"
+        if gpu and actors:
+            here = (ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids()))
+            there = ray.get([a.where.remote() for a in actors])
+            ids = [g for w in (here, *there) for g in w[1]]
+            shared = bool(here[1]) and all(w == here for w in there)    # one GPU (set) for all, on one node
+            own = bool(here[1]) and all(w[1] for w in there) and len(ids) == len(set(ids))   # a GPU per process
+        else:
+            shared = own = False
+        if name == "auto":
+            name = "cuda-ipc" if shared else "p2p" if own else "object-store"
+        if name == "cuda-ipc" and actors and not shared:
+            raise UserError("--transport cuda-ipc needs the driver and every fine actor on the same GPU of one node "
+                            "(a fractional --gpus-per-subnet); with a GPU per process use --transport p2p")
+        if name == "p2p" and gpu and actors and not own:
+            raise UserError("--transport p2p on GPUs needs a GPU of its own for the driver and for every fine actor "
+                            "(NCCL refuses two ranks on one GPU); with a shared GPU use cuda-ipc or object-store")
+        end = cls(name, actors, device)
+        if name == "p2p" and actors:
+            from .hybrid import free_endpoint
+            addr, port = free_endpoint()
+            world = len(actors) + 1
+            joins = [a.join_transport.remote(name, addr, port, i + 1, world) for i, a in enumerate(actors)]
+            end.group = make_group("nccl" if device.type == "cuda" else "gloo", addr, port, 0, world)
+            ray.get(joins)
+        elif actors:
+            ray.get([a.join_transport.remote(name) for a in actors])
+        return end
+
+    # ------------------------------------------------------------------------------------------ calls
+    def _out_shape(self, j: int, u: torch.Tensor) -> tuple:
+        key = (j, tuple(u.shape))
+        if key not in self.out_shapes:
+            import ray
+            self.out_shapes[key] = ray.get(self.actors[j].output_shape.remote(tuple(u.shape), u.dtype))
+        return self.out_shapes[key]
+
+    def call(self, j: int, method: str, key, t: torch.Tensor | None, kind: int, k: int = 0,
+             reply_shape: tuple | None = None) -> Pending:
+        """Start ``actors[j].method(key, <t>)``; ``reply_shape``: the shape of the tensor it sends back (p2p), None
+        when it sends nothing back."""
+        actor = self.actors[j]
+        if t is None:
+            return Pending(getattr(actor, method).remote(key, None))
+        self.bytes += t.numel() * t.element_size()
+        if self.name == "p2p":
+            t = t.detach().contiguous()
+            reply = kind + 1
+            wire = Wire(tuple(t.shape), t.dtype, _tag(kind, k), _tag(reply, k))
+            ref = getattr(actor, method).remote(key, wire)
+            works = [self.group.send([t], j + 1, wire.tag)]
+            out = None
+            if reply_shape is not None:
+                out = torch.empty(reply_shape, dtype=t.dtype, device=self.device)
+                works.append(self.group.recv([out], j + 1, wire.reply_tag))
+            return Pending(ref, out, (*works, t))          # keep t alive until the send is done
+        if self.name == "cuda-ipc":
+            import ray
+            ref = getattr(actor, method).options(tensor_transport="cuda_ipc").remote(
+                key, ray.put(t.detach().contiguous(), _tensor_transport="cuda_ipc"))
+            return Pending(ref)
+        return Pending(getattr(actor, method).remote(key, to_numpy(t)))
+
+    def forward(self, j: int, key, u: torch.Tensor, kind: int = U, k: int = 0) -> Pending:
+        method = "forward" if kind == U else "eval_forward"
+        shape = self._out_shape(j, u) if self.name == "p2p" else None
+        return self.call(j, method, key, u, kind, k, shape)
+
+    def gather(self, pending: list[Pending]) -> list[torch.Tensor | None]:
+        """Wait for the calls; the tensors they sent back (None where a call sent none)."""
+        import ray
+        results = ray.get([p.ref for p in pending])
+        outs = []
+        for p, r in zip(pending, results):
+            for w in p.works:
+                if not isinstance(w, torch.Tensor):
+                    w.wait()
+            if p.out is not None:
+                out = p.out
+            elif r is None:
+                out = None
+            elif isinstance(r, torch.Tensor):            # cuda-ipc: the actor's memory, mapped: copy it out
+                out = r.detach().clone()
+            else:
+                out = from_numpy(r, self.device)
+            if out is not None:
+                self.bytes += out.numel() * out.element_size()
+            outs.append(out)
+        return outs

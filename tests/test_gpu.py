@@ -1,0 +1,89 @@
+"""On a CUDA machine: the engine on GPUs equals the in-process reference with every transport that can run there, and
+"auto" picks the device-to-device path. Skipped without CUDA (CI has none); run with ``pytest tests/test_gpu.py``
+on a GPU machine. With one GPU the driver and its actors share it (fractional GPUs): the object store and CUDA IPC
+run; NCCL point-to-point needs a GPU per process and is refused with a clear error."""
+import copy
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SHARE = 0.1                       # the GPU slice of the driver and of each actor when they share one GPU
+
+
+@pytest.fixture(scope="module")
+def ray_gpu():
+    import ray
+    from ray import cloudpickle
+    if ray.is_initialized():
+        if not ray.cluster_resources().get("GPU"):
+            pytest.skip("this session's Ray has no GPU")
+    else:
+        ray.init(address="local", num_cpus=8, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])     # the driver below runs in a Ray actor
+    yield ray
+
+
+def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, steps: int = 3) -> dict:
+    """In a Ray actor holding a slice of the GPU: train the engine and the reference side by side; the largest
+    differences seen."""
+    import torch.nn.functional as F
+
+    from raypar import PararealNet, build
+    from raypar.engine import OptimConfig, PararealEngine, Resources
+    opt_cfg = OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=3)
+    torch.manual_seed(0)
+    net = PararealNet(build(model, width_mult=0.25), n, iterations=k, balance="flops").double()
+    ref = copy.deepcopy(net).cuda().train()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
+                              weight_decay=opt_cfg.weight_decay)
+    engine = PararealEngine(net, opt_cfg, Resources(gpus_per_subnet=SHARE, cpus_per_subnet=1,
+                                                    first_in_driver=first_in_driver, transport=transport), seed=0)
+    out = {"transport": engine.tx.name, "device": str(engine.device), "loss": 0.0, "weights": 0.0}
+    try:
+        for _ in range(steps):
+            x = torch.randn(8, 3, 32, 32, dtype=torch.float64, device="cuda")
+            y = torch.randint(0, 10, (8,), device="cuda")
+            loss, _, stats = engine.train_step(x, y)
+            ref_opt.zero_grad()
+            ref_loss = F.cross_entropy(ref(x), y)
+            ref_loss.backward()
+            ref_opt.step()
+            out["loss"] = max(out["loss"], abs(loss - ref_loss.item()))
+            out["bytes"] = stats.bytes
+        got, want = engine.state_dict(), ref.state_dict()
+        out["keys_match"] = set(got) == set(want)
+        out["weights"] = max(float((got[key].cpu() - want[key].cpu()).abs().max()) for key in want)
+        ref.eval()
+        with torch.no_grad():
+            out["predict"] = float((engine.predict(x).cpu() - ref(x).cpu()).abs().max())
+    finally:
+        engine.shutdown()
+    return out
+
+
+def _run(ray, *args) -> dict:
+    driver = ray.remote(num_cpus=1, num_gpus=SHARE)(_compare)
+    return ray.get(driver.remote(*args), timeout=600)
+
+
+@pytest.mark.parametrize("model, n, k, first_in_driver, transport, expect", [
+    ("vgg11", 2, 1, False, "object-store", "object-store"),
+    ("vgg11", 3, 2, False, "cuda-ipc", "cuda-ipc"),
+    ("resnet20", 3, 1, True, "cuda-ipc", "cuda-ipc"),
+    ("vgg11", 2, 1, False, "auto", "cuda-ipc")])          # a shared GPU: auto takes CUDA IPC
+def test_engine_on_gpu_matches_reference(ray_gpu, model, n, k, first_in_driver, transport, expect):
+    out = _run(ray_gpu, model, n, k, first_in_driver, transport)
+    assert out["transport"] == expect and out["device"].startswith("cuda")
+    assert out["keys_match"] and out["bytes"] > 0
+    assert out["loss"] < 1e-8 and out["weights"] < 1e-8 and out["predict"] < 1e-8, out
+
+
+def test_p2p_on_a_shared_gpu_is_refused(ray_gpu):
+    if torch.cuda.device_count() > 2:
+        pytest.skip("enough GPUs for a GPU per process")
+    with pytest.raises(Exception, match="needs a GPU of its own"):
+        _run(ray_gpu, "vgg11", 2, 1, False, "p2p")
