@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from . import hybrid
+from .models import memory_format
 from .optim import OptimConfig, make_optimizer
-from .transport import ActorEnd, from_numpy, to_numpy  # noqa: F401  (re-exported: the engine's and tests' helpers)
+from .transport import ActorEnd
 
 
 def to_cpu(obj):
@@ -32,11 +33,15 @@ def to_cpu(obj):
 class FineWorker:
     """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
 
-    def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False):
+    def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
+                 channels_last: bool = False):
         self.index = index
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         torch.manual_seed(seed)
+        self.cl = channels_last
         self.module = module.to(self.device).train()
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
         self.opt, self.sched = make_optimizer(self.module.parameters(), optim)
         self.graphs: dict = {}
         self.world = 1                                   # replicas of this segment (join_replicas)
@@ -51,7 +56,7 @@ class FineWorker:
         if self.saved_buffers is not None and self.saved_step != key[0]:     # the first forward of step key[0]
             self.saved_buffers = {k: b.clone() for k, b in self.module.named_buffers()}
             self.saved_step = key[0]
-        out = self.module(u)
+        out = self.module(memory_format(u, self.cl))
         self.graphs[key] = (u, out)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)          # compute seconds, not launch seconds
@@ -107,7 +112,7 @@ class FineWorker:
     def eval_forward(self, key, x):
         self.module.eval()
         try:
-            return self.end.reply(self.module(self.end.receive(x, writable=True)), x)
+            return self.end.reply(self.module(memory_format(self.end.receive(x, writable=True), self.cl)), x)
         finally:
             self.module.train()
 
@@ -122,10 +127,10 @@ class FineWorker:
             self.module.train()
 
     # ------------------------------------------------------------------ transport (raypar.transport)
-    def where(self) -> tuple[str, tuple]:
-        """This actor's node and the GPUs Ray gave it."""
+    def where(self) -> tuple[str, tuple, str]:
+        """This actor's node, the GPUs Ray gave it and the device type it computes on."""
         import ray
-        return ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids())
+        return ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids()), self.device.type
 
     def join_transport(self, name: str, addr: str | None = None, port: int | None = None, rank: int = 0,
                        world: int = 1) -> None:

@@ -36,7 +36,7 @@ from torch import nn
 
 from .engine import PararealEngine, Resources
 from .errors import UserError
-from .models import build
+from .models import build, memory_format
 from .network import PararealNet
 from .optim import OptimConfig, make_optimizer
 
@@ -63,6 +63,7 @@ class BenchConfig:
     device: str = "cpu"                      # "cuda": every process on the GPU(s) (fractions of one GPU if one)
     transports: list[str] = field(default_factory=lambda: ["object-store"])   # raypar rows, one set per transport
     coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.coarse.CoarseSpec)
+    channels_last: bool = False              # every contender in the channels-last layout
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -111,7 +112,7 @@ class BenchConfig:
 def make_batches(cfg: BenchConfig, device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The warm-up and timed batches: synthetic, the same in every process (fixed seed)."""
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    return [(torch.randn(cfg.batch, *cfg.shape, generator=g).to(device),
+    return [(memory_format(torch.randn(cfg.batch, *cfg.shape, generator=g).to(device), cfg.channels_last),
              torch.randint(0, cfg.num_classes, (cfg.batch,), generator=g).to(device))
             for _ in range(cfg.warmup + cfg.steps)]
 
@@ -169,6 +170,8 @@ class Runner:
         """The whole network in this one process: the original, or the parareal network."""
         torch.manual_seed(cfg.seed)
         model.to(cfg.torch_device).train()
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         opt = optimizer(model, cfg)
         times, _ = timed(sgd_step(model, opt), make_batches(cfg, cfg.torch_device), cfg.warmup)
         return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
@@ -178,7 +181,8 @@ class Runner:
         """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
         its own actor."""
         engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, 1, first_in_driver=first_in_driver,
-                                                          transport=transport), seed=cfg.seed)
+                                                          transport=transport, channels_last=cfg.channels_last),
+                                seed=cfg.seed)
         try:
             times, results = timed(engine.train_step, make_batches(cfg, engine.device), cfg.warmup)
             rss = [peak_rss_mb()] + [peak_rss_mb(pid) for pid in engine.actor_pids()]
@@ -196,6 +200,8 @@ class Runner:
         try:
             torch.manual_seed(cfg.seed)
             module.train()
+            if cfg.channels_last:
+                module = _SendsContiguous(module.to(memory_format=torch.channels_last))
             opt = optimizer(module, cfg)
             stage = PipelineStage(module, rank, world, torch.device("cpu"))
             schedule = ScheduleGPipe(stage, cfg.microbatches, loss_fn=F.cross_entropy)
@@ -211,6 +217,30 @@ class Runner:
         return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose gradient leaves in the default layout."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous()
+
+
+class _SendsContiguous(nn.Module):
+    """A channels-last pipeline stage whose output and input gradient leave in the default layout (gloo sends
+    contiguous tensors only)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(_ContiguousGrad.apply(x)).contiguous()
+
+
 def ddp_loop(config: dict) -> None:
     """Ray Train worker: DDP (gloo) on this worker's share of every global batch."""
     import ray.train
@@ -222,6 +252,8 @@ def ddp_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
+    if cfg.channels_last:
+        config["model"].to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(config["model"])
     opt = optimizer(model, cfg)
     shards = [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)]
@@ -440,7 +472,8 @@ def _fmt(v, spec: str) -> str:
 
 def table(rows: list[dict], cfg: BenchConfig):
     from rich.table import Table
-    t = Table(title=f"{cfg.model} x{cfg.width_mult}, batch {cfg.batch}, median of {cfg.steps} steps after "
+    t = Table(title=f"{cfg.model} x{cfg.width_mult}{', channels-last' if cfg.channels_last else ''}, "
+                    f"batch {cfg.batch}, median of {cfg.steps} steps after "
                     f"{cfg.warmup} warm-up, 1 thread per process", caption=_errors(rows) or None)
     for c in ("contender", "procs", "samples/s", "x orig", "step ms", "peak RSS MB (idle)", "driver ms",
               "fine max ms", "transfer ms", "MB/step (min)", "limit", "eff"):
@@ -467,7 +500,8 @@ def environment() -> dict:
     import platform
 
     import ray
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
     return {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(),
             "cpu_cores": cpu_cores(), "threads_per_process": 1, "load_average_at_start": os.getloadavg(),
             "gpus": gpus}
@@ -600,6 +634,8 @@ def add_arguments(p) -> None:
                         "auto (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=d.coarse_kernel,
                    help="kernel size of the coarse convolutions (default: %(default)s)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="every contender's weights and activations in the channels-last layout")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
@@ -621,7 +657,8 @@ def config_from_args(args) -> BenchConfig:
                       args.warmup, args.steps, _ints(args.subnets, "--subnets"), args.microbatches,
                       parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
                       args.seed, args.lr, args.device,
-                      [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel)
+                      [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
+                      args.channels_last)
     return cfg.validate()
 
 

@@ -63,6 +63,7 @@ class TrainConfig:
     placement: str = "PACK"
     driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
     transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.transport)
+    channels_last: bool = False              # weights and activations in the channels-last layout (faster convs)
     address: str | None = None               # None: in-process local Ray (or the cluster of a Ray job)
     resource_timeout_s: float = 300.0        # how long to wait for the cluster (or its autoscaler) to fit the run
     # run bookkeeping

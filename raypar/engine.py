@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from . import hybrid
 from .actors import FineWorker, to_cpu
 from .errors import UserError
+from .models import memory_format
 from .network import PararealNet
 from .optim import OptimConfig, make_optimizer
 from .parareal import parareal
@@ -74,6 +75,7 @@ class Resources:
     # transfers for F_1 (the driver is idle while the actors compute anyway)
     first_in_driver: bool = False
     transport: str = "object-store"      # how interface tensors travel: see raypar.transport ("auto" resolves it)
+    channels_last: bool = False          # every part's weights and activations in the channels-last layout
 
 
 @dataclass
@@ -106,7 +108,10 @@ class PararealEngine:
         self.offset = 1 if resources.first_in_driver else 0      # segments [0, offset) run in the driver
         if self.offset:
             self.driver["segments"] = torch.nn.ModuleList(net.segments[:self.offset])
+        self.cl = resources.channels_last
         self.driver.to(self.device).train()
+        if self.cl:
+            self.driver.to(memory_format=torch.channels_last)
         self.pre, self.coarse, self.post = self.driver["pre"], self.driver["coarse"], self.driver["post"]
         self.local = list(self.driver["segments"]) if self.offset else []
         remote = list(net.segments)[self.offset:]
@@ -124,32 +129,33 @@ class PararealEngine:
         # Ray Direct Transport (cuda-ipc) must be switched on when the actor class is made
         ipc = resources.transport in ("cuda-ipc", "auto") and self.device.type == "cuda"
         actor_cls = ray.remote(enable_tensor_transport=True)(FineWorker) if ipc else ray.remote(FineWorker)
-        self.actors = [
-            actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
-                              scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                     .remote(i + self.offset, seg, optim, seed * 1000 + i + self.offset + 1 + 100_000 * replica.rank,
-                             use_gpu)
-            for i, seg in enumerate(remote)]
-        ray.get([a.pid.remote() for a in self.actors])         # started and ready: startup is not step time
-        try:
+        self.actors, self.tx = [], None
+        try:                                                   # a failure from here on leaves nothing running
+            seeds = [seed * 1000 + i + self.offset + 1 + 100_000 * replica.rank for i in range(len(remote))]
+            self.actors = [
+                actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
+                                  scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl)
+                for i, seg in enumerate(remote)]
+            ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
             self.tx = DriverEnd.connect(resources.transport, self.actors, self.device)
+            self.replica = replica
+            self.group = None                                  # the drivers' group: the default one (gloo) on CPU
+            if replica.world > 1:
+                import torch.distributed as dist
+                if self.device.type == "cuda":
+                    self.group = dist.new_group(backend="nccl")
+                ends = ray.get([a.endpoint.remote() for a in self.actors]) if replica.rank == 0 else None
+                ends = hybrid.broadcast(ends, replica.world)
+                ray.get([a.join_replicas.remote(addr, port, replica.world, replica.rank)
+                         for a, (addr, port) in zip(self.actors, ends)])
+            self.step_count = 0
+            self.skip_nonfinite = skip_nonfinite
+            if skip_nonfinite:
+                ray.get([a.keep_buffers.remote(True) for a in self.actors])
         except BaseException:
             self.shutdown()
             raise
-        self.replica = replica
-        self.group = None                                      # the drivers' group: the default one (gloo) on CPU
-        if replica.world > 1:
-            import torch.distributed as dist
-            if self.device.type == "cuda":
-                self.group = dist.new_group(backend="nccl")
-            ends = ray.get([a.endpoint.remote() for a in self.actors]) if replica.rank == 0 else None
-            ends = hybrid.broadcast(ends, replica.world)
-            ray.get([a.join_replicas.remote(addr, port, replica.world, replica.rank)
-                     for a, (addr, port) in zip(self.actors, ends)])
-        self.step_count = 0
-        self.skip_nonfinite = skip_nonfinite
-        if skip_nonfinite:
-            ray.get([a.keep_buffers.remote(True) for a in self.actors])
 
     @staticmethod
     def _placement_group(bundles: list[dict], resources: Resources, first_try_s: float = 15.0):
@@ -193,12 +199,13 @@ class PararealEngine:
             calls.extend(_FineCall(i, (step, k), u, f) for i, (u, f) in enumerate(zip(inputs[self.offset:], fs)))
             return local + fs
 
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = memory_format(x.to(self.device), self.cl), y.to(self.device)
         saved = ({k: b.clone() for k, b in self.driver.named_buffers()} if self.skip_nonfinite else None)
         l = parareal(self.pre(x), self.coarse, fine, self.k, self.n)
         logits = self.post(l[-1])
         loss = F.cross_entropy(logits, y)
         if saved is not None and self.all_sum([float(not torch.isfinite(loss))])[0] > 0:
+            st.bytes = self.tx.bytes - bytes0
             return self._skip(step, saved, loss, st, t_start)        # every replica skips the same batch
 
         def launch(call: _FineCall, grad: torch.Tensor | None):
@@ -214,7 +221,7 @@ class PararealEngine:
         for call in last:
             call.f.register_hook(lambda g, c=call: launch(c, g))
         loss.backward(retain_graph=True)
-        busy = [0.0]
+        busy: list[float] = []
         for k in range(self.k, 0, -1):
             these = [c for c in calls if c.key[1] == k]
             for call in these:
@@ -274,7 +281,8 @@ class PararealEngine:
 
         self.driver.eval()
         try:
-            return self.post(parareal(self.pre(x.to(self.device)), self.coarse, fine, self.k, self.n)[-1])
+            x0 = self.pre(memory_format(x.to(self.device), self.cl))
+            return self.post(parareal(x0, self.coarse, fine, self.k, self.n)[-1])
         finally:
             self.driver.train()
 
@@ -335,6 +343,8 @@ class PararealEngine:
 
     def shutdown(self) -> None:
         import ray
+        if getattr(self, "tx", None) is not None:
+            self.tx.close()
         for a in self.actors:
             ray.kill(a)
         ray.util.remove_placement_group(self.pg)

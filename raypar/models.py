@@ -137,6 +137,13 @@ def preact_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, width
 
 
 # ----------------------------------------------------------------------------------------------- registry
+def memory_format(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``t`` in the channels-last layout (4-D tensors only) when ``channels_last``, else ``t`` itself. Convolutions
+    on channels-last tensors and weights (``module.to(memory_format=torch.channels_last)``) are faster on recent CPUs
+    (oneDNN) and on GPUs (tensor cores)."""
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
 def available() -> list[str]:
     return sorted(VGG_CONFIGS) + ["resnet<D> (D = 9n+2, e.g. resnet20, resnet164, resnet1001)"]
 

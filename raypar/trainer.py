@@ -149,7 +149,7 @@ def train_loop(config: dict) -> None:
     gpus = _gpus_per_subnet(cfg)
     engine = PararealEngine(net, cfg.optim,
                             Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
-                                      transport=cfg.transport),
+                                      transport=cfg.transport, channels_last=cfg.channels_last),
                             seed=cfg.seed, skip_nonfinite=cfg.on_nonfinite == "skip", replica=replica)
     start = 0
     if state is not None:

@@ -71,6 +71,38 @@ def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeou
     return dist.ProcessGroupGloo(store, rank, world, timeout)
 
 
+def choose(name: str, device_type: str, here: tuple, visible: int, there: list[tuple]) -> str:
+    """The transport to use: ``name``, or what ``auto`` resolves to; a :class:`UserError` when it cannot work.
+
+    ``here``: the driver's (node id, Ray GPU ids); ``visible``: the GPUs its CUDA sees; ``there``: each actor's
+    (node id, Ray GPU ids, device type)."""
+    if name not in TRANSPORTS:
+        raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
+    odd = [w[2] for w in there if w[2] != device_type]
+    if odd:
+        raise UserError(f"the driver computes on {device_type} but a fine actor on {odd[0]}: give both GPUs or "
+                        f"neither")
+    shared = own = False
+    if device_type == "cuda" and there:
+        node, ids = here[0], frozenset(here[1])
+        mine = {(node, g) for g in ids}
+        # CUDA IPC maps device indices through the GPUs Ray gave each process: the driver must see exactly those
+        # (a Ray Train worker may see its neighbours' GPUs too)
+        shared = bool(ids) and visible == len(ids) and all((w[0], frozenset(w[1])) == (node, ids) for w in there)
+        # NCCL makes one communicator per (driver, actor j) pair: no actor may share a GPU with the driver
+        own = bool(ids) and all(w[1] and mine.isdisjoint((w[0], g) for g in w[1]) for w in there)
+    if name == "auto":
+        return "cuda-ipc" if shared else "p2p" if own else "object-store"
+    if name == "cuda-ipc" and there and not shared:
+        raise UserError("--transport cuda-ipc needs the driver and every fine actor on the same GPU of one node "
+                        "(a fractional --gpus-per-subnet, one replica per GPU); with a GPU per process use "
+                        "--transport p2p")
+    if name == "p2p" and device_type == "cuda" and there and not own:
+        raise UserError("--transport p2p on GPUs needs the driver's GPU to be its own, shared with no fine actor "
+                        "(NCCL refuses two ranks on one GPU); with a shared GPU use cuda-ipc or object-store")
+    return name
+
+
 # ----------------------------------------------------------------------------------------------- actor side
 class ActorEnd:
     """The fine actor's end: turns what a call brought into a tensor, and a result into what goes back."""
@@ -91,6 +123,8 @@ class ActorEnd:
         if isinstance(x, Wire):
             buf = torch.empty(x.shape, dtype=x.dtype, device=self.device)
             self.group.recv([buf], 0, x.tag).wait()
+            if buf.is_cuda:
+                torch.cuda.current_stream(buf.device).synchronize()   # arrived: transfer time is not compute time
             return buf
         if isinstance(x, torch.Tensor):          # cuda-ipc: a view of the sender's memory, which it may reuse
             return x.detach().to(self.device).clone()
@@ -127,25 +161,10 @@ class DriverEnd:
     def connect(cls, name: str, actors: list, device: torch.device) -> "DriverEnd":
         """Resolve ``auto``, check that the chosen path can work here, and join the actors to it."""
         import ray
-        if name not in TRANSPORTS:
-            raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
-        gpu = device.type == "cuda"
-        if gpu and actors:
-            here = (ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids()))
-            there = ray.get([a.where.remote() for a in actors])
-            ids = [g for w in (here, *there) for g in w[1]]
-            shared = bool(here[1]) and all(w == here for w in there)    # one GPU (set) for all, on one node
-            own = bool(here[1]) and all(w[1] for w in there) and len(ids) == len(set(ids))   # a GPU per process
-        else:
-            shared = own = False
-        if name == "auto":
-            name = "cuda-ipc" if shared else "p2p" if own else "object-store"
-        if name == "cuda-ipc" and actors and not shared:
-            raise UserError("--transport cuda-ipc needs the driver and every fine actor on the same GPU of one node "
-                            "(a fractional --gpus-per-subnet); with a GPU per process use --transport p2p")
-        if name == "p2p" and gpu and actors and not own:
-            raise UserError("--transport p2p on GPUs needs a GPU of its own for the driver and for every fine actor "
-                            "(NCCL refuses two ranks on one GPU); with a shared GPU use cuda-ipc or object-store")
+        there = ray.get([a.where.remote() for a in actors]) if actors else []
+        here = (ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids()))
+        visible = torch.cuda.device_count() if device.type == "cuda" else 0
+        name = choose(name, device.type, here, visible, there)
         end = cls(name, actors, device)
         if name == "p2p" and actors:
             from .hybrid import free_endpoint
@@ -157,6 +176,15 @@ class DriverEnd:
         elif actors:
             ray.get([a.join_transport.remote(name) for a in actors])
         return end
+
+    def close(self) -> None:
+        """Shut the point-to-point group down (its communicators and store), before the actors go."""
+        if self.group is not None:
+            try:
+                self.group.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the actors are killed next anyway
+                pass
+            self.group = None
 
     # ------------------------------------------------------------------------------------------ calls
     def _out_shape(self, j: int, u: torch.Tensor) -> tuple:

@@ -21,20 +21,24 @@ def _reference_step(net, opt, x, y):
     return loss.item()
 
 
-@pytest.mark.parametrize("model, n, k, first_in_driver, transport", [
-    ("vgg11", 2, 1, False, "object-store"), ("vgg11", 3, 2, False, "object-store"),
-    ("resnet20", 3, 1, False, "object-store"), ("vgg11", 1, 1, False, "object-store"),
-    ("vgg11", 2, 1, True, "object-store"), ("vgg11", 3, 3, True, "object-store"),
+@pytest.mark.parametrize("model, n, k, first_in_driver, transport, channels_last", [
+    ("vgg11", 2, 1, False, "object-store", False), ("vgg11", 3, 2, False, "object-store", False),
+    ("resnet20", 3, 1, False, "object-store", False), ("vgg11", 1, 1, False, "object-store", False),
+    ("vgg11", 2, 1, True, "object-store", False), ("vgg11", 3, 3, True, "object-store", False),
     # point-to-point in a gloo group (NCCL on GPUs: the same code)
-    ("vgg11", 3, 2, False, "p2p"), ("resnet20", 3, 1, True, "p2p")])
-def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, transport):
+    ("vgg11", 3, 2, False, "p2p", False), ("resnet20", 3, 1, True, "p2p", False),
+    # every part in the channels-last layout: the same numbers up to rounding
+    ("vgg11", 3, 2, True, "object-store", True), ("resnet20", 2, 1, False, "p2p", True)])
+def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, transport, channels_last):
     torch.manual_seed(0)
     # float64, so that the only difference (the order of float additions) stays far below the tolerance
     net = PararealNet(build(model, width_mult=0.25), n, iterations=k, balance="flops").double()
     ref = copy.deepcopy(net).train()
+    if channels_last:
+        ref.to(memory_format=torch.channels_last)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
     engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
-                                                transport=transport), seed=0)
+                                                transport=transport, channels_last=channels_last), seed=0)
     assert engine.tx.name == transport
     try:
         batches = [(torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))) for _ in range(3)]
@@ -81,3 +85,25 @@ def test_transport_choice_on_cpu(ray_local):
             break
         time.sleep(0.2)
     assert ray.available_resources().get("CPU") == free
+
+
+@pytest.mark.parametrize("name, device, here, visible, there, want", [
+    ("auto", "cpu", ("A", ()), 0, [("A", (), "cpu")] * 2, "object-store"),
+    ("p2p", "cpu", ("A", ()), 0, [("A", (), "cpu"), ("B", (), "cpu")], "p2p"),
+    ("auto", "cuda", ("A", (0,)), 1, [("A", (0,), "cuda")] * 3, "cuda-ipc"),           # one shared GPU
+    ("auto", "cuda", ("A", (0,)), 1, [("A", (1,), "cuda"), ("B", (0,), "cuda")], "p2p"),  # own GPUs, two nodes
+    ("auto", "cuda", ("A", (0, 1)), 2, [("A", (1, 0), "cuda")], "cuda-ipc"),          # the same GPUs, any order
+    ("auto", "cuda", ("A", (1,)), 2, [("A", (1,), "cuda")], "object-store"),   # the driver sees a neighbour's GPU
+    ("auto", "cuda", ("A", (0,)), 1, [("A", (0,), "cuda"), ("A", (1,), "cuda")], "object-store"),
+    ("cuda-ipc", "cuda", ("A", (0,)), 1, [("A", (1,), "cuda")], "needs the driver and every fine actor"),
+    ("p2p", "cuda", ("A", (0,)), 1, [("A", (0,), "cuda")], "NCCL refuses two ranks on one GPU"),
+    ("cuda-ipc", "cpu", ("A", ()), 0, [("A", (), "cpu")], "needs the driver and every fine actor"),
+    ("p2p", "cpu", ("A", ()), 0, [("A", (0,), "cuda")], "the driver computes on cpu but a fine actor on cuda"),
+    ("auto", "cpu", ("A", ()), 0, [], "object-store")])
+def test_transport_choice(name, device, here, visible, there, want):
+    from raypar.transport import choose
+    if " " in want:
+        with pytest.raises(UserError, match=want):
+            choose(name, device, here, visible, there)
+    else:
+        assert choose(name, device, here, visible, there) == want
