@@ -48,7 +48,7 @@ class FineWorker:
         self.busy = 0.0                                  # compute seconds since the last step()
         self.saved_buffers: dict | None = None           # keep_buffers: the buffers before this step's forward
         self.saved_step = None
-        self.end = ActorEnd(self.device)                 # how tensors arrive and leave (join_transport)
+        self.end = ActorEnd(self.device, channels_last)  # how tensors arrive and leave (join_transport)
 
     def forward(self, key, x):
         u = self.end.receive(x).requires_grad_(True)

@@ -44,7 +44,7 @@ class StepStats:
     steps: int = 0
     local_fine: float = 0.0    # forward of the fine segment run in the driver (first_in_driver)
     skipped: int = 0           # batches skipped for a non-finite loss (skip_nonfinite)
-    fine_each: tuple = ()      # each fine process's compute seconds (the driver's F_1 first with first_in_driver)
+    fine_each: tuple = ()      # each fine process's compute seconds (first, with first_in_driver: F_1's forward only)
 
     @property
     def transfer(self) -> float:
@@ -138,7 +138,7 @@ class PararealEngine:
                          .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl)
                 for i, seg in enumerate(remote)]
             ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
-            self.tx = DriverEnd.connect(resources.transport, self.actors, self.device)
+            self.tx = DriverEnd.connect(resources.transport, self.actors, self.device, nhwc=self.cl)
             self.replica = replica
             self.group = None                                  # the drivers' group: the default one (gloo) on CPU
             if replica.world > 1:

@@ -14,6 +14,9 @@ drive the actors always go through Ray, the tensors go one of three ways:
 ``auto``          ``p2p`` with a GPU per process, ``cuda-ipc`` when they all share the driver's GPU, else
                   ``object-store``.
 
+In a channels-last run (``--channels-last``) 4-D tensors travel in N, H, W, C order, the order they already lie in
+memory, so neither end copies them into another layout.
+
 The group of ``p2p`` is made from its own ``TCPStore`` and ``ProcessGroupGloo``/``ProcessGroupNCCL`` objects, never
 the default group: a driver that is one of R replicas already has the replicas' group as its default one.
 """
@@ -54,6 +57,24 @@ def from_numpy(a: np.ndarray, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)     # "The given NumPy array is not writable"
         return torch.from_numpy(a).to(device)
+
+
+def outgoing(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    """``t`` as it travels: contiguous, and for a channels-last run (``nhwc``) a 4-D tensor in N, H, W, C order, which
+    is how a channels-last tensor already lies in memory: no copy, where a plain ``contiguous()`` would make one."""
+    t = t.detach()
+    if nhwc and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    return t.contiguous()
+
+
+def incoming(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    """The inverse of :func:`outgoing`: an N, C, H, W tensor again (channels-last strides, no copy)."""
+    return t.permute(0, 3, 1, 2) if nhwc and t.dim() == 4 else t
+
+
+def _wire_shape(shape: tuple, nhwc: bool) -> tuple:
+    return (shape[0], shape[2], shape[3], shape[1]) if nhwc and len(shape) == 4 else tuple(shape)
 
 
 def _tag(kind: int, k: int) -> int:
@@ -107,8 +128,8 @@ def choose(name: str, device_type: str, here: tuple, visible: int, there: list[t
 class ActorEnd:
     """The fine actor's end: turns what a call brought into a tensor, and a result into what goes back."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, nhwc: bool = False):
+        self.device, self.nhwc = device, nhwc
         self.name = "object-store"
         self.group = None
 
@@ -125,17 +146,18 @@ class ActorEnd:
             self.group.recv([buf], 0, x.tag).wait()
             if buf.is_cuda:
                 torch.cuda.current_stream(buf.device).synchronize()   # arrived: transfer time is not compute time
-            return buf
+            return incoming(buf, self.nhwc)
         if isinstance(x, torch.Tensor):          # cuda-ipc: a view of the sender's memory, which it may reuse
-            return x.detach().to(self.device).clone()
-        return from_numpy(np.array(x) if writable else x, self.device)
+            return incoming(x.detach().to(self.device).clone(), self.nhwc)
+        return incoming(from_numpy(np.array(x) if writable else x, self.device), self.nhwc)
 
     def reply(self, t: torch.Tensor, call):
+        t = outgoing(t, self.nhwc)
         if isinstance(call, Wire):
-            self.group.send([t.detach().contiguous()], 0, call.reply_tag).wait()
+            self.group.send([t], 0, call.reply_tag).wait()
             return None
         if self.name == "cuda-ipc":
-            return t.detach().contiguous()
+            return t
         return to_numpy(t)
 
 
@@ -151,21 +173,22 @@ class DriverEnd:
     """The driver's end for ``actors``: ``call`` starts an actor method with a tensor (or None), ``gather`` returns
     the tensors the calls sent back. ``bytes`` counts the interface bytes moved (both directions)."""
 
-    def __init__(self, name: str, actors: list, device: torch.device):
-        self.name, self.actors, self.device, self.bytes = name, actors, device, 0
+    def __init__(self, name: str, actors: list, device: torch.device, nhwc: bool = False):
+        self.name, self.actors, self.device, self.nhwc, self.bytes = name, actors, device, nhwc, 0
         self.group = None
         self.out_shapes: dict = {}
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
-    def connect(cls, name: str, actors: list, device: torch.device) -> "DriverEnd":
-        """Resolve ``auto``, check that the chosen path can work here, and join the actors to it."""
+    def connect(cls, name: str, actors: list, device: torch.device, nhwc: bool = False) -> "DriverEnd":
+        """Resolve ``auto``, check that the chosen path can work here, and join the actors to it. ``nhwc``: a
+        channels-last run, whose 4-D tensors travel in N, H, W, C order (the actors' ends must agree)."""
         import ray
         there = ray.get([a.where.remote() for a in actors]) if actors else []
         here = (ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids()))
         visible = torch.cuda.device_count() if device.type == "cuda" else 0
         name = choose(name, device.type, here, visible, there)
-        end = cls(name, actors, device)
+        end = cls(name, actors, device, nhwc)
         if name == "p2p" and actors:
             from .hybrid import free_endpoint
             addr, port = free_endpoint()
@@ -202,21 +225,21 @@ class DriverEnd:
         if t is None:
             return Pending(getattr(actor, method).remote(key, None))
         self.bytes += t.numel() * t.element_size()
+        t = outgoing(t, self.nhwc)
         if self.name == "p2p":
-            t = t.detach().contiguous()
             reply = kind + 1
             wire = Wire(tuple(t.shape), t.dtype, _tag(kind, k), _tag(reply, k))
             ref = getattr(actor, method).remote(key, wire)
             works = [self.group.send([t], j + 1, wire.tag)]
             out = None
             if reply_shape is not None:
-                out = torch.empty(reply_shape, dtype=t.dtype, device=self.device)
+                out = torch.empty(_wire_shape(reply_shape, self.nhwc), dtype=t.dtype, device=self.device)
                 works.append(self.group.recv([out], j + 1, wire.reply_tag))
             return Pending(ref, out, (*works, t))          # keep t alive until the send is done
         if self.name == "cuda-ipc":
             import ray
             ref = getattr(actor, method).options(tensor_transport="cuda_ipc").remote(
-                key, ray.put(t.detach().contiguous(), _tensor_transport="cuda_ipc"))
+                key, ray.put(t, _tensor_transport="cuda_ipc"))
             return Pending(ref)
         return Pending(getattr(actor, method).remote(key, to_numpy(t)))
 
@@ -242,6 +265,7 @@ class DriverEnd:
                 out = r.detach().clone()
             else:
                 out = from_numpy(r, self.device)
+            out = incoming(out, self.nhwc) if out is not None else None
             if out is not None:
                 self.bytes += out.numel() * out.element_size()
             outs.append(out)
