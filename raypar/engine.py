@@ -9,7 +9,8 @@ Backward, per step:
      each fine output ``f_j`` ships ``dL/df_j`` to actor j the moment it is known, so the actors start their
      backward while the driver is still busy with the rest of its graph.
   2. Every actor's ``step()`` is queued behind its backward; the driver gathers ``dL/du_j`` (u_j = the fine inputs)
-     and runs ``autograd.backward(u, dL/du)`` through the coarse sweep and ``pre``, then steps its own optimizer.
+     and runs ``autograd.backward(u, dL/du)`` through the coarse sweep and ``pre``, then steps its own optimizer —
+     while the actors step theirs — and only then waits for the actors' steps.
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
 Per step and iteration that is 4 N interface tensors (u out, f back, dL/df out, dL/du back) and nothing else; how
@@ -221,7 +222,7 @@ class PararealEngine:
         for call in last:
             call.f.register_hook(lambda g, c=call: launch(c, g))
         loss.backward(retain_graph=True)
-        busy: list[float] = []
+        step_refs: list = []
         for k in range(self.k, 0, -1):
             these = [c for c in calls if c.key[1] == k]
             for call in these:
@@ -230,7 +231,6 @@ class PararealEngine:
             step_refs = [a.step.remote() for a in self.actors] if k == 1 else []
             t0 = time.perf_counter()
             grads = self.tx.gather([c.grad_ref for c in these])
-            busy = ray.get(step_refs) if step_refs else busy
             st.wait += time.perf_counter() - t0
             pairs = [(c.u, g) for c, g in zip(these, grads) if g is not None and c.u.requires_grad]
             if pairs:
@@ -239,6 +239,9 @@ class PararealEngine:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
+        t0 = time.perf_counter()
+        busy = ray.get(step_refs)             # the actors' optimizer steps ran beside the driver's backward and step
+        st.wait += time.perf_counter() - t0
         st.fine_each = tuple(([st.local_fine] if self.offset else []) + list(busy))
         st.fine_max = max([*busy, st.local_fine])
         st.bytes = self.tx.bytes - bytes0
