@@ -122,9 +122,8 @@ class TrainConfig:
             raise UserError("--resource-timeout must be > 0 seconds")
         if self.placement not in ("PACK", "SPREAD"):
             raise UserError(f"--placement must be PACK or SPREAD, got {self.placement!r}")
-        from .transport import TRANSPORTS
-        if self.transport not in TRANSPORTS:
-            raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        from .transport import check_name
+        check_name(self.transport)
         if self.transport == "cuda-ipc" and self.gpus_per_subnet == 0:
             raise UserError("--transport cuda-ipc needs GPUs: give --gpus-per-subnet a fraction of a GPU")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):

@@ -31,7 +31,7 @@ from .models import memory_format
 from .network import PararealNet
 from .optim import OptimConfig, make_optimizer
 from .parareal import parareal
-from .transport import EVAL_U, GRAD_F, TRANSPORTS, U, DriverEnd
+from .transport import EVAL_U, GRAD_F, U, DriverEnd, check_name
 
 
 @dataclass
@@ -117,8 +117,7 @@ class PararealEngine:
         self.local = list(self.driver["segments"]) if self.offset else []
         remote = list(net.segments)[self.offset:]
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
-        if resources.transport not in TRANSPORTS:
-            raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {resources.transport!r}")
+        check_name(resources.transport)                      # before any actor starts
         if resources.transport == "cuda-ipc" and self.device.type != "cuda":
             raise UserError("--transport cuda-ipc needs GPUs (--gpus-per-subnet > 0 on a machine with CUDA)")
         bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}

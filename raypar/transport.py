@@ -92,13 +92,18 @@ def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeou
     return dist.ProcessGroupGloo(store, rank, world, timeout)
 
 
+def check_name(name: str) -> None:
+    """A one-line error for a transport that does not exist."""
+    if name not in TRANSPORTS:
+        raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
+
+
 def choose(name: str, device_type: str, here: tuple, visible: int, there: list[tuple]) -> str:
     """The transport to use: ``name``, or what ``auto`` resolves to; a :class:`UserError` when it cannot work.
 
     ``here``: the driver's (node id, Ray GPU ids); ``visible``: the GPUs its CUDA sees; ``there``: each actor's
     (node id, Ray GPU ids, device type)."""
-    if name not in TRANSPORTS:
-        raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
+    check_name(name)
     odd = [w[2] for w in there if w[2] != device_type]
     if odd:
         raise UserError(f"the driver computes on {device_type} but a fine actor on {odd[0]}: give both GPUs or "
