@@ -2,9 +2,9 @@
 
 It owns its segment, optimizer, LR scheduler and RNG. ``forward`` keeps the autograd graph of a step under a key,
 ``backward`` runs it with the gradient shipped by the driver, returns the gradient w.r.t. the input and frees the
-graph, ``step`` applies the optimizer. Tensors arrive and leave by the run's transport (:mod:`raypar.transport`:
-numpy arrays through Ray's object store, point-to-point in a gloo/NCCL group, or CUDA IPC); autograd graphs never
-cross processes.
+graph, ``step`` applies the optimizer; with ``--amp`` its forwards run under autocast (:mod:`raypar.precision`).
+Tensors arrive and leave by the run's transport (:mod:`raypar.transport`: numpy arrays through Ray's object store,
+point-to-point in a gloo/NCCL group, or CUDA IPC); autograd graphs never cross processes.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from . import hybrid
+from . import hybrid, precision
 from .models import memory_format
 from .optim import OptimConfig, make_optimizer
 from .transport import ActorEnd
@@ -34,8 +34,9 @@ class FineWorker:
     """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
 
     def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, amp: str = "off"):
         self.index = index
+        self.amp = amp
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         torch.manual_seed(seed)
         self.cl = channels_last
@@ -49,6 +50,11 @@ class FineWorker:
         self.saved_buffers: dict | None = None           # keep_buffers: the buffers before this step's forward
         self.saved_step = None
         self.end = ActorEnd(self.device, channels_last)  # how tensors arrive and leave (join_transport)
+        self.averaged = False                            # unscale() already averaged this step's gradients
+
+    def _run(self, u: torch.Tensor) -> torch.Tensor:
+        with precision.autocast(self.device.type, self.amp):
+            return self.module(memory_format(u, self.cl))
 
     def forward(self, key, x):
         u = self.end.receive(x).requires_grad_(True)
@@ -56,7 +62,7 @@ class FineWorker:
         if self.saved_buffers is not None and self.saved_step != key[0]:     # the first forward of step key[0]
             self.saved_buffers = {k: b.clone() for k, b in self.module.named_buffers()}
             self.saved_step = key[0]
-        out = self.module(memory_format(u, self.cl))
+        out = self._run(u)
         self.graphs[key] = (u, out)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)          # compute seconds, not launch seconds
@@ -76,11 +82,22 @@ class FineWorker:
         self.busy += time.perf_counter() - t0
         return self.end.reply(u.grad, grad)
 
-    def step(self) -> float:
-        """Apply the optimizer (to the gradients averaged over the replicas, with R > 1); return the compute seconds
-        spent in forward/backward since the last step."""
-        hybrid.average_gradients(list(self.module.parameters()), self.world)
-        self.opt.step()
+    def unscale(self, inv_scale: float) -> bool:
+        """``--amp fp16``: average the gradients over the replicas, divide them by the loss scale; True when any is
+        inf or NaN (the driver then tells every process to skip the step)."""
+        params = list(self.module.parameters())
+        hybrid.average_gradients(params, self.world)
+        self.averaged = True
+        return precision.unscale(params, inv_scale)
+
+    def step(self, skip: bool = False) -> float:
+        """Apply the optimizer (to the gradients averaged over the replicas, with R > 1) unless ``skip`` (a loss
+        scale overflow); return the compute seconds spent in forward/backward since the last step."""
+        if not self.averaged:
+            hybrid.average_gradients(list(self.module.parameters()), self.world)
+        self.averaged = False
+        if not skip:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.graphs.clear()
         busy, self.busy = self.busy, 0.0
@@ -112,17 +129,18 @@ class FineWorker:
     def eval_forward(self, key, x):
         self.module.eval()
         try:
-            return self.end.reply(self.module(memory_format(self.end.receive(x, writable=True), self.cl)), x)
+            return self.end.reply(self._run(self.end.receive(x, writable=True)), x)
         finally:
             self.module.train()
 
     @torch.no_grad()
-    def output_shape(self, shape: tuple, dtype: torch.dtype) -> tuple:
-        """The shape of this segment's output for an input of ``shape`` (a forward in eval mode: no statistics
-        change)."""
+    def output_shape(self, shape: tuple, dtype: torch.dtype) -> tuple[tuple, torch.dtype]:
+        """The shape and dtype of this segment's output for an input of ``shape`` and ``dtype`` (a forward in eval
+        mode: no statistics change)."""
         self.module.eval()
         try:
-            return tuple(self.module(torch.zeros(shape, dtype=dtype, device=self.device)).shape)
+            out = self._run(torch.zeros(shape, dtype=dtype, device=self.device))
+            return tuple(out.shape), out.dtype
         finally:
             self.module.train()
 

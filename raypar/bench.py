@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import precision
 from .engine import PararealEngine, Resources
 from .errors import UserError
 from .models import build, memory_format
@@ -64,6 +65,7 @@ class BenchConfig:
     transports: list[str] = field(default_factory=lambda: ["object-store"])   # raypar rows, one set per transport
     coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.coarse.CoarseSpec)
     channels_last: bool = False              # every contender in the channels-last layout
+    amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.precision)
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -78,6 +80,8 @@ class BenchConfig:
         bad = sorted(set(self.transports) - set(TRANSPORTS)) if self.transports else ["(none)"]
         if bad:
             raise UserError(f"unknown transports {bad}; choose from {', '.join(TRANSPORTS)}")
+        from .precision import check_name
+        check_name(self.amp)
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -145,12 +149,19 @@ def optimizer(model: nn.Module, cfg: BenchConfig):
     return make_optimizer(model.parameters(), cfg.optim)[0]
 
 
-def sgd_step(model: nn.Module, opt) -> callable:
+def sgd_step(model: nn.Module, opt, cfg: BenchConfig) -> callable:
+    """One training step of a whole model (or a data-parallel replica): under the run's autocast, with
+    ``torch.amp.GradScaler``'s loss scaling for fp16."""
+    scaler = torch.amp.GradScaler(cfg.device, enabled=cfg.amp == "fp16")
+
     def step(x, y):
-        loss = F.cross_entropy(model(x), y)
+        with precision.autocast(cfg.device, cfg.amp):
+            logits = model(x)
+        loss = F.cross_entropy(precision.full(logits), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return loss.item()
     return step
 
@@ -173,7 +184,7 @@ class Runner:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         opt = optimizer(model, cfg)
-        times, _ = timed(sgd_step(model, opt), make_batches(cfg, cfg.torch_device), cfg.warmup)
+        times, _ = timed(sgd_step(model, opt, cfg), make_batches(cfg, cfg.torch_device), cfg.warmup)
         return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
 
     def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
@@ -181,7 +192,8 @@ class Runner:
         """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
         its own actor."""
         engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, 1, first_in_driver=first_in_driver,
-                                                          transport=transport, channels_last=cfg.channels_last),
+                                                          transport=transport, channels_last=cfg.channels_last,
+                                                          amp=cfg.amp),
                                 seed=cfg.seed)
         try:
             times, results = timed(engine.train_step, make_batches(cfg, engine.device), cfg.warmup)
@@ -209,7 +221,8 @@ class Runner:
             def step(x, y):
                 opt.zero_grad(set_to_none=True)
                 args = (x,) if rank == 0 else ()
-                schedule.step(*args, **({"target": y} if rank == world - 1 else {}))
+                with precision.autocast("cpu", cfg.amp):    # (no loss scaling: a measure of time)
+                    schedule.step(*args, **({"target": y} if rank == world - 1 else {}))
                 opt.step()
             times, _ = timed(step, make_batches(cfg), cfg.warmup)
         finally:
@@ -257,7 +270,7 @@ def ddp_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(config["model"])
     opt = optimizer(model, cfg)
     shards = [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)]
-    times, _ = timed(sgd_step(model, opt), shards, cfg.warmup)
+    times, _ = timed(sgd_step(model, opt, cfg), shards, cfg.warmup)
     gathered = [None] * world
     dist.all_gather_object(gathered, {"times": times, "rss": peak_rss_mb()})
     metrics = {"times": [max(t) for t in zip(*(g["times"] for g in gathered))], "rss": [g["rss"] for g in gathered],
@@ -301,12 +314,12 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False) -> int:
+def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, element: int = 4) -> int:
     """4 interface tensors per remote segment and iteration: input out, output back, their gradients the other
-    way (``skip_first``: F_1 runs in the driver and ships nothing)."""
+    way (``skip_first``: F_1 runs in the driver and ships nothing); ``element``: bytes per number (2 with --amp)."""
     shipped = net.segment_info[1:] if skip_first else net.segment_info
     per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in shipped)
-    return net.iterations * batch * 4 * per * 2
+    return net.iterations * batch * element * per * 2
 
 
 def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
@@ -329,7 +342,8 @@ def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool
                 fine_max_ms=1e3 * med["fine_max"], transfer_ms=1e3 * max(0.0, med["wait"] - med["fine_max"]),
                 fine_each_ms=each,
                 bytes_per_step=max(s["bytes"] for s in stats),
-                bytes_min=bytes_minimum(net, cfg.batch, skip_first=first_in_driver),
+                bytes_min=bytes_minimum(net, cfg.batch, skip_first=first_in_driver,
+                                        element=4 if cfg.amp == "off" else 2),
                 parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))
 
 
@@ -472,7 +486,8 @@ def _fmt(v, spec: str) -> str:
 
 def table(rows: list[dict], cfg: BenchConfig):
     from rich.table import Table
-    t = Table(title=f"{cfg.model} x{cfg.width_mult}{', channels-last' if cfg.channels_last else ''}, "
+    t = Table(title=f"{cfg.model} x{cfg.width_mult}{', channels-last' if cfg.channels_last else ''}"
+                    f"{', amp ' + cfg.amp if cfg.amp != 'off' else ''}, "
                     f"batch {cfg.batch}, median of {cfg.steps} steps after "
                     f"{cfg.warmup} warm-up, 1 thread per process", caption=_errors(rows) or None)
     for c in ("contender", "procs", "samples/s", "x orig", "step ms", "peak RSS MB (idle)", "driver ms",
@@ -636,6 +651,9 @@ def add_arguments(p) -> None:
                    help="kernel size of the coarse convolutions (default: %(default)s)")
     p.add_argument("--channels-last", action="store_true",
                    help="every contender's weights and activations in the channels-last layout")
+    p.add_argument("--amp", default=d.amp, choices=["off", "bf16", "fp16"],
+                   help="every contender under autocast (fp16 with loss scaling, except pipe's stages: no scaling) "
+                        "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
@@ -658,7 +676,7 @@ def config_from_args(args) -> BenchConfig:
                       parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
-                      args.channels_last)
+                      args.channels_last, args.amp)
     return cfg.validate()
 
 

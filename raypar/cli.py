@@ -120,6 +120,10 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
     g.add_argument("--channels-last", action="store_true", default=None,
                    help="keep weights and activations in the channels-last layout: faster convolutions on recent "
                         "CPUs and on GPUs; the results match the default layout up to rounding")
+    g.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
+                   help="mixed precision in the driver and every fine actor: bf16 autocast (GPUs from Ampere on), or "
+                        "fp16 autocast with a dynamic loss scale shared by every process; weights stay float32 "
+                        f"(slow on CPUs without bfloat16/float16 instructions) {shown('amp')}")
     g.add_argument("--placement", default=None, choices=["PACK", "SPREAD"],
                    help=f"placement group strategy for the fine actors {shown('placement')}")
     g.add_argument("--transport", default=None, choices=["auto", "object-store", "p2p", "cuda-ipc"],

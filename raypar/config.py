@@ -64,6 +64,7 @@ class TrainConfig:
     driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
     transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.transport)
     channels_last: bool = False              # weights and activations in the channels-last layout (faster convs)
+    amp: str = "off"                         # mixed precision: off, bf16 or fp16 (raypar.precision)
     address: str | None = None               # None: in-process local Ray (or the cluster of a Ray job)
     resource_timeout_s: float = 300.0        # how long to wait for the cluster (or its autoscaler) to fit the run
     # run bookkeeping
@@ -122,8 +123,10 @@ class TrainConfig:
             raise UserError("--resource-timeout must be > 0 seconds")
         if self.placement not in ("PACK", "SPREAD"):
             raise UserError(f"--placement must be PACK or SPREAD, got {self.placement!r}")
+        from .precision import check_name as check_amp
         from .transport import check_name
         check_name(self.transport)
+        check_amp(self.amp)
         if self.transport == "cuda-ipc" and self.gpus_per_subnet == 0:
             raise UserError("--transport cuda-ipc needs GPUs: give --gpus-per-subnet a fraction of a GPU")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):

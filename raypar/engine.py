@@ -13,6 +13,8 @@ Backward, per step:
      while the actors step theirs — and only then waits for the actors' steps.
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
+  With ``--amp fp16`` the loss is scaled first; each process unscales its own gradients and reports an overflow,
+  and only then do all step, or none (:mod:`raypar.precision`): the actors' steps wait for that decision.
 Per step and iteration that is 4 N interface tensors (u out, f back, dL/df out, dL/du back) and nothing else; how
 they travel (object store, point-to-point gloo/NCCL, CUDA IPC) is :mod:`raypar.transport`'s business.
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import hybrid
+from . import hybrid, precision
 from .actors import FineWorker, to_cpu
 from .errors import UserError
 from .models import memory_format
@@ -46,6 +48,7 @@ class StepStats:
     local_fine: float = 0.0    # forward of the fine segment run in the driver (first_in_driver)
     skipped: int = 0           # batches skipped for a non-finite loss (skip_nonfinite)
     fine_each: tuple = ()      # each fine process's compute seconds (first, with first_in_driver: F_1's forward only)
+    overflow: int = 0          # --amp fp16: steps skipped everywhere for an inf/NaN gradient (the loss scale halves)
 
     @property
     def transfer(self) -> float:
@@ -53,7 +56,7 @@ class StepStats:
         return max(0.0, self.wait - self.fine_max)
 
     def add(self, other: "StepStats") -> None:
-        for f in ("wall", "driver", "fine_max", "wait", "bytes", "steps", "local_fine", "skipped"):
+        for f in ("wall", "driver", "fine_max", "wait", "bytes", "steps", "local_fine", "skipped", "overflow"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
 
@@ -77,6 +80,7 @@ class Resources:
     first_in_driver: bool = False
     transport: str = "object-store"      # how interface tensors travel: see raypar.transport ("auto" resolves it)
     channels_last: bool = False          # every part's weights and activations in the channels-last layout
+    amp: str = "off"                     # mixed precision: off, bf16 or fp16 (raypar.precision)
 
 
 @dataclass
@@ -118,6 +122,9 @@ class PararealEngine:
         remote = list(net.segments)[self.offset:]
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
         check_name(resources.transport)                      # before any actor starts
+        precision.check_name(resources.amp)
+        self.amp = resources.amp
+        self.scaler = precision.LossScaler() if self.amp == "fp16" else None
         if resources.transport == "cuda-ipc" and self.device.type != "cuda":
             raise UserError("--transport cuda-ipc needs GPUs (--gpus-per-subnet > 0 on a machine with CUDA)")
         bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}
@@ -135,7 +142,7 @@ class PararealEngine:
             self.actors = [
                 actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
                                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl)
+                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp)
                 for i, seg in enumerate(remote)]
             ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
             self.tx = DriverEnd.connect(resources.transport, self.actors, self.device, nhwc=self.cl)
@@ -201,8 +208,7 @@ class PararealEngine:
 
         x, y = memory_format(x.to(self.device), self.cl), y.to(self.device)
         saved = ({k: b.clone() for k, b in self.driver.named_buffers()} if self.skip_nonfinite else None)
-        l = parareal(self.pre(x), self.coarse, fine, self.k, self.n)
-        logits = self.post(l[-1])
+        logits = self._forward(x, fine)
         loss = F.cross_entropy(logits, y)
         if saved is not None and self.all_sum([float(not torch.isfinite(loss))])[0] > 0:
             st.bytes = self.tx.bytes - bytes0
@@ -212,7 +218,7 @@ class PararealEngine:
             # grad None: this output never reached the loss (with K = N, f^1_j for j > 1 does not); the actor only
             # frees its graph, and nothing flows back, exactly as autograd leaves such parameters without a grad
             call.grad_ref = self.tx.call(call.j, "backward", call.key, grad, GRAD_F, call.key[1],
-                                         tuple(call.u.shape))
+                                         (tuple(call.u.shape), call.u.dtype))
 
         # Backward, iteration by iteration from the last: dL/df^k is complete only once dL/du^{k+1} (which the actors
         # return) has been pushed back through the driver's graph. For the last iteration a hook ships dL/df^K the
@@ -220,22 +226,35 @@ class PararealEngine:
         last = [c for c in calls if c.key[1] == self.k]
         for call in last:
             call.f.register_hook(lambda g, c=call: launch(c, g))
-        loss.backward(retain_graph=True)
+        scale = self.scaler.scale if self.scaler else 1.0
+        (loss * scale if self.scaler else loss).backward(retain_graph=True)
         step_refs: list = []
         for k in range(self.k, 0, -1):
             these = [c for c in calls if c.key[1] == k]
             for call in these:
                 if call.grad_ref is None:
                     launch(call, call.f.grad)
-            step_refs = [a.step.remote() for a in self.actors] if k == 1 else []
+            if k == 1:                        # queued behind the backward calls
+                step_refs = [(a.unscale if self.scaler else a.step).remote(*([1 / scale] if self.scaler else []))
+                             for a in self.actors]
             t0 = time.perf_counter()
             grads = self.tx.gather([c.grad_ref for c in these])
             st.wait += time.perf_counter() - t0
             pairs = [(c.u, g) for c, g in zip(these, grads) if g is not None and c.u.requires_grad]
             if pairs:
                 torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
-        hybrid.average_gradients(list(self.driver.parameters()), self.replica.world, self.group)
-        self.opt.step()
+        params = list(self.driver.parameters())
+        hybrid.average_gradients(params, self.replica.world, self.group)
+        if self.scaler:                       # one decision for every process: all step, or none
+            found = precision.unscale(params, 1 / scale)
+            t0 = time.perf_counter()
+            found = self.all_sum([float(found or any(ray.get(step_refs)))])[0] > 0
+            st.wait += time.perf_counter() - t0
+            step_refs = [a.step.remote(found) for a in self.actors]
+            self.scaler.update(found)
+            st.overflow = int(found)
+        if not st.overflow:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
         t0 = time.perf_counter()
@@ -283,10 +302,14 @@ class PararealEngine:
 
         self.driver.eval()
         try:
-            x0 = self.pre(memory_format(x.to(self.device), self.cl))
-            return self.post(parareal(x0, self.coarse, fine, self.k, self.n)[-1])
+            return self._forward(memory_format(x.to(self.device), self.cl), fine)
         finally:
             self.driver.train()
+
+    def _forward(self, x: torch.Tensor, fine) -> torch.Tensor:
+        """The logits (at least float32), the driver's parts under the run's autocast."""
+        with precision.autocast(self.device.type, self.amp):
+            return precision.full(self.post(parareal(self.pre(x), self.coarse, fine, self.k, self.n)[-1]))
 
     def all_sum(self, values: list[float]) -> list[float]:
         """Sums over the replicas (the values themselves when there is one)."""
@@ -312,7 +335,8 @@ class PararealEngine:
         fine = ray.get([a.get_state.remote() for a in self.actors])
         return to_cpu({"driver": self.driver.state_dict(), "optimizer": self.opt.state_dict(),
                        "scheduler": self.sched.state_dict(), "rng": torch.get_rng_state(),
-                       "step": self.step_count, "fine": fine})
+                       "step": self.step_count, "fine": fine,
+                       **({"scaler": self.scaler.state_dict()} if self.scaler else {})})
 
     def set_state(self, state: dict) -> None:
         import ray
@@ -323,6 +347,8 @@ class PararealEngine:
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.step_count = int(state["step"])
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         ray.get([a.set_state.remote(s) for a, s in zip(self.actors, state["fine"])])
 
     def state_dict(self) -> dict:

@@ -149,7 +149,7 @@ def train_loop(config: dict) -> None:
     gpus = _gpus_per_subnet(cfg)
     engine = PararealEngine(net, cfg.optim,
                             Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
-                                      transport=cfg.transport, channels_last=cfg.channels_last),
+                                      transport=cfg.transport, channels_last=cfg.channels_last, amp=cfg.amp),
                             seed=cfg.seed, skip_nonfinite=cfg.on_nonfinite == "skip", replica=replica)
     start = 0
     if state is not None:
@@ -192,6 +192,8 @@ def train_loop(config: dict) -> None:
                 "bytes_per_step": totals.bytes / steps, "lr": engine.sched.get_last_lr()[0],
                 "skipped_batches": totals.skipped,
             }
+            if engine.scaler:                   # --amp fp16: steps skipped everywhere for an overflow, and the scale
+                metrics.update(overflow_steps=totals.overflow, loss_scale=engine.scaler.scale)
             # checkpoint first, then MLflow: a crash in between is repaired on resume (log_metrics skips what is
             # there already), so every epoch is logged exactly once. With R replicas rank 0's state is the one
             # checkpoint (the weights are the same on every replica; BatchNorm statistics are rank 0's)

@@ -46,8 +46,11 @@ class Wire:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A contiguous CPU numpy view (no copy for a contiguous CPU tensor) for the object store."""
-    return t.detach().to("cpu").contiguous().numpy()
+    """A contiguous CPU numpy view (no copy for a contiguous CPU tensor) for the object store. bfloat16 (``--amp
+    bf16``), which numpy lacks, travels as its int16 bit pattern: interface tensors are always floating point, so an
+    int16 array can only be one."""
+    t = t.detach().to("cpu").contiguous()
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def from_numpy(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -56,7 +59,8 @@ def from_numpy(a: np.ndarray, device: torch.device) -> torch.Tensor:
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)     # "The given NumPy array is not writable"
-        return torch.from_numpy(a).to(device)
+        t = torch.from_numpy(a)
+    return (t.view(torch.bfloat16) if t.dtype == torch.int16 else t).to(device)
 
 
 def outgoing(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
@@ -215,30 +219,29 @@ class DriverEnd:
             self.group = None
 
     # ------------------------------------------------------------------------------------------ calls
-    def _out_shape(self, j: int, u: torch.Tensor) -> tuple:
-        key = (j, tuple(u.shape))
+    def _out_shape(self, j: int, u: torch.Tensor) -> tuple[tuple, torch.dtype]:
+        key = (j, tuple(u.shape), u.dtype)
         if key not in self.out_shapes:
             import ray
             self.out_shapes[key] = ray.get(self.actors[j].output_shape.remote(tuple(u.shape), u.dtype))
         return self.out_shapes[key]
 
     def call(self, j: int, method: str, key, t: torch.Tensor | None, kind: int, k: int = 0,
-             reply_shape: tuple | None = None) -> Pending:
-        """Start ``actors[j].method(key, <t>)``; ``reply_shape``: the shape of the tensor it sends back (p2p), None
-        when it sends nothing back."""
+             reply: tuple[tuple, torch.dtype] | None = None) -> Pending:
+        """Start ``actors[j].method(key, <t>)``; ``reply``: the shape and dtype of the tensor it sends back (p2p),
+        None when it sends nothing back."""
         actor = self.actors[j]
         if t is None:
             return Pending(getattr(actor, method).remote(key, None))
         self.bytes += t.numel() * t.element_size()
         t = outgoing(t, self.nhwc)
         if self.name == "p2p":
-            reply = kind + 1
-            wire = Wire(tuple(t.shape), t.dtype, _tag(kind, k), _tag(reply, k))
+            wire = Wire(tuple(t.shape), t.dtype, _tag(kind, k), _tag(kind + 1, k))
             ref = getattr(actor, method).remote(key, wire)
             works = [self.group.send([t], j + 1, wire.tag)]
             out = None
-            if reply_shape is not None:
-                out = torch.empty(_wire_shape(reply_shape, self.nhwc), dtype=t.dtype, device=self.device)
+            if reply is not None:
+                out = torch.empty(_wire_shape(reply[0], self.nhwc), dtype=reply[1], device=self.device)
                 works.append(self.group.recv([out], j + 1, wire.reply_tag))
             return Pending(ref, out, (*works, t))          # keep t alive until the send is done
         if self.name == "cuda-ipc":
@@ -250,8 +253,8 @@ class DriverEnd:
 
     def forward(self, j: int, key, u: torch.Tensor, kind: int = U, k: int = 0) -> Pending:
         method = "forward" if kind == U else "eval_forward"
-        shape = self._out_shape(j, u) if self.name == "p2p" else None
-        return self.call(j, method, key, u, kind, k, shape)
+        reply = self._out_shape(j, u) if self.name == "p2p" else None
+        return self.call(j, method, key, u, kind, k, reply)
 
     def gather(self, pending: list[Pending]) -> list[torch.Tensor | None]:
         """Wait for the calls; the tensors they sent back (None where a call sent none)."""

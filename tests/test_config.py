@@ -105,3 +105,12 @@ def test_coarse_kernel_and_transport_options():
         _cfg("--coarse-kernel", "2")
     with pytest.raises(UserError, match="cuda-ipc needs GPUs"):
         _cfg("--transport", "cuda-ipc", "--gpus-per-subnet", "0")
+
+
+def test_amp_option(tmp_path):
+    from raypar import UserError
+    assert _cfg().amp == "off" and _cfg("--amp", "bf16").amp == "bf16"
+    path = tmp_path / "mine.toml"
+    path.write_text('amp = "fp8"\n')
+    with pytest.raises(UserError, match="--amp must be one of off, bf16, fp16, got 'fp8'"):
+        _cfg("--config", str(path))

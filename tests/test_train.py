@@ -69,11 +69,17 @@ def test_resume_continues_at_the_next_epoch(ray_local, tmp_path):
     assert [s for s, _ in _history(client, first.run_id, "val_acc")] == [1, 2]
 
 
-def test_driver_segment_trains(ray_local, tmp_path):
-    result = fit(_cfg(tmp_path, subnets=3, name="f1", driver_segment=True))
+def test_driver_segment_and_fp16_train(ray_local, tmp_path):
+    """F_1 in the driver, with --amp fp16: it learns, and the loss scale is logged and checkpointed (a resumed run
+    carries on with it)."""
+    result = fit(_cfg(tmp_path, subnets=3, name="f1", driver_segment=True, amp="fp16"))
     assert result.metrics["epoch"] == 1 and result.metrics["val_acc"] > 0.1
     ckpt = torch.load(os.path.join(result.checkpoint_path, "state.pt"), weights_only=True)
     assert len(ckpt["fine"]) == 2 and any(k.startswith("segments.0.") for k in ckpt["driver"])
+    client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", result.run_id)
+    assert run.data.params["amp"] == "fp16"
+    assert run.data.metrics["loss_scale"] == ckpt["scaler"]["scale"] > 0
+    assert 0 <= run.data.metrics["overflow_steps"] < 1797 / 128       # digits: 1797 images, some for validation
 
 
 
