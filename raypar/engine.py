@@ -194,8 +194,9 @@ class PararealEngine:
 
         bytes0 = self.tx.bytes
 
-        def fine(k: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        def fine(k: int, inputs: list[torch.Tensor], meanwhile) -> list[torch.Tensor]:
             pending = [self.tx.forward(j, (step, k), u, U, k) for j, u in enumerate(inputs[self.offset:])]
+            meanwhile()                                                  # the last coarse net, while the actors work
             t0 = time.perf_counter()
             local = [seg(u) for seg, u in zip(self.local, inputs)]      # F_1 here while the actors work
             st.local_fine += time.perf_counter() - t0
@@ -295,8 +296,9 @@ class PararealEngine:
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        def fine(k, inputs):
+        def fine(k, inputs, meanwhile):
             pending = [self.tx.forward(j, None, u, EVAL_U, k) for j, u in enumerate(inputs[self.offset:])]
+            meanwhile()
             local = [seg(u) for seg, u in zip(self.local, inputs)]
             return local + self.tx.gather(pending)
 

@@ -114,7 +114,8 @@ class PararealNet(nn.Module):
                 start += count
         return costs
 
-    def fine_local(self, k: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def fine_local(self, k: int, inputs: list[torch.Tensor], meanwhile=lambda: None) -> list[torch.Tensor]:
+        meanwhile()
         return [seg(u) for seg, u in zip(self.segments, inputs)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

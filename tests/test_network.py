@@ -152,3 +152,25 @@ def test_bad_model_names_and_modules():
         build("resnet21")
     with pytest.raises(UserError, match="cannot convert a LSTM: supported are nn.Sequential"):
         staged_from(nn.LSTM(3, 3))
+
+
+def test_last_coarse_net_runs_while_the_fine_propagators_do():
+    """z_N = C_N(z_{N-1}) feeds only the correction sweep: parareal hands it to the fine map (``meanwhile``), which
+    the engine runs after launching the actors — off the serial path before them. Same output as computing it first."""
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.25), 3, iterations=2, balance="flops").eval()
+    log = []
+    for j, c in enumerate(net.coarse):
+        c.register_forward_hook(lambda *_, j=j: log.append(f"C{j + 1}"))
+
+    def fine(k, inputs, meanwhile):
+        log.append(f"launch{k}")
+        meanwhile()
+        return net.fine_local(k, inputs)
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = parareal(net.pre(x), net.coarse, fine, 2)
+        assert torch.equal(out[-1], parareal(net.pre(x), net.coarse, net.fine_local, 2)[-1])
+    # coarse sweep C1, C2; C3 only once iteration 1's fine work is launched; then the correction sweeps (C2, C3)
+    assert log[:8] == ["C1", "C2", "launch1", "C3", "C2", "C3", "launch2", "C2"]
