@@ -420,6 +420,9 @@ def cmd_train(args) -> int:
         result = _fit_with_progress(cfg, fit)
     except UserError:
         raise
+    except FloatingPointError as e:                             # a non-finite loss: what to change, in one line
+        print(redact(f"raypar: training stopped: {e}"), file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - an internal error: full traceback, then a clear last line
         import traceback
         print(redact(traceback.format_exc()), end="", file=sys.stderr)

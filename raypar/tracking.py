@@ -175,6 +175,11 @@ def set_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:
     MlflowClient(tracking_uri).set_tag(run_id, key, value)
 
 
+def get_tag(tracking_uri: str, run_id: str, key: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri).get_run(run_id).data.tags.get(key)
+
+
 def log_artifacts(tracking_uri: str, run_id: str, folder: str) -> None:
     from mlflow.tracking import MlflowClient
     MlflowClient(tracking_uri).log_artifacts(run_id, folder)

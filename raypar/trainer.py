@@ -100,8 +100,12 @@ def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[S
         loss, right, st = engine.train_step(x, y)
         totals.add(st)
         if not st.skipped:                  # a skipped batch (--on-nonfinite skip) changed nothing: not counted
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss} at epoch {epoch}, step {i + 1}: training stopped; the "
+            bad = not math.isfinite(loss)
+            if engine.replica.world > 1:    # every replica stops at the same step (the others would wait for it)
+                bad = engine.all_sum([float(bad)])[0] > 0
+            if bad:
+                where = f"is {loss}" if not math.isfinite(loss) else "of another replica is not finite"
+                raise FloatingPointError(f"the loss {where} at epoch {epoch}, step {i + 1}: training stopped; the "
                                          f"last good checkpoint is kept (try a lower --lr, or --on-nonfinite skip)")
             loss_sum += loss * len(y)
             correct += right
@@ -111,6 +115,9 @@ def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[S
         raise FloatingPointError(f"every batch of epoch {epoch} had a non-finite loss ({totals.skipped} skipped): "
                                  f"training stopped; the last good checkpoint is kept (try a lower --lr)")
     return totals, loss_sum, correct, seen
+
+
+STOPPED_TAG = "raypar.stopped"     # why train_loop ended a run for good (a non-finite loss); "" while it runs
 
 
 def train_loop(config: dict) -> None:
@@ -215,6 +222,11 @@ def train_loop(config: dict) -> None:
                     json.dump(dict(tracking.redact_config(cfg.to_dict()), split=net.split, gpus_per_subnet=gpus),
                               f, indent=2)
                 tracking.log_artifacts(cfg.tracking_uri, run_id, folder)
+    except FloatingPointError as e:
+        # A non-finite loss comes back on every restart (a resumed run repeats its steps bit for bit): it ends the
+        # run for good, where a failed worker would be restarted by --max-failures. fit() raises it.
+        if rank0:
+            tracking.set_tag(cfg.tracking_uri, run_id, STOPPED_TAG, str(e))
     finally:
         engine.shutdown()
 
@@ -432,10 +444,14 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)))
+    tracking.set_tag(cfg.tracking_uri, run_id, STOPPED_TAG, "")
     try:
         result = trainer.fit()
         if result.error:
             raise result.error
+        stopped = tracking.get_tag(cfg.tracking_uri, run_id, STOPPED_TAG)
+        if stopped:
+            raise FloatingPointError(stopped)
     except BaseException as e:
         tracking.close_run(cfg.tracking_uri, run_id, e, reason=failure_reason(e, cfg.max_failures))
         raise

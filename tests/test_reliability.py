@@ -3,6 +3,7 @@ uninterrupted run with the same seed."""
 import math
 import os
 import queue
+import re
 import signal
 import threading
 
@@ -115,15 +116,25 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(ray_local, store, uninte
     _assert_same_weights(_final_weights(cfg, result.run_id), reference)
 
 
-def test_nan_loss_stops_with_a_clear_error_and_the_run_ends_failed(ray_local, store):
-    cfg = _cfg(store, "nan", epochs=2, lr=1e12, max_failures=0)
-    with pytest.raises(Exception, match=r"the loss is (nan|inf|-inf) at epoch \d+, step \d+"):
-        fit(cfg)
+def test_nan_loss_stops_with_a_clear_error_and_the_run_ends_failed(ray_local, store, capsys):
+    """A NaN loss ends the run at once, FAILED with the reason, and is not restarted: a resumed run would repeat the
+    same steps bit for bit and meet the same NaN (--max-failures is for lost processes)."""
+    from raypar.cli import main
+    cfg = _cfg(store, "nan", epochs=2, lr=1e12, max_failures=2)
+    assert main(["train", "--model", cfg.model, "--width-mult", str(cfg.width_mult), "--subnets", "2", "--epochs", "2",
+                 "--batch-size", "32", "--balance", "flops", "--cpus-per-subnet", "0.5", "--lr", "1e12",
+                 "--max-failures", "2", "--storage-path", cfg.storage_path, "--name", "nan",
+                 "--tracking-uri", cfg.tracking_uri, "--experiment", "reliability"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.fullmatch(r"raypar: training stopped: the loss is (nan|inf|-inf) at epoch \d+, step \d+: .*lower --lr.*",
+                        err.strip().splitlines()[-1])
     client = MlflowClient(cfg.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("reliability").experiment_id],
                               "tags.`raypar.run_key` LIKE '%/nan'")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
-    assert "the loss is" in runs[0].data.tags["raypar.error"]
+    assert runs[0].data.tags["raypar.error"].startswith("FloatingPointError: the loss is")
+    assert runs[0].data.tags["raypar.starts"] == "1"                   # no restart
 
 
 # ------------------------------------------------------------------------------------ running out of restarts
