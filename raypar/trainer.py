@@ -129,7 +129,13 @@ def train_loop(config: dict) -> None:
 
     import ray.train
 
-    for name in ["ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.train")]]:
+    names = ["ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.train")]]
+    try:                       # Ray Train V2 names this one by its file: "Reporting training result ..." per report
+        from ray.train.v2._internal.execution import context as train_context
+        names.append(train_context.__file__)
+    except ImportError:
+        pass
+    for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)      # no per-report chatter in the user's terminal
     cfg = TrainConfig(**config["cfg"])
     ctx = ray.train.get_context()
@@ -424,7 +430,7 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
     """Run (or resume) training of ``cfg`` with a ``TorchTrainer`` on the current Ray cluster.
 
     ``events``: an optional ``ray.util.queue.Queue`` that receives progress events (see :func:`train_loop`)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = cfg.resolved()
@@ -443,7 +449,10 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)))
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             # Ray Train's own log lines ("Requesting resources", "Started training worker group",
+                             # ...) only when they are warnings: the progress bar says how the run goes
+                             logging_config=LoggingConfig(log_level="WARNING")))
     tracking.set_tag(cfg.tracking_uri, run_id, STOPPED_TAG, "")
     try:
         result = trainer.fit()

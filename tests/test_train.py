@@ -33,6 +33,8 @@ def test_raypar_train_defaults_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run_id = r.stdout.strip().splitlines()[-1].split("run ")[-1]
     assert "final val accuracy" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+    for chatter in ("Reporting training result", "Requesting resources", "Started training worker group"):
+        assert chatter not in r.stdout + r.stderr          # Ray Train's info lines stay out of the terminal
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client, run = _run_of(uri, run_id)
     assert run.info.status == "FINISHED"
