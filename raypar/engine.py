@@ -249,7 +249,8 @@ class PararealEngine:
         if self.scaler:                       # one decision for every process: all step, or none
             found = precision.unscale(params, 1 / scale)
             t0 = time.perf_counter()
-            found = self.all_sum([float(found or any(ray.get(step_refs)))])[0] > 0
+            flags = ray.get(step_refs)        # every actor's answer (an actor's error surfaces here)
+            found = self.all_sum([float(found or any(flags))])[0] > 0
             st.wait += time.perf_counter() - t0
             step_refs = [a.step.remote(found) for a in self.actors]
             self.scaler.update(found)

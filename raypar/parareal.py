@@ -12,8 +12,9 @@ With coarse networks ``C_1..C_N``, fine propagators ``F_1..F_N`` and ``x0 = pre(
 
 Only ``l^k_1..l^k_{N-1}`` feed the next iteration, so before the last iteration ``F_N`` is not run at all.
 ``C_j(l^{k-1}_{j-1})`` is remembered from the previous sweep (for k = 1 it is ``z_j``, plus the extra ``z_N``), so no
-coarse network ever runs twice on the same input; ``z_N`` feeds only the first correction sweep, so it is computed
-while the fine propagators run (the fine map calls ``meanwhile``), not before they start. Since ``l_0 = x0`` in every
+coarse network ever runs twice on the same input. ``z_N`` is needed only with K = 1 (with K > 1 the first sweep stops
+before interval N) and only by the correction sweep, so it is computed while the fine propagators run (the fine map
+calls ``meanwhile``), not before they start. Since ``l_0 = x0`` in every
 iteration, ``C_1`` terms cancel exactly and ``l_1 = f_1``. The difference of the two coarse terms is taken first, so where an interval has
 converged (``l^k_{j-1} == l^{k-1}_{j-1}``) the correction is exactly zero: with K = N the output is the sequential
 network's ``F_N(...F_1(x0))`` up to the rounding inside the fine segments themselves.
@@ -25,7 +26,8 @@ from typing import Callable, Sequence
 import torch
 
 # fine(k, inputs, meanwhile) -> outputs: runs F_1..F_N on inputs[0..N-1] (all at once where it can) in iteration k, and
-# calls meanwhile() once, while they run (work that needs no fine output; a map that cannot overlap calls it first)
+# calls meanwhile() once per call, while they run (work that needs no fine output, possibly none; a map that cannot
+# overlap calls it first)
 FineMap = Callable[[int, list[torch.Tensor], Callable[[], None]], list[torch.Tensor]]
 
 
@@ -50,7 +52,7 @@ def parareal(x0: torch.Tensor, coarse: Sequence[torch.nn.Module], fine: FineMap,
     c_prev = z + [None]                            # C_j(l^{k-1}_{j-1}), j = 1..N; z_N = C_N(z_{N-1}) comes next
 
     def last_coarse():
-        if c_prev[-1] is None:
+        if iterations == 1 and c_prev[-1] is None:
             c_prev[-1] = coarse[-1](z[-1])
     for k in range(1, iterations + 1):
         m = n if k == iterations else n - 1       # before the last iteration l^k_N feeds nothing: skip F_N

@@ -171,6 +171,7 @@ def train_loop(config: dict) -> None:
     del state
     restarts = 0
     if rank0:
+        tracking.set_tag(cfg.tracking_uri, run_id, STOPPED_TAG, "")     # this attempt has not stopped (yet)
         if meta:
             tracking.log_metrics(cfg.tracking_uri, run_id, meta["metrics"], step=start)   # if never logged
         restarts = tracking.count_start(cfg.tracking_uri, run_id)
@@ -453,7 +454,6 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
                              # Ray Train's own log lines ("Requesting resources", "Started training worker group",
                              # ...) only when they are warnings: the progress bar says how the run goes
                              logging_config=LoggingConfig(log_level="WARNING")))
-    tracking.set_tag(cfg.tracking_uri, run_id, STOPPED_TAG, "")
     try:
         result = trainer.fit()
         if result.error:

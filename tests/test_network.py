@@ -169,8 +169,14 @@ def test_last_coarse_net_runs_while_the_fine_propagators_do():
         return net.fine_local(k, inputs)
 
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        out = parareal(net.pre(x), net.coarse, fine, 2)
-        assert torch.equal(out[-1], parareal(net.pre(x), net.coarse, net.fine_local, 2)[-1])
-    # coarse sweep C1, C2; C3 only once iteration 1's fine work is launched; then the correction sweeps (C2, C3)
-    assert log[:8] == ["C1", "C2", "launch1", "C3", "C2", "C3", "launch2", "C2"]
+    for k, want in [(1, ["C1", "C2", "launch1", "C3", "C2", "C3"]),
+                    # K > 1: the first correction sweep stops before interval N, so z_N is never computed
+                    (2, ["C1", "C2", "launch1", "C2", "C3", "launch2", "C2", "C3"])]:
+        log.clear()
+        with torch.no_grad():
+            out = parareal(net.pre(x), net.coarse, fine, k)
+            assert log == want
+            assert torch.equal(out[-1], parareal(net.pre(x), net.coarse, net.fine_local, k)[-1])
+    with torch.no_grad():                       # K = N = 3 is still the sequential network
+        torch.testing.assert_close(parareal(net.pre(x), net.coarse, fine, 3)[-1], net.segments[2](
+            net.segments[1](net.segments[0](net.pre(x)))), rtol=1e-4, atol=1e-5)
