@@ -39,6 +39,7 @@ from .engine import PararealEngine, Resources
 from .errors import UserError
 from .models import build, memory_format
 from .network import PararealNet
+from .parareal import coarse_work
 from .optim import OptimConfig, make_optimizer
 
 CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
@@ -305,7 +306,7 @@ def parallel_limit(net: PararealNet, cores: int) -> float:
     the critical path being pre + coarse sweeps + max fine + post (:meth:`PararealNet.ideal_speedup`)."""
     info, k = net.segment_info, net.iterations
     edge = net.pre_profile.cost + net.post_profile.cost
-    coarse = sum(s.coarse_cost for s in info) + k * sum(s.coarse_cost for s in info[1:]) if net.num_subnets > 1 else 0
+    coarse = coarse_work([s.coarse_cost for s in info], k) if net.num_subnets > 1 else 0
     fine = sum(s.cost for s in info)
     return min(net.ideal_speedup(), cores * (edge + fine) / (edge + coarse + k * fine))
 

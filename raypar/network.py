@@ -12,7 +12,7 @@ from . import balance as bal
 from .coarse import CoarseSpec, build_coarse
 from .convert import staged_from
 from .errors import UserError
-from .parareal import parareal
+from .parareal import coarse_work, parareal
 
 
 @dataclass
@@ -74,7 +74,7 @@ class PararealNet(nn.Module):
             if driver_segment and num_subnets > 1:
                 # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do
                 coarse = self._coarse_costs(self.split, block_p, measure, profile_batch, self.coarse_spec)
-                extra = pre_p.cost + post_p.cost + coarse[0] + (1 + iterations) * sum(coarse[1:])
+                extra = pre_p.cost + post_p.cost + coarse_work(coarse, iterations)
                 self.split = bal.partition(costs, num_subnets, first_extra=extra)
         else:
             self.split = bal.check_counts(list(balance), num_subnets, num_blocks)
@@ -138,13 +138,12 @@ class PararealNet(nn.Module):
     def ideal_speedup(self) -> float:
         """Sequential cost / (pre + coarse + max fine + post), in the balance measure (forward+backward).
 
-        The coarse cost counts both sweeps: the coarse sweep runs C_1..C_N once and every correction sweep
-        runs C_2..C_N once more; with K iterations the fine work is done K times."""
+        The coarse cost counts both sweeps (:func:`raypar.parareal.coarse_work`); with K iterations the fine work
+        is done K times."""
         if self.num_subnets == 1:
             return 1.0
         fine = [s.cost for s in self.segment_info]
-        coarse = sum(s.coarse_cost for s in self.segment_info)
-        coarse += self.iterations * sum(s.coarse_cost for s in self.segment_info[1:])
+        coarse = coarse_work([s.coarse_cost for s in self.segment_info], self.iterations)
         edge = self.pre_profile.cost + self.post_profile.cost
         seq = edge + sum(fine)
         return seq / (edge + coarse + self.iterations * max(fine))

@@ -31,6 +31,14 @@ import torch
 FineMap = Callable[[int, list[torch.Tensor], Callable[[], None]], list[torch.Tensor]]
 
 
+def coarse_work(costs: Sequence[float], iterations: int) -> float:
+    """What the coarse networks cost per pass, from each ``C_j``'s cost: the coarse sweep runs ``C_1..C_{N-1}`` (and
+    ``C_N`` for ``z_N`` when K = 1), each of the K correction sweeps ``C_2..C_N``."""
+    if len(costs) < 2:
+        return 0.0
+    return sum(costs[:-1]) + (costs[-1] if iterations == 1 else 0.0) + iterations * sum(costs[1:])
+
+
 def coarse_sweep(coarse: Sequence[torch.nn.Module], x0: torch.Tensor) -> list[torch.Tensor]:
     """Returns ``[C_1(z_0), ..., C_N(z_{N-1})]`` = ``[z_1, ..., z_N]``."""
     c, z = [], x0

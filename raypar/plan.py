@@ -6,7 +6,8 @@ every part (forward + backward + optimizer step, at the planned batch, one threa
 partition. For N >= 2 sub-networks and K iterations, with every time in seconds (DESIGN.md §2, §5)::
 
     E        = pre + post                                  the driver's edges
-    coarse   = C_1 + ... + C_N  +  K (C_2 + ... + C_N)     the coarse sweep, then one correction sweep per iteration
+    coarse   = C_1 + ... + C_{N-1} (+ C_N if K = 1)        the coarse sweep (z_N is needed only with K = 1),
+               +  K (C_2 + ... + C_N)                      then one correction sweep per iteration
     fine     = sum over k = 1..K of max_j F_j              iteration k < K runs F_1..F_{N-1} only (F_N feeds nothing)
     bytes    = sum over k and the remote j run in k of  batch * 2 * (in_j + out_j) * 4 B
                                                            in_j, out_j: numel per sample of F_j's input and output;
@@ -44,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from .errors import UserError
+from .parareal import coarse_work
 
 # driver <-> actor through a local Ray object store (numpy arrays, as the engine ships them), measured with
 # measure_link() on the 2-core development machine (Ray 2.60, Python 3.11), with other work on the machine
@@ -199,7 +201,7 @@ class Planner:
             fines = [sum(c.blocks_s[a:b]) for a, b in zip(bounds, bounds[1:])]
             coarse = self.coarse_seconds(n, k, driver_segment, given)
             local = False
-        coarse_s = sum(coarse) + k * sum(coarse[1:])
+        coarse_s = coarse_work(coarse, k)
         first_local = driver_segment and n > 1
         nbytes, trips, fine_crit, fine_work = 0, 0, 0.0, 0.0
         if not local:
