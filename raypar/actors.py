@@ -50,7 +50,6 @@ class FineWorker:
         self.saved_buffers: dict | None = None           # keep_buffers: the buffers before this step's forward
         self.saved_step = None
         self.end = ActorEnd(self.device, channels_last)  # how tensors arrive and leave (join_transport)
-        self.averaged = False                            # unscale() already averaged this step's gradients
 
     def _run(self, u: torch.Tensor) -> torch.Tensor:
         with precision.autocast(self.device.type, self.amp):
@@ -83,19 +82,14 @@ class FineWorker:
         return self.end.reply(u.grad, grad)
 
     def unscale(self, inv_scale: float) -> bool:
-        """``--amp fp16``: average the gradients over the replicas, divide them by the loss scale; True when any is
-        inf or NaN (the driver then tells every process to skip the step)."""
-        params = list(self.module.parameters())
-        hybrid.average_gradients(params, self.world)
-        self.averaged = True
-        return precision.unscale(params, inv_scale)
+        """``--amp fp16``: divide the gradients by the loss scale; True when any is inf or NaN (the driver sums the
+        answers of every process and replica, then tells all of them whether to skip the step)."""
+        return precision.unscale(self.module.parameters(), inv_scale)
 
     def step(self, skip: bool = False) -> float:
         """Apply the optimizer (to the gradients averaged over the replicas, with R > 1) unless ``skip`` (a loss
         scale overflow); return the compute seconds spent in forward/backward since the last step."""
-        if not self.averaged:
-            hybrid.average_gradients(list(self.module.parameters()), self.world)
-        self.averaged = False
+        hybrid.average_gradients(list(self.module.parameters()), self.world)
         if not skip:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)

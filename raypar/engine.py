@@ -236,8 +236,7 @@ class PararealEngine:
                 if call.grad_ref is None:
                     launch(call, call.f.grad)
             if k == 1:                        # queued behind the backward calls
-                step_refs = [(a.unscale if self.scaler else a.step).remote(*([1 / scale] if self.scaler else []))
-                             for a in self.actors]
+                step_refs = [a.unscale.remote(1 / scale) if self.scaler else a.step.remote() for a in self.actors]
             t0 = time.perf_counter()
             grads = self.tx.gather([c.grad_ref for c in these])
             st.wait += time.perf_counter() - t0
