@@ -67,6 +67,7 @@ class BenchConfig:
     coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.coarse.CoarseSpec)
     channels_last: bool = False              # every contender in the channels-last layout
     amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.precision)
+    coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.coarse.CoarseSpec)
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -291,7 +292,8 @@ class Contender:
 def _net(cfg: BenchConfig, n: int, driver_segment: bool = False) -> PararealNet:
     torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
     from .coarse import CoarseSpec
-    return PararealNet(_model(cfg), n, coarse=CoarseSpec(kernel=cfg.coarse_kernel), balance=cfg.balance,
+    return PararealNet(_model(cfg), n, coarse=CoarseSpec(kernel=cfg.coarse_kernel, downsample=cfg.coarse_downsample),
+                       balance=cfg.balance,
                        input_shape=cfg.shape, profile_batch=cfg.batch, driver_segment=driver_segment)
 
 
@@ -650,6 +652,8 @@ def add_arguments(p) -> None:
                         "auto (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=d.coarse_kernel,
                    help="kernel size of the coarse convolutions (default: %(default)s)")
+    p.add_argument("--coarse-downsample", default=d.coarse_downsample, choices=["pool", "stride"],
+                   help="how the coarse networks shrink their input (default: %(default)s)")
     p.add_argument("--channels-last", action="store_true",
                    help="every contender's weights and activations in the channels-last layout")
     p.add_argument("--amp", default=d.amp, choices=["off", "bf16", "fp16"],
@@ -677,7 +681,7 @@ def config_from_args(args) -> BenchConfig:
                       parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
-                      args.channels_last, args.amp)
+                      args.channels_last, args.amp, args.coarse_downsample)
     return cfg.validate()
 
 

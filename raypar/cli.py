@@ -64,6 +64,9 @@ def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bo
                    help=f"the coarse networks' normalisation; BatchNorm's running statistics blend the coarse and "
                         f"correction sweeps' inputs and cost accuracy at evaluation (see raypar/coarse.py) "
                         f"{shown('coarse_norm')}")
+    g.add_argument("--coarse-downsample", default=default("coarse_downsample"), choices=["pool", "stride"],
+                   help=f"how a coarse network shrinks its input: average-pool to the output's size, then convolve "
+                        f"(cheaper), or a strided convolution {shown('coarse_downsample')}")
     g.add_argument("--norm", default=default("norm"), choices=["batch", "group"],
                    help=f"normalisation layers of the built-in models: BatchNorm, or GroupNorm "
                         f"(independent of the batch: replicas compute exactly what one process would on the "
@@ -459,7 +462,8 @@ def cmd_info(args) -> int:
     staged = build(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
                    width_mult=args.width_mult, image_size=args.image_size, norm=args.norm)
     with console.status(f"profiling {args.model} ({len(staged.blocks)} blocks)..."):
-        coarse = CoarseSpec(args.coarse_depth, args.coarse_width, args.coarse_kernel, norm=args.coarse_norm)
+        coarse = CoarseSpec(args.coarse_depth, args.coarse_width, args.coarse_kernel, norm=args.coarse_norm,
+                            downsample=args.coarse_downsample)
         net = PararealNet(staged, args.subnets, args.iterations, coarse,
                           parse_balance(args.balance), profile_batch=args.batch)
     console.print(split_table(net, args.batch))

@@ -18,7 +18,7 @@ from .errors import UserError
 
 RECIPE_KEYS = ("model", "width_mult", "norm", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "weight_decay")
 LAYOUT_KEYS = ("num_subnets", "iterations", "replicas", "coarse_depth", "coarse_width", "coarse_kernel",
-               "coarse_norm")
+               "coarse_norm", "coarse_downsample")
 
 
 @dataclass

@@ -40,6 +40,7 @@ class TrainConfig:
     coarse_width: float = 1.0
     coarse_kernel: int = 3                   # kernel size of the coarse convolutions (1: a 1x1 conv, cheaper)
     coarse_norm: str = "group"               # the coarse networks' normalisation (see raypar/coarse.py)
+    coarse_downsample: str = "pool"          # "pool" then convolve, or a strided convolution (see raypar/coarse.py)
     norm: str = "batch"                      # "batch" (BatchNorm, per replica) or "group" (GroupNorm: batch-free)
     # data
     dataset: str = "digits"
@@ -90,7 +91,7 @@ class TrainConfig:
             raise UserError(f"--iterations must be between 1 and --subnets ({self.subnets}), got {self.iterations}")
         if isinstance(self.balance, str) and self.balance not in MEASURES:
             raise UserError(f"--balance must be one of {', '.join(MEASURES)} or block counts like 5,7")
-        self.coarse                                          # checks depth, width and coarse_norm
+        self.coarse                                          # checks depth, width, norm and downsample
         if self.norm not in ("batch", "group"):
             raise UserError(f"--norm must be batch or group, got {self.norm!r}")
         if self.replicas < 1:
@@ -135,7 +136,8 @@ class TrainConfig:
 
     @property
     def coarse(self) -> CoarseSpec:
-        return CoarseSpec(self.coarse_depth, self.coarse_width, self.coarse_kernel, norm=self.coarse_norm)
+        return CoarseSpec(self.coarse_depth, self.coarse_width, self.coarse_kernel, norm=self.coarse_norm,
+                          downsample=self.coarse_downsample)
 
     @property
     def optim(self) -> OptimConfig:

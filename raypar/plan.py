@@ -115,7 +115,8 @@ class Planner:
 
     def __init__(self, model: str = "vgg16", width_mult: float = 0.25, image_size: int = 32, in_channels: int = 3,
                  num_classes: int = 10, batch: int = 64, coarse_depth: int = 1, coarse_width: float = 1.0,
-                 balance: str = "time", threads: int = 1, repeats: int = 5, seed: int = 0, coarse_kernel: int = 3):
+                 balance: str = "time", threads: int = 1, repeats: int = 5, seed: int = 0, coarse_kernel: int = 3,
+                 coarse_downsample: str = "pool"):
         import torch
 
         from . import balance as bal
@@ -127,7 +128,7 @@ class Planner:
             raise UserError(f"--balance must be one of {', '.join(MEASURES)} for a plan over N, got {balance!r}")
         if threads < 1:
             raise UserError(f"threads must be >= 1, got {threads}")
-        self.coarse_spec = CoarseSpec(coarse_depth, coarse_width, coarse_kernel)
+        self.coarse_spec = CoarseSpec(coarse_depth, coarse_width, coarse_kernel, downsample=coarse_downsample)
         torch.manual_seed(seed)
         self.staged = build(model, num_classes, in_channels, width_mult, image_size)
         self.model, self.width_mult, self.balance, self.threads = model, width_mult, balance, threads
@@ -275,13 +276,14 @@ def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, li
             latency_ms: float | None = None, batch: int = 64, image_size: int = 32, in_channels: int = 3,
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,
-            coarse_kernel: int = 3) -> list[PlanRow]:
+            coarse_kernel: int = 3, coarse_downsample: str = "pool") -> list[PlanRow]:
     """One :class:`PlanRow` per N = 1..min(gpus, blocks). ``planner``: reuse the measurements of an earlier call
     (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,
     :data:`CALL_LATENCY_MS`."""
     check_inputs(gpus, link_gbps, latency_ms, iterations)
     planner = planner or Planner(model, width_mult, image_size, in_channels, num_classes, batch, coarse_depth,
-                                 coarse_width, balance, coarse_kernel=coarse_kernel)
+                                 coarse_width, balance, coarse_kernel=coarse_kernel,
+                                 coarse_downsample=coarse_downsample)
     link = Link(LINK_GBPS if link_gbps is None else link_gbps, CALL_LATENCY_MS if latency_ms is None else latency_ms)
     return [planner.row(n, gpus, link, iterations, driver_segment) for n in range(1, min(gpus, planner.num_blocks) + 1)]
 
@@ -353,7 +355,8 @@ def against_bench(path: str, link: Link, planner: Planner | None = None) -> list
         raise UserError(f"{path}: the bench used an explicit split {cfg.get('balance')}; plan needs time/flops/params")
     planner = planner or Planner(cfg["model"], cfg["width_mult"], cfg["image_size"], cfg["in_channels"],
                                  cfg["num_classes"], cfg["batch"], balance=cfg["balance"],
-                                 coarse_kernel=cfg.get("coarse_kernel", 3))
+                                 coarse_kernel=cfg.get("coarse_kernel", 3),
+                                 coarse_downsample=cfg.get("coarse_downsample", "stride"))   # older benches: strided
     cores = int(env.get("cpu_cores") or os.cpu_count() or 1)
     seq = planner.sequential_s() * 1e3
     out = []
@@ -433,6 +436,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parareal iterations K (capped at N for each row) (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=3, help="kernel size of the coarse convolutions "
                    "(default: %(default)s)")
+    p.add_argument("--coarse-downsample", default="pool", choices=["pool", "stride"],
+                   help="how a coarse network shrinks its input (default: %(default)s)")
     p.add_argument("--coarse-depth", type=int, default=1, help="conv/BN/ReLU layers per coarse network "
                                                                "(default: %(default)s)")
     p.add_argument("--coarse-width", type=float, default=1.0, help="hidden channels of a coarse network relative to "
@@ -467,7 +472,8 @@ def cmd_plan(args) -> int:
                           f"(load average at its start: {_load(rows)})")
         return 0
     planner = Planner(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
-                      args.coarse_depth, args.coarse_width, args.balance, coarse_kernel=args.coarse_kernel)
+                      args.coarse_depth, args.coarse_width, args.balance, coarse_kernel=args.coarse_kernel,
+                      coarse_downsample=args.coarse_downsample)
     rows = predict(gpus=args.gpus, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
                    driver_segment=args.driver_segment, planner=planner)
     meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.gpus,

@@ -69,7 +69,8 @@ def open_parent(base: TrainConfig, name: str, subnets, iterations, seeds) -> str
               "iterations": ",".join(map(str, iterations)), "seeds": ",".join(map(str, seeds)),
               "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "lr_schedule": base.lr_schedule,
               "weight_decay": base.weight_decay, "coarse_depth": base.coarse_depth, "coarse_norm": base.coarse_norm,
-              "coarse_width": base.coarse_width, "coarse_kernel": base.coarse_kernel}
+              "coarse_width": base.coarse_width, "coarse_kernel": base.coarse_kernel,
+              "coarse_downsample": base.coarse_downsample}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
 
@@ -146,7 +147,7 @@ def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id
              f"{base.epochs} epochs, batch {base.batch_size}, SGD lr {base.lr} ({base.lr_schedule}), weight decay "
              f"{base.weight_decay}, coarse depth {base.coarse_depth} width {base.coarse_width} kernel "
              f"{base.coarse_kernel} norm "
-             f"{base.coarse_norm}; seeds "
+             f"{base.coarse_norm} downsample {base.coarse_downsample}; seeds "
              f"{', '.join(map(str, seeds))}. MLflow parent run `{parent_run_id}` (experiment "
              f"`{base.experiment}`).", "",
              "N = 1 is the original network trained in one process. Accuracies are in %, mean ± standard deviation "

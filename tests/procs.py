@@ -22,7 +22,8 @@ def ray_cli() -> str:
 
 def stop_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
     """SIGTERM to a process started with ``start_new_session=True`` and its children, SIGKILL after ``timeout_s``
-    (never `ray stop`: it would end every other Ray instance on the machine)."""
+    (never `ray stop`: it would end every other Ray instance on the machine). A head drains for up to 30 s on SIGTERM;
+    a stand-alone test cluster has nothing to drain, so its tests pass a short timeout."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=timeout_s)

@@ -40,7 +40,7 @@ def ray_head(tmp_path_factory):
     else:
         pytest.fail(f"ray head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
     yield address, job_env, tmp
-    stop_group(proc)
+    stop_group(proc, timeout_s=5)        # nothing to drain: no 30 s grace period
     log.close()
 
 

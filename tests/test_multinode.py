@@ -53,7 +53,7 @@ def cluster(tmp_path_factory):
         pytest.fail(f"worker did not join: {status.stdout[-2000:]} {(tmp / 'worker.log').read_text()[-2000:]}")
     yield address, env, tmp
     for p in reversed(procs):
-        stop_group(p)
+        stop_group(p, timeout_s=5)       # nothing to drain: no 30 s grace period
     for log in logs:
         log.close()
 

@@ -132,6 +132,30 @@ def test_explicit_split_and_coarse_options():
         assert 0 < info.coarse_ratio < 1
 
 
+@pytest.mark.parametrize("downsample", ["pool", "stride"])
+@pytest.mark.parametrize("in_shape, out_shape", [((16, 32, 32), (64, 8, 8)), ((16, 12, 12), (32, 5, 5)),
+                                                 ((8, 8, 8), (8, 8, 8)), ((8, 4, 4), (16, 8, 8))])
+def test_coarse_downsampling(downsample, in_shape, out_shape):
+    from raypar.coarse import build_coarse
+    net = build_coarse(in_shape, out_shape, CoarseSpec(depth=2, width=0.5, downsample=downsample))
+    x = torch.randn(3, *in_shape, requires_grad=True)
+    y = net(x)
+    assert y.shape == (3, *out_shape)
+    y.sum().backward()
+    reached = (x.grad != 0).float().mean()           # the share of input numbers that reach the output
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 2
+    smaller = out_shape[1] < in_shape[1]
+    if downsample == "pool" and smaller:         # pool first: every convolution at the output's size, stride 1
+        assert isinstance(net[0], (nn.AvgPool2d, nn.AdaptiveAvgPool2d))
+        assert all(c.stride == (1, 1) for c in convs)
+    elif smaller and in_shape[1] % out_shape[1] == 0:
+        assert convs[0].stride == (in_shape[1] // out_shape[1],) * 2
+        assert reached < 0.6                         # a stride-4 3x3 convolution skips 7 input pixels in 16
+    if downsample == "pool":
+        assert reached > 0.99
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_subnets=0), "between 1 and the number of blocks"),
     (dict(num_subnets=8), "between 1 and the number of blocks"),
