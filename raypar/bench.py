@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -317,6 +317,61 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _core_worker(conn, core: int, cfg: "BenchConfig") -> None:
+    """One process pinned to ``core``: the original network's training step, timed on request ("run", steps)."""
+    os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+    model = _model(cfg)
+    step = sgd_step(model, optimizer(model, cfg), cfg)
+    x, y = make_batches(replace(cfg, warmup=0, steps=1))[0]
+    step(x, y)                                          # warm-up
+    conn.send("ready")
+    while (msg := conn.recv()) is not None:
+        conn.send(timed(step, [(x, y)] * msg, 0)[0])
+
+
+def core_speeds(cfg: "BenchConfig", steps: int = 5) -> dict | None:
+    """How fast each CPU core runs the original network's step, alone and with every core busy (one pinned process
+    per core). On a shared or virtual machine the cores are not equal: ``capacity`` is what all of them together are
+    worth in units of the fastest core alone (``cores`` on an ideal machine), the ceiling of any contender's speedup
+    over the original on its best core. None where cores cannot be pinned."""
+    if not hasattr(os, "sched_setaffinity") or cfg.device != "cpu":
+        return None
+    import multiprocessing as mp
+    cores = sorted(os.sched_getaffinity(0))
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    try:
+        for c in cores:
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_core_worker, args=(theirs, c, cfg), daemon=True)
+            p.start()
+            pipes.append(mine)
+            procs.append(p)
+        for conn in pipes:
+            conn.recv()
+        solo = []
+        for conn in pipes:                              # one core at a time, the others idle
+            conn.send(steps)
+            solo.append(statistics.median(conn.recv()))
+        for conn in pipes:                              # every core at once
+            conn.send(steps)
+        together = [statistics.median(conn.recv()) for conn in pipes]
+    finally:
+        for conn in pipes:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    fastest = min(solo)
+    return {"cores": cores, "solo_ms": [1e3 * t for t in solo], "together_ms": [1e3 * t for t in together],
+            "capacity": sum(fastest / t for t in together)}
+
+
 def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, element: int = 4) -> int:
     """4 interface tensors per remote segment and iteration: input out, output back, their gradients the other
     way (``skip_first``: F_1 runs in the driver and ships nothing); ``element``: bytes per number (2 with --amp)."""
@@ -487,6 +542,10 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _ms(values: list[float]) -> str:
+    return " / ".join(f"{v:.0f}" for v in values) + " ms"
+
+
 def table(rows: list[dict], cfg: BenchConfig):
     from rich.table import Table
     t = Table(title=f"{cfg.model} x{cfg.width_mult}{', channels-last' if cfg.channels_last else ''}"
@@ -608,6 +667,8 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                               # the split is profiled as the processes will run
     env = environment()
+    console.print("timing every CPU core with the original network ...", style="dim")
+    env["core_speeds"] = core_speeds(cfg)
     started = _ensure_ray(cfg)
     try:
         rows = measure(cfg, log=lambda m: console.print(m, style="dim"))
@@ -618,6 +679,12 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
     console.print(table(rows, cfg))
     console.print(f"{env['cpu_cores']} CPU cores, load average {env['load_average_at_start'][0]:.2f} at the start "
                   f"(other work on the machine skews the numbers); torch {env['torch']}, Ray {env['ray']}")
+    if env["core_speeds"]:
+        cs = env["core_speeds"]
+        console.print(f"the original's step pinned to each core: {_ms(cs['solo_ms'])} alone, {_ms(cs['together_ms'])} "
+                      f"with every core busy: together the cores are worth {cs['capacity']:.2f} of the fastest one "
+                      f"alone ({len(cs['cores'])} on a machine of equal, independent cores), the ceiling of any "
+                      f"speedup over the original")
     write_json(rows, cfg, env, os.path.join(out, "bench.json"))
     write_png(rows, cfg, os.path.join(out, "bench.png"))
     if tracking_uri:

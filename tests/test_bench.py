@@ -58,6 +58,10 @@ def test_json_png_and_mlflow_written(bench):
     rows, out, uri = bench
     data = json.loads((out / "bench.json").read_text())
     assert [r["contender"] for r in data["rows"]] == NAMES and data["config"]["batch"] == CFG["batch"]
+    cs = data["environment"]["core_speeds"]          # every core timed alone and all at once
+    assert len(cs["solo_ms"]) == len(cs["together_ms"]) == len(cs["cores"]) == data["environment"]["cpu_cores"]
+    assert min(cs["solo_ms"]) > 0 and 0 < cs["capacity"] == pytest.approx(
+        sum(min(cs["solo_ms"]) / t for t in cs["together_ms"]))
     from PIL import Image
     with Image.open(out / "bench.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100
