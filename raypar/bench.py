@@ -68,11 +68,12 @@ class BenchConfig:
     channels_last: bool = False              # every contender in the channels-last layout
     amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.precision)
     coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.coarse.CoarseSpec)
+    rounds: int = 1                          # the whole line-up this many times (order reversed every other round)
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
-        if self.batch < 1 or self.warmup < 0 or self.steps < 1 or self.microbatches < 1:
-            raise UserError("--batch, --steps and --microbatches must be >= 1 and --warmup >= 0")
+        if self.batch < 1 or self.warmup < 0 or self.steps < 1 or self.microbatches < 1 or self.rounds < 1:
+            raise UserError("--batch, --steps, --microbatches and --rounds must be >= 1 and --warmup >= 0")
         if not self.subnets or min(self.subnets) < 1:
             raise UserError(f"--subnets must list numbers >= 1, got {self.subnets}")
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
@@ -521,10 +522,47 @@ def error_row(name: str, e: BaseException) -> dict:
 
 
 def measure(cfg: BenchConfig, log=print) -> list[dict]:
-    """Run every contender, one at a time, each in fresh processes; a contender that fails is a row with its error."""
+    """Run every contender, one at a time, each in fresh processes; a contender that fails is a row with its error.
+    With ``cfg.rounds`` > 1 the whole line-up runs that many times, in reverse order every other round, so a slow
+    spell of the machine does not fall on one contender only (see :func:`merge_rounds`)."""
+    contenders = plan(cfg)
+    rounds = []
+    for r in range(cfg.rounds):
+        if cfg.rounds > 1:
+            log(f"raypar bench: round {r + 1} of {cfg.rounds}")
+        order = contenders if r % 2 == 0 else contenders[::-1]
+        rounds.append({row["contender"]: row for row in finish_rows(_measure_once(order, cfg, log))})
+    return merge_rounds([c.name for c in contenders], rounds)
+
+
+def merge_rounds(names: list[str], rounds: list[dict]) -> list[dict]:
+    """One row per contender from several rounds: the round with the median step time (its breakdown, memory and
+    bytes as measured together), and, with more than one round, the ratio to the original = the median over the
+    rounds of each round's own ratio (a contender against the original measured in the same round), with every
+    round's step time and ratio listed (``step_ms_rounds``, ``ratio_rounds``)."""
+    rows = []
+    for name in names:
+        runs = [r[name] for r in rounds]
+        failed = next((r for r in runs if r.get("error")), None)
+        if failed is not None:
+            rows.append(failed)
+            continue
+        steps = [r["step_ms"] for r in runs]
+        row = dict(next(r for r in runs if r["step_ms"] == statistics.median_low(steps)))
+        if len(runs) > 1:
+            ratios = [r["ratio_vs_original"] for r in runs if r["ratio_vs_original"] is not None]
+            row.update(step_ms_rounds=steps, ratio_rounds=ratios,
+                       ratio_vs_original=statistics.median(ratios) if ratios else None)
+            if row.get("parallel_limit") and row["ratio_vs_original"] is not None:
+                row["efficiency"] = row["ratio_vs_original"] / row["parallel_limit"]
+        rows.append(row)
+    return rows
+
+
+def _measure_once(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
     import ray
     rows = []
-    for chunk in _chunks(plan(cfg), PRESTART):
+    for chunk in _chunks(contenders, PRESTART):
         for c, runners in zip(chunk, start_runners([c.runners for c in chunk], cfg.gpu_share)):
             log(f"raypar bench: {c.name} ...")
             try:
@@ -534,7 +572,7 @@ def measure(cfg: BenchConfig, log=print) -> list[dict]:
             finally:
                 for a in runners:
                     ray.kill(a)
-    return finish_rows(rows)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -551,7 +589,9 @@ def table(rows: list[dict], cfg: BenchConfig):
     t = Table(title=f"{cfg.model} x{cfg.width_mult}{', channels-last' if cfg.channels_last else ''}"
                     f"{', amp ' + cfg.amp if cfg.amp != 'off' else ''}, "
                     f"batch {cfg.batch}, median of {cfg.steps} steps after "
-                    f"{cfg.warmup} warm-up, 1 thread per process", caption=_errors(rows) or None)
+                    f"{cfg.warmup} warm-up, 1 thread per process"
+                    f"{f'; the median of {cfg.rounds} rounds (x orig: min–max over them)' if cfg.rounds > 1 else ''}",
+              caption=_errors(rows) or None)
     for c in ("contender", "procs", "samples/s", "x orig", "step ms", "peak RSS MB (idle)", "driver ms",
               "fine max ms", "transfer ms", "MB/step (min)", "limit", "eff"):
         t.add_column(c, justify="left" if c == "contender" else "right")
@@ -560,8 +600,10 @@ def table(rows: list[dict], cfg: BenchConfig):
             t.add_row(r["contender"], *["-"] * 10, "[red]error[/red]")
             continue
         mb = f"{r['bytes_per_step'] / 2**20:.2f} ({r['bytes_min'] / 2**20:.2f})" if "bytes_min" in r else "-"
-        t.add_row(r["contender"], str(r["processes"]), f"{r['samples_per_s']:.1f}",
-                  _fmt(r["ratio_vs_original"], ".2f"), f"{r['step_ms']:.1f}",
+        ratio = _fmt(r["ratio_vs_original"], ".2f")
+        if len(r.get("ratio_rounds") or []) > 1:
+            ratio += f" ({min(r['ratio_rounds']):.2f}–{max(r['ratio_rounds']):.2f})"
+        t.add_row(r["contender"], str(r["processes"]), f"{r['samples_per_s']:.1f}", ratio, f"{r['step_ms']:.1f}",
                   f"{_fmt(r['peak_rss_mb'], '.0f')} ({_fmt(r['idle_rss_mb'], '.0f')})",
                   _fmt(r.get("driver_ms"), ".1f"), _fmt(r.get("fine_max_ms"), ".1f"),
                   _fmt(r.get("transfer_ms"), ".1f"), mb, _fmt(r.get("parallel_limit"), ".2f"),
@@ -726,6 +768,9 @@ def add_arguments(p) -> None:
     p.add_argument("--amp", default=d.amp, choices=["off", "bf16", "fp16"],
                    help="every contender under autocast (fp16 with loss scaling, except pipe's stages: no scaling) "
                         "(default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds,
+                   help="run the whole line-up this many times, in reverse order every other round; each row is "
+                        "its median round, its ratio the median of its per-round ratios (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
@@ -748,7 +793,7 @@ def config_from_args(args) -> BenchConfig:
                       parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
-                      args.channels_last, args.amp, args.coarse_downsample)
+                      args.channels_last, args.amp, args.coarse_downsample, args.rounds)
     return cfg.validate()
 
 

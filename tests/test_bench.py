@@ -74,6 +74,39 @@ def test_json_png_and_mlflow_written(bench):
     assert {"bench.json", "bench.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+def test_rounds_merge_into_the_median_round_and_the_median_of_paired_ratios():
+    from raypar.bench import finish_rows, merge_rounds
+
+    def one(orig_ms, mine_ms, fail=False):
+        rows = [{"contender": "original", "samples_per_s": 64e3 / orig_ms, "step_ms": orig_ms},
+                {"contender": "raypar-N2", "samples_per_s": 64e3 / mine_ms, "step_ms": mine_ms, "parallel_limit": 2.0,
+                 "driver_ms": mine_ms / 2}]
+        if fail:
+            rows[1] = {"contender": "raypar-N2", "samples_per_s": None, "step_ms": None, "error": "boom"}
+        return {r["contender"]: r for r in finish_rows(rows)}
+
+    rows = merge_rounds(["original", "raypar-N2"], [one(200, 100), one(300, 200), one(250, 150)])
+    orig, mine = rows
+    assert orig["step_ms"] == 250 and orig["ratio_vs_original"] == 1.0 and orig["step_ms_rounds"] == [200, 300, 250]
+    assert mine["step_ms"] == 150 and mine["driver_ms"] == 75           # the median round, whole
+    assert mine["ratio_rounds"] == pytest.approx([2.0, 1.5, 250 / 150])
+    assert mine["ratio_vs_original"] == pytest.approx(250 / 150) and mine["efficiency"] == pytest.approx(250 / 300)
+    assert merge_rounds(["raypar-N2"], [one(200, 100), one(200, 100, fail=True)])[0]["error"] == "boom"
+    assert merge_rounds(["raypar-N2"], [one(200, 100)])[0]["ratio_vs_original"] == 2.0   # one round: as measured
+
+
+def test_rounds_alternate_the_order(ray_local):
+    from raypar.bench import measure
+    said = []
+    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "raypar"], "rounds": 2}),
+                   log=said.append)
+    assert [m for m in said if m.endswith("...")] == [f"raypar bench: {n} ..." for n in
+                                                      ("original", "raypar-N1", "raypar-N1", "original")]
+    assert [r["contender"] for r in rows] == ["original", "raypar-N1"]
+    assert all(len(r["step_ms_rounds"]) == len(r["ratio_rounds"]) == 2 for r in rows)
+    assert rows[1]["step_ms"] in rows[1]["step_ms_rounds"]
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"transports": ["pigeon"]}, "unknown transports"),
     ({"device": "tpu"}, "--device must be cpu or cuda"),
