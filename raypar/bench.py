@@ -44,6 +44,7 @@ from .optim import OptimConfig, make_optimizer
 
 CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
 PRESTART = 6                     # benchmark processes started ahead together (~0.7 GB each while idle)
+INTERLEAVE_PROCESSES = 12        # at most this many processes (~0.8-1 GB each) up at once for interleaved contenders
 
 
 @dataclass
@@ -69,6 +70,7 @@ class BenchConfig:
     amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.precision)
     coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.coarse.CoarseSpec)
     rounds: int = 1                          # the whole line-up this many times (order reversed every other round)
+    interleave: bool = True                  # original, parareal-1proc and raypar rows take turns step by step
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -180,32 +182,71 @@ class Runner:
     def ready(self) -> float:
         return self.idle
 
-    def local(self, model: nn.Module, cfg: BenchConfig) -> dict:
-        """The whole network in this one process: the original, or the parareal network."""
+    def start_local(self, model: nn.Module, cfg: BenchConfig) -> int:
+        """The whole network in this one process: the original, or the parareal network. Returns the step count."""
         torch.manual_seed(cfg.seed)
         model.to(cfg.torch_device).train()
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        opt = optimizer(model, cfg)
-        times, _ = timed(sgd_step(model, opt, cfg), make_batches(cfg, cfg.torch_device), cfg.warmup)
-        return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
+        self.engine, self.warmup, self.times, self.results, self.started = None, cfg.warmup, [], [], []
+        self.step_fn, self.batches = sgd_step(model, optimizer(model, cfg), cfg), make_batches(cfg, cfg.torch_device)
+        return len(self.batches)
+
+    def start_raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+                     transport: str = "object-store") -> int:
+        """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
+        its own actor, started here (start-up is not step time)."""
+        self.engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, 1, first_in_driver=first_in_driver,
+                                                               transport=transport, channels_last=cfg.channels_last,
+                                                               amp=cfg.amp),
+                                     seed=cfg.seed)
+        self.warmup, self.times, self.results, self.started = cfg.warmup, [], [], []
+        self.step_fn, self.batches = self.engine.train_step, make_batches(cfg, self.engine.device)
+        return len(self.batches)
+
+    def step(self, i: int) -> None:
+        """Training step ``i`` (the first ``warmup`` ones are not timed)."""
+        started, t0 = time.time(), time.perf_counter()
+        out = self.step_fn(*self.batches[i])
+        if i >= self.warmup:
+            self.times.append(time.perf_counter() - t0)
+            self.results.append(out)
+            self.started.append(started)
+
+    def finish(self) -> dict:
+        """The step times and peak memory; with an engine, its per-step statistics, and the engine shut down."""
+        out = {"times": self.times, "rss": [peak_rss_mb()], "idle": self.idle, "step_started_s": self.started}
+        if self.engine is not None:
+            try:
+                out["rss"] += [peak_rss_mb(pid) for pid in self.engine.actor_pids()]
+                out.update(stats=[asdict(r[2]) for r in self.results], transport=self.engine.tx.name)
+            finally:
+                self.engine.shutdown()
+                self.engine = None
+        return out
+
+    def local(self, model: nn.Module, cfg: BenchConfig) -> dict:
+        return self._all_steps(self.start_local(model, cfg))
 
     def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
                transport: str = "object-store") -> dict:
-        """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
-        its own actor."""
-        engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, 1, first_in_driver=first_in_driver,
-                                                          transport=transport, channels_last=cfg.channels_last,
-                                                          amp=cfg.amp),
-                                seed=cfg.seed)
         try:
-            times, results = timed(engine.train_step, make_batches(cfg, engine.device), cfg.warmup)
-            rss = [peak_rss_mb()] + [peak_rss_mb(pid) for pid in engine.actor_pids()]
-            used = engine.tx.name
-        finally:
-            engine.shutdown()
-        return {"times": times, "stats": [asdict(r[2]) for r in results], "rss": rss, "idle": self.idle,
-                "transport": used}
+            steps = self.start_raypar(net, cfg, first_in_driver, transport)
+        except BaseException:
+            self.engine = None
+            raise
+        return self._all_steps(steps)
+
+    def _all_steps(self, steps: int) -> dict:
+        try:
+            for i in range(steps):
+                self.step(i)
+        except BaseException:
+            if self.engine is not None:
+                self.engine.shutdown()
+                self.engine = None
+            raise
+        return self.finish()
 
     def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
         """One stage of a GPipe schedule over gloo; all stages run this at once."""
@@ -288,6 +329,11 @@ class Contender:
     name: str
     runners: int                   # benchmark processes to start for it (Ray Train starts its own)
     run: Callable[[list], dict]    # run(runner actors) -> times, rss, idle, processes, extras
+    # contenders driven step by step from here (interleaved with each other): start(runner) -> ObjectRef of the step
+    # count, then runner.step(i) per step, runner.finish() -> raw output, post(raw) -> the same as run's result
+    start: Callable | None = None
+    post: Callable[[dict], dict] | None = None
+    processes: int = 1             # processes it computes in while it runs (a memory estimate for interleaving)
 
 
 def _net(cfg: BenchConfig, n: int, driver_segment: bool = False) -> PararealNet:
@@ -383,7 +429,11 @@ def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, elemen
 
 def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
     import ray
-    out = dict(ray.get(runner.local.remote(model, cfg)), processes=1)
+    return local_row(ray.get(runner.local.remote(model, cfg)), model)
+
+
+def local_row(out: dict, model: nn.Module) -> dict:
+    out = dict(out, processes=1)
     if isinstance(model, PararealNet):
         out.update(subnets=model.num_subnets, split=model.split)
     return out
@@ -392,7 +442,11 @@ def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
 def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
                transport: str = "object-store") -> dict:
     import ray
-    out = ray.get(runner.raypar.remote(net, cfg, first_in_driver, transport))
+    return raypar_row(ray.get(runner.raypar.remote(net, cfg, first_in_driver, transport)), net, cfg, first_in_driver)
+
+
+def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False) -> dict:
+    out = dict(out)
     stats, n = out.pop("stats"), net.num_subnets
     procs = n if first_in_driver and n > 1 else n + 1
     med = {k: statistics.median(s[k] for s in stats) for k in ("driver", "fine_max", "wait")}
@@ -452,13 +506,22 @@ def plan(cfg: BenchConfig) -> list[Contender]:
     sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (set(cfg.subnets) if "raypar" in want else set())
     nets = {n: _net(cfg, n) for n in sorted(sizes)}
     f1_nets = {n: _net(cfg, n, driver_segment=True) for n in cfg.subnets if n > 1} if "raypar-f1" in want else {}
-    table = {"original": [Contender("original", 1, lambda rs: run_local(rs[0], _model(cfg), cfg))],
-             "parareal-1proc": [Contender("parareal-1proc", 1, lambda rs: run_local(rs[0], nets[big], cfg))],
-             "raypar": [Contender(f"raypar-N{n}{_suffix(t)}", 1,
-                                  lambda rs, n=n, t=t: run_raypar(rs[0], nets[n], cfg, transport=t))
+    orig = _model(cfg)
+
+    def local(name, model):
+        return Contender(name, 1, lambda rs: run_local(rs[0], model, cfg),
+                         start=lambda r: r.start_local.remote(model, cfg), post=lambda out: local_row(out, model))
+
+    def engine(name, net, f1, t):
+        return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, f1, t),
+                         start=lambda r: r.start_raypar.remote(net, cfg, f1, t),
+                         post=lambda out: raypar_row(out, net, cfg, f1),
+                         processes=net.num_subnets if f1 and net.num_subnets > 1 else net.num_subnets + 1)
+    table = {"original": [local("original", orig)],
+             "parareal-1proc": [local("parareal-1proc", nets[big])] if big in nets else [],
+             "raypar": [engine(f"raypar-N{n}{_suffix(t)}", nets[n], False, t)
                         for t in cfg.transports for n in cfg.subnets],
-             "raypar-f1": [Contender(f"raypar-N{n}-f1{_suffix(t)}", 1,
-                                     lambda rs, n=n, t=t: run_raypar(rs[0], f1_nets[n], cfg, True, t))
+             "raypar-f1": [engine(f"raypar-N{n}-f1{_suffix(t)}", f1_nets[n], True, t)
                            for t in cfg.transports for n in sorted(f1_nets)],
              "ddp": [Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big))],
              "pipe": [Contender(f"pipe-{big}", big, lambda rs: run_pipe(rs, nets[big], cfg))]}
@@ -560,6 +623,55 @@ def merge_rounds(names: list[str], rounds: list[dict]) -> list[dict]:
 
 
 def _measure_once(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
+    """One round: the contenders that can be driven step by step take turns, one step each (see
+    :func:`_interleaved`); the others (and those beyond the memory cap) run one at a time."""
+    together, used = [], 0
+    for c in contenders:
+        if cfg.interleave and c.start is not None and used + c.processes <= INTERLEAVE_PROCESSES:
+            together.append(c)
+            used += c.processes
+    rows = _interleaved(together, cfg, log) if len(together) > 1 else []
+    return rows + _one_at_a_time([c for c in contenders if c not in together or len(together) == 1], cfg, log)
+
+
+def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
+    """Every contender's processes start and stay up; then step i of each contender runs in turn, for every i. A slow
+    spell of a shared machine (on the development machine a step's time drifts by a third within minutes) then
+    falls on every contender alike, so their ratios stay paired. Each step is timed in its own process."""
+    import ray
+    rows, live = [], []
+    groups = start_runners([c.runners for c in contenders], cfg.gpu_share)
+    for c, runners in zip(contenders, groups):
+        log(f"raypar bench: {c.name} ...")
+        try:
+            ray.get(c.start(runners[0]))
+            live.append((c, runners))
+        except Exception as e:  # noqa: BLE001 - reported in the table instead of stopping the benchmark
+            rows.append(error_row(c.name, e))
+            for a in runners:
+                ray.kill(a)
+    log(f"raypar bench: {len(live)} contenders take turns, one step each")
+    for i in range(cfg.warmup + cfg.steps):
+        for c, runners in list(live):
+            try:
+                ray.get(runners[0].step.remote(i))
+            except Exception as e:  # noqa: BLE001
+                rows.append(error_row(c.name, e))
+                live.remove((c, runners))
+                for a in runners:
+                    ray.kill(a)
+    for c, runners in live:
+        try:
+            rows.append(to_row(c.name, c.post(ray.get(runners[0].finish.remote())), cfg.batch))
+        except Exception as e:  # noqa: BLE001
+            rows.append(error_row(c.name, e))
+        finally:
+            for a in runners:
+                ray.kill(a)
+    return rows
+
+
+def _one_at_a_time(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
     import ray
     rows = []
     for chunk in _chunks(contenders, PRESTART):
@@ -771,6 +883,10 @@ def add_arguments(p) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="run the whole line-up this many times, in reverse order every other round; each row is "
                         "its median round, its ratio the median of its per-round ratios (default: %(default)s)")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="run every contender alone, one after the other (by default the original, parareal-1proc "
+                        "and raypar rows take turns, one step each, so their ratios are measured at the same moments; "
+                        "Ray Train DDP and the pipeline always run alone)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
@@ -793,7 +909,7 @@ def config_from_args(args) -> BenchConfig:
                       parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
-                      args.channels_last, args.amp, args.coarse_downsample, args.rounds)
+                      args.channels_last, args.amp, args.coarse_downsample, args.rounds, not args.one_at_a_time)
     return cfg.validate()
 
 

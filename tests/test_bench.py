@@ -46,6 +46,14 @@ def test_every_row_present_and_consistent(bench):
         assert max(r["fine_each_ms"]) <= r["fine_max_ms"] * (1 + 1e-9)       # a median of maxima bounds each
 
 
+def test_original_and_raypar_take_turns_step_by_step(bench):
+    rows, _, _ = bench
+    by = {r["contender"]: r["step_started_s"] for r in rows if "step_started_s" in r}
+    assert list(by) == ["original", "raypar-N1", "raypar-N2"]            # pipe runs alone
+    turns = [t for step in zip(*by.values()) for t in step]
+    assert turns == sorted(turns) and len(turns) == 3 * CFG["steps"]     # o1 < n1 < n2 < o2 < ...
+
+
 def test_raypar_ships_exactly_the_four_interface_tensors(bench):
     rows, _, _ = bench
     r = next(r for r in rows if r["contender"] == "raypar-N2")
@@ -98,8 +106,9 @@ def test_rounds_merge_into_the_median_round_and_the_median_of_paired_ratios():
 def test_rounds_alternate_the_order(ray_local):
     from raypar.bench import measure
     said = []
-    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "raypar"], "rounds": 2}),
-                   log=said.append)
+    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "raypar"], "rounds": 2,
+                                  "interleave": False}), log=said.append)        # --one-at-a-time
+    assert not [m for m in said if "take turns" in m]
     assert [m for m in said if m.endswith("...")] == [f"raypar bench: {n} ..." for n in
                                                       ("original", "raypar-N1", "raypar-N1", "original")]
     assert [r["contender"] for r in rows] == ["original", "raypar-N1"]

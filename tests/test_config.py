@@ -31,7 +31,7 @@ def test_recipe_then_config_file_then_options(tmp_path):
     assert (cfg.epochs, cfg.balance, cfg.lr_milestones) == (7, [3, 4], [0.25])      # the file over the recipe
     assert cfg.lr == 0.2 and cfg.seed == 5                                           # the options over both
     assert isinstance(cfg.lr, float) and cfg.recipe == "mine@3"
-    assert _cfg("--recipe", "vgg16-cifar10").recipe == "vgg16-cifar10@1"
+    assert _cfg("--recipe", "vgg16-cifar10").recipe == "vgg16-cifar10@2"
 
 
 def test_every_recipe_is_valid_and_versioned():
@@ -43,6 +43,8 @@ def test_every_recipe_is_valid_and_versioned():
         cfg = TrainConfig(**r.values).validate()
         assert r.version >= 1 and r.description
         assert cfg.momentum == 0.9 and cfg.weight_decay in (5e-4, 1e-4)
+        # a recipe's numbers never change under one version: it pins every coarse setting whose default has changed
+        assert {"coarse_depth", "coarse_width", "coarse_kernel", "coarse_norm", "coarse_downsample"} <= set(r.values)
 
 
 @pytest.mark.parametrize("text, message", [
