@@ -2,8 +2,10 @@
 process, raypar on Ray, Ray Train data parallel and PyTorch pipelining — side by side, in one run.
 
 Every contender trains the same model (same initial weights) on the same synthetic batches (fixed seed) with the
-same SGD recipe, in fresh Ray actor processes that each compute with one thread, one contender at a time: on a CPU
-machine the comparison is about how the work is spread over processes, not about threads. A contender's step time
+same SGD recipe, in fresh Ray actor processes that each compute with one thread: on a CPU machine the comparison is
+about how the work is spread over processes, not about threads. The original, the parareal network in one process and
+the raypar rows take turns, one step each (a shared machine's drift falls on all of them alike); Ray Train DDP and
+the pipeline run alone, one after the other. ``--rounds`` repeats the whole line-up. A contender's step time
 is the median over the timed steps after the warm-up steps; samples/s = batch / step time; its peak memory is the
 max RSS of each of its processes (``resource.getrusage`` in the process itself, ``VmHWM`` from ``/proc`` for the
 engine's fine actors; psutil is not needed), next to an idle process's RSS (Python + Ray + torch).
@@ -196,7 +198,10 @@ class Runner:
                      transport: str = "object-store") -> int:
         """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
         its own actor, started here (start-up is not step time)."""
-        self.engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, 1, first_in_driver=first_in_driver,
+        # taking turns, every engine's actors are up at once but compute one contender at a time: each reserves only a
+        # sliver of a Ray CPU, so that all of them fit
+        cpus = 0.01 if cfg.interleave else 1
+        self.engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
                                                                transport=transport, channels_last=cfg.channels_last,
                                                                amp=cfg.amp),
                                      seed=cfg.seed)

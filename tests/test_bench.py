@@ -13,8 +13,8 @@ from raypar import PararealNet, build
 from raypar.bench import BenchConfig, run_bench
 
 CFG = dict(model="vgg11", width_mult=0.125, batch=16, warmup=1, steps=2, subnets=[1, 2], balance="flops",
-           contenders=["original", "raypar", "pipe"])
-NAMES = ["original", "raypar-N1", "raypar-N2", "pipe-2"]
+           contenders=["original", "raypar", "raypar-f1", "pipe"])
+NAMES = ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1", "pipe-2"]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_every_row_present_and_consistent(bench):
         assert r["samples_per_s"] == pytest.approx(CFG["batch"] / (r["step_ms"] / 1e3))
         assert r["ratio_vs_original"] == pytest.approx(r["samples_per_s"] / base["samples_per_s"])
         assert len(r["rss_per_process_mb"]) == r["processes"]
-    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2]
-    for n in ("raypar-N1", "raypar-N2"):
+    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2, 2]
+    for n in ("raypar-N1", "raypar-N2", "raypar-N2-f1"):
         r = by[n]
         assert r["driver_ms"] > 0 and r["fine_max_ms"] > 0 and r["transfer_ms"] >= 0
         assert r["efficiency"] == pytest.approx(r["ratio_vs_original"] / r["parallel_limit"])
@@ -49,9 +49,9 @@ def test_every_row_present_and_consistent(bench):
 def test_original_and_raypar_take_turns_step_by_step(bench):
     rows, _, _ = bench
     by = {r["contender"]: r["step_started_s"] for r in rows if "step_started_s" in r}
-    assert list(by) == ["original", "raypar-N1", "raypar-N2"]            # pipe runs alone
+    assert list(by) == ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1"]          # pipe runs alone
     turns = [t for step in zip(*by.values()) for t in step]
-    assert turns == sorted(turns) and len(turns) == 3 * CFG["steps"]     # o1 < n1 < n2 < o2 < ...
+    assert turns == sorted(turns) and len(turns) == 4 * CFG["steps"]     # o1 < n1 < n2 < f1 < o2 < ...
 
 
 def test_raypar_ships_exactly_the_four_interface_tensors(bench):
