@@ -3,9 +3,10 @@ process, raypar on Ray, Ray Train data parallel and PyTorch pipelining — side 
 
 Every contender trains the same model (same initial weights) on the same synthetic batches (fixed seed) with the
 same SGD recipe, in fresh Ray actor processes that each compute with one thread: on a CPU machine the comparison is
-about how the work is spread over processes, not about threads. The original, the parareal network in one process and
-the raypar rows take turns, one step each (a shared machine's drift falls on all of them alike); Ray Train DDP and
-the pipeline run alone, one after the other. ``--rounds`` repeats the whole line-up. A contender's step time
+about how the work is spread over processes, not about threads. All contenders take turns, one step each (a shared
+machine's drift falls on all of them alike); data parallelism then runs DDP over gloo in the benchmark's own Ray
+actors, as Ray Train's ``prepare_model`` sets it up. ``--one-at-a-time`` runs each contender alone, one after the
+other, and DDP in Ray Train's ``TorchTrainer``. ``--rounds`` repeats the whole line-up. A contender's step time
 is the median over the timed steps after the warm-up steps; samples/s = batch / step time; its peak memory is the
 max RSS of each of its processes (``resource.getrusage`` in the process itself, ``VmHWM`` from ``/proc`` for the
 engine's fine actors; psutil is not needed), next to an idle process's RSS (Python + Ray + torch).
@@ -46,7 +47,7 @@ from .optim import OptimConfig, make_optimizer
 
 CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
 PRESTART = 6                     # benchmark processes started ahead together (~0.7 GB each while idle)
-INTERLEAVE_PROCESSES = 12        # at most this many processes (~0.8-1 GB each) up at once for interleaved contenders
+INTERLEAVE_PROCESSES = 16        # at most this many processes (~0.8-1 GB each) up at once for interleaved contenders
 
 
 @dataclass
@@ -72,7 +73,7 @@ class BenchConfig:
     amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.precision)
     coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.coarse.CoarseSpec)
     rounds: int = 1                          # the whole line-up this many times (order reversed every other round)
-    interleave: bool = True                  # original, parareal-1proc and raypar rows take turns step by step
+    interleave: bool = True                  # the contenders take turns step by step (False: each alone)
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -190,7 +191,7 @@ class Runner:
         model.to(cfg.torch_device).train()
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.engine, self.warmup, self.times, self.results, self.started = None, cfg.warmup, [], [], []
+        self.engine, self.dist, self.warmup, self.times, self.results, self.started = None, False, cfg.warmup, [], [], []
         self.step_fn, self.batches = sgd_step(model, optimizer(model, cfg), cfg), make_batches(cfg, cfg.torch_device)
         return len(self.batches)
 
@@ -205,8 +206,32 @@ class Runner:
                                                                transport=transport, channels_last=cfg.channels_last,
                                                                amp=cfg.amp),
                                      seed=cfg.seed)
-        self.warmup, self.times, self.results, self.started = cfg.warmup, [], [], []
+        self.dist, self.warmup, self.times, self.results, self.started = False, cfg.warmup, [], [], []
         self.step_fn, self.batches = self.engine.train_step, make_batches(cfg, self.engine.device)
+        return len(self.batches)
+
+    def start_ddp(self, model: nn.Module, cfg: BenchConfig, rank: int, world: int, port: int) -> int:
+        """One data-parallel rank: DDP over gloo on this rank's share of every global batch, the same model wrapping
+        and process group as Ray Train's ``prepare_model`` makes in a ``TorchTrainer`` worker (taking turns needs the
+        ranks here, step by step)."""
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        self.engine, self.dist, self.warmup, self.times, self.results, self.started = None, True, cfg.warmup, [], [], []
+        torch.manual_seed(cfg.seed)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model = DistributedDataParallel(model.train())
+        self.step_fn = sgd_step(model, optimizer(model, cfg), cfg)
+        self.batches = [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)]
+        return len(self.batches)
+
+    def start_pipe(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> int:
+        """One stage of a GPipe schedule over gloo (see :meth:`pipe_stage`), driven step by step."""
+        import torch.distributed as dist
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        self.engine, self.dist, self.warmup, self.times, self.results, self.started = None, True, cfg.warmup, [], [], []
+        self.step_fn, self.batches = self._pipe_step(module, rank, world, cfg), make_batches(cfg)
         return len(self.batches)
 
     def step(self, i: int) -> None:
@@ -228,6 +253,10 @@ class Runner:
             finally:
                 self.engine.shutdown()
                 self.engine = None
+        if getattr(self, "dist", False):
+            import torch.distributed as dist
+            dist.destroy_process_group()
+            self.dist = False
         return out
 
     def local(self, model: nn.Module, cfg: BenchConfig) -> dict:
@@ -256,27 +285,31 @@ class Runner:
     def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
         """One stage of a GPipe schedule over gloo; all stages run this at once."""
         import torch.distributed as dist
-        from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         try:
-            torch.manual_seed(cfg.seed)
-            module.train()
-            if cfg.channels_last:
-                module = _SendsContiguous(module.to(memory_format=torch.channels_last))
-            opt = optimizer(module, cfg)
-            stage = PipelineStage(module, rank, world, torch.device("cpu"))
-            schedule = ScheduleGPipe(stage, cfg.microbatches, loss_fn=F.cross_entropy)
-
-            def step(x, y):
-                opt.zero_grad(set_to_none=True)
-                args = (x,) if rank == 0 else ()
-                with precision.autocast("cpu", cfg.amp):    # (no loss scaling: a measure of time)
-                    schedule.step(*args, **({"target": y} if rank == world - 1 else {}))
-                opt.step()
-            times, _ = timed(step, make_batches(cfg), cfg.warmup)
+            times, _ = timed(self._pipe_step(module, rank, world, cfg), make_batches(cfg), cfg.warmup)
         finally:
             dist.destroy_process_group()
         return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
+
+    @staticmethod
+    def _pipe_step(module: nn.Module, rank: int, world: int, cfg: BenchConfig):
+        from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+        torch.manual_seed(cfg.seed)
+        module.train()
+        if cfg.channels_last:
+            module = _SendsContiguous(module.to(memory_format=torch.channels_last))
+        opt = optimizer(module, cfg)
+        stage = PipelineStage(module, rank, world, torch.device("cpu"))
+        schedule = ScheduleGPipe(stage, cfg.microbatches, loss_fn=F.cross_entropy)
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            args = (x,) if rank == 0 else ()
+            with precision.autocast("cpu", cfg.amp):    # (no loss scaling: a measure of time)
+                schedule.step(*args, **({"target": y} if rank == world - 1 else {}))
+            opt.step()
+        return step
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -334,10 +367,11 @@ class Contender:
     name: str
     runners: int                   # benchmark processes to start for it (Ray Train starts its own)
     run: Callable[[list], dict]    # run(runner actors) -> times, rss, idle, processes, extras
-    # contenders driven step by step from here (interleaved with each other): start(runner) -> ObjectRef of the step
-    # count, then runner.step(i) per step, runner.finish() -> raw output, post(raw) -> the same as run's result
+    # contenders driven step by step from here (taking turns with each other): start(runners) -> ObjectRefs (one per
+    # runner), then step(i) on all its runners at once, per step; finish() on each -> raw outputs; post(raw outputs)
+    # -> the same as run's result
     start: Callable | None = None
-    post: Callable[[dict], dict] | None = None
+    post: Callable[[list], dict] | None = None
     processes: int = 1             # processes it computes in while it runs (a memory estimate for interleaving)
 
 
@@ -465,11 +499,21 @@ def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: b
                 parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))
 
 
+def _check_ddp_batch(cfg: BenchConfig, workers: int) -> None:
+    if cfg.batch % workers:
+        raise ValueError(f"batch {cfg.batch} does not split into {workers} equal worker batches")
+
+
+def ranks_row(outs: list[dict]) -> dict:
+    """One row from the ranks of a collective contender (DDP, pipeline): a step lasts as long as its slowest rank."""
+    return {"times": [max(t) for t in zip(*(o["times"] for o in outs))], "rss": [o["rss"][0] for o in outs],
+            "idle": outs[0]["idle"], "processes": len(outs), "step_started_s": outs[0]["step_started_s"]}
+
+
 def run_ddp(cfg: BenchConfig, workers: int) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    if cfg.batch % workers:
-        raise ValueError(f"batch {cfg.batch} does not split into {workers} equal worker batches")
+    _check_ddp_batch(cfg, workers)
     with tempfile.TemporaryDirectory(prefix="raypar-bench-ddp-") as storage:
         trainer = TorchTrainer(ddp_loop, train_loop_config={"cfg": cfg, "model": _model(cfg)},
                                scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
@@ -515,21 +559,41 @@ def plan(cfg: BenchConfig) -> list[Contender]:
 
     def local(name, model):
         return Contender(name, 1, lambda rs: run_local(rs[0], model, cfg),
-                         start=lambda r: r.start_local.remote(model, cfg), post=lambda out: local_row(out, model))
+                         start=lambda rs: [rs[0].start_local.remote(model, cfg)],
+                         post=lambda outs: local_row(outs[0], model))
 
     def engine(name, net, f1, t):
         return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, f1, t),
-                         start=lambda r: r.start_raypar.remote(net, cfg, f1, t),
-                         post=lambda out: raypar_row(out, net, cfg, f1),
+                         start=lambda rs: [rs[0].start_raypar.remote(net, cfg, f1, t)],
+                         post=lambda outs: raypar_row(outs[0], net, cfg, f1),
                          processes=net.num_subnets if f1 and net.num_subnets > 1 else net.num_subnets + 1)
+
+    def ddp():
+        if not cfg.interleave:                       # alone: Ray Train's TorchTrainer starts the workers itself
+            return Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big), processes=big)
+
+        def start(rs):
+            _check_ddp_batch(cfg, big)
+            port = _free_port()
+            return [a.start_ddp.remote(orig, cfg, r, big, port) for r, a in enumerate(rs)]
+        return Contender(f"ddp-{big}", big, lambda rs: run_ddp(cfg, big), start=start,
+                         post=lambda outs: ranks_row(outs), processes=big)
+
+    def pipe():
+        def start(rs):
+            stages, port = pipe_stages(nets[big]), _free_port()
+            return [a.start_pipe.remote(m, r, len(stages), port, cfg) for r, (a, m) in enumerate(zip(rs, stages))]
+        return Contender(f"pipe-{big}", big, lambda rs: run_pipe(rs, nets[big], cfg), start=start,
+                         post=lambda outs: dict(ranks_row(outs), split=nets[big].split, microbatches=cfg.microbatches),
+                         processes=big)
     table = {"original": [local("original", orig)],
              "parareal-1proc": [local("parareal-1proc", nets[big])] if big in nets else [],
              "raypar": [engine(f"raypar-N{n}{_suffix(t)}", nets[n], False, t)
-                        for t in cfg.transports for n in cfg.subnets],
+                        for t in cfg.transports for n in cfg.subnets] if "raypar" in want else [],
              "raypar-f1": [engine(f"raypar-N{n}-f1{_suffix(t)}", f1_nets[n], True, t)
                            for t in cfg.transports for n in sorted(f1_nets)],
-             "ddp": [Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big))],
-             "pipe": [Contender(f"pipe-{big}", big, lambda rs: run_pipe(rs, nets[big], cfg))]}
+             "ddp": [ddp()] if "ddp" in want else [],
+             "pipe": [pipe()] if "pipe" in want else []}
     return [c for name in CONTENDERS if name in want for c in table[name]]
 
 
@@ -628,8 +692,8 @@ def merge_rounds(names: list[str], rounds: list[dict]) -> list[dict]:
 
 
 def _measure_once(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
-    """One round: the contenders that can be driven step by step take turns, one step each (see
-    :func:`_interleaved`); the others (and those beyond the memory cap) run one at a time."""
+    """One round: the contenders take turns, one step each (see :func:`_interleaved`); with ``--one-at-a-time``, and
+    those beyond the memory cap, they run alone, one after the other."""
     together, used = [], 0
     for c in contenders:
         if cfg.interleave and c.start is not None and used + c.processes <= INTERLEAVE_PROCESSES:
@@ -649,7 +713,7 @@ def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dic
     for c, runners in zip(contenders, groups):
         log(f"raypar bench: {c.name} ...")
         try:
-            ray.get(c.start(runners[0]))
+            ray.get(c.start(runners))
             live.append((c, runners))
         except Exception as e:  # noqa: BLE001 - reported in the table instead of stopping the benchmark
             rows.append(error_row(c.name, e))
@@ -659,7 +723,7 @@ def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dic
     for i in range(cfg.warmup + cfg.steps):
         for c, runners in list(live):
             try:
-                ray.get(runners[0].step.remote(i))
+                ray.get([a.step.remote(i) for a in runners])        # (a collective contender: all ranks at once)
             except Exception as e:  # noqa: BLE001
                 rows.append(error_row(c.name, e))
                 live.remove((c, runners))
@@ -667,7 +731,8 @@ def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dic
                     ray.kill(a)
     for c, runners in live:
         try:
-            rows.append(to_row(c.name, c.post(ray.get(runners[0].finish.remote())), cfg.batch))
+            rows.append(dict(to_row(c.name, c.post(ray.get([a.finish.remote() for a in runners])), cfg.batch),
+                             taking_turns=True))
         except Exception as e:  # noqa: BLE001
             rows.append(error_row(c.name, e))
         finally:
@@ -683,7 +748,7 @@ def _one_at_a_time(contenders: list[Contender], cfg: BenchConfig, log) -> list[d
         for c, runners in zip(chunk, start_runners([c.runners for c in chunk], cfg.gpu_share)):
             log(f"raypar bench: {c.name} ...")
             try:
-                rows.append(to_row(c.name, c.run(runners), cfg.batch))
+                rows.append(dict(to_row(c.name, c.run(runners), cfg.batch), taking_turns=False))
             except Exception as e:  # noqa: BLE001 - reported in the table instead of stopping the benchmark
                 rows.append(error_row(c.name, e))
             finally:
@@ -889,9 +954,9 @@ def add_arguments(p) -> None:
                    help="run the whole line-up this many times, in reverse order every other round; each row is "
                         "its median round, its ratio the median of its per-round ratios (default: %(default)s)")
     p.add_argument("--one-at-a-time", action="store_true",
-                   help="run every contender alone, one after the other (by default the original, parareal-1proc "
-                        "and raypar rows take turns, one step each, so their ratios are measured at the same moments; "
-                        "Ray Train DDP and the pipeline always run alone)")
+                   help="run every contender alone, one after the other, DDP in Ray Train's TorchTrainer (by default "
+                        "the contenders take turns, one step each, so their ratios are measured at the same moments, "
+                        "and DDP runs in the benchmark's own Ray actors)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")

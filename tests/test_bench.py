@@ -1,8 +1,8 @@
 """`raypar bench` on a tiny configuration: every row present and the numbers consistent with each other.
 
 No timing assertions: the machine is noisy. Left out here only for time (every process costs ~6 s of imports on
-2 cores): Ray Train data parallel (its controller and worker group take ~45 s to start) and parareal-1proc (the same
-code path as the original's, on a PararealNet); both run in the default benchmark.
+2 cores): data parallel in Ray Train's TorchTrainer (`--one-at-a-time`; its controller and worker group take ~45 s to
+start) and parareal-1proc (the same code path as the original's, on a PararealNet).
 """
 import json
 import math
@@ -13,8 +13,8 @@ from raypar import PararealNet, build
 from raypar.bench import BenchConfig, run_bench
 
 CFG = dict(model="vgg11", width_mult=0.125, batch=16, warmup=1, steps=2, subnets=[1, 2], balance="flops",
-           contenders=["original", "raypar", "raypar-f1", "pipe"])
-NAMES = ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1", "pipe-2"]
+           contenders=["original", "raypar", "raypar-f1", "ddp", "pipe"])
+NAMES = ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1", "ddp-2", "pipe-2"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_every_row_present_and_consistent(bench):
         assert r["samples_per_s"] == pytest.approx(CFG["batch"] / (r["step_ms"] / 1e3))
         assert r["ratio_vs_original"] == pytest.approx(r["samples_per_s"] / base["samples_per_s"])
         assert len(r["rss_per_process_mb"]) == r["processes"]
-    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2, 2]
+    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2, 2, 2]
     for n in ("raypar-N1", "raypar-N2", "raypar-N2-f1"):
         r = by[n]
         assert r["driver_ms"] > 0 and r["fine_max_ms"] > 0 and r["transfer_ms"] >= 0
@@ -49,9 +49,9 @@ def test_every_row_present_and_consistent(bench):
 def test_original_and_raypar_take_turns_step_by_step(bench):
     rows, _, _ = bench
     by = {r["contender"]: r["step_started_s"] for r in rows if "step_started_s" in r}
-    assert list(by) == ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1"]          # pipe runs alone
+    assert list(by) == NAMES and all(r["taking_turns"] for r in rows)
     turns = [t for step in zip(*by.values()) for t in step]
-    assert turns == sorted(turns) and len(turns) == 4 * CFG["steps"]     # o1 < n1 < n2 < f1 < o2 < ...
+    assert turns == sorted(turns) and len(turns) == len(NAMES) * CFG["steps"]    # o1 < n1 < ... < pipe1 < o2 < ...
 
 
 def test_raypar_ships_exactly_the_four_interface_tensors(bench):
@@ -103,12 +103,19 @@ def test_rounds_merge_into_the_median_round_and_the_median_of_paired_ratios():
     assert merge_rounds(["raypar-N2"], [one(200, 100)])[0]["ratio_vs_original"] == 2.0   # one round: as measured
 
 
+@pytest.mark.parametrize("contenders", [["original"], ["original", "ddp"], ["pipe", "raypar-f1"]])
+def test_plan_builds_only_what_is_asked(contenders):
+    from raypar.bench import plan
+    got = [c.name for c in plan(BenchConfig(**{**CFG, "subnets": [2], "contenders": contenders}))]
+    assert got == {"original": ["original"], "ddp": ["original", "ddp-2"]}.get(contenders[-1], ["raypar-N2-f1", "pipe-2"])
+
+
 def test_rounds_alternate_the_order(ray_local):
     from raypar.bench import measure
     said = []
     rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "raypar"], "rounds": 2,
                                   "interleave": False}), log=said.append)        # --one-at-a-time
-    assert not [m for m in said if "take turns" in m]
+    assert not [m for m in said if "take turns" in m] and not any(r["taking_turns"] for r in rows)
     assert [m for m in said if m.endswith("...")] == [f"raypar bench: {n} ..." for n in
                                                       ("original", "raypar-N1", "raypar-N1", "original")]
     assert [r["contender"] for r in rows] == ["original", "raypar-N1"]
