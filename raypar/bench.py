@@ -181,6 +181,7 @@ class Runner:
         torch.set_num_threads(1)
         make_optimizer([torch.zeros(1, requires_grad=True)], OptimConfig())   # torch.optim's lazy imports (~2 s)
         self.idle = peak_rss_mb()            # Python + Ray + torch + raypar, before any work
+        self.engine, self.dist = None, False  # what finish() must shut down (set by the start_* methods)
 
     def ready(self) -> float:
         return self.idle
@@ -191,9 +192,7 @@ class Runner:
         model.to(cfg.torch_device).train()
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.engine, self.dist, self.warmup, self.times, self.results, self.started = None, False, cfg.warmup, [], [], []
-        self.step_fn, self.batches = sgd_step(model, optimizer(model, cfg), cfg), make_batches(cfg, cfg.torch_device)
-        return len(self.batches)
+        return self._begin(cfg, sgd_step(model, optimizer(model, cfg), cfg), make_batches(cfg, cfg.torch_device))
 
     def start_raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
                      transport: str = "object-store") -> int:
@@ -202,13 +201,11 @@ class Runner:
         # taking turns, every engine's actors are up at once but compute one contender at a time: each reserves only a
         # sliver of a Ray CPU, so that all of them fit
         cpus = 0.01 if cfg.interleave else 1
-        self.engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
-                                                               transport=transport, channels_last=cfg.channels_last,
-                                                               amp=cfg.amp),
-                                     seed=cfg.seed)
-        self.dist, self.warmup, self.times, self.results, self.started = False, cfg.warmup, [], [], []
-        self.step_fn, self.batches = self.engine.train_step, make_batches(cfg, self.engine.device)
-        return len(self.batches)
+        engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
+                                                          transport=transport, channels_last=cfg.channels_last,
+                                                          amp=cfg.amp),
+                                seed=cfg.seed)
+        return self._begin(cfg, engine.train_step, make_batches(cfg, engine.device), engine)
 
     def start_ddp(self, model: nn.Module, cfg: BenchConfig, rank: int, world: int, port: int) -> int:
         """One data-parallel rank: DDP over gloo on this rank's share of every global batch, the same model wrapping
@@ -217,22 +214,24 @@ class Runner:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        self.engine, self.dist, self.warmup, self.times, self.results, self.started = None, True, cfg.warmup, [], [], []
         torch.manual_seed(cfg.seed)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         model = DistributedDataParallel(model.train())
-        self.step_fn = sgd_step(model, optimizer(model, cfg), cfg)
-        self.batches = [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)]
-        return len(self.batches)
+        return self._begin(cfg, sgd_step(model, optimizer(model, cfg), cfg),
+                           [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)], dist_group=True)
 
     def start_pipe(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> int:
         """One stage of a GPipe schedule over gloo (see :meth:`pipe_stage`), driven step by step."""
         import torch.distributed as dist
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        self.engine, self.dist, self.warmup, self.times, self.results, self.started = None, True, cfg.warmup, [], [], []
-        self.step_fn, self.batches = self._pipe_step(module, rank, world, cfg), make_batches(cfg)
-        return len(self.batches)
+        return self._begin(cfg, self._pipe_step(module, rank, world, cfg), make_batches(cfg), dist_group=True)
+
+    def _begin(self, cfg: BenchConfig, step_fn, batches: list, engine=None, dist_group: bool = False) -> int:
+        """What :meth:`step` and :meth:`finish` work with; returns the number of steps (warm-up included)."""
+        self.step_fn, self.batches, self.engine, self.dist, self.warmup = step_fn, batches, engine, dist_group, cfg.warmup
+        self.times, self.results, self.started = [], [], []
+        return len(batches)
 
     def step(self, i: int) -> None:
         """Training step ``i`` (the first ``warmup`` ones are not timed)."""
@@ -253,7 +252,7 @@ class Runner:
             finally:
                 self.engine.shutdown()
                 self.engine = None
-        if getattr(self, "dist", False):
+        if self.dist:
             import torch.distributed as dist
             dist.destroy_process_group()
             self.dist = False
@@ -264,12 +263,7 @@ class Runner:
 
     def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
                transport: str = "object-store") -> dict:
-        try:
-            steps = self.start_raypar(net, cfg, first_in_driver, transport)
-        except BaseException:
-            self.engine = None
-            raise
-        return self._all_steps(steps)
+        return self._all_steps(self.start_raypar(net, cfg, first_in_driver, transport))
 
     def _all_steps(self, steps: int) -> dict:
         try:
