@@ -47,6 +47,7 @@ from .optim import OptimConfig, make_optimizer
 
 CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
 PRESTART = 6                     # benchmark processes started ahead together (~0.7 GB each while idle)
+MAX_TIMED_CORES = 8              # core_speeds times at most this many cores (one process each)
 INTERLEAVE_PROCESSES = 16        # at most this many processes (~0.8-1 GB each) up at once for interleaved contenders
 
 
@@ -98,6 +99,12 @@ class BenchConfig:
             raise UserError("--device cuda: the ddp and pipe contenders run on CPUs only for now; leave them out of "
                             "--contenders (e.g. --contenders original,parareal-1proc,raypar,raypar-f1)")
         return self
+
+    @property
+    def turns(self) -> bool:
+        """Whether the contenders take turns: asked for, and on CPUs (on GPUs every process would hold its share of
+        a GPU all along)."""
+        return self.interleave and self.device == "cpu"
 
     @property
     def gpu_share(self) -> float:
@@ -195,12 +202,12 @@ class Runner:
         return self._begin(cfg, sgd_step(model, optimizer(model, cfg), cfg), make_batches(cfg, cfg.torch_device))
 
     def start_raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
-                     transport: str = "object-store") -> int:
+                     transport: str = "object-store", turns: bool = False) -> int:
         """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
         its own actor, started here (start-up is not step time)."""
         # taking turns, every engine's actors are up at once but compute one contender at a time: each reserves only a
         # sliver of a Ray CPU, so that all of them fit
-        cpus = 0.01 if cfg.interleave else 1
+        cpus = 0.01 if turns else 1
         engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
                                                           transport=transport, channels_last=cfg.channels_last,
                                                           amp=cfg.amp),
@@ -367,6 +374,7 @@ class Contender:
     start: Callable | None = None
     post: Callable[[list], dict] | None = None
     processes: int = 1             # processes it computes in while it runs (a memory estimate for interleaving)
+    runners_alone: int | None = None   # runners when it runs alone instead (None: ``runners``)
 
 
 def _net(cfg: BenchConfig, n: int, driver_segment: bool = False) -> PararealNet:
@@ -410,33 +418,42 @@ def _core_worker(conn, core: int, cfg: "BenchConfig") -> None:
         conn.send(timed(step, [(x, y)] * msg, 0)[0])
 
 
-def core_speeds(cfg: "BenchConfig", steps: int = 5) -> dict | None:
-    """How fast each CPU core runs the original network's step, alone and with every core busy (one pinned process
+def core_speeds(cfg: "BenchConfig", steps: int = 5, timeout_s: float = 300) -> dict | None:
+    """How fast each CPU core (the first ``MAX_TIMED_CORES``) runs the original network's step, alone and with every core busy (one pinned process
     per core). On a shared or virtual machine the cores are not equal: ``capacity`` is what all of them together are
     worth in units of the fastest core alone (``cores`` on an ideal machine), the ceiling of any contender's speedup
     over the original on its best core. None where cores cannot be pinned."""
     if not hasattr(os, "sched_setaffinity") or cfg.device != "cpu":
         return None
     import multiprocessing as mp
-    cores = sorted(os.sched_getaffinity(0))
+    cores = sorted(os.sched_getaffinity(0))[:MAX_TIMED_CORES]
     ctx = mp.get_context("spawn")
     pipes, procs = [], []
+
+    def answer(conn):
+        if not conn.poll(timeout_s):
+            raise TimeoutError(f"no answer within {timeout_s:g} s")
+        return conn.recv()
     try:
         for c in cores:
             mine, theirs = ctx.Pipe()
             p = ctx.Process(target=_core_worker, args=(theirs, c, cfg), daemon=True)
             p.start()
+            theirs.close()                              # a dead worker is then an EOFError here, not a hang
             pipes.append(mine)
             procs.append(p)
         for conn in pipes:
-            conn.recv()
+            answer(conn)
         solo = []
         for conn in pipes:                              # one core at a time, the others idle
             conn.send(steps)
-            solo.append(statistics.median(conn.recv()))
+            solo.append(statistics.median(answer(conn)))
         for conn in pipes:                              # every core at once
             conn.send(steps)
-        together = [statistics.median(conn.recv()) for conn in pipes]
+        together = [statistics.median(answer(conn)) for conn in pipes]
+    except (OSError, EOFError, TimeoutError) as e:      # a diagnostic: the benchmark goes on without it
+        print(f"raypar bench: could not time the cores ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
     finally:
         for conn in pipes:
             try:
@@ -558,12 +575,12 @@ def plan(cfg: BenchConfig) -> list[Contender]:
 
     def engine(name, net, f1, t):
         return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, f1, t),
-                         start=lambda rs: [rs[0].start_raypar.remote(net, cfg, f1, t)],
+                         start=lambda rs: [rs[0].start_raypar.remote(net, cfg, f1, t, True)],
                          post=lambda outs: raypar_row(outs[0], net, cfg, f1),
                          processes=net.num_subnets if f1 and net.num_subnets > 1 else net.num_subnets + 1)
 
     def ddp():
-        if not cfg.interleave:                       # alone: Ray Train's TorchTrainer starts the workers itself
+        if not cfg.turns:                            # alone: Ray Train's TorchTrainer starts the workers itself
             return Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big), processes=big)
 
         def start(rs):
@@ -571,7 +588,7 @@ def plan(cfg: BenchConfig) -> list[Contender]:
             port = _free_port()
             return [a.start_ddp.remote(orig, cfg, r, big, port) for r, a in enumerate(rs)]
         return Contender(f"ddp-{big}", big, lambda rs: run_ddp(cfg, big), start=start,
-                         post=lambda outs: ranks_row(outs), processes=big)
+                         post=lambda outs: ranks_row(outs), processes=big, runners_alone=0)
 
     def pipe():
         def start(rs):
@@ -595,15 +612,20 @@ def _suffix(transport: str) -> str:
     return "" if transport == "object-store" else f"-{transport}"
 
 
+def _alone(c: Contender) -> int:
+    """The runner processes a contender needs when it runs alone."""
+    return c.runners if c.runners_alone is None else c.runners_alone
+
+
 def _chunks(contenders: list[Contender], cap: int):
     """Consecutive groups needing at most ``cap`` runner processes together (at least one contender each)."""
     chunk, used = [], 0
     for c in contenders:
-        if chunk and used + c.runners > cap:
+        if chunk and used + _alone(c) > cap:
             yield chunk
             chunk, used = [], 0
         chunk.append(c)
-        used += c.runners
+        used += _alone(c)
     if chunk:
         yield chunk
 
@@ -648,8 +670,8 @@ def error_row(name: str, e: BaseException) -> dict:
 
 
 def measure(cfg: BenchConfig, log=print) -> list[dict]:
-    """Run every contender, one at a time, each in fresh processes; a contender that fails is a row with its error.
-    With ``cfg.rounds`` > 1 the whole line-up runs that many times, in reverse order every other round, so a slow
+    """Run every contender in fresh processes, taking turns step by step (``cfg.interleave``, on CPUs) or one after
+    the other; a contender that fails is a row with its error. With ``cfg.rounds`` > 1 the whole line-up runs that many times, in reverse order every other round, so a slow
     spell of the machine does not fall on one contender only (see :func:`merge_rounds`)."""
     contenders = plan(cfg)
     rounds = []
@@ -670,10 +692,10 @@ def merge_rounds(names: list[str], rounds: list[dict]) -> list[dict]:
     for name in names:
         runs = [r[name] for r in rounds]
         failed = next((r for r in runs if r.get("error")), None)
-        if failed is not None:
-            rows.append(failed)
-            continue
         steps = [r["step_ms"] for r in runs]
+        if failed is not None:                       # (what the other rounds measured stays in the row)
+            rows.append(dict(failed, step_ms_rounds=steps) if len(runs) > 1 else failed)
+            continue
         row = dict(next(r for r in runs if r["step_ms"] == statistics.median_low(steps)))
         if len(runs) > 1:
             ratios = [r["ratio_vs_original"] for r in runs if r["ratio_vs_original"] is not None]
@@ -690,7 +712,7 @@ def _measure_once(contenders: list[Contender], cfg: BenchConfig, log) -> list[di
     those beyond the memory cap, they run alone, one after the other."""
     together, used = [], 0
     for c in contenders:
-        if cfg.interleave and c.start is not None and used + c.processes <= INTERLEAVE_PROCESSES:
+        if cfg.turns and c.start is not None and used + c.processes <= INTERLEAVE_PROCESSES:
             together.append(c)
             used += c.processes
     rows = _interleaved(together, cfg, log) if len(together) > 1 else []
@@ -739,7 +761,7 @@ def _one_at_a_time(contenders: list[Contender], cfg: BenchConfig, log) -> list[d
     import ray
     rows = []
     for chunk in _chunks(contenders, PRESTART):
-        for c, runners in zip(chunk, start_runners([c.runners for c in chunk], cfg.gpu_share)):
+        for c, runners in zip(chunk, start_runners([_alone(c) for c in chunk], cfg.gpu_share)):
             log(f"raypar bench: {c.name} ...")
             try:
                 rows.append(dict(to_row(c.name, c.run(runners), cfg.batch), taking_turns=False))
@@ -884,11 +906,12 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
     os.makedirs(out, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                               # the split is profiled as the processes will run
-    env = environment()
-    console.print("timing every CPU core with the original network ...", style="dim")
-    env["core_speeds"] = core_speeds(cfg)
-    started = _ensure_ray(cfg)
+    env, started = environment(), False
     try:
+        if cfg.device == "cpu":
+            console.print("timing every CPU core with the original network ...", style="dim")
+        env["core_speeds"] = core_speeds(cfg)
+        started = _ensure_ray(cfg)
         rows = measure(cfg, log=lambda m: console.print(m, style="dim"))
     finally:
         torch.set_num_threads(threads)

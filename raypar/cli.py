@@ -222,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="training throughput and memory: original vs parareal vs raypar vs DDP vs "
                                          "pipelining",
                            description="Train the same model, batch and threads per process as every contender "
-                                       "(original, parareal-1proc, raypar-N on Ray, Ray Train DDP, torch pipelining) "
-                                       "and compare samples/s and peak memory per process; writes bench.json and "
-                                       "bench.png into --out and logs an MLflow run with --tracking-uri.")
+                                       "(original, parareal-1proc, raypar-N on Ray, DDP, torch pipelining), taking turns step "
+                                       "by step, and compare samples/s and peak memory per process; writes "
+                                       "bench.json and bench.png into --out and logs an MLflow run with "
+                                       "--tracking-uri.")
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 

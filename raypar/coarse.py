@@ -79,7 +79,7 @@ def build_coarse(in_shape: tuple, out_shape: tuple, spec: CoarseSpec = CoarseSpe
     stride = h_in // h_out if exact else 1
     hidden = max(1, int(round(spec.width * c_out)))
     layers = []
-    pool_first = spec.downsample == "pool" and (h_in, w_in) != (h_out, w_out)
+    pool_first = spec.downsample == "pool" and h_out <= h_in and w_out <= w_in and (h_in, w_in) != (h_out, w_out)
     if pool_first:                     # then every convolution runs at the output's resolution, stride 1
         layers.append(nn.AvgPool2d(stride) if exact else nn.AdaptiveAvgPool2d((h_out, w_out)))
         stride = 1

@@ -245,9 +245,8 @@ class PararealEngine:
             pairs = [(c.u, g) for c, g in zip(these, grads) if g is not None and c.u.requires_grad]
             if pairs:
                 torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
-        x0, leaf = cut                        # every path to pre's output is done: pre's backward, once
-        if leaf.grad is not None:
-            x0.backward(leaf.grad)
+        if cut and cut[1].grad is not None:   # every path to pre's output is done: pre's backward, once
+            cut[0].backward(cut[1].grad)
         params = list(self.driver.parameters())
         hybrid.average_gradients(params, self.replica.world, self.group)
         if self.scaler:                       # one decision for every process: all step, or none
@@ -320,7 +319,7 @@ class PararealEngine:
         the leaf collects all of them, and pre's own backward runs once, at the end (not once per pass)."""
         with precision.autocast(self.device.type, self.amp):
             x0 = self.pre(x)
-            if cut is not None:
+            if cut is not None and x0.requires_grad:          # (an Identity or frozen pre: nothing to cut)
                 cut += [x0, x0.detach().requires_grad_(True)]
                 x0 = cut[1]
             return precision.full(self.post(parareal(x0, self.coarse, fine, self.k, self.n)[-1]))
@@ -356,7 +355,12 @@ class PararealEngine:
         import ray
         if len(state["fine"]) != len(self.actors):
             raise UserError(f"checkpoint has {len(state['fine'])} fine actors, this run has {len(self.actors)}")
-        self.driver.load_state_dict(state["driver"])
+        try:
+            self.driver.load_state_dict(state["driver"])
+        except RuntimeError as e:
+            raise UserError(f"the checkpoint does not fit this network (other --coarse-* or model settings?); "
+                            f"checkpoints of raypar before 2026-11-26 need --coarse-downsample stride: "
+                            f"{str(e).splitlines()[0][:200]}") from None
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])

@@ -99,7 +99,8 @@ def test_rounds_merge_into_the_median_round_and_the_median_of_paired_ratios():
     assert mine["step_ms"] == 150 and mine["driver_ms"] == 75           # the median round, whole
     assert mine["ratio_rounds"] == pytest.approx([2.0, 1.5, 250 / 150])
     assert mine["ratio_vs_original"] == pytest.approx(250 / 150) and mine["efficiency"] == pytest.approx(250 / 300)
-    assert merge_rounds(["raypar-N2"], [one(200, 100), one(200, 100, fail=True)])[0]["error"] == "boom"
+    failed = merge_rounds(["raypar-N2"], [one(200, 100), one(200, 100, fail=True)])[0]
+    assert failed["error"] == "boom" and failed["step_ms_rounds"] == [100, None]
     assert merge_rounds(["raypar-N2"], [one(200, 100)])[0]["ratio_vs_original"] == 2.0   # one round: as measured
 
 
@@ -108,6 +109,12 @@ def test_plan_builds_only_what_is_asked(contenders):
     from raypar.bench import plan
     got = [c.name for c in plan(BenchConfig(**{**CFG, "subnets": [2], "contenders": contenders}))]
     assert got == {"original": ["original"], "ddp": ["original", "ddp-2"]}.get(contenders[-1], ["raypar-N2-f1", "pipe-2"])
+
+
+def test_core_speeds_that_cannot_run_leave_the_bench_going(capsys):
+    from raypar.bench import core_speeds
+    assert core_speeds(BenchConfig(**{**CFG, "model": "no-such-model"}), timeout_s=120) is None   # its workers die
+    assert "could not time the cores" in capsys.readouterr().err
 
 
 def test_rounds_alternate_the_order(ray_local):

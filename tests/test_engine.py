@@ -159,9 +159,9 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
             if i > 0:
                 continue
             # Every tensor's change in the first step equals the reference's to 2 %. (16-bit rounding depends on the
-            # order of sums: where pre's output feeds both F_1 and the remote F_2, the reference adds the two
-            # gradients in 16 bits before pre's backward, the engine after, in float32 — 0.7 % of the update apart,
-            # where 16 bits and float32 differ by 15 %; later steps magnify it.)
+            # order of sums: where pre's output gets gradients from F_1 and from the remote F_2, the reference and
+            # the engine add them in different orders — far closer than 16 bits and float32, which differ by 15 %
+            # of the update here; later steps magnify it.)
             got, want = engine.state_dict(), ref.state_dict()
             for key in want:
                 change, err = (want[key] - start[key]).double().norm(), (got[key] - want[key]).double().norm()
@@ -187,3 +187,28 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
             assert engine.get_state()["scaler"]["scale"] == 2.0 ** 39
     finally:
         engine.shutdown()
+
+
+def test_engine_with_a_parameter_free_pre(ray_local):
+    """A Sequential converted with pre=0 has an Identity stem: nothing to cut after it, nothing to backpropagate."""
+    from torch import nn
+    from raypar import staged_from
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+              nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)]
+    staged = staged_from(nn.Sequential(*layers), pre=0, input_shape=(3, 16, 16))
+    assert isinstance(staged.pre, nn.Identity)
+    net = PararealNet(staged, 2, balance="flops").double()
+    ref = copy.deepcopy(net).train()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5), seed=0)
+    try:
+        x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+        loss, _, _ = engine.train_step(x, y)
+        assert loss == pytest.approx(_reference_step(ref, ref_opt, x, y), rel=1e-6)
+        got, want = engine.state_dict(), ref.state_dict()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7)
+    finally:
+        engine.shutdown()
+

@@ -10,6 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from raypar.cli import main
 from raypar.compare import rows
+from raypar.recipes import get as get_recipe
+
+DIGITS = get_recipe("digits-cpu").tag      # "digits-cpu@<its version>"
 
 
 def test_study_writes_nested_runs_report_and_plots(ray_local, tmp_path, monkeypatch, capsys):
@@ -24,19 +27,19 @@ def test_study_writes_nested_runs_report_and_plots(ray_local, tmp_path, monkeypa
     client = MlflowClient(uri)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["raypar.kind"] == "study"
-    assert parent.data.params["recipe"] == "digits-cpu@1" and parent.data.params["subnets"] == "1,2"
+    assert parent.data.params["recipe"] == DIGITS and parent.data.params["subnets"] == "1,2"
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     assert sorted(r.data.params["num_subnets"] for r in children) == ["1", "2"]   # N = 1 trains too
     for r in children:
-        assert r.info.status == "FINISHED" and r.data.params["recipe"] == "digits-cpu@1"
+        assert r.info.status == "FINISHED" and r.data.params["recipe"] == DIGITS
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
     # the table printed as it went: one line per run
     assert "tiny-n1-k1-s0" in out and "tiny-n2-k1-s0" in out
 
     folder = tmp_path / "studies" / "tiny"
     report = (folder / "report.md").read_text()
-    assert "| vgg11 | digits | 1 | 1 | 1 | digits-cpu@1 | 0 |" in report
-    assert "| vgg11 | digits | 2 | 1 | 1 | digits-cpu@1 | 0 |" in report
+    assert f"| vgg11 | digits | 1 | 1 | 1 | {DIGITS} | 0 |" in report
+    assert f"| vgg11 | digits | 2 | 1 | 1 | {DIGITS} | 0 |" in report
     for name in ("val_acc.png", "epoch_time.png", "acc_vs_time.png"):
         assert imread(folder / name).shape[:2] == (500, 800), name
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
