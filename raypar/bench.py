@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import precision
+from .coarse import DOWNSAMPLE, CoarseSpec
 from .engine import PararealEngine, Resources
 from .errors import UserError
 from .models import build, memory_format
@@ -229,7 +230,7 @@ class Runner:
                            [(x[rank::world], y[rank::world]) for x, y in make_batches(cfg)], dist_group=True)
 
     def start_pipe(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> int:
-        """One stage of a GPipe schedule over gloo (see :meth:`pipe_stage`), driven step by step."""
+        """One stage of a GPipe schedule over gloo, driven step by step."""
         import torch.distributed as dist
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         return self._begin(cfg, self._pipe_step(module, rank, world, cfg), make_batches(cfg), dist_group=True)
@@ -252,18 +253,23 @@ class Runner:
     def finish(self) -> dict:
         """The step times and peak memory; with an engine, its per-step statistics, and the engine shut down."""
         out = {"times": self.times, "rss": [peak_rss_mb()], "idle": self.idle, "step_started_s": self.started}
-        if self.engine is not None:
-            try:
+        try:
+            if self.engine is not None:
                 out["rss"] += [peak_rss_mb(pid) for pid in self.engine.actor_pids()]
                 out.update(stats=[asdict(r[2]) for r in self.results], transport=self.engine.tx.name)
-            finally:
-                self.engine.shutdown()
-                self.engine = None
+        finally:
+            self._close()
+        return out
+
+    def _close(self) -> None:
+        """Shut down this contender's engine or process group, if any."""
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
         if self.dist:
             import torch.distributed as dist
             dist.destroy_process_group()
             self.dist = False
-        return out
 
     def local(self, model: nn.Module, cfg: BenchConfig) -> dict:
         return self._all_steps(self.start_local(model, cfg))
@@ -272,26 +278,18 @@ class Runner:
                transport: str = "object-store") -> dict:
         return self._all_steps(self.start_raypar(net, cfg, first_in_driver, transport))
 
+    def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
+        """One stage of a GPipe schedule over gloo, every step in a row; all stages run this at once."""
+        return self._all_steps(self.start_pipe(module, rank, world, port, cfg))
+
     def _all_steps(self, steps: int) -> dict:
         try:
             for i in range(steps):
                 self.step(i)
         except BaseException:
-            if self.engine is not None:
-                self.engine.shutdown()
-                self.engine = None
+            self._close()
             raise
         return self.finish()
-
-    def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
-        """One stage of a GPipe schedule over gloo; all stages run this at once."""
-        import torch.distributed as dist
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        try:
-            times, _ = timed(self._pipe_step(module, rank, world, cfg), make_batches(cfg), cfg.warmup)
-        finally:
-            dist.destroy_process_group()
-        return {"times": times, "rss": [peak_rss_mb()], "idle": self.idle}
 
     @staticmethod
     def _pipe_step(module: nn.Module, rank: int, world: int, cfg: BenchConfig):
@@ -379,10 +377,9 @@ class Contender:
 
 def _net(cfg: BenchConfig, n: int, driver_segment: bool = False) -> PararealNet:
     torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
-    from .coarse import CoarseSpec
     return PararealNet(_model(cfg), n, coarse=CoarseSpec(kernel=cfg.coarse_kernel, downsample=cfg.coarse_downsample),
-                       balance=cfg.balance,
-                       input_shape=cfg.shape, profile_batch=cfg.batch, driver_segment=driver_segment)
+                       balance=cfg.balance, input_shape=cfg.shape, profile_batch=cfg.batch,
+                       driver_segment=driver_segment)
 
 
 def _model(cfg: BenchConfig):
@@ -396,7 +393,7 @@ def parallel_limit(net: PararealNet, cores: int) -> float:
     the critical path being pre + coarse sweeps + max fine + post (:meth:`PararealNet.ideal_speedup`)."""
     info, k = net.segment_info, net.iterations
     edge = net.pre_profile.cost + net.post_profile.cost
-    coarse = coarse_work([s.coarse_cost for s in info], k) if net.num_subnets > 1 else 0
+    coarse = coarse_work([s.coarse_cost for s in info], k)
     fine = sum(s.cost for s in info)
     return min(net.ideal_speedup(), cores * (edge + fine) / (edge + coarse + k * fine))
 
@@ -406,7 +403,8 @@ def cpu_cores() -> int:
 
 
 def _core_worker(conn, core: int, cfg: "BenchConfig") -> None:
-    """One process pinned to ``core``: the original network's training step, timed on request ("run", steps)."""
+    """One process pinned to ``core``: the original network's training step; each message (a step count) is answered
+    with that many step times, None ends it."""
     os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
     model = _model(cfg)
@@ -419,8 +417,8 @@ def _core_worker(conn, core: int, cfg: "BenchConfig") -> None:
 
 
 def core_speeds(cfg: "BenchConfig", steps: int = 5, timeout_s: float = 300) -> dict | None:
-    """How fast each CPU core (the first ``MAX_TIMED_CORES``) runs the original network's step, alone and with every core busy (one pinned process
-    per core). On a shared or virtual machine the cores are not equal: ``capacity`` is what all of them together are
+    """How fast each CPU core (the first ``MAX_TIMED_CORES``) runs the original network's step, alone and with every
+    core busy (one pinned process per core). On a shared or virtual machine the cores are not equal: ``capacity`` is what all of them together are
     worth in units of the fastest core alone (``cores`` on an ideal machine), the ceiling of any contender's speedup
     over the original on its best core. None where cores cannot be pinned."""
     if not hasattr(os, "sched_setaffinity") or cfg.device != "cpu":
@@ -495,10 +493,16 @@ def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool
     return raypar_row(ray.get(runner.raypar.remote(net, cfg, first_in_driver, transport)), net, cfg, first_in_driver)
 
 
+def engine_processes(net: PararealNet, first_in_driver: bool) -> int:
+    """The driver and its fine actors (F_1 in the driver with ``first_in_driver``)."""
+    n = net.num_subnets
+    return n if first_in_driver and n > 1 else n + 1
+
+
 def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False) -> dict:
     out = dict(out)
     stats, n = out.pop("stats"), net.num_subnets
-    procs = n if first_in_driver and n > 1 else n + 1
+    procs = engine_processes(net, first_in_driver)
     med = {k: statistics.median(s[k] for s in stats) for k in ("driver", "fine_max", "wait")}
     each = [1e3 * statistics.median(t) for t in zip(*(s["fine_each"] for s in stats))] if stats else []
     return dict(out, processes=procs, subnets=n, split=net.split, driver_ms=1e3 * med["driver"],
@@ -555,8 +559,11 @@ def run_pipe(runners: list, net: PararealNet, cfg: BenchConfig) -> dict:
     stages, port = pipe_stages(net), _free_port()
     outs = ray.get([a.pipe_stage.remote(m, r, len(stages), port, cfg)
                     for r, (a, m) in enumerate(zip(runners, stages))], timeout=600)
-    return {"times": [max(t) for t in zip(*(o["times"] for o in outs))], "rss": [o["rss"][0] for o in outs],
-            "idle": outs[0]["idle"], "processes": len(stages), "split": net.split, "microbatches": cfg.microbatches}
+    return pipe_row(outs, net, cfg)
+
+
+def pipe_row(outs: list[dict], net: PararealNet, cfg: BenchConfig) -> dict:
+    return dict(ranks_row(outs), split=net.split, microbatches=cfg.microbatches)
 
 
 def plan(cfg: BenchConfig) -> list[Contender]:
@@ -577,12 +584,9 @@ def plan(cfg: BenchConfig) -> list[Contender]:
         return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, f1, t),
                          start=lambda rs: [rs[0].start_raypar.remote(net, cfg, f1, t, True)],
                          post=lambda outs: raypar_row(outs[0], net, cfg, f1),
-                         processes=net.num_subnets if f1 and net.num_subnets > 1 else net.num_subnets + 1)
+                         processes=engine_processes(net, f1))
 
-    def ddp():
-        if not cfg.turns:                            # alone: Ray Train's TorchTrainer starts the workers itself
-            return Contender(f"ddp-{big}", 0, lambda rs: run_ddp(cfg, big), processes=big)
-
+    def ddp():                                   # alone, Ray Train's TorchTrainer starts the workers itself
         def start(rs):
             _check_ddp_batch(cfg, big)
             port = _free_port()
@@ -595,7 +599,7 @@ def plan(cfg: BenchConfig) -> list[Contender]:
             stages, port = pipe_stages(nets[big]), _free_port()
             return [a.start_pipe.remote(m, r, len(stages), port, cfg) for r, (a, m) in enumerate(zip(rs, stages))]
         return Contender(f"pipe-{big}", big, lambda rs: run_pipe(rs, nets[big], cfg), start=start,
-                         post=lambda outs: dict(ranks_row(outs), split=nets[big].split, microbatches=cfg.microbatches),
+                         post=lambda outs: pipe_row(outs, nets[big], cfg),
                          processes=big)
     table = {"original": [local("original", orig)],
              "parareal-1proc": [local("parareal-1proc", nets[big])] if big in nets else [],
@@ -733,8 +737,7 @@ def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dic
             live.append((c, runners))
         except Exception as e:  # noqa: BLE001 - reported in the table instead of stopping the benchmark
             rows.append(error_row(c.name, e))
-            for a in runners:
-                ray.kill(a)
+            _kill(runners)
     log(f"raypar bench: {len(live)} contenders take turns, one step each")
     for i in range(cfg.warmup + cfg.steps):
         for c, runners in list(live):
@@ -743,8 +746,7 @@ def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dic
             except Exception as e:  # noqa: BLE001
                 rows.append(error_row(c.name, e))
                 live.remove((c, runners))
-                for a in runners:
-                    ray.kill(a)
+                _kill(runners)
     for c, runners in live:
         try:
             rows.append(dict(to_row(c.name, c.post(ray.get([a.finish.remote() for a in runners])), cfg.batch),
@@ -752,13 +754,11 @@ def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dic
         except Exception as e:  # noqa: BLE001
             rows.append(error_row(c.name, e))
         finally:
-            for a in runners:
-                ray.kill(a)
+            _kill(runners)
     return rows
 
 
 def _one_at_a_time(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
-    import ray
     rows = []
     for chunk in _chunks(contenders, PRESTART):
         for c, runners in zip(chunk, start_runners([_alone(c) for c in chunk], cfg.gpu_share)):
@@ -768,9 +768,15 @@ def _one_at_a_time(contenders: list[Contender], cfg: BenchConfig, log) -> list[d
             except Exception as e:  # noqa: BLE001 - reported in the table instead of stopping the benchmark
                 rows.append(error_row(c.name, e))
             finally:
-                for a in runners:
-                    ray.kill(a)
+                _kill(runners)
     return rows
+
+
+def _kill(runners: list) -> None:
+    """End a contender's runner processes (and with them the engine actors they own)."""
+    import ray
+    for a in runners:
+        ray.kill(a)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -960,7 +966,7 @@ def add_arguments(p) -> None:
                         "auto (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=d.coarse_kernel,
                    help="kernel size of the coarse convolutions (default: %(default)s)")
-    p.add_argument("--coarse-downsample", default=d.coarse_downsample, choices=["pool", "stride"],
+    p.add_argument("--coarse-downsample", default=d.coarse_downsample, choices=DOWNSAMPLE,
                    help="how the coarse networks shrink their input (default: %(default)s)")
     p.add_argument("--channels-last", action="store_true",
                    help="every contender's weights and activations in the channels-last layout")

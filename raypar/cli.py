@@ -35,6 +35,7 @@ def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bo
     def shown(name):
         return f"(default: {getattr(d, name)})"
 
+    from .coarse import DOWNSAMPLE
     g = p.add_argument_group("model and split")
     g.add_argument("--model", default=default("model"),
                    help=f"vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet164, resnet1001) {shown('model')}")
@@ -64,7 +65,7 @@ def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bo
                    help=f"the coarse networks' normalisation; BatchNorm's running statistics blend the coarse and "
                         f"correction sweeps' inputs and cost accuracy at evaluation (see raypar/coarse.py) "
                         f"{shown('coarse_norm')}")
-    g.add_argument("--coarse-downsample", default=default("coarse_downsample"), choices=["pool", "stride"],
+    g.add_argument("--coarse-downsample", default=default("coarse_downsample"), choices=DOWNSAMPLE,
                    help=f"how a coarse network shrinks its input: average-pool to the output's size, then convolve "
                         f"(cheaper), or a strided convolution {shown('coarse_downsample')}")
     g.add_argument("--norm", default=default("norm"), choices=["batch", "group"],

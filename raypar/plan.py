@@ -436,7 +436,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parareal iterations K (capped at N for each row) (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=3, help="kernel size of the coarse convolutions "
                    "(default: %(default)s)")
-    p.add_argument("--coarse-downsample", default="pool", choices=["pool", "stride"],
+    from .coarse import DOWNSAMPLE
+    p.add_argument("--coarse-downsample", default="pool", choices=DOWNSAMPLE,
                    help="how a coarse network shrinks its input (default: %(default)s)")
     p.add_argument("--coarse-depth", type=int, default=1, help="conv/BN/ReLU layers per coarse network "
                                                                "(default: %(default)s)")
