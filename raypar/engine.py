@@ -9,9 +9,10 @@ Backward, per step:
      each fine output ``f_j`` ships ``dL/df_j`` to actor j the moment it is known, so the actors start their
      backward while the driver is still busy with the rest of its graph.
   2. Every actor's ``step()`` is queued behind its backward; the driver gathers ``dL/du_j`` (u_j = the fine inputs)
-     and runs ``autograd.backward(u, dL/du)`` through the coarse sweep, then ``pre``'s backward (once: the graph is
-     cut after ``pre``, so the loss's pass in 1. stops there too), then steps its own optimizer — while the actors
-     step theirs — and only then waits for the actors' steps.
+     and runs ``autograd.backward(u, dL/du)`` through the correction sweeps, then the coarse sweep's and ``pre``'s
+     backward (once each: the graph is cut after ``pre`` and after each coarse sweep output, so the loss's pass in 1.
+     stops there too), then steps its own optimizer — while the actors step theirs — and only then waits for the
+     actors' steps.
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
   With ``--amp fp16`` the loss is scaled first; each process unscales its own gradients and reports an overflow,
@@ -210,8 +211,8 @@ class PararealEngine:
 
         x, y = memory_format(x.to(self.device), self.cl), y.to(self.device)
         saved = ({k: b.clone() for k, b in self.driver.named_buffers()} if self.skip_nonfinite else None)
-        cut: list[torch.Tensor] = []
-        logits = self._forward(x, fine, cut)
+        cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        logits = self._forward(x, fine, cuts)
         loss = F.cross_entropy(logits, y)
         if saved is not None and self.all_sum([float(not torch.isfinite(loss))])[0] > 0:
             st.bytes = self.tx.bytes - bytes0
@@ -245,8 +246,7 @@ class PararealEngine:
             pairs = [(c.u, g) for c, g in zip(these, grads) if g is not None and c.u.requires_grad]
             if pairs:
                 torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
-        if cut and cut[1].grad is not None:   # every path to pre's output is done: pre's backward, once
-            cut[0].backward(cut[1].grad)
+        self._backward_cuts(cuts)             # every path to them is done: the coarse sweep's and pre's backward, once
         params = list(self.driver.parameters())
         hybrid.average_gradients(params, self.replica.world, self.group)
         if self.scaler:                       # one decision for every process: all step, or none
@@ -312,17 +312,32 @@ class PararealEngine:
         finally:
             self.driver.train()
 
-    def _forward(self, x: torch.Tensor, fine, cut: list | None = None) -> torch.Tensor:
-        """The logits (at least float32), the driver's parts under the run's autocast. With ``cut`` (training) the
-        graph is cut after ``pre``: ``cut`` gets pre's output and the leaf that stands for it in the sweeps. The
-        backward reaches pre's output once from the loss and once more per iteration from the actors' ``dL/du``;
-        the leaf collects all of them, and pre's own backward runs once, at the end (not once per pass)."""
+    def _forward(self, x: torch.Tensor, fine, cuts: list | None = None) -> torch.Tensor:
+        """The logits (at least float32), the driver's parts under the run's autocast. With ``cuts`` (training) the
+        graph is cut after ``pre`` and after each coarse sweep output ``z_j``: every later use sees a leaf with the same
+        values, and ``cuts`` gets the (tensor, leaf) pairs in the order they were made. The backward reaches such a
+        tensor once from the loss and once more per iteration from the actors' ``dL/du``; its leaf collects all of
+        them, and the part before it (``pre``, ``C_j``) runs its backward once, at the end (:meth:`_backward_cuts`)."""
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            if not t.requires_grad:                           # (an Identity or frozen pre: nothing to cut)
+                return t
+            leaf = t.detach().requires_grad_(True)
+            cuts.append((t, leaf))
+            return leaf
         with precision.autocast(self.device.type, self.amp):
             x0 = self.pre(x)
-            if cut is not None and x0.requires_grad:          # (an Identity or frozen pre: nothing to cut)
-                cut += [x0, x0.detach().requires_grad_(True)]
-                x0 = cut[1]
-            return precision.full(self.post(parareal(x0, self.coarse, fine, self.k, self.n)[-1]))
+            if cuts is not None:
+                x0 = cut(x0)
+            out = parareal(x0, self.coarse, fine, self.k, self.n, cut if cuts is not None else None)
+            return precision.full(self.post(out[-1]))
+
+    @staticmethod
+    def _backward_cuts(cuts: list) -> None:
+        """The parts before the cuts, last first, each once, with everything its leaf collected: ``z_j = C_j(z_{j-1})``
+        adds to ``z_{j-1}``'s leaf, so that one is complete when its turn comes."""
+        for t, leaf in reversed(cuts):
+            if leaf.grad is not None:
+                t.backward(leaf.grad)
 
     def all_sum(self, values: list[float]) -> list[float]:
         """Sums over the replicas (the values themselves when there is one)."""

@@ -29,6 +29,9 @@ import torch
 # calls meanwhile() once per call, while they run (work that needs no fine output, possibly none; a map that cannot
 # overlap calls it first)
 FineMap = Callable[[int, list[torch.Tensor], Callable[[], None]], list[torch.Tensor]]
+# cut(z) -> the tensor every later use of z sees instead (the same values; the engine's leaf that stops backward passes
+# there, see PararealEngine._forward)
+Cut = Callable[[torch.Tensor], torch.Tensor]
 
 
 def coarse_work(costs: Sequence[float], iterations: int) -> float:
@@ -39,23 +42,27 @@ def coarse_work(costs: Sequence[float], iterations: int) -> float:
     return sum(costs[:-1]) + (costs[-1] if iterations == 1 else 0.0) + iterations * sum(costs[1:])
 
 
-def coarse_sweep(coarse: Sequence[torch.nn.Module], x0: torch.Tensor) -> list[torch.Tensor]:
-    """Returns ``[C_1(z_0), ..., C_N(z_{N-1})]`` = ``[z_1, ..., z_N]``."""
+def coarse_sweep(coarse: Sequence[torch.nn.Module], x0: torch.Tensor, cut: Cut | None = None) -> list[torch.Tensor]:
+    """Returns ``[C_1(z_0), ..., C_N(z_{N-1})]`` = ``[z_1, ..., z_N]``, each passed through ``cut`` (if given) before
+    anything uses it."""
     c, z = [], x0
     for net in coarse:
         z = net(z)
+        if cut is not None:
+            z = cut(z)
         c.append(z)
     return c
 
 
 def parareal(x0: torch.Tensor, coarse: Sequence[torch.nn.Module], fine: FineMap, iterations: int = 1,
-             num_subnets: int | None = None) -> list[torch.Tensor]:
+             num_subnets: int | None = None, cut: Cut | None = None) -> list[torch.Tensor]:
     """Run K parareal iterations and return ``[l^K_1, ..., l^K_N]``; the network's output is ``post`` of the last.
-    With no coarse networks (N = 1) this is ``[F_1(x0)]``."""
+    With no coarse networks (N = 1) this is ``[F_1(x0)]``. ``cut`` is applied to each ``z_1..z_{N-1}`` of the coarse
+    sweep (values unchanged)."""
     n = num_subnets if num_subnets is not None else max(1, len(coarse))
     if n == 1:
         return fine(1, [x0], lambda: None)
-    z = coarse_sweep(coarse[:-1], x0)             # z_1 .. z_{N-1}
+    z = coarse_sweep(coarse[:-1], x0, cut)        # z_1 .. z_{N-1}
     inputs = [x0] + z                              # l^{k-1}_{j-1}, j = 1..N  (z_0 .. z_{N-1})
     c_prev = z + [None]                            # C_j(l^{k-1}_{j-1}), j = 1..N; z_N = C_N(z_{N-1}) comes next
 

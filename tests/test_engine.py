@@ -212,3 +212,25 @@ def test_engine_with_a_parameter_free_pre(ray_local):
     finally:
         engine.shutdown()
 
+
+
+@pytest.mark.parametrize("n, k, first_in_driver", [(3, 1, False), (2, 1, True), (3, 2, True)])
+def test_engine_runs_each_driver_backward_once(ray_local, n, k, first_in_driver):
+    """pre and the coarse sweep run one backward per forward in a step, although the loss and each iteration's dL/du
+    reach their outputs in separate backward passes (the graph is cut after them); with K = 1 that is every coarse
+    network. (With K > 1 a correction term reused by the next iteration still runs its backward in two passes.)"""
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.125), n, iterations=k, balance="flops")
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver), seed=0)
+    try:
+        calls = {}
+        for name, m in [("pre", engine.pre)] + [(f"C{j + 1}", c) for j, c in enumerate(engine.coarse)]:
+            calls[name] = [0, 0]
+            m.register_forward_hook(lambda *a, c=calls[name]: c.__setitem__(0, c[0] + 1))
+            m.register_full_backward_hook(lambda *a, c=calls[name]: c.__setitem__(1, c[1] + 1))
+        engine.train_step(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+        assert calls["pre"] == [1, 1] and calls["C1"] == [1, 1]        # C_1 runs only in the coarse sweep
+        if k == 1:
+            assert all(c == [2, 2] for name, c in calls.items() if name not in ("pre", "C1"))   # sweep, correction
+    finally:
+        engine.shutdown()
