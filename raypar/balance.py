@@ -19,6 +19,7 @@ from .errors import UserError
 from .models import StagedModel
 
 MEASURES = ("time", "flops", "params")
+TUNE = "tune"            # measured on the engine itself, candidate splits side by side (raypar.tune)
 
 
 @dataclass
@@ -71,6 +72,9 @@ def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time",
 
 
 def check_measure(measure: str) -> None:
+    if measure == TUNE:
+        raise UserError("--balance tune measures splits on the engine (raypar train, raypar bench, raypar tune); "
+                        "here give time, flops, params or block counts")
     if measure not in MEASURES:
         raise UserError(f"unknown balance measure {measure!r}; choose one of {', '.join(MEASURES)} "
                         f"or give block counts like 5,7")
@@ -134,11 +138,15 @@ def check_counts(counts: list[int], n: int, num_blocks: int) -> list[int]:
     return counts
 
 
-def parse_balance(text: str):
-    """CLI form: ``time``/``flops``/``params`` or a comma-separated list of block counts like ``5,7``."""
-    if text in MEASURES:
+def parse_balance(text: str, tune: bool = False):
+    """CLI form: ``time``/``flops``/``params`` (``tune`` too where ``tune``) or a comma-separated list of block counts
+    like ``5,7``."""
+    if text == TUNE and not tune:
+        check_measure(text)                  # says where tuning is possible
+    if text in MEASURES or text == TUNE:
         return text
     try:
         return [int(t) for t in text.split(",")]
     except ValueError:
-        raise UserError(f"--balance must be one of {', '.join(MEASURES)} or block counts like 5,7; got {text!r}")
+        names = ", ".join(MEASURES + ((TUNE,) if tune else ()))
+        raise UserError(f"--balance must be one of {names} or block counts like 5,7; got {text!r}") from None

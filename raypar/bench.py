@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import precision
+from .balance import TUNE
 from .coarse import DOWNSAMPLE, CoarseSpec
 from .engine import PararealEngine, Resources
 from .errors import UserError
@@ -375,11 +376,28 @@ class Contender:
     runners_alone: int | None = None   # runners when it runs alone instead (None: ``runners``)
 
 
-def _net(cfg: BenchConfig, n: int, driver_segment: bool = False) -> PararealNet:
+def _net(cfg: BenchConfig, n: int, driver_segment: bool = False, balance=None) -> PararealNet:
     torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
-    return PararealNet(_model(cfg), n, coarse=CoarseSpec(kernel=cfg.coarse_kernel, downsample=cfg.coarse_downsample),
-                       balance=cfg.balance, input_shape=cfg.shape, profile_batch=cfg.batch,
-                       driver_segment=driver_segment)
+    balance = balance or ("time" if cfg.balance == TUNE else cfg.balance)
+    return PararealNet(_model(cfg), n, coarse=_coarse(cfg), balance=balance, input_shape=cfg.shape,
+                       profile_batch=cfg.batch, driver_segment=driver_segment)
+
+
+def _coarse(cfg: BenchConfig) -> CoarseSpec:
+    return CoarseSpec(kernel=cfg.coarse_kernel, downsample=cfg.coarse_downsample)
+
+
+def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print) -> PararealNet:
+    """A raypar contender's network: with ``--balance tune`` its split is the fastest of the candidates measured on
+    the engine (:mod:`raypar.tune`), else the one the balance gives."""
+    if cfg.balance != TUNE or n < 2:
+        return _net(cfg, n, driver_segment)
+    from .tune import tune_split
+    split, _ = tune_split(_model(cfg), n, coarse=_coarse(cfg), driver_segment=driver_segment, input_shape=cfg.shape,
+                          num_classes=cfg.num_classes, batch=cfg.batch, optim=cfg.optim,
+                          resources=Resources(cfg.gpu_share, 1.0, channels_last=cfg.channels_last, amp=cfg.amp),
+                          seed=cfg.seed, log=log)
+    return _net(cfg, n, driver_segment, split)
 
 
 def _model(cfg: BenchConfig):
@@ -566,13 +584,15 @@ def pipe_row(outs: list[dict], net: PararealNet, cfg: BenchConfig) -> dict:
     return dict(ranks_row(outs), split=net.split, microbatches=cfg.microbatches)
 
 
-def plan(cfg: BenchConfig) -> list[Contender]:
-    """The contenders asked for, in table order. The networks are built (and a measured-time split profiled)
-    first, while nothing else runs, and shared: raypar-N, parareal-1proc and pipe use the same split."""
+def plan(cfg: BenchConfig, log=print) -> list[Contender]:
+    """The contenders asked for, in table order. The networks are built (and a measured-time split profiled, or with
+    ``--balance tune`` the raypar contenders' splits measured on the engine) first, while nothing else runs, and
+    shared: raypar-N, parareal-1proc and pipe use the same split (tuning: parareal-1proc and pipe the time balance's)."""
     big, want = max(cfg.subnets), set(cfg.contenders)
     sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (set(cfg.subnets) if "raypar" in want else set())
     nets = {n: _net(cfg, n) for n in sorted(sizes)}
-    f1_nets = {n: _net(cfg, n, driver_segment=True) for n in cfg.subnets if n > 1} if "raypar-f1" in want else {}
+    engine_nets = {n: _engine_net(cfg, n, False, log) for n in cfg.subnets} if cfg.balance == TUNE else nets
+    f1_nets = ({n: _engine_net(cfg, n, True, log) for n in cfg.subnets if n > 1} if "raypar-f1" in want else {})
     orig = _model(cfg)
 
     def local(name, model):
@@ -603,7 +623,7 @@ def plan(cfg: BenchConfig) -> list[Contender]:
                          processes=big)
     table = {"original": [local("original", orig)],
              "parareal-1proc": [local("parareal-1proc", nets[big])] if big in nets else [],
-             "raypar": [engine(f"raypar-N{n}{_suffix(t)}", nets[n], False, t)
+             "raypar": [engine(f"raypar-N{n}{_suffix(t)}", engine_nets[n], False, t)
                         for t in cfg.transports for n in cfg.subnets] if "raypar" in want else [],
              "raypar-f1": [engine(f"raypar-N{n}-f1{_suffix(t)}", f1_nets[n], True, t)
                            for t in cfg.transports for n in sorted(f1_nets)],
@@ -677,7 +697,7 @@ def measure(cfg: BenchConfig, log=print) -> list[dict]:
     """Run every contender in fresh processes, taking turns step by step (``cfg.interleave``, on CPUs) or one after
     the other; a contender that fails is a row with its error. With ``cfg.rounds`` > 1 the whole line-up runs that many times, in reverse order every other round, so a slow
     spell of the machine does not fall on one contender only (see :func:`merge_rounds`)."""
-    contenders = plan(cfg)
+    contenders = plan(cfg, log)
     rounds = []
     for r in range(cfg.rounds):
         if cfg.rounds > 1:
@@ -956,7 +976,9 @@ def add_arguments(p) -> None:
                                                    "(default: %(default)s)")
     p.add_argument("--microbatches", type=int, default=d.microbatches,
                    help="GPipe micro-batches (default: %(default)s)")
-    p.add_argument("--balance", default=d.balance, help="split: time, flops, params or counts like 6,6 "
+    p.add_argument("--balance", default=d.balance, help="split: time, flops, params or counts like 6,6; tune: each "
+                                                        "raypar contender's split measured on the engine first "
+                                                        "(raypar tune; parareal-1proc and pipe: time) "
                                                         "(default: %(default)s)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="(default: %(default)s)")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
@@ -999,7 +1021,7 @@ def config_from_args(args) -> BenchConfig:
     from .balance import parse_balance
     cfg = BenchConfig(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
                       args.warmup, args.steps, _ints(args.subnets, "--subnets"), args.microbatches,
-                      parse_balance(args.balance), [c.strip() for c in args.contenders.split(",") if c.strip()],
+                      parse_balance(args.balance, tune=True), [c.strip() for c in args.contenders.split(",") if c.strip()],
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
                       args.channels_last, args.amp, args.coarse_downsample, args.rounds, not args.one_at_a_time)

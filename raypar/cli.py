@@ -54,7 +54,9 @@ def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bo
                        help=f"parareal iterations K, 1..N; K = N reproduces the sequential network "
                             f"{shown('iterations')}")
     g.add_argument("--balance", default=default("balance"),
-                   help=f"split by measured 'time', 'flops', 'params', or block counts like 5,7 {shown('balance')}")
+                   help=f"split by measured 'time', 'flops', 'params', or block counts like 5,7"
+                        f"{'' if fixed else '; tune: run candidate splits on the engine first and keep the fastest'} "
+                        f"{shown('balance')}")
     g.add_argument("--coarse-depth", type=int, default=default("coarse_depth"),
                    help=f"conv/BN/ReLU layers per coarse network {shown('coarse_depth')}")
     g.add_argument("--coarse-width", type=float, default=default("coarse_width"),
@@ -230,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
+    from .tune import add_arguments as add_tune_arguments
+    tune = sub.add_parser("tune", help="choose the split by measuring candidate splits on the engine",
+                          description="Run the engine with the profile's split and its neighbours (one block "
+                                      "boundary moved by up to --radius blocks), on the same synthetic batches, "
+                                      "taking turns step by step on CPUs (one after the other on GPUs), and print "
+                                      "each one's step time; the fastest is what `train --balance tune` would use.")
+    add_tune_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
+
     from .plan import add_arguments as add_plan_arguments
     plan = sub.add_parser("plan", help="predict step time and speedup for N = 1..G sub-networks, before running",
                           description="Predict, for N = 1..G sub-networks, the training step time and the speedup "
@@ -280,6 +291,11 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def cmd_tune(args) -> int:
+    from .tune import cmd_tune as run
+    return run(args)
+
+
 def cmd_plan(args) -> int:
     from .plan import cmd_plan as run_plan
     return run_plan(args)
@@ -307,7 +323,7 @@ def config_from_args(args, skip: tuple = ()):
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(skip) - {"recipe"}   # --recipe: a name
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if "balance" in given:
-        given["balance"] = parse_balance(given["balance"])
+        given["balance"] = parse_balance(given["balance"], tune=True)
     values.update(given)
     if "tracking_uri" not in values:
         values["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
@@ -387,6 +403,9 @@ def _fit_with_progress(cfg, fit):
             try:
                 ev = events.get(timeout=0.5)
             except queue_mod.Empty:
+                continue
+            if ev["kind"] == "note":
+                console.print(ev["text"])
                 continue
             epoch = ev["epoch"]
             if ev["kind"] == "start":

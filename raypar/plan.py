@@ -353,8 +353,10 @@ def against_bench(path: str, link: Link, planner: Planner | None = None) -> list
         raise UserError(f"cannot read a raypar bench result from {path}: {e}") from None
     if not isinstance(cfg.get("balance"), str):
         raise UserError(f"{path}: the bench used an explicit split {cfg.get('balance')}; plan needs time/flops/params")
+    # a tuned bench (--balance tune): every row has its split; the rest of the plan balances by time
     planner = planner or Planner(cfg["model"], cfg["width_mult"], cfg["image_size"], cfg["in_channels"],
-                                 cfg["num_classes"], cfg["batch"], balance=cfg["balance"],
+                                 cfg["num_classes"], cfg["batch"],
+                                 balance=cfg["balance"] if cfg["balance"] in MEASURES else "time",
                                  coarse_kernel=cfg.get("coarse_kernel", 3),
                                  coarse_downsample=cfg.get("coarse_downsample", "stride"))   # older benches: strided
     cores = int(env.get("cpu_cores") or os.cpu_count() or 1)

@@ -20,6 +20,7 @@ import torch
 from ray.train import Checkpoint
 
 from . import data, tracking
+from .balance import TUNE
 from .config import TrainConfig
 from .errors import UserError
 from . import hybrid
@@ -41,6 +42,26 @@ def _gpus_per_subnet(cfg: TrainConfig) -> float:
         return cfg.gpus_per_subnet
     import ray
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _tuned_split(cfg: TrainConfig, spec, staged, resources: Resources, events, run_id: str) -> list[int]:
+    """``--balance tune``: candidate splits side by side on the engine at the run's batch (:mod:`raypar.tune`); the
+    trials go to MLflow (``tuning.json``, tag ``raypar.tuned_split``)."""
+    from dataclasses import asdict
+
+    from .tune import tune_split
+    split, trials = tune_split(staged(), cfg.subnets, iterations=cfg.iterations, coarse=cfg.coarse,
+                               driver_segment=cfg.driver_segment,
+                               input_shape=(spec.in_channels, spec.image_size, spec.image_size),
+                               num_classes=spec.num_classes, batch=cfg.batch_size, optim=cfg.optim,
+                               resources=resources, seed=cfg.seed,
+                               log=lambda text: _emit(events, kind="note", epoch=0, text=text))
+    tracking.set_tag(cfg.tracking_uri, run_id, "raypar.tuned_split", ",".join(map(str, split)))
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "tuning.json"), "w") as f:
+            json.dump([asdict(t) for t in trials], f, indent=2)
+        tracking.log_artifacts(cfg.tracking_uri, run_id, folder)
+    return split
 
 
 def _write_checkpoint(folder: str, engine: PararealEngine, meta: dict) -> None:
@@ -124,7 +145,8 @@ def train_loop(config: dict) -> None:
     """Runs in the Ray Train worker (the driver of one parareal network).
 
     ``config`` holds the run's ``cfg`` (a :class:`TrainConfig` as a dict) and ``events``: a ``ray.util.queue.Queue``
-    (or None) that receives progress events (dicts with ``kind`` = ``start``, ``step`` or ``epoch``)."""
+    (or None) that receives progress events (dicts with ``kind`` = ``note`` (a line of text), ``start``, ``step`` or
+    ``epoch``)."""
     import logging
 
     import ray.train
@@ -147,23 +169,28 @@ def train_loop(config: dict) -> None:
 
     meta, state = load_latest_checkpoint(cfg)
 
-    def network(balance) -> PararealNet:
+    def staged():
         torch.manual_seed(cfg.seed)                  # the same initial weights on every replica
-        staged = build(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                       width_mult=cfg.width_mult, image_size=spec.image_size, norm=cfg.norm)
-        return PararealNet(staged, cfg.subnets, cfg.iterations, cfg.coarse, balance,
+        return build(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                     width_mult=cfg.width_mult, image_size=spec.image_size, norm=cfg.norm)
+
+    def network(balance) -> PararealNet:
+        return PararealNet(staged(), cfg.subnets, cfg.iterations, cfg.coarse, balance,
                            driver_segment=cfg.driver_segment)
 
-    # a resumed run keeps the split it started with (a measured-time balance could choose another one)
-    net = network(meta["split"] if meta else cfg.balance)
+    gpus = _gpus_per_subnet(cfg)
+    resources = Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
+                          transport=cfg.transport, channels_last=cfg.channels_last, amp=cfg.amp)
+    # a resumed run keeps the split it started with (a measured balance could choose another one)
+    balance = meta["split"] if meta else cfg.balance
+    if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split
+        balance = _tuned_split(cfg, spec, staged, resources, events, run_id) if rank0 else "flops"
+    net = network(balance)
     split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
     if split != net.split:
         net = network(split)
-    gpus = _gpus_per_subnet(cfg)
-    engine = PararealEngine(net, cfg.optim,
-                            Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
-                                      transport=cfg.transport, channels_last=cfg.channels_last, amp=cfg.amp),
-                            seed=cfg.seed, skip_nonfinite=cfg.on_nonfinite == "skip", replica=replica)
+    engine = PararealEngine(net, cfg.optim, resources, seed=cfg.seed, skip_nonfinite=cfg.on_nonfinite == "skip",
+                            replica=replica)
     start = 0
     if state is not None:
         engine.set_state(state)

@@ -59,12 +59,25 @@ def _cfg(tmp_path, **kw):
     return TrainConfig(**base).validate()
 
 
-def test_resume_continues_at_the_next_epoch(ray_local, tmp_path):
-    first = fit(_cfg(tmp_path, epochs=1))
+def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, tmp_path):
+    """A second fit with more epochs resumes: nothing lost, nothing repeated. The run uses --balance tune (F_1 in the
+    driver): it measures candidate splits on the engine before it starts, trains with the fastest, records it (tag,
+    tuning.json, config.json), and the resumed run keeps it without tuning again."""
+    import json
+    first = fit(_cfg(tmp_path, epochs=1, balance="tune", driver_segment=True))
     assert first.metrics["epoch"] == 1 and not first.resumed
-    second = fit(_cfg(tmp_path, epochs=2))
+    client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", first.run_id)
+    split = [int(v) for v in run.data.tags["raypar.tuned_split"].split(",")]
+    trials = json.load(open(client.download_artifacts(first.run_id, "tuning.json", str(tmp_path))))
+    measured = [t for t in trials if not t["error"]]
+    assert len(trials) >= 2 and measured and all(t["step_ms"] > 0 for t in measured)
+    assert split == min(measured, key=lambda t: t["step_ms"])["split"] and sum(t["profiled"] for t in trials) == 1
+    second = fit(_cfg(tmp_path, epochs=2, balance="tune", driver_segment=True))
     assert second.resumed and second.run_id == first.run_id
     assert second.metrics["epoch"] == 2
+    assert json.load(open(os.path.join(second.checkpoint_path, "raypar_meta.json")))["split"] == split
+    config = json.load(open(client.download_artifacts(first.run_id, "config.json", str(tmp_path))))
+    assert config["split"] == split and config["balance"] == "tune"
     client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", first.run_id)
     assert run.info.status == "FINISHED"
     # epoch 1 once (from the first run), epoch 2 once (from the resumed one): nothing lost, nothing repeated

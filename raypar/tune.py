@@ -1,0 +1,289 @@
+"""Choose the split by measuring it: run the engine with several candidate splits on the same batches and keep the
+fastest (``--balance tune``, ``raypar tune``).
+
+A profile balances the fine segments by their cost measured one block at a time, alone. The engine's real step
+depends on more: the driver's own work (pre, the coarse networks, post, and with ``--driver-segment`` F_1), which
+overlaps some of the actors' work and not the rest, each block's forward and backward falling into different
+windows, the transfers, and how much the processes slow each other down on shared cores. On the 2-core development
+machine the profile's split of VGG-16 x0.25 with F_1 in the driver was [4, 8]; the engine ran [6, 6] 15-30 % faster
+(benchmarks/throughput/README.md). Tuning measures instead of modelling.
+
+Candidates: the profile's split and every split one block boundary away from it by up to ``radius`` blocks. Every
+candidate gets its own engine (on a deep copy of the network: tuning trains nothing the run keeps). On CPUs the
+engines take turns, one step each, so that a shared machine's drift falls on all of them alike; their actors reserve
+a sliver of a Ray CPU, so that all are up at once. With GPUs each candidate runs alone with the run's resources,
+one after the other, twice (the second time in reverse order). A candidate's time is the median of its timed steps.
+The candidates' driver runs in a Ray worker, so that it has the same OS priority as the actors (Ray lowers every
+worker's to nice 15; a driver at nice 0 would win every contest for a core and skew the choice): in the caller's
+process where that is one already (a Ray Train worker, with ``--balance tune``), else in an actor of its own.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from .coarse import CoarseSpec
+from .errors import UserError
+from .optim import OptimConfig
+
+
+@dataclass
+class Trial:
+    split: list[int]
+    step_ms: float = float("nan")         # median step time over the timed steps
+    driver_ms: float = float("nan")       # the driver's own compute (median)
+    wait_ms: float = float("nan")         # the driver waiting for its actors (median)
+    fine_ms: tuple = ()                   # each fine process's compute (medians; F_1 in the driver: its forward)
+    profiled: bool = False                # the profile's own split
+    error: str = ""
+
+
+def candidates(base: list[int], radius: int = 2) -> list[list[int]]:
+    """``base`` first, then every split that moves one boundary of ``base`` by 1..``radius`` blocks (each segment
+    keeps at least one block)."""
+    out = [list(base)]
+    bounds = [sum(base[:i + 1]) for i in range(len(base) - 1)]
+    total = sum(base)
+    for i in range(len(bounds)):
+        for d in [d for r in range(1, radius + 1) for d in (-r, r)]:
+            b = list(bounds)
+            b[i] += d
+            edges = [0, *b, total]
+            split = [edges[j + 1] - edges[j] for j in range(len(edges) - 1)]
+            if min(split) >= 1 and split not in out:
+                out.append(split)
+    return out
+
+
+def check_effort(warmup: int, steps: int, radius: int) -> None:
+    if warmup < 0 or steps < 1 or radius < 0:
+        raise UserError(f"tuning needs warm-up >= 0, steps >= 1 and radius >= 0, got {warmup}, {steps}, {radius}")
+
+
+def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None = None,
+               driver_segment: bool = False, input_shape: tuple, num_classes: int, batch: int, optim: OptimConfig,
+               resources=None, radius: int = 3, warmup: int = 2, steps: int = 6, seed: int = 0,
+               log=lambda msg: None) -> tuple[list[int], list[Trial]]:
+    """Measure the candidate splits of ``staged`` into ``n`` segments on the engine and return (the fastest split, every
+    trial, in candidate order). Needs a running Ray. ``staged`` itself is left untouched."""
+    import ray
+
+    from .engine import Resources
+    from .network import PararealNet
+    if n < 2:
+        return [len(staged.blocks)], []
+    check_effort(warmup, steps, radius)
+    resources = replace(resources or Resources(), first_in_driver=driver_segment)
+    torch.manual_seed(seed)
+    base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,
+                       driver_segment=driver_segment).split
+    splits = candidates(base, radius)
+    log(f"tuning the split of N = {n}{' (F_1 in the driver)' if driver_segment else ''}: {len(splits)} candidates "
+        f"around the profile's {base}, {warmup} + {steps} steps each")
+    nets = [PararealNet(copy.deepcopy(staged), n, iterations, coarse, s, input_shape, profile_batch=batch,
+                        driver_segment=driver_segment) for s in splits]
+    gen = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(batch, *input_shape, generator=gen), torch.randint(0, num_classes, (batch,), generator=gen))
+               for _ in range(warmup + steps)]
+    gpu = resources.gpus_per_subnet > 0
+    if ray.get_runtime_context().get_actor_id() is not None:       # a Ray worker already (a Ray Train driver)
+        trials = _TuneDriver().run(nets, optim, resources, seed, batches, warmup, gpu)
+    else:
+        driver = ray.remote(num_cpus=0, num_gpus=(resources.gpus_per_subnet if gpu else 0))(_TuneDriver).remote(1)
+        try:
+            trials = ray.get(driver.run.remote(nets, optim, resources, seed, batches, warmup, gpu))
+        finally:
+            ray.kill(driver)
+    for t, s in zip(trials, splits):
+        t.profiled = s == base
+    ok = [t for t in trials if not t.error]
+    if not ok:
+        raise UserError(f"no candidate split could be measured: {trials[0].error}")
+    best = min(ok, key=lambda t: t.step_ms)
+    log(f"fastest split {best.split}: {best.step_ms:.1f} ms per step (the profile's {base}: "
+        f"{trials[0].step_ms:.1f} ms)")
+    return best.split, trials
+
+
+class _TuneDriver:
+    """The candidates' drivers, in one process (a Ray worker: at the actors' OS priority)."""
+
+    def __init__(self, threads: int | None = None):
+        if threads:                               # an actor of its own: one thread, as every fine actor computes
+            torch.set_num_threads(threads)
+
+    def run(self, nets, optim, resources, seed, batches, warmup, gpu) -> list[Trial]:
+        from .engine import PararealEngine
+        trials = [Trial(list(net.split)) for net in nets]
+        times = [[] for _ in nets]
+        if gpu:                                   # alone, one after the other, twice (the second time reversed)
+            order = list(range(len(nets)))
+            for rnd in (order, order[::-1]):
+                for i in rnd:
+                    engine = self._start(PararealEngine, nets[i], optim, resources, seed, trials[i])
+                    if engine is None:
+                        continue
+                    try:
+                        for j, (x, y) in enumerate(batches):
+                            self._step(engine, x, y, times[i] if j >= warmup else None, trials[i])
+                    finally:
+                        engine.shutdown()
+        else:                                     # all at once, taking turns step by step
+            from concurrent.futures import ThreadPoolExecutor
+            sliver = replace(resources, cpus_per_subnet=0.01)
+            with ThreadPoolExecutor(len(nets)) as pool:          # their actors start at once
+                engines = list(pool.map(lambda nt: self._start(PararealEngine, *nt[:1], optim, sliver, seed, nt[1]),
+                                        zip(nets, trials)))
+            try:
+                for j, (x, y) in enumerate(batches):
+                    for i, engine in enumerate(engines):
+                        if engine is not None and not trials[i].error:
+                            self._step(engine, x, y, times[i] if j >= warmup else None, trials[i])
+            finally:
+                for engine in engines:
+                    if engine is not None:
+                        engine.shutdown()
+        for t, ts in zip(trials, times):
+            if ts and not t.error:
+                t.step_ms = 1e3 * statistics.median([w for w, _ in ts])
+                t.driver_ms = 1e3 * statistics.median([s.driver for _, s in ts])
+                t.wait_ms = 1e3 * statistics.median([s.wait for _, s in ts])
+                t.fine_ms = tuple(1e3 * statistics.median(v) for v in zip(*[s.fine_each for _, s in ts]))
+        return trials
+
+    @staticmethod
+    def _start(engine_cls, net, optim, resources, seed, trial):
+        try:
+            return engine_cls(copy.deepcopy(net), optim, resources, seed=seed)
+        except Exception as e:                   # noqa: BLE001 - one candidate that cannot start is a row, not a crash
+            trial.error = f"{type(e).__name__}: {e}"
+            return None
+
+    @staticmethod
+    def _step(engine, x, y, times, trial):
+        t0 = time.perf_counter()
+        loss, _, stats = engine.train_step(x, y)
+        if times is not None:
+            times.append((time.perf_counter() - t0, stats))
+        if not torch.isfinite(torch.tensor(loss)):
+            trial.error = "the loss is not finite"
+
+
+def render(trials: list[Trial], title: str = ""):
+    from rich.table import Table
+    t = Table(title=title or None)
+    for col in ("split", "step ms", "x profile's", "driver ms", "wait ms", "fine ms (each process)", ""):
+        t.add_column(col, justify="left" if col in ("split", "") else "right")
+    ref = next((x.step_ms for x in trials if x.profiled), float("nan"))
+    best = min((x.step_ms for x in trials if not x.error), default=None)
+    for x in trials:
+        note = ("profile's" if x.profiled else "") + (" fastest" if x.step_ms == best else "")
+        if x.error:
+            t.add_row(",".join(map(str, x.split)), "-", "-", "-", "-", "-", x.error[:60])
+            continue
+        t.add_row(",".join(map(str, x.split)), f"{x.step_ms:.1f}", f"{ref / x.step_ms:.2f}", f"{x.driver_ms:.1f}",
+                  f"{x.wait_ms:.1f}", " / ".join(f"{v:.1f}" for v in x.fine_ms), note.strip())
+    return t
+
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    """The options of ``raypar tune``."""
+    from .coarse import DOWNSAMPLE
+    from .transport import TRANSPORTS
+    p.add_argument("--model", default="vgg16", help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s)")
+    p.add_argument("--width-mult", type=float, default=0.25, help="scale every channel count (default: %(default)s)")
+    p.add_argument("--subnets", "-n", type=int, default=2, help="number N of fine sub-networks (default: %(default)s)")
+    p.add_argument("--iterations", "-k", type=int, default=1, help="parareal iterations K (default: %(default)s)")
+    p.add_argument("--driver-segment", action="store_true", help="F_1 runs in the driver (as train's option)")
+    p.add_argument("--batch", type=int, default=64, help="batch per step, as the run will use (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
+    p.add_argument("--in-channels", type=int, default=3, help="(default: %(default)s)")
+    p.add_argument("--num-classes", type=int, default=10, help="(default: %(default)s)")
+    p.add_argument("--norm", default="batch", choices=["batch", "group"], help="(default: %(default)s)")
+    p.add_argument("--coarse-kernel", type=int, default=3, help="(default: %(default)s)")
+    p.add_argument("--coarse-downsample", default="pool", choices=DOWNSAMPLE, help="(default: %(default)s)")
+    p.add_argument("--coarse-depth", type=int, default=1, help="(default: %(default)s)")
+    p.add_argument("--coarse-width", type=float, default=1.0, help="(default: %(default)s)")
+    p.add_argument("--coarse-norm", default="group", choices=["group", "batch"], help="(default: %(default)s)")
+    p.add_argument("--radius", type=int, default=3,
+                   help="candidates: the profile's split and every split one boundary away by up to this many "
+                        "blocks (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per candidate first (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per candidate (default: %(default)s)")
+    p.add_argument("--gpus-per-subnet", type=float, default=0.0,
+                   help="GPUs per fine actor (and the driver); 0: CPUs, one thread per process (default: %(default)s)")
+    p.add_argument("--transport", default="object-store", choices=TRANSPORTS, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--format", default="table", choices=["table", "json"], help="(default: %(default)s)")
+
+
+def cmd_tune(args) -> int:
+    import json
+    import os
+    import sys
+    from dataclasses import asdict
+
+    import ray
+    from rich.console import Console
+
+    from .config import TrainConfig
+    from .engine import Resources
+    from .models import build
+    cfg = TrainConfig(model=args.model, width_mult=args.width_mult, subnets=args.subnets, iterations=args.iterations,
+                      driver_segment=args.driver_segment, batch_size=args.batch, norm=args.norm,
+                      coarse_kernel=args.coarse_kernel, coarse_downsample=args.coarse_downsample,
+                      coarse_depth=args.coarse_depth, coarse_width=args.coarse_width, coarse_norm=args.coarse_norm,
+                      gpus_per_subnet=args.gpus_per_subnet, transport=args.transport, seed=args.seed).validate()
+    if args.subnets < 2:
+        raise UserError("--subnets must be >= 2: with one sub-network there is no split to tune")
+    check_effort(args.warmup, args.steps, args.radius)
+    if args.image_size < 1 or args.in_channels < 1 or args.num_classes < 2:
+        raise UserError("--image-size and --in-channels must be >= 1 and --num-classes >= 2")
+    console = Console(stderr=args.format == "json")
+    started = False
+    if not ray.is_initialized():
+        saved = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"                # every process computes with one thread
+        try:
+            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
+                     configure_logging=False, log_to_driver=False,
+                     num_gpus=torch.cuda.device_count() if args.gpus_per_subnet > 0 else 0)
+            started = True
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+    try:
+        torch.manual_seed(cfg.seed)
+        staged = build(cfg.model, args.num_classes, args.in_channels, cfg.width_mult, args.image_size, norm=cfg.norm)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)                           # the profile's split, as the processes will run
+        try:
+            with console.status("measuring candidate splits on the engine ..."):
+                split, trials = tune_split(staged, cfg.subnets, iterations=cfg.iterations, coarse=cfg.coarse,
+                                           driver_segment=cfg.driver_segment,
+                                           input_shape=(args.in_channels, args.image_size, args.image_size),
+                                           num_classes=args.num_classes, batch=cfg.batch_size, optim=cfg.optim,
+                                           resources=Resources(cfg.gpus_per_subnet, 1.0, transport=cfg.transport),
+                                           radius=args.radius, warmup=args.warmup, steps=args.steps, seed=cfg.seed,
+                                           log=lambda m: console.print(m, style="dim"))
+        finally:
+            torch.set_num_threads(threads)
+    finally:
+        if started:
+            ray.shutdown()
+    if args.format == "json":
+        print(json.dumps({"split": split, "trials": [asdict(t) for t in trials]}, indent=2))
+        return 0
+    Console(width=None if sys.stdout.isatty() else 150).print(render(trials, f"{cfg.model} x{cfg.width_mult}, "
+                                                              f"N = {cfg.subnets}, batch {cfg.batch_size}"))
+    print(f"fastest split: --balance {','.join(map(str, split))}  (train with --balance tune measures it again, "
+          f"at the start of a run)")
+    return 0
