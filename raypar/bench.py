@@ -380,7 +380,8 @@ def _net(cfg: BenchConfig, n: int, driver_segment: bool = False, balance=None) -
     torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
     balance = balance or ("time" if cfg.balance == TUNE else cfg.balance)
     return PararealNet(_model(cfg), n, coarse=_coarse(cfg), balance=balance, input_shape=cfg.shape,
-                       profile_batch=cfg.batch, driver_segment=driver_segment)
+                       profile_batch=cfg.batch, driver_segment=driver_segment,
+                       measure="time" if cfg.balance == TUNE else None)   # a tuned split's limit: by time too
 
 
 def _coarse(cfg: BenchConfig) -> CoarseSpec:

@@ -49,7 +49,7 @@ class PararealNet(nn.Module):
 
     def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,
                  balance="time", input_shape: tuple | None = None, profile_batch: int = 8,
-                 driver_segment: bool = False):
+                 driver_segment: bool = False, measure: str | None = None):
         super().__init__()
         staged = staged_from(staged)
         num_blocks = len(staged.blocks)
@@ -66,7 +66,8 @@ class PararealNet(nn.Module):
         dtype = next(staged.parameters()).dtype
         gen = torch.Generator().manual_seed(0)      # profiling must not consume the global RNG
         sample = torch.randn(profile_batch, *shape, dtype=dtype, generator=gen)
-        measure = balance if isinstance(balance, str) else "flops"
+        # the profile's measure (the cost report's unit): the balance's own, else (explicit block counts) ``measure``
+        measure = balance if isinstance(balance, str) else (measure or "flops")
         pre_p, block_p, post_p = bal.profile(staged, sample, measure)
         if isinstance(balance, str):
             costs = [p.cost for p in block_p]
