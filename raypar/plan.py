@@ -16,10 +16,17 @@ partition. For N >= 2 sub-networks and K iterations, with every time in seconds 
                                                            iteration one round trip for the forward calls and one for
                                                            the backward calls (all segments' calls go out together;
                                                            the actors' optimizer steps queue behind the last backward)
-    critical = E + coarse + fine + transfer
+    critical = E + coarse + fine * slow + transfer
     work     = E + coarse + sum of all F_j runs            compute only
-    step     = max(critical, work / min(devices, processes))       processes = N + 1, or N with --driver-segment
+    step     = max(critical, work / cap)
     speedup  = step(N = 1) / step(N)                       N = 1: the original network in one process, E + sum F_j
+
+    used     = min(devices, processes)                     processes = N + 1, or N with --driver-segment
+    cap      = min(used, capacity)                         what the devices in use are worth together, in units of
+                                                           one alone: ``used`` for equal, independent devices (the
+                                                           default); on a shared CPU less (``raypar bench`` measures
+                                                           it: ``core_speeds.capacity``; ``--capacity``)
+    slow     = used / cap  (1 for N = 1)                   how much slower each fine segment runs while they all run
 
 Each part's cost includes its share of the optimizer step (measured once, per parameter). ``--driver-segment``:
 F_1 runs in the driver (N processes instead of N + 1), so it ships nothing, and its work adds to the driver's; the
@@ -184,10 +191,12 @@ class Planner:
         return c.pre_s + sum(c.blocks_s) + c.post_s
 
     def row(self, n: int, devices: int, link: Link, iterations: int = 1, driver_segment: bool = False,
-            in_process: bool | None = None, split: list[int] | None = None) -> PlanRow:
+            in_process: bool | None = None, split: list[int] | None = None,
+            capacity: float | None = None) -> PlanRow:
         """The prediction for N sub-networks. N = 1 is the original network in one process (``in_process``
         False: the engine with its one fine actor, for comparison with ``raypar bench``'s raypar-N1); ``split``: these
-        block counts instead of PararealNet's balanced split."""
+        block counts instead of PararealNet's balanced split; ``capacity``: what the devices together are worth in
+        units of one alone (None: as many as there are)."""
         c = self.costs
         k = min(iterations, n)
         e = c.pre_s + c.post_s
@@ -218,18 +227,21 @@ class Planner:
         transfer = link.seconds(nbytes, trips) if not local else 0.0
         processes = 1 if local else (n if first_local else n + 1)
         used = max(1, min(devices, processes))
+        cap = used if capacity is None else max(1e-9, min(used, capacity))
         if local:                                                 # the original network: exactly the sequential
             fine_crit, critical = sum(fines), seq
             work = seq
         else:
+            if n > 1:                                             # the fine segments compute at the same time
+                fine_crit *= used / cap
             critical = e + coarse_s + fine_crit + transfer
             work = e + coarse_s + fine_work
-        step = max(critical, work / used)
+        step = max(critical, work / cap)
         driver = e + coarse_s + (k * fines[0] if first_local else 0.0) if not local else seq
         speedup = seq / step
         return PlanRow(n, split, k if n > 1 else 1, processes, used, 1e3 * step, speedup, speedup / used, nbytes,
                        coarse_s / step, 1e3 * critical, 1e3 * work, 1e3 * transfer, 1e3 * coarse_s, 1e3 * fine_crit,
-                       1e3 * driver, "critical path" if critical >= work / used else "devices")
+                       1e3 * driver, "critical path" if critical >= work / cap else "devices")
 
     def _interfaces(self, split: list[int]) -> list[tuple[int, int]]:
         """numel per sample of every segment's input and output."""
@@ -261,7 +273,10 @@ def _optimizer_seconds_per_param(staged) -> float:
 
 
 # -------------------------------------------------------------------------------------------- predict
-def check_inputs(gpus: int, link_gbps: float | None, latency_ms: float | None, iterations: int) -> None:
+def check_inputs(gpus: int, link_gbps: float | None, latency_ms: float | None, iterations: int,
+                 capacity: float | None = None) -> None:
+    if capacity is not None and not (capacity >= 1 and math.isfinite(capacity)):
+        raise UserError(f"--capacity must be >= 1 (devices' worth, in units of one alone), got {capacity}")
     if not isinstance(gpus, int) or gpus < 1:
         raise UserError(f"--gpus (devices) must be >= 1, got {gpus}")
     if link_gbps is not None and not (link_gbps > 0 and math.isfinite(link_gbps)):
@@ -276,16 +291,17 @@ def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, li
             latency_ms: float | None = None, batch: int = 64, image_size: int = 32, in_channels: int = 3,
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,
-            coarse_kernel: int = 3, coarse_downsample: str = "pool") -> list[PlanRow]:
+            coarse_kernel: int = 3, coarse_downsample: str = "pool", capacity: float | None = None) -> list[PlanRow]:
     """One :class:`PlanRow` per N = 1..min(gpus, blocks). ``planner``: reuse the measurements of an earlier call
     (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,
-    :data:`CALL_LATENCY_MS`."""
-    check_inputs(gpus, link_gbps, latency_ms, iterations)
+    :data:`CALL_LATENCY_MS`; ``capacity``: what the devices together are worth (see :meth:`Planner.row`)."""
+    check_inputs(gpus, link_gbps, latency_ms, iterations, capacity)
     planner = planner or Planner(model, width_mult, image_size, in_channels, num_classes, batch, coarse_depth,
                                  coarse_width, balance, coarse_kernel=coarse_kernel,
                                  coarse_downsample=coarse_downsample)
     link = Link(LINK_GBPS if link_gbps is None else link_gbps, CALL_LATENCY_MS if latency_ms is None else latency_ms)
-    return [planner.row(n, gpus, link, iterations, driver_segment) for n in range(1, min(gpus, planner.num_blocks) + 1)]
+    return [planner.row(n, gpus, link, iterations, driver_segment, capacity=capacity)
+            for n in range(1, min(gpus, planner.num_blocks) + 1)]
 
 
 def measure_link(size_bytes: int = 4 << 20, repeats: int = 15) -> Link:
@@ -341,10 +357,10 @@ def to_json(rows: list[PlanRow], meta: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- predicted vs bench.json
-def against_bench(path: str, link: Link, planner: Planner | None = None) -> list[dict]:
-    """Predict the contenders of a ``raypar bench`` run (its ``bench.json``: model, batch, balance, cores) and put
-    the prediction next to the measurement: original = N = 1; raypar-N{n} and raypar-N{n}-f1 (the engine, N = 1
-    with its one actor included)."""
+def against_bench(path: str, link: Link, planner: Planner | None = None, capacity: float | None = None) -> list[dict]:
+    """Predict the contenders of a ``raypar bench`` run (its ``bench.json``: model, batch, balance, cores, and the
+    cores' measured capacity unless ``capacity`` is given) and put the prediction next to the measurement: original =
+    N = 1; raypar-N{n} and raypar-N{n}-f1 (the engine, N = 1 with its one actor included)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -360,6 +376,8 @@ def against_bench(path: str, link: Link, planner: Planner | None = None) -> list
                                  coarse_kernel=cfg.get("coarse_kernel", 3),
                                  coarse_downsample=cfg.get("coarse_downsample", "stride"))   # older benches: strided
     cores = int(env.get("cpu_cores") or os.cpu_count() or 1)
+    if capacity is None:                       # what the bench measured the cores to be worth, where it did
+        capacity = (env.get("core_speeds") or {}).get("capacity")
     seq = planner.sequential_s() * 1e3
     out = []
     for r in rows:
@@ -367,11 +385,11 @@ def against_bench(path: str, link: Link, planner: Planner | None = None) -> list
         if not r.get("step_ms"):
             continue
         if name == "original":
-            p = planner.row(1, cores, link)
+            p = planner.row(1, cores, link, capacity=capacity)
         elif name.startswith("raypar-N"):
             n = int(name[len("raypar-N"):].split("-")[0])
             p = planner.row(n, cores, link, driver_segment=name.endswith("-f1"), in_process=False,
-                            split=r.get("split") if n > 1 else None)
+                            split=r.get("split") if n > 1 else None, capacity=capacity)
         else:
             continue
         out.append({"contender": name, "processes": p.processes, "split": p.split, "measured_ms": r["step_ms"],
@@ -379,7 +397,8 @@ def against_bench(path: str, link: Link, planner: Planner | None = None) -> list
                     "measured_speedup": r.get("ratio_vs_original"), "predicted_speedup": seq / p.step_ms,
                     "speedup_error": (seq / p.step_ms / r["ratio_vs_original"] - 1) if r.get("ratio_vs_original")
                     else None, "predicted_transfer_ms": p.transfer_ms, "measured_transfer_ms": r.get("transfer_ms"),
-                    "load_average_at_start": (env.get("load_average_at_start") or [None])[0]})
+                    "load_average_at_start": (env.get("load_average_at_start") or [None])[0],
+                    "capacity": capacity})
     return out
 
 
@@ -427,6 +446,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-ms", type=float, default=None,
                    help=f"round trip of one remote call; 2 per iteration are on the critical path (the forward "
                         f"trips, then the backward trips) (default: {CALL_LATENCY_MS:g}, measured with the link)")
+    p.add_argument("--capacity", type=float, default=None,
+                   help="what the devices together are worth in units of one alone (default: --gpus, i.e. equal, "
+                        "independent devices); on a shared CPU machine less: `raypar bench` measures it (the "
+                        "cores' capacity it prints), and --bench reads it from bench.json unless this is given")
     p.add_argument("--measure-link", action="store_true",
                    help="measure the link and latency on this machine (a local Ray object store, driver <-> actor, "
                         "4 MiB arrays; 10-30 s) instead of the defaults; --link-gbps/--latency-ms still win")
@@ -456,7 +479,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args) -> int:
-    check_inputs(args.gpus, args.link_gbps, args.latency_ms, args.iterations)
+    check_inputs(args.gpus, args.link_gbps, args.latency_ms, args.iterations, args.capacity)
     from rich.console import Console
     console = Console(width=None if sys.stdout.isatty() else 150)
     link = measure_link() if args.measure_link else Link()
@@ -465,23 +488,26 @@ def cmd_plan(args) -> int:
     where = "measured here" if link.measured else "default"
     link_text = f"link {link.gbps:.2f} Gbit/s, {link.latency_ms:.2f} ms per call round trip ({where} unless given)"
     if args.bench:
-        rows = against_bench(args.bench, link)
+        rows = against_bench(args.bench, link, capacity=args.capacity)
         if args.format == "json":
             print(json.dumps({"bench": args.bench, "link_gbps": link.gbps, "latency_ms": link.latency_ms,
                               "rows": rows}, indent=2))
         else:
             console.print(render_against(rows, f"predicted vs measured: {args.bench}"))
-            console.print(f"{link_text}; the prediction profiles this machine now, the bench measured then "
+            cap = rows[0]["capacity"] if rows else None
+            console.print(f"{link_text}; the devices worth {'as many as there are' if cap is None else f'{cap:.2f}'}"
+                          f"; the prediction profiles this machine now, the bench measured then "
                           f"(load average at its start: {_load(rows)})")
         return 0
     planner = Planner(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
                       args.coarse_depth, args.coarse_width, args.balance, coarse_kernel=args.coarse_kernel,
                       coarse_downsample=args.coarse_downsample)
     rows = predict(gpus=args.gpus, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
-                   driver_segment=args.driver_segment, planner=planner)
+                   driver_segment=args.driver_segment, planner=planner, capacity=args.capacity)
     meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.gpus,
             "iterations": args.iterations, "driver_segment": args.driver_segment, "link_gbps": link.gbps,
             "latency_ms": link.latency_ms, "link_measured": link.measured, "blocks": planner.num_blocks,
+            "capacity": args.capacity,
             "sequential_ms": 1e3 * planner.sequential_s()}
     if args.format == "json":
         print(to_json(rows, meta))

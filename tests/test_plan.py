@@ -93,6 +93,18 @@ def test_devices_bound_and_stop_at_the_number_of_blocks(planner):
     assert one_device.speedup < 1                                      # the coarse work makes it slower
 
 
+def test_capacity_slows_the_parallel_rows_only(planner):
+    """Devices worth less than their count (a shared CPU): the fine segments that run at once slow down, and the
+    work bound shrinks; N = 1 runs one process at a time and does not change."""
+    link = Link(3.5, 1.5)
+    for n, f1 in ((1, False), (2, False), (2, True), (3, True)):
+        full = planner.row(n, 3, link, driver_segment=f1)
+        assert planner.row(n, 3, link, driver_segment=f1, capacity=3).step_ms == pytest.approx(full.step_ms)
+        shared = planner.row(n, 3, link, driver_segment=f1, capacity=1.5)
+        assert shared.step_ms == pytest.approx(full.step_ms) if n == 1 else shared.step_ms > full.step_ms
+        assert planner.row(n, 3, link, driver_segment=f1, capacity=1.0).speedup <= 1.0 + 1e-9
+
+
 def test_against_a_bench_result(planner, tmp_path):
     rows = [{"contender": "original", "step_ms": 100.0, "ratio_vs_original": 1.0},
             {"contender": "raypar-N1", "step_ms": 120.0, "ratio_vs_original": 100 / 120, "split": [7]},
@@ -105,6 +117,15 @@ def test_against_a_bench_result(planner, tmp_path):
                                 "environment": {"cpu_cores": 2, "load_average_at_start": [0.5, 0.5, 0.5]},
                                 "rows": rows}))
     out = {r["contender"]: r for r in against_bench(str(path), Link(), planner)}
+    data = json.loads(path.read_text())
+    data["environment"]["core_speeds"] = {"capacity": 1.25}
+    path.write_text(json.dumps(data))
+    shared = {r["contender"]: r for r in against_bench(str(path), Link(), planner)}     # the measured cores
+    assert all(r["capacity"] == 1.25 for r in shared.values()) and out["raypar-N2"]["capacity"] is None
+    assert shared["raypar-N2"]["predicted_ms"] > out["raypar-N2"]["predicted_ms"]
+    assert shared["raypar-N1"]["predicted_ms"] == pytest.approx(out["raypar-N1"]["predicted_ms"])
+    given = against_bench(str(path), Link(), planner, capacity=2.0)
+    assert [r["predicted_ms"] for r in given] == pytest.approx([r["predicted_ms"] for r in out.values()])
     assert list(out) == ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1"]       # no prediction for DDP
     assert [out[n]["processes"] for n in out] == [1, 2, 3, 2]
     assert out["raypar-N2"]["split"] == [3, 4] and out["raypar-N2-f1"]["split"] == [2, 5]   # the bench's own split
@@ -139,6 +160,7 @@ def test_cli_json():
     (["--batch", "0"], "--batch and --image-size must be >= 1"),
     (["--balance", "5,2"], "argument --balance: invalid choice: '5,2'"),
     (["--coarse-depth", "0"], "coarse depth must be >= 1, got 0"),
+    (["--capacity", "0.5"], "--capacity must be >= 1"),
 ])
 def test_bad_input_exit_2_one_line(args, message, capsys):
     """In process (the same main() the console script runs); the subprocess test below checks the real exit."""
