@@ -11,8 +11,10 @@ machine the profile's split of VGG-16 x0.25 with F_1 in the driver was [4, 8]; t
 Candidates: the profile's split and every split one block boundary away from it by up to ``radius`` blocks. Every
 candidate gets its own engine (on a deep copy of the network: tuning trains nothing the run keeps). On CPUs the
 engines take turns, one step each, so that a shared machine's drift falls on all of them alike; their actors reserve
-a sliver of a Ray CPU, so that all are up at once. With GPUs each candidate runs alone with the run's resources,
-one after the other, twice (the second time in reverse order). A candidate's time is the median of its timed steps.
+a sliver of a Ray CPU, so that all are up at once — in groups of at most :data:`MAX_ACTORS` actors, the profile's
+split in every group. With GPUs each candidate runs alone with the run's resources, one after the other, twice (the
+second time in reverse order). A candidate's time is the median of its timed steps, and it is ranked by the profile's
+split's time over its own, measured side by side (the same group).
 The candidates' driver runs in a Ray worker, so that it has the same OS priority as the actors (Ray lowers every
 worker's to nice 15; a driver at nice 0 would win every contest for a core and skew the choice): in the caller's
 process where that is one already (a Ray Train worker, with ``--balance tune``), else in an actor of its own.
@@ -38,8 +40,16 @@ class Trial:
     driver_ms: float = float("nan")       # the driver's own compute (median)
     wait_ms: float = float("nan")         # the driver waiting for its actors (median)
     fine_ms: tuple = ()                   # each fine process's compute (medians; F_1 in the driver: its forward)
+    vs_profiled: float = float("nan")     # the profile's split's step / this one's, measured side by side (> 1: faster)
     profiled: bool = False                # the profile's own split
     error: str = ""
+
+
+MAX_ACTORS = 16        # on CPUs at most this many candidates' actors are up at once (~0.7 GB each); more in groups
+
+
+def _median_wall(samples: list) -> float:
+    return statistics.median([w for w, _ in samples])
 
 
 def candidates(base: list[int], radius: int = 2) -> list[list[int]]:
@@ -67,7 +77,7 @@ def check_effort(warmup: int, steps: int, radius: int) -> None:
 def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None = None,
                driver_segment: bool = False, input_shape: tuple, num_classes: int, batch: int, optim: OptimConfig,
                resources=None, radius: int = 3, warmup: int = 2, steps: int = 6, seed: int = 0,
-               log=lambda msg: None) -> tuple[list[int], list[Trial]]:
+               log=lambda msg: None, max_actors: int = MAX_ACTORS) -> tuple[list[int], list[Trial]]:
     """Measure the candidate splits of ``staged`` into ``n`` segments on the engine and return (the fastest split, every
     trial, in candidate order). Needs a running Ray. ``staged`` itself is left untouched."""
     import ray
@@ -91,21 +101,20 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
                for _ in range(warmup + steps)]
     gpu = resources.gpus_per_subnet > 0
     if ray.get_runtime_context().get_actor_id() is not None:       # a Ray worker already (a Ray Train driver)
-        trials = _TuneDriver().run(nets, optim, resources, seed, batches, warmup, gpu)
+        trials = _TuneDriver().run(nets, optim, resources, seed, batches, warmup, gpu, max_actors)
     else:
         driver = ray.remote(num_cpus=0, num_gpus=(resources.gpus_per_subnet if gpu else 0))(_TuneDriver).remote(1)
         try:
-            trials = ray.get(driver.run.remote(nets, optim, resources, seed, batches, warmup, gpu))
+            trials = ray.get(driver.run.remote(nets, optim, resources, seed, batches, warmup, gpu, max_actors))
         finally:
             ray.kill(driver)
     for t, s in zip(trials, splits):
         t.profiled = s == base
-    ok = [t for t in trials if not t.error]
-    if not ok:
-        raise UserError(f"no candidate split could be measured: {trials[0].error}")
-    best = min(ok, key=lambda t: t.step_ms)
-    log(f"fastest split {best.split}: {best.step_ms:.1f} ms per step (the profile's {base}: "
-        f"{trials[0].step_ms:.1f} ms)")
+    ok = [t for t in trials if not t.error and t.vs_profiled == t.vs_profiled]      # (not NaN)
+    if trials[0].error or not ok:
+        raise UserError(f"the profile's split {base} could not be measured: {trials[0].error or 'no steps'}")
+    best = max(ok, key=lambda t: t.vs_profiled)
+    log(f"fastest split {best.split}: {best.step_ms:.1f} ms per step, {best.vs_profiled:.2f}x the profile's {base}")
     return best.split, trials
 
 
@@ -116,49 +125,70 @@ class _TuneDriver:
         if threads:                               # an actor of its own: one thread, as every fine actor computes
             torch.set_num_threads(threads)
 
-    def run(self, nets, optim, resources, seed, batches, warmup, gpu) -> list[Trial]:
-        from .engine import PararealEngine
+    def run(self, nets, optim, resources, seed, batches, warmup, gpu, max_actors: int = MAX_ACTORS) -> list[Trial]:
+        """Every candidate's trial; ``nets[0]`` is the profile's split, the reference of ``vs_profiled``."""
         trials = [Trial(list(net.split)) for net in nets]
-        times = [[] for _ in nets]
+        samples: list[list] = [[] for _ in nets]          # (wall seconds, StepStats) of the timed steps
         if gpu:                                   # alone, one after the other, twice (the second time reversed)
             order = list(range(len(nets)))
-            for rnd in (order, order[::-1]):
-                for i in rnd:
-                    engine = self._start(PararealEngine, nets[i], optim, resources, seed, trials[i])
-                    if engine is None:
-                        continue
+            for i in order + order[::-1]:
+                engine = self._start(nets[i], optim, resources, seed, trials[i])
+                if engine is not None:
                     try:
-                        for j, (x, y) in enumerate(batches):
-                            self._step(engine, x, y, times[i] if j >= warmup else None, trials[i])
+                        self._steps([engine], [i], batches, warmup, samples, trials)
                     finally:
                         engine.shutdown()
-        else:                                     # all at once, taking turns step by step
-            from concurrent.futures import ThreadPoolExecutor
+            base = _median_wall(samples[0])
+            ratios = {i: base / _median_wall(ts) for i, ts in enumerate(samples) if ts and not trials[i].error}
+        else:                                     # taking turns step by step, in groups that all fit at once
             sliver = replace(resources, cpus_per_subnet=0.01)
-            with ThreadPoolExecutor(len(nets)) as pool:          # their actors start at once
-                engines = list(pool.map(lambda nt: self._start(PararealEngine, *nt[:1], optim, sliver, seed, nt[1]),
-                                        zip(nets, trials)))
-            try:
-                for j, (x, y) in enumerate(batches):
-                    for i, engine in enumerate(engines):
-                        if engine is not None and not trials[i].error:
-                            self._step(engine, x, y, times[i] if j >= warmup else None, trials[i])
-            finally:
-                for engine in engines:
-                    if engine is not None:
-                        engine.shutdown()
-        for t, ts in zip(trials, times):
+            per_engine = max(1, len(nets[0].split) - int(resources.first_in_driver))
+            size = max(2, max_actors // per_engine)
+            ratios = {}
+            rest = list(range(1, len(nets)))
+            for g in range(0, max(1, len(rest)), size - 1):
+                group = [0] + rest[g:g + size - 1]       # the profile's split in every group: the reference
+                got: list[list] = [[] for _ in group]
+                engines = self._start_all([nets[i] for i in group], optim, sliver, seed, [trials[i] for i in group])
+                try:
+                    self._steps(engines, group, batches, warmup, got, trials)
+                finally:
+                    for engine in engines:
+                        if engine is not None:
+                            engine.shutdown()
+                if not got[0] or trials[0].error:
+                    break
+                base = _median_wall(got[0])
+                for i, ts in zip(group, got):
+                    if ts and not trials[i].error and (i != 0 or not samples[0]):
+                        samples[i] = ts
+                        ratios[i] = base / _median_wall(ts)
+        for i, (t, ts) in enumerate(zip(trials, samples)):
             if ts and not t.error:
-                t.step_ms = 1e3 * statistics.median([w for w, _ in ts])
+                t.step_ms = 1e3 * _median_wall(ts)
                 t.driver_ms = 1e3 * statistics.median([s.driver for _, s in ts])
                 t.wait_ms = 1e3 * statistics.median([s.wait for _, s in ts])
                 t.fine_ms = tuple(1e3 * statistics.median(v) for v in zip(*[s.fine_each for _, s in ts]))
+                t.vs_profiled = ratios.get(i, float("nan"))
         return trials
 
+    def _start_all(self, nets, optim, resources, seed, trials) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(nets)) as pool:                # their actors start at once
+            return list(pool.map(lambda a: self._start(a[0], optim, resources, seed, a[1]), zip(nets, trials)))
+
+    def _steps(self, engines, index, batches, warmup, out, trials) -> None:
+        """Every batch, each engine one step in turn; the timed steps go to ``out`` (one list per engine)."""
+        for j, (x, y) in enumerate(batches):
+            for k, (engine, i) in enumerate(zip(engines, index)):
+                if engine is not None and not trials[i].error:
+                    self._step(engine, x, y, out[k] if j >= warmup else None, trials[i])
+
     @staticmethod
-    def _start(engine_cls, net, optim, resources, seed, trial):
+    def _start(net, optim, resources, seed, trial):
+        from .engine import PararealEngine
         try:
-            return engine_cls(copy.deepcopy(net), optim, resources, seed=seed)
+            return PararealEngine(copy.deepcopy(net), optim, resources, seed=seed)
         except Exception as e:                   # noqa: BLE001 - one candidate that cannot start is a row, not a crash
             trial.error = f"{type(e).__name__}: {e}"
             return None
@@ -178,14 +208,13 @@ def render(trials: list[Trial], title: str = ""):
     t = Table(title=title or None)
     for col in ("split", "step ms", "x profile's", "driver ms", "wait ms", "fine ms (each process)", ""):
         t.add_column(col, justify="left" if col in ("split", "") else "right")
-    ref = next((x.step_ms for x in trials if x.profiled), float("nan"))
-    best = min((x.step_ms for x in trials if not x.error), default=None)
+    best = max((x.vs_profiled for x in trials if not x.error and x.vs_profiled == x.vs_profiled), default=None)
     for x in trials:
-        note = ("profile's" if x.profiled else "") + (" fastest" if x.step_ms == best else "")
+        note = ("profile's" if x.profiled else "") + (" fastest" if x.vs_profiled == best else "")
         if x.error:
             t.add_row(",".join(map(str, x.split)), "-", "-", "-", "-", "-", x.error[:60])
             continue
-        t.add_row(",".join(map(str, x.split)), f"{x.step_ms:.1f}", f"{ref / x.step_ms:.2f}", f"{x.driver_ms:.1f}",
+        t.add_row(",".join(map(str, x.split)), f"{x.step_ms:.1f}", f"{x.vs_profiled:.2f}", f"{x.driver_ms:.1f}",
                   f"{x.wait_ms:.1f}", " / ".join(f"{v:.1f}" for v in x.fine_ms), note.strip())
     return t
 

@@ -71,7 +71,7 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
     trials = json.load(open(client.download_artifacts(first.run_id, "tuning.json", str(tmp_path))))
     measured = [t for t in trials if not t["error"]]
     assert len(trials) >= 2 and measured and all(t["step_ms"] > 0 for t in measured)
-    assert split == min(measured, key=lambda t: t["step_ms"])["split"] and sum(t["profiled"] for t in trials) == 1
+    assert split == max(measured, key=lambda t: t["vs_profiled"])["split"] and sum(t["profiled"] for t in trials) == 1
     second = fit(_cfg(tmp_path, epochs=2, balance="tune", driver_segment=True))
     assert second.resumed and second.run_id == first.run_id
     assert second.metrics["epoch"] == 2

@@ -23,7 +23,25 @@ def test_tune_command_measures_every_candidate(ray_local, capsys):
     trials = out["trials"]
     assert [t["split"] for t in trials] == candidates(trials[0]["split"], 1) and trials[0]["profiled"]
     assert all(not t["error"] and t["step_ms"] > 0 and len(t["fine_ms"]) == 2 for t in trials)
-    assert out["split"] == min(trials, key=lambda t: t["step_ms"])["split"]
+    assert trials[0]["vs_profiled"] == 1.0                   # one group: every ratio against the same steps
+    for t in trials:
+        assert t["vs_profiled"] == pytest.approx(trials[0]["step_ms"] / t["step_ms"])
+    assert out["split"] == max(trials, key=lambda t: t["vs_profiled"])["split"]
+
+
+def test_candidates_in_groups_each_against_the_profiles_split(ray_local):
+    """More candidates than fit at once: groups, each with the profile's split, ranked by the ratio within a group."""
+    import torch
+    from raypar.models import build
+    from raypar.optim import OptimConfig
+    from raypar.tune import tune_split
+    torch.manual_seed(0)
+    split, trials = tune_split(build("vgg11", 10, 3, 0.125, 32), 2, driver_segment=True, input_shape=(3, 32, 32),
+                               num_classes=10, batch=8, optim=OptimConfig(), radius=1, warmup=0, steps=2,
+                               max_actors=1)                      # groups of 2: the profile's split and one other
+    assert len(trials) == 3 and trials[0].profiled
+    assert trials[0].vs_profiled == 1.0 and all(t.vs_profiled > 0 and not t.error for t in trials)
+    assert split == max(trials, key=lambda t: t.vs_profiled).split
 
 
 @pytest.mark.parametrize("argv, message", [
