@@ -88,14 +88,15 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
         return [len(staged.blocks)], []
     check_effort(warmup, steps, radius)
     resources = replace(resources or Resources(), first_in_driver=driver_segment)
-    torch.manual_seed(seed)
-    base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,
-                       driver_segment=driver_segment).split
-    splits = candidates(base, radius)
-    log(f"tuning the split of N = {n}{' (F_1 in the driver)' if driver_segment else ''}: {len(splits)} candidates "
-        f"around the profile's {base}, {warmup} + {steps} steps each")
-    nets = [PararealNet(copy.deepcopy(staged), n, iterations, coarse, s, input_shape, profile_batch=batch,
-                        driver_segment=driver_segment) for s in splits]
+    with torch.random.fork_rng():              # the candidates' coarse networks from the seed; the caller's RNG untouched
+        torch.manual_seed(seed)
+        base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,
+                           driver_segment=driver_segment).split
+        splits = candidates(base, radius)
+        log(f"tuning the split of N = {n}{' (F_1 in the driver)' if driver_segment else ''}: {len(splits)} "
+            f"candidates around the profile's {base}, {warmup} + {steps} steps each")
+        nets = [PararealNet(copy.deepcopy(staged), n, iterations, coarse, s, input_shape, profile_batch=batch,
+                            driver_segment=driver_segment) for s in splits]
     gen = torch.Generator().manual_seed(seed)
     batches = [(torch.randn(batch, *input_shape, generator=gen), torch.randint(0, num_classes, (batch,), generator=gen))
                for _ in range(warmup + steps)]
