@@ -73,8 +73,8 @@ def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time",
 
 def check_measure(measure: str) -> None:
     if measure == TUNE:
-        raise UserError("--balance tune measures splits on the engine (raypar train, raypar bench, raypar tune); "
-                        "here give time, flops, params or block counts")
+        raise UserError("--balance tune measures splits on the engine (raypar train and raypar bench; raypar tune "
+                        "prints its table); here give time, flops, params or block counts")
     if measure not in MEASURES:
         raise UserError(f"unknown balance measure {measure!r}; choose one of {', '.join(MEASURES)} "
                         f"or give block counts like 5,7")

@@ -390,13 +390,15 @@ def _coarse(cfg: BenchConfig) -> CoarseSpec:
 
 def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print) -> PararealNet:
     """A raypar contender's network: with ``--balance tune`` its split is the fastest of the candidates measured on
-    the engine (:mod:`raypar.tune`), else the one the balance gives."""
+    the engine (:mod:`raypar.tune`, over the first of ``--transports``; every transport's rows use it), else the one
+    the balance gives."""
     if cfg.balance != TUNE or n < 2:
         return _net(cfg, n, driver_segment)
     from .tune import tune_split
     split, _ = tune_split(_model(cfg), n, coarse=_coarse(cfg), driver_segment=driver_segment, input_shape=cfg.shape,
                           num_classes=cfg.num_classes, batch=cfg.batch, optim=cfg.optim,
-                          resources=Resources(cfg.gpu_share, 1.0, channels_last=cfg.channels_last, amp=cfg.amp),
+                          resources=Resources(cfg.gpu_share, 1.0, channels_last=cfg.channels_last, amp=cfg.amp,
+                                              transport=cfg.transports[0]),
                           seed=cfg.seed, log=log)
     return _net(cfg, n, driver_segment, split)
 
@@ -590,9 +592,11 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
     ``--balance tune`` the raypar contenders' splits measured on the engine) first, while nothing else runs, and
     shared: raypar-N, parareal-1proc and pipe use the same split (tuning: parareal-1proc and pipe the time balance's)."""
     big, want = max(cfg.subnets), set(cfg.contenders)
-    sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (set(cfg.subnets) if "raypar" in want else set())
+    tune = cfg.balance == TUNE
+    sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (
+        set(cfg.subnets) if "raypar" in want and not tune else set())
     nets = {n: _net(cfg, n) for n in sorted(sizes)}
-    engine_nets = {n: _engine_net(cfg, n, False, log) for n in cfg.subnets} if cfg.balance == TUNE else nets
+    engine_nets = ({n: _engine_net(cfg, n, False, log) for n in cfg.subnets} if tune and "raypar" in want else nets)
     f1_nets = ({n: _engine_net(cfg, n, True, log) for n in cfg.subnets if n > 1} if "raypar-f1" in want else {})
     orig = _model(cfg)
 

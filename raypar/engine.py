@@ -5,7 +5,8 @@ lives in a :class:`~raypar.actors.FineWorker` actor. The sweeps are :func:`raypa
 engine only supplies a fine map that runs ``F_1..F_N`` remotely: all forwards are launched before any is awaited.
 
 Backward, per step:
-  1. ``loss.backward(retain_graph=True)`` through post, the correction sweeps and the coarse networks. A hook on
+  1. ``loss.backward(retain_graph=True)`` through post and the correction sweeps (the coarse sweep and ``pre`` are
+     cut off, see 2.). A hook on
      each fine output ``f_j`` ships ``dL/df_j`` to actor j the moment it is known, so the actors start their
      backward while the driver is still busy with the rest of its graph.
   2. Every actor's ``step()`` is queued behind its backward; the driver gathers ``dL/du_j`` (u_j = the fine inputs)

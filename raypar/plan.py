@@ -378,6 +378,8 @@ def against_bench(path: str, link: Link, planner: Planner | None = None, capacit
     cores = int(env.get("cpu_cores") or os.cpu_count() or 1)
     if capacity is None:                       # what the bench measured the cores to be worth, where it did
         capacity = (env.get("core_speeds") or {}).get("capacity")
+        if capacity is not None and not capacity >= 1:
+            raise UserError(f"{path}: core_speeds.capacity must be >= 1, got {capacity}")
     seq = planner.sequential_s() * 1e3
     out = []
     for r in rows:

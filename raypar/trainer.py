@@ -47,9 +47,7 @@ def _gpus_per_subnet(cfg: TrainConfig) -> float:
 def _tuned_split(cfg: TrainConfig, spec, staged, resources: Resources, events, run_id: str) -> list[int]:
     """``--balance tune``: candidate splits side by side on the engine at the run's batch (:mod:`raypar.tune`); the
     trials go to MLflow (``tuning.json``, tag ``raypar.tuned_split``)."""
-    from dataclasses import asdict
-
-    from .tune import tune_split
+    from .tune import as_json, tune_split
     split, trials = tune_split(staged(), cfg.subnets, iterations=cfg.iterations, coarse=cfg.coarse,
                                driver_segment=cfg.driver_segment,
                                input_shape=(spec.in_channels, spec.image_size, spec.image_size),
@@ -59,7 +57,7 @@ def _tuned_split(cfg: TrainConfig, spec, staged, resources: Resources, events, r
     tracking.set_tag(cfg.tracking_uri, run_id, "raypar.tuned_split", ",".join(map(str, split)))
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "tuning.json"), "w") as f:
-            json.dump([asdict(t) for t in trials], f, indent=2)
+            json.dump(as_json(trials), f, indent=2)
         tracking.log_artifacts(cfg.tracking_uri, run_id, folder)
     return split
 

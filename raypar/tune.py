@@ -5,14 +5,14 @@ A profile balances the fine segments by their cost measured one block at a time,
 depends on more: the driver's own work (pre, the coarse networks, post, and with ``--driver-segment`` F_1), which
 overlaps some of the actors' work and not the rest, each block's forward and backward falling into different
 windows, the transfers, and how much the processes slow each other down on shared cores. On the 2-core development
-machine the profile's split of VGG-16 x0.25 with F_1 in the driver was [4, 8]; the engine ran [6, 6] 15-30 % faster
-(benchmarks/throughput/README.md). Tuning measures instead of modelling.
+machine the profile's split of VGG-16 x0.25 with F_1 in the driver was [3, 9] or [4, 8]; the engine ran [5, 7] 1.07-1.10x
+faster (benchmarks/throughput/README.md). Tuning measures instead of modelling.
 
 Candidates: the profile's split and every split one block boundary away from it by up to ``radius`` blocks. Every
 candidate gets its own engine (on a deep copy of the network: tuning trains nothing the run keeps). On CPUs the
 engines take turns, one step each, so that a shared machine's drift falls on all of them alike; their actors reserve
-a sliver of a Ray CPU, so that all are up at once — in groups of at most :data:`MAX_ACTORS` actors, the profile's
-split in every group. With GPUs each candidate runs alone with the run's resources, one after the other, twice (the
+a sliver of a Ray CPU, so that all are up at once — in groups of at most :data:`MAX_ACTORS` actors (at least two
+candidates), the profile's split in every group. With GPUs each candidate runs alone with the run's resources, one after the other, twice (the
 second time in reverse order). A candidate's time is the median of its timed steps, and it is ranked by the profile's
 split's time over its own, measured side by side (the same group).
 The candidates' driver runs in a Ray worker, so that it has the same OS priority as the actors (Ray lowers every
@@ -22,6 +22,7 @@ process where that is one already (a Ray Train worker, with ``--balance tune``),
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -45,6 +46,7 @@ class Trial:
     error: str = ""
 
 
+_clock = time.perf_counter   # (a test's stand-in engines bring their own)
 MAX_ACTORS = 16        # on CPUs at most this many candidates' actors are up at once (~0.7 GB each); more in groups
 
 
@@ -88,7 +90,7 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
         return [len(staged.blocks)], []
     check_effort(warmup, steps, radius)
     resources = replace(resources or Resources(), first_in_driver=driver_segment)
-    with torch.random.fork_rng():              # the candidates' coarse networks from the seed; the caller's RNG untouched
+    with torch.random.fork_rng(devices=[]):    # the candidates' coarse networks from the seed; the caller's RNG untouched
         torch.manual_seed(seed)
         base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,
                            driver_segment=driver_segment).split
@@ -130,22 +132,25 @@ class _TuneDriver:
         """Every candidate's trial; ``nets[0]`` is the profile's split, the reference of ``vs_profiled``."""
         trials = [Trial(list(net.split)) for net in nets]
         samples: list[list] = [[] for _ in nets]          # (wall seconds, StepStats) of the timed steps
+        ratios: dict = {}
         if gpu:                                   # alone, one after the other, twice (the second time reversed)
             order = list(range(len(nets)))
             for i in order + order[::-1]:
+                if trials[i].error or trials[0].error:   # a failed candidate is not tried again; without the
+                    continue                             # profile's split there is nothing to compare with
                 engine = self._start(nets[i], optim, resources, seed, trials[i])
                 if engine is not None:
                     try:
-                        self._steps([engine], [i], batches, warmup, samples, trials)
+                        self._steps([engine], [i], batches, warmup, [samples[i]], trials)
                     finally:
                         engine.shutdown()
-            base = _median_wall(samples[0])
-            ratios = {i: base / _median_wall(ts) for i, ts in enumerate(samples) if ts and not trials[i].error}
+            if samples[0] and not trials[0].error:
+                base = _median_wall(samples[0])
+                ratios = {i: base / _median_wall(ts) for i, ts in enumerate(samples) if ts and not trials[i].error}
         else:                                     # taking turns step by step, in groups that all fit at once
             sliver = replace(resources, cpus_per_subnet=0.01)
             per_engine = max(1, len(nets[0].split) - int(resources.first_in_driver))
             size = max(2, max_actors // per_engine)
-            ratios = {}
             rest = list(range(1, len(nets)))
             for g in range(0, max(1, len(rest)), size - 1):
                 group = [0] + rest[g:g + size - 1]       # the profile's split in every group: the reference
@@ -196,11 +201,15 @@ class _TuneDriver:
 
     @staticmethod
     def _step(engine, x, y, times, trial):
-        t0 = time.perf_counter()
-        loss, _, stats = engine.train_step(x, y)
+        t0 = _clock()
+        try:
+            loss, _, stats = engine.train_step(x, y)
+        except Exception as e:                   # noqa: BLE001 - a candidate that fails is a row (its engine is shut
+            trial.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"   # down after)
+            return
         if times is not None:
-            times.append((time.perf_counter() - t0, stats))
-        if not torch.isfinite(torch.tensor(loss)):
+            times.append((_clock() - t0, stats))
+        if not math.isfinite(loss):
             trial.error = "the loss is not finite"
 
 
@@ -219,6 +228,14 @@ def render(trials: list[Trial], title: str = ""):
                   f"{x.wait_ms:.1f}", " / ".join(f"{v:.1f}" for v in x.fine_ms), note.strip())
     return t
 
+
+def as_json(trials: list[Trial]) -> list[dict]:
+    """The trials as JSON-ready dicts (an unmeasured number is null, not NaN)."""
+    from dataclasses import asdict
+
+    def clean(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    return [{k: clean(v) for k, v in asdict(t).items()} for t in trials]
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -257,7 +274,6 @@ def cmd_tune(args) -> int:
     import json
     import os
     import sys
-    from dataclasses import asdict
 
     import ray
     from rich.console import Console
@@ -275,6 +291,8 @@ def cmd_tune(args) -> int:
     check_effort(args.warmup, args.steps, args.radius)
     if args.image_size < 1 or args.in_channels < 1 or args.num_classes < 2:
         raise UserError("--image-size and --in-channels must be >= 1 and --num-classes >= 2")
+    if args.gpus_per_subnet > 0 and not torch.cuda.is_available():
+        raise UserError("--gpus-per-subnet > 0: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
     console = Console(stderr=args.format == "json")
     started = False
     if not ray.is_initialized():
@@ -310,10 +328,10 @@ def cmd_tune(args) -> int:
         if started:
             ray.shutdown()
     if args.format == "json":
-        print(json.dumps({"split": split, "trials": [asdict(t) for t in trials]}, indent=2))
+        print(json.dumps({"split": split, "trials": as_json(trials)}, indent=2))
         return 0
     Console(width=None if sys.stdout.isatty() else 150).print(render(trials, f"{cfg.model} x{cfg.width_mult}, "
                                                               f"N = {cfg.subnets}, batch {cfg.batch_size}"))
-    print(f"fastest split: --balance {','.join(map(str, split))}  (train with --balance tune measures it again, "
-          f"at the start of a run)")
+    print(f"fastest split: --balance {','.join(map(str, split))}  (train --balance tune measures it again at the "
+          f"start of a run, with the run's own settings)")
     return 0

@@ -21,6 +21,11 @@ def _run_of(tracking_uri, run_id):
     return client, client.get_run(run_id)
 
 
+def _dir(path) -> str:
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
 def _history(client, run_id, key):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
@@ -68,7 +73,7 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
     assert first.metrics["epoch"] == 1 and not first.resumed
     client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", first.run_id)
     split = [int(v) for v in run.data.tags["raypar.tuned_split"].split(",")]
-    trials = json.load(open(client.download_artifacts(first.run_id, "tuning.json", str(tmp_path))))
+    trials = json.load(open(client.download_artifacts(first.run_id, "tuning.json", _dir(tmp_path / "a"))))
     measured = [t for t in trials if not t["error"]]
     assert len(trials) >= 2 and measured and all(t["step_ms"] > 0 for t in measured)
     assert split == max(measured, key=lambda t: t["vs_profiled"])["split"] and sum(t["profiled"] for t in trials) == 1
@@ -76,7 +81,9 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
     assert second.resumed and second.run_id == first.run_id
     assert second.metrics["epoch"] == 2
     assert json.load(open(os.path.join(second.checkpoint_path, "raypar_meta.json")))["split"] == split
-    config = json.load(open(client.download_artifacts(first.run_id, "config.json", str(tmp_path))))
+    # not tuned again: another tuning would have logged other timings
+    assert json.load(open(client.download_artifacts(first.run_id, "tuning.json", _dir(tmp_path / "b")))) == trials
+    config = json.load(open(client.download_artifacts(first.run_id, "config.json", _dir(tmp_path / "c"))))
     assert config["split"] == split and config["balance"] == "tune"
     client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", first.run_id)
     assert run.info.status == "FINISHED"

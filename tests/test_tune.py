@@ -23,25 +23,71 @@ def test_tune_command_measures_every_candidate(ray_local, capsys):
     trials = out["trials"]
     assert [t["split"] for t in trials] == candidates(trials[0]["split"], 1) and trials[0]["profiled"]
     assert all(not t["error"] and t["step_ms"] > 0 and len(t["fine_ms"]) == 2 for t in trials)
-    assert trials[0]["vs_profiled"] == 1.0                   # one group: every ratio against the same steps
-    for t in trials:
-        assert t["vs_profiled"] == pytest.approx(trials[0]["step_ms"] / t["step_ms"])
     assert out["split"] == max(trials, key=lambda t: t["vs_profiled"])["split"]
 
 
-def test_candidates_in_groups_each_against_the_profiles_split(ray_local):
-    """More candidates than fit at once: groups, each with the profile's split, ranked by the ratio within a group."""
-    import torch
-    from raypar.models import build
-    from raypar.optim import OptimConfig
-    from raypar.tune import tune_split
-    torch.manual_seed(0)
-    split, trials = tune_split(build("vgg11", 10, 3, 0.125, 32), 2, driver_segment=True, input_shape=(3, 32, 32),
-                               num_classes=10, batch=8, optim=OptimConfig(), radius=1, warmup=0, steps=2,
-                               max_actors=1)                      # groups of 2: the profile's split and one other
-    assert len(trials) == 3 and trials[0].profiled
-    assert trials[0].vs_profiled == 1.0 and all(t.vs_profiled > 0 and not t.error for t in trials)
-    assert split == max(trials, key=lambda t: t.vs_profiled).split
+class _Net:
+    def __init__(self, split):
+        self.split = split
+
+
+class _Engine:
+    """Stands in for PararealEngine: a step takes ``ms[split]`` ms of (fake) wall time."""
+    clock = [0.0]
+
+    def __init__(self, split, ms, fail=False):
+        self.split, self.ms, self.fail = tuple(split), ms, fail
+
+    def train_step(self, x, y):
+        if self.fail:
+            raise RuntimeError("actor died")
+        _Engine.clock[0] += self.ms[self.split] / 1e3
+        from raypar.engine import StepStats
+        return 1.0, 0, StepStats(driver=0.001, wait=0.0, fine_each=(0.001,))
+
+    def shutdown(self):
+        pass
+
+
+def _driver(monkeypatch, ms, fail=(), started=None):
+    from raypar import tune
+    monkeypatch.setattr(tune, "_clock", lambda: _Engine.clock[0])
+
+    def start(net, optim, resources, seed, trial):
+        if started is not None:
+            started.append(tuple(net.split))
+        return _Engine(net.split, ms, tuple(net.split) in fail)
+    monkeypatch.setattr(tune._TuneDriver, "_start", staticmethod(start))
+    return tune._TuneDriver()
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_every_candidate_timed_against_the_profiles_split(monkeypatch, gpu):
+    """With stand-in engines of known step times, on both paths (CPUs: taking turns in groups; GPUs: each alone,
+    twice): each candidate's own time and its ratio to the profile's split; a failing candidate is a row."""
+    from raypar.engine import Resources
+    ms = {(3, 9): 100.0, (2, 10): 120.0, (4, 8): 80.0, (5, 7): 90.0, (1, 11): 150.0}
+    started = []
+    driver = _driver(monkeypatch, ms, fail={(1, 11)}, started=started)
+    nets = [_Net(list(s)) for s in ms]
+    batches = [(None, None)] * 4
+    trials = driver.run(nets, None, Resources(first_in_driver=True), 0, batches, 1, gpu, max_actors=2)
+    assert [t.step_ms for t in trials[:4]] == pytest.approx([100.0, 120.0, 80.0, 90.0])
+    assert [t.vs_profiled for t in trials[:4]] == pytest.approx([1.0, 100 / 120, 100 / 80, 100 / 90])
+    assert trials[4].error == "RuntimeError: actor died" and trials[4].vs_profiled != trials[4].vs_profiled
+    if gpu:                        # each alone, twice, the second time in reverse; a failed one is not tried again
+        assert started == [s for s in ms] + [s for s in list(ms)[::-1] if s != (1, 11)]
+    else:                          # groups of 2 (one actor each): the profile's split in every group
+        assert sorted(started) == sorted([(3, 9)] * 4 + [(2, 10), (4, 8), (5, 7), (1, 11)])
+
+
+def test_no_candidate_ranked_without_the_profiles_split(monkeypatch):
+    from raypar.engine import Resources
+    ms = {(3, 9): 100.0, (4, 8): 80.0}
+    driver = _driver(monkeypatch, ms, fail={(3, 9)})
+    for gpu in (False, True):
+        trials = driver.run([_Net(list(s)) for s in ms], None, Resources(), 0, [(None, None)] * 3, 1, gpu)
+        assert trials[0].error and all(t.vs_profiled != t.vs_profiled for t in trials)      # NaN: not ranked
 
 
 @pytest.mark.parametrize("argv, message", [
