@@ -1,4 +1,6 @@
-"""The ``raypar`` command: ``info`` (the split of a model) and ``train`` (parareal training on Ray).
+"""The ``raypar`` command: ``info`` (the split of a model), ``train`` (parareal training on Ray), ``study`` and
+``compare`` (runs side by side), ``recipes``, ``bench`` (every contender's throughput), ``plan`` (predicted speedup)
+and ``tune`` (the split measured on the engine).
 
 A user mistake prints one line ``raypar: error: ...`` and exits with code 2; internal errors keep their traceback.
 """
