@@ -239,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run the engine with the profile's split and its neighbours (one block "
                                       "boundary moved by up to --radius blocks), on the same synthetic batches, "
                                       "taking turns step by step on CPUs (one after the other on GPUs), and print "
-                                      "each one's step time; the fastest is what `train --balance tune` would use with the same "
-                                      "settings.")
+                                      "each one's step time; the fastest is what `train --balance tune` would "
+                                      "use with the same settings.")
     add_tune_arguments(tune)
     tune.set_defaults(func=cmd_tune)
 
