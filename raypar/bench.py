@@ -590,7 +590,8 @@ def pipe_row(outs: list[dict], net: PararealNet, cfg: BenchConfig) -> dict:
 def plan(cfg: BenchConfig, log=print) -> list[Contender]:
     """The contenders asked for, in table order. The networks are built (and a measured-time split profiled, or with
     ``--balance tune`` the raypar contenders' splits measured on the engine) first, while nothing else runs, and
-    shared: raypar-N, parareal-1proc and pipe use the same split (tuning: parareal-1proc and pipe the time balance's)."""
+    shared: raypar-N, parareal-1proc and pipe use the same split (tuning: parareal-1proc and pipe the time
+    balance's)."""
     big, want = max(cfg.subnets), set(cfg.contenders)
     tune = cfg.balance == TUNE
     sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (

@@ -5,19 +5,19 @@ A profile balances the fine segments by their cost measured one block at a time,
 depends on more: the driver's own work (pre, the coarse networks, post, and with ``--driver-segment`` F_1), which
 overlaps some of the actors' work and not the rest, each block's forward and backward falling into different
 windows, the transfers, and how much the processes slow each other down on shared cores. On the 2-core development
-machine the profile's split of VGG-16 x0.25 with F_1 in the driver was [3, 9] or [4, 8]; the engine ran [5, 7] 1.07-1.10x
-faster (benchmarks/throughput/README.md). Tuning measures instead of modelling.
+machine the profile's split of VGG-16 x0.25 with F_1 in the driver was [3, 9] or [4, 8]; the engine ran [5, 7]
+1.07-1.10x faster (benchmarks/throughput/README.md). Tuning measures instead of modelling.
 
 Candidates: the profile's split and every split one block boundary away from it by up to ``radius`` blocks. Every
 candidate gets its own engine (on a deep copy of the network: tuning trains nothing the run keeps). On CPUs the
 engines take turns, one step each, so that a shared machine's drift falls on all of them alike; their actors reserve
 a sliver of a Ray CPU, so that all are up at once — in groups of at most :data:`MAX_ACTORS` actors (at least two
-candidates), the profile's split in every group. With GPUs each candidate runs alone with the run's resources, one after the other, twice (the
-second time in reverse order). A candidate's time is the median of its timed steps, and it is ranked by the profile's
-split's time over its own, measured side by side (the same group).
-The candidates' driver runs in a Ray worker, so that it has the same OS priority as the actors (Ray lowers every
-worker's to nice 15; a driver at nice 0 would win every contest for a core and skew the choice): in the caller's
-process where that is one already (a Ray Train worker, with ``--balance tune``), else in an actor of its own.
+candidates), the profile's split in every group. With GPUs each candidate runs alone with the run's resources, one
+after the other, twice (the second time in reverse order). A candidate's time is the median of its timed steps, and
+it is ranked by the profile's split's time over its own, measured side by side (the same group). The candidates'
+driver runs in a Ray worker, so that it has the same OS priority as the actors (Ray lowers every worker's to nice
+15; a driver at nice 0 would win every contest for a core and skew the choice): in the caller's process where that
+is one already (a Ray Train worker, with ``--balance tune``), else in an actor of its own.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
         return [len(staged.blocks)], []
     check_effort(warmup, steps, radius)
     resources = replace(resources or Resources(), first_in_driver=driver_segment)
-    with torch.random.fork_rng(devices=[]):    # the candidates' coarse networks from the seed; the caller's RNG untouched
+    with torch.random.fork_rng(devices=[]):    # coarse networks from the seed; the caller's RNG untouched
         torch.manual_seed(seed)
         base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,
                            driver_segment=driver_segment).split
