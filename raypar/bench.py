@@ -40,7 +40,7 @@ from torch import nn
 from . import precision
 from .balance import TUNE
 from .coarse import DOWNSAMPLE, CoarseSpec
-from .engine import PararealEngine, Resources
+from .engine import TURN_CPUS, PararealEngine, Resources
 from .errors import UserError
 from .models import build, memory_format
 from .network import PararealNet
@@ -207,9 +207,7 @@ class Runner:
                      transport: str = "object-store", turns: bool = False) -> int:
         """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
         its own actor, started here (start-up is not step time)."""
-        # taking turns, every engine's actors are up at once but compute one contender at a time: each reserves only a
-        # sliver of a Ray CPU, so that all of them fit
-        cpus = 0.01 if turns else 1
+        cpus = TURN_CPUS if turns else 1
         engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
                                                           transport=transport, channels_last=cfg.channels_last,
                                                           amp=cfg.amp),
@@ -910,15 +908,21 @@ def log_mlflow(rows: list[dict], cfg: BenchConfig, folder: str, tracking_uri: st
 
 def _ensure_ray(cfg: BenchConfig) -> bool:
     """Start a private local Ray big enough for the largest contender; True when this call started it."""
+    return start_private_ray(max(max(cfg.subnets) + 1, os.cpu_count() or 1),
+                             torch.cuda.device_count() if cfg.device == "cuda" else 0)
+
+
+def start_private_ray(num_cpus: int, num_gpus: int = 0) -> bool:
+    """Start a private local Ray whose processes compute with one thread each, unless one is running already; True
+    when this call started it (the caller shuts it down)."""
     import ray
     if ray.is_initialized():
         return False
-    need = max(max(cfg.subnets) + 1, os.cpu_count() or 1)
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"                    # inherited by every Ray process started here
     try:
-        ray.init(address="local", num_cpus=need, num_gpus=torch.cuda.device_count() if cfg.device == "cuda" else 0,
-                 include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS")

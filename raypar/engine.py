@@ -72,6 +72,11 @@ class _FineCall:
     grad_ref: object = None
 
 
+# the Ray CPUs a fine actor reserves where several engines are up at once but compute one at a time, taking turns
+# (raypar bench, raypar tune): a sliver, so that all of them fit
+TURN_CPUS = 0.01
+
+
 @dataclass
 class Resources:
     gpus_per_subnet: float = 0.0

@@ -107,7 +107,7 @@ class Link:
 
 
 @contextmanager
-def _threads(n: int):
+def num_threads(n: int):
     import torch
     saved = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -142,7 +142,7 @@ class Planner:
         self.shape, self.batch = (in_channels, image_size, image_size), batch
         self.num_blocks = len(self.staged.blocks)
         self._nets: dict = {}
-        with _threads(threads):
+        with num_threads(threads):
             x = torch.randn(batch, *self.shape, generator=torch.Generator().manual_seed(seed))
             pre, blocks, post = bal.profile(self.staged, x, "time", repeats)
             per_param = _optimizer_seconds_per_param(self.staged)
@@ -156,7 +156,7 @@ class Planner:
         from .network import PararealNet
         key = (n, iterations, driver_segment, tuple(split) if split else None)
         if key not in self._nets:
-            with _threads(self.threads):
+            with num_threads(self.threads):
                 import torch
                 torch.manual_seed(0)
                 self._nets[key] = PararealNet(copy.deepcopy(self.staged), n, iterations, self.coarse_spec,
@@ -175,7 +175,7 @@ class Planner:
         if key not in self.costs.coarse_s:
             net = self.net(n, iterations, driver_segment, split)
             out = []
-            with _threads(self.threads):
+            with num_threads(self.threads):
                 for c, info in zip(net.coarse, net.segment_info):
                     if net.balance_measure == "time":
                         sec = info.coarse_cost            # measured by PararealNet at this batch already

@@ -130,6 +130,7 @@ class _TuneDriver:
 
     def run(self, nets, optim, resources, seed, batches, warmup, gpu, max_actors: int = MAX_ACTORS) -> list[Trial]:
         """Every candidate's trial; ``nets[0]`` is the profile's split, the reference of ``vs_profiled``."""
+        from .engine import TURN_CPUS
         trials = [Trial(list(net.split)) for net in nets]
         samples: list[list] = [[] for _ in nets]          # (wall seconds, StepStats) of the timed steps
         ratios: dict = {}
@@ -148,7 +149,7 @@ class _TuneDriver:
                 base = _median_wall(samples[0])
                 ratios = {i: base / _median_wall(ts) for i, ts in enumerate(samples) if ts and not trials[i].error}
         else:                                     # taking turns step by step, in groups that all fit at once
-            sliver = replace(resources, cpus_per_subnet=0.01)
+            sliver = replace(resources, cpus_per_subnet=TURN_CPUS)
             per_engine = max(1, len(nets[0].split) - int(resources.first_in_driver))
             size = max(2, max_actors // per_engine)
             rest = list(range(1, len(nets)))
@@ -278,9 +279,11 @@ def cmd_tune(args) -> int:
     import ray
     from rich.console import Console
 
+    from .bench import start_private_ray
     from .config import TrainConfig
     from .engine import Resources
     from .models import build
+    from .plan import num_threads
     cfg = TrainConfig(model=args.model, width_mult=args.width_mult, subnets=args.subnets, iterations=args.iterations,
                       driver_segment=args.driver_segment, batch_size=args.batch, norm=args.norm,
                       coarse_kernel=args.coarse_kernel, coarse_downsample=args.coarse_downsample,
@@ -294,36 +297,20 @@ def cmd_tune(args) -> int:
     if args.gpus_per_subnet > 0 and not torch.cuda.is_available():
         raise UserError("--gpus-per-subnet > 0: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
     console = Console(stderr=args.format == "json")
-    started = False
-    if not ray.is_initialized():
-        saved = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"                # every process computes with one thread
-        try:
-            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
-                     configure_logging=False, log_to_driver=False,
-                     num_gpus=torch.cuda.device_count() if args.gpus_per_subnet > 0 else 0)
-            started = True
-        finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS")
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
+    started = start_private_ray(max(2, os.cpu_count() or 1),
+                                torch.cuda.device_count() if args.gpus_per_subnet > 0 else 0)
     try:
         torch.manual_seed(cfg.seed)
         staged = build(cfg.model, args.num_classes, args.in_channels, cfg.width_mult, args.image_size, norm=cfg.norm)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)                           # the profile's split, as the processes will run
-        try:
-            with console.status("measuring candidate splits on the engine ..."):
-                split, trials = tune_split(staged, cfg.subnets, iterations=cfg.iterations, coarse=cfg.coarse,
-                                           driver_segment=cfg.driver_segment,
-                                           input_shape=(args.in_channels, args.image_size, args.image_size),
-                                           num_classes=args.num_classes, batch=cfg.batch_size, optim=cfg.optim,
-                                           resources=Resources(cfg.gpus_per_subnet, 1.0, transport=cfg.transport),
-                                           radius=args.radius, warmup=args.warmup, steps=args.steps, seed=cfg.seed,
-                                           log=lambda m: console.print(m, style="dim"))
-        finally:
-            torch.set_num_threads(threads)
+        # one thread, as every process computes: the profile's split too
+        with num_threads(1), console.status("measuring candidate splits on the engine ..."):
+            split, trials = tune_split(staged, cfg.subnets, iterations=cfg.iterations, coarse=cfg.coarse,
+                                       driver_segment=cfg.driver_segment,
+                                       input_shape=(args.in_channels, args.image_size, args.image_size),
+                                       num_classes=args.num_classes, batch=cfg.batch_size, optim=cfg.optim,
+                                       resources=Resources(cfg.gpus_per_subnet, 1.0, transport=cfg.transport),
+                                       radius=args.radius, warmup=args.warmup, steps=args.steps, seed=cfg.seed,
+                                       log=lambda m: console.print(m, style="dim"))
     finally:
         if started:
             ray.shutdown()
