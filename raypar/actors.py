@@ -16,7 +16,8 @@ from torch import nn
 from . import hybrid, precision
 from .models import memory_format
 from .optim import OptimConfig, make_optimizer
-from .transport import ActorEnd
+from .parareal import interval
+from .transport import ActorEnd, from_numpy, to_numpy
 
 
 def to_cpu(obj):
@@ -34,7 +35,10 @@ class FineWorker:
     """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
 
     def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
-                 channels_last: bool = False, amp: str = "off"):
+                 channels_last: bool = False, amp: str = "off", head: nn.ModuleDict | None = None):
+        """``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
+        which :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns
+        their weights and sends them with every step."""
         self.index = index
         self.amp = amp
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -44,6 +48,9 @@ class FineWorker:
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.opt, self.sched = make_optimizer(self.module.parameters(), optim)
+        self.head = head.to(self.device).train() if head is not None else None
+        if self.head is not None and channels_last:
+            self.head.to(memory_format=torch.channels_last)
         self.graphs: dict = {}
         self.world = 1                                   # replicas of this segment (join_replicas)
         self.busy = 0.0                                  # compute seconds since the last step()
@@ -55,30 +62,56 @@ class FineWorker:
         with precision.autocast(self.device.type, self.amp):
             return self.module(memory_format(u, self.cl))
 
-    def forward(self, key, x):
-        u = self.end.receive(x).requires_grad_(True)
-        t0 = time.perf_counter()
-        if self.saved_buffers is not None and self.saved_step != key[0]:     # the first forward of step key[0]
+    def _keep_buffers(self, step) -> None:
+        if self.saved_buffers is not None and self.saved_step != step:     # the first forward of step ``step``
             self.saved_buffers = {k: b.clone() for k, b in self.module.named_buffers()}
-            self.saved_step = key[0]
-        out = self._run(u)
-        self.graphs[key] = (u, out)
+            self.saved_step = step
+
+    def _done(self, t0: float) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)          # compute seconds, not launch seconds
         self.busy += time.perf_counter() - t0
+
+    def forward(self, key, x):
+        u = self.end.receive(x).requires_grad_(True)
+        t0 = time.perf_counter()
+        self._keep_buffers(key[0])
+        out = self._run(u)
+        self.graphs[key] = (u, out)
+        self._done(t0)
         return self.end.reply(out, x)
 
+    def head_forward(self, key, x, state: dict):
+        """``--coarse-in-actors``: load the driver's ``pre`` and coarse weights (``state``, numpy arrays by state-dict
+        key), compute ``d_j`` from the batch ``x`` (:func:`raypar.parareal.interval`) and send it back, with the
+        head's buffers (BatchNorm statistics) after this forward."""
+        batch = self.end.receive(x)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for k, t in self.head.state_dict(keep_vars=True).items():
+                t.copy_(from_numpy(state[k], self.device))
+        self._keep_buffers(key[0])
+        with precision.autocast(self.device.type, self.amp):
+            out = interval(memory_format(batch, self.cl), self.head["pre"], self.head["coarse"], self.module,
+                           self.index + 1)
+        self.graphs[key] = (None, out)
+        self._done(t0)
+        return self.end.reply(out, x), {k: to_numpy(b) for k, b in self.head.named_buffers()}
+
     def backward(self, key, grad):
-        """Backward through the graph kept under ``key``; ``grad`` None only frees that graph."""
+        """Backward through the graph kept under ``key``; ``grad`` None only frees that graph. Returns the gradient
+        w.r.t. the input, or for a :meth:`head_forward` graph the head's parameter gradients (numpy, by key)."""
         u, out = self.graphs.pop(key)
         if grad is None:
             return None
         g = self.end.receive(grad)
         t0 = time.perf_counter()
         out.backward(g)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.busy += time.perf_counter() - t0
+        self._done(t0)
+        if u is None:
+            grads = {k: to_numpy(p.grad) for k, p in self.head.named_parameters() if p.grad is not None}
+            self.head.zero_grad(set_to_none=True)
+            return grads
         return self.end.reply(u.grad, grad)
 
     def unscale(self, inv_scale: float) -> bool:
@@ -128,15 +161,24 @@ class FineWorker:
             self.module.train()
 
     @torch.no_grad()
-    def output_shape(self, shape: tuple, dtype: torch.dtype) -> tuple[tuple, torch.dtype]:
+    def output_shape(self, shape: tuple, dtype: torch.dtype, batch: bool = False) -> tuple[tuple, torch.dtype]:
         """The shape and dtype of this segment's output for an input of ``shape`` and ``dtype`` (a forward in eval
-        mode: no statistics change)."""
-        self.module.eval()
+        mode: no statistics change); ``batch``: for a batch of that shape given to :meth:`head_forward`."""
+        parts = [self.module] + ([self.head] if batch else [])
+        for p in parts:
+            p.eval()
         try:
-            out = self._run(torch.zeros(shape, dtype=dtype, device=self.device))
+            u = torch.zeros(shape, dtype=dtype, device=self.device)
+            if batch:
+                with precision.autocast(self.device.type, self.amp):
+                    out = interval(memory_format(u, self.cl), self.head["pre"], self.head["coarse"], self.module,
+                                   self.index + 1)
+            else:
+                out = self._run(u)
             return tuple(out.shape), out.dtype
         finally:
-            self.module.train()
+            for p in parts:
+                p.train()
 
     # ------------------------------------------------------------------ transport (raypar.transport)
     def where(self) -> tuple[str, tuple, str]:

@@ -47,7 +47,12 @@ from .network import PararealNet
 from .parareal import coarse_work
 from .optim import OptimConfig, make_optimizer
 
-CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
+CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "raypar-ca", "raypar-f1-ca", "ddp", "pipe")
+# the line-up without --contenders (the -ca ones are slower on CPUs, where they were measured: benchmarks/throughput)
+DEFAULT_CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
+# the raypar contenders: (F_1 in the driver, coarse sweep in the actors)
+ENGINES = {"raypar": (False, False), "raypar-f1": (True, False), "raypar-ca": (False, True),
+           "raypar-f1-ca": (True, True)}
 PRESTART = 6                     # benchmark processes started ahead together (~0.7 GB each while idle)
 MAX_TIMED_CORES = 8              # core_speeds times at most this many cores (one process each)
 INTERLEAVE_PROCESSES = 16        # at most this many processes (~0.8-1 GB each) up at once for interleaved contenders
@@ -66,7 +71,7 @@ class BenchConfig:
     subnets: list[int] = field(default_factory=lambda: [1, 2])
     microbatches: int = 4
     balance: object = "time"                 # the split of raypar and pipe: "time", "flops", "params" or counts
-    contenders: list[str] = field(default_factory=lambda: list(CONTENDERS))
+    contenders: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENDERS))
     seed: int = 0
     lr: float = 0.05
     device: str = "cpu"                      # "cuda": every process on the GPU(s) (fractions of one GPU if one)
@@ -204,13 +209,13 @@ class Runner:
         return self._begin(cfg, sgd_step(model, optimizer(model, cfg), cfg), make_batches(cfg, cfg.torch_device))
 
     def start_raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
-                     transport: str = "object-store", turns: bool = False) -> int:
+                     transport: str = "object-store", turns: bool = False, coarse_in_actors: bool = False) -> int:
         """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
         its own actor, started here (start-up is not step time)."""
         cpus = TURN_CPUS if turns else 1
         engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
                                                           transport=transport, channels_last=cfg.channels_last,
-                                                          amp=cfg.amp),
+                                                          amp=cfg.amp, coarse_in_actors=coarse_in_actors),
                                 seed=cfg.seed)
         return self._begin(cfg, engine.train_step, make_batches(cfg, engine.device), engine)
 
@@ -274,8 +279,9 @@ class Runner:
         return self._all_steps(self.start_local(model, cfg))
 
     def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
-               transport: str = "object-store") -> dict:
-        return self._all_steps(self.start_raypar(net, cfg, first_in_driver, transport))
+               transport: str = "object-store", coarse_in_actors: bool = False) -> dict:
+        return self._all_steps(self.start_raypar(net, cfg, first_in_driver, transport,
+                                                 coarse_in_actors=coarse_in_actors))
 
     def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
         """One stage of a GPipe schedule over gloo, every step in a row; all stages run this at once."""
@@ -386,7 +392,8 @@ def _coarse(cfg: BenchConfig) -> CoarseSpec:
     return CoarseSpec(kernel=cfg.coarse_kernel, downsample=cfg.coarse_downsample)
 
 
-def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print) -> PararealNet:
+def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print,
+                coarse_in_actors: bool = False) -> PararealNet:
     """A raypar contender's network: with ``--balance tune`` its split is the fastest of the candidates measured on
     the engine (:mod:`raypar.tune`, over the first of ``--transports``; every transport's rows use it), else the one
     the balance gives."""
@@ -396,7 +403,7 @@ def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print) -> Pa
     split, _ = tune_split(_model(cfg), n, coarse=_coarse(cfg), driver_segment=driver_segment, input_shape=cfg.shape,
                           num_classes=cfg.num_classes, batch=cfg.batch, optim=cfg.optim,
                           resources=Resources(cfg.gpu_share, 1.0, channels_last=cfg.channels_last, amp=cfg.amp,
-                                              transport=cfg.transports[0]),
+                                              transport=cfg.transports[0], coarse_in_actors=coarse_in_actors),
                           seed=cfg.seed, log=log)
     return _net(cfg, n, driver_segment, split)
 
@@ -486,10 +493,15 @@ def core_speeds(cfg: "BenchConfig", steps: int = 5, timeout_s: float = 300) -> d
             "capacity": sum(fastest / t for t in together)}
 
 
-def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, element: int = 4) -> int:
+def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, element: int = 4,
+                  sample: tuple | None = None) -> int:
     """4 interface tensors per remote segment and iteration: input out, output back, their gradients the other
-    way (``skip_first``: F_1 runs in the driver and ships nothing); ``element``: bytes per number (2 with --amp)."""
+    way (``skip_first``: F_1 runs in the driver and ships nothing); ``element``: bytes per number (2 with --amp).
+    With ``sample`` (the shape of one input sample; --coarse-in-actors, K = 1): the batch out and ``d_j`` back, its
+    gradient out (the head's parameter gradients, a few KB, are not counted)."""
     shipped = net.segment_info[1:] if skip_first else net.segment_info
+    if sample is not None:
+        return batch * sum(4 * math.prod(sample) + element * 2 * math.prod(s.out_shape) for s in shipped)
     per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in shipped)
     return net.iterations * batch * element * per * 2
 
@@ -507,9 +519,10 @@ def local_row(out: dict, model: nn.Module) -> dict:
 
 
 def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
-               transport: str = "object-store") -> dict:
+               transport: str = "object-store", coarse_in_actors: bool = False) -> dict:
     import ray
-    return raypar_row(ray.get(runner.raypar.remote(net, cfg, first_in_driver, transport)), net, cfg, first_in_driver)
+    out = ray.get(runner.raypar.remote(net, cfg, first_in_driver, transport, coarse_in_actors))
+    return raypar_row(out, net, cfg, first_in_driver, coarse_in_actors)
 
 
 def engine_processes(net: PararealNet, first_in_driver: bool) -> int:
@@ -518,7 +531,8 @@ def engine_processes(net: PararealNet, first_in_driver: bool) -> int:
     return n if first_in_driver and n > 1 else n + 1
 
 
-def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False) -> dict:
+def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+               coarse_in_actors: bool = False) -> dict:
     out = dict(out)
     stats, n = out.pop("stats"), net.num_subnets
     procs = engine_processes(net, first_in_driver)
@@ -529,7 +543,8 @@ def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: b
                 fine_each_ms=each,
                 bytes_per_step=max(s["bytes"] for s in stats),
                 bytes_min=bytes_minimum(net, cfg.batch, skip_first=first_in_driver,
-                                        element=4 if cfg.amp == "off" else 2),
+                                        element=4 if cfg.amp == "off" else 2,
+                                        sample=cfg.shape if coarse_in_actors else None),
                 parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))
 
 
@@ -593,10 +608,14 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
     big, want = max(cfg.subnets), set(cfg.contenders)
     tune = cfg.balance == TUNE
     sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (
-        set(cfg.subnets) if "raypar" in want and not tune else set())
+        set(cfg.subnets) if want & {"raypar", "raypar-ca"} and not tune else set())
     nets = {n: _net(cfg, n) for n in sorted(sizes)}
-    engine_nets = ({n: _engine_net(cfg, n, False, log) for n in cfg.subnets} if tune and "raypar" in want else nets)
-    f1_nets = ({n: _engine_net(cfg, n, True, log) for n in cfg.subnets if n > 1} if "raypar-f1" in want else {})
+    engine_nets = {}                             # (contender, n) -> its network
+    for name, (f1, ca) in ENGINES.items():
+        for n in (cfg.subnets if name in want else []):
+            if f1 and n < 2:                         # (N = 1 with F_1 in the driver is the original network)
+                continue
+            engine_nets[name, n] = (_engine_net(cfg, n, f1, log, ca) if tune or f1 else nets[n])
     orig = _model(cfg)
 
     def local(name, model):
@@ -604,10 +623,10 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
                          start=lambda rs: [rs[0].start_local.remote(model, cfg)],
                          post=lambda outs: local_row(outs[0], model))
 
-    def engine(name, net, f1, t):
-        return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, f1, t),
-                         start=lambda rs: [rs[0].start_raypar.remote(net, cfg, f1, t, True)],
-                         post=lambda outs: raypar_row(outs[0], net, cfg, f1),
+    def engine(name, net, f1, t, ca):
+        return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, f1, t, ca),
+                         start=lambda rs: [rs[0].start_raypar.remote(net, cfg, f1, t, True, ca)],
+                         post=lambda outs: raypar_row(outs[0], net, cfg, f1, ca),
                          processes=engine_processes(net, f1))
 
     def ddp():                                   # alone, Ray Train's TorchTrainer starts the workers itself
@@ -627,10 +646,9 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
                          processes=big)
     table = {"original": [local("original", orig)],
              "parareal-1proc": [local("parareal-1proc", nets[big])] if big in nets else [],
-             "raypar": [engine(f"raypar-N{n}{_suffix(t)}", engine_nets[n], False, t)
-                        for t in cfg.transports for n in cfg.subnets] if "raypar" in want else [],
-             "raypar-f1": [engine(f"raypar-N{n}-f1{_suffix(t)}", f1_nets[n], True, t)
-                           for t in cfg.transports for n in sorted(f1_nets)],
+             **{name: [engine(f"raypar-N{n}{name[6:]}{_suffix(t)}", engine_nets[name, n], f1, t, ca)
+                       for t in cfg.transports for n in cfg.subnets if (name, n) in engine_nets]
+                for name, (f1, ca) in ENGINES.items()},
              "ddp": [ddp()] if "ddp" in want else [],
              "pipe": [pipe()] if "pipe" in want else []}
     return [c for name in CONTENDERS if name in want for c in table[name]]
@@ -990,7 +1008,9 @@ def add_arguments(p) -> None:
                                                         "raypar contender's split measured on the engine first "
                                                         "(raypar tune; parareal-1proc and pipe: time) "
                                                         "(default: %(default)s)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help="(default: %(default)s)")
+    p.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
+                   help=f"any of {', '.join(CONTENDERS)}; -f1: F_1 in the driver (--driver-segment), -ca: the coarse "
+                        f"sweep in the actors (--coarse-in-actors) (default: %(default)s)")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
                    help="where every process computes; with one GPU the processes share it (default: %(default)s)")
     p.add_argument("--transports", default="object-store",

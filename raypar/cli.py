@@ -125,6 +125,11 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
     g.add_argument("--driver-segment", action="store_true", default=None,
                    help="run the first fine sub-network in the driver, overlapped with the actors: N processes "
                         "instead of N + 1 (faster when processes outnumber cores; see benchmarks/throughput)")
+    g.add_argument("--coarse-in-actors", action="store_true", default=None,
+                   help="K = 1 only: each fine actor computes its own input and coarse term from the batch (copies "
+                        "of pre and the coarse networks, updated every step) and sends back their difference, so "
+                        "that no actor waits for the driver's coarse sweep and the driver runs no coarse backward "
+                        "after them; the same network and numbers (see benchmarks/throughput)")
     g.add_argument("--channels-last", action="store_true", default=None,
                    help="keep weights and activations in the channels-last layout: faster convolutions on recent "
                         "CPUs and on GPUs; the results match the default layout up to rounding")

@@ -63,6 +63,7 @@ class TrainConfig:
     replicas: int = 1                        # R data-parallel replicas of the whole parareal network (R x N actors)
     placement: str = "PACK"
     driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
+    coarse_in_actors: bool = False           # K = 1: each fine actor runs pre and the coarse sweep up to its interval
     transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.transport)
     channels_last: bool = False              # weights and activations in the channels-last layout (faster convs)
     amp: str = "off"                         # mixed precision: off, bf16 or fp16 (raypar.precision)
@@ -94,6 +95,8 @@ class TrainConfig:
         self.coarse                                          # checks depth, width, norm and downsample
         if self.norm not in ("batch", "group"):
             raise UserError(f"--norm must be batch or group, got {self.norm!r}")
+        if self.coarse_in_actors and self.iterations != 1:
+            raise UserError(f"--coarse-in-actors needs --iterations 1, got {self.iterations}")
         if self.replicas < 1:
             raise UserError(f"--replicas must be >= 1, got {self.replicas}")
         ds = self.dataset

@@ -23,6 +23,7 @@ they travel (object store, point-to-point gloo/NCCL, CUDA IPC) is :mod:`raypar.t
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -35,8 +36,8 @@ from .errors import UserError
 from .models import memory_format
 from .network import PararealNet
 from .optim import OptimConfig, make_optimizer
-from .parareal import parareal
-from .transport import EVAL_U, GRAD_F, U, DriverEnd, check_name
+from .parareal import correct, parareal
+from .transport import EVAL_U, GRAD_F, U, DriverEnd, check_name, from_numpy, to_numpy
 
 
 @dataclass
@@ -89,6 +90,10 @@ class Resources:
     transport: str = "object-store"      # how interface tensors travel: see raypar.transport ("auto" resolves it)
     channels_last: bool = False          # every part's weights and activations in the channels-last layout
     amp: str = "off"                     # mixed precision: off, bf16 or fp16 (raypar.precision)
+    # K = 1: each fine actor computes its own input and coarse term from the batch (copies of pre and C_1..C_j, the
+    # driver's weights sent every step) and sends back d_j = f_j - z_j: the driver neither runs the coarse sweep
+    # before the actors can start nor runs its backward after them (raypar.parareal.interval)
+    coarse_in_actors: bool = False
 
 
 @dataclass
@@ -119,6 +124,14 @@ class PararealEngine:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.driver = net.driver_modules()
         self.offset = 1 if resources.first_in_driver else 0      # segments [0, offset) run in the driver
+        self.heads = resources.coarse_in_actors and self.n > self.offset
+        if self.heads and self.k != 1:
+            raise UserError(f"--coarse-in-actors needs --iterations 1 (got {self.k}): with K > 1 the later iterations' "
+                            f"inputs come from the driver's correction sweep")
+        # the actors' copies of pre and C_1..C_j (segment j's interval), made while everything is still on the CPU
+        heads = [torch.nn.ModuleDict({"pre": copy.deepcopy(net.pre),
+                                      "coarse": copy.deepcopy(net.coarse[:s + 1] if s else torch.nn.ModuleList())})
+                 if self.heads else None for s in range(self.offset, self.n)]
         if self.offset:
             self.driver["segments"] = torch.nn.ModuleList(net.segments[:self.offset])
         self.cl = resources.channels_last
@@ -150,7 +163,7 @@ class PararealEngine:
             self.actors = [
                 actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
                                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp)
+                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp, heads[i])
                 for i, seg in enumerate(remote)]
             ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
             self.tx = DriverEnd.connect(resources.transport, self.actors, self.device, nhwc=self.cl)
@@ -218,7 +231,10 @@ class PararealEngine:
         x, y = memory_format(x.to(self.device), self.cl), y.to(self.device)
         saved = ({k: b.clone() for k, b in self.driver.named_buffers()} if self.skip_nonfinite else None)
         cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        logits = self._forward(x, fine, cuts)
+        if self.heads:
+            logits = self._forward_heads(x, step, calls, st)
+        else:
+            logits = self._forward(x, fine, cuts)
         loss = F.cross_entropy(logits, y)
         if saved is not None and self.all_sum([float(not torch.isfinite(loss))])[0] > 0:
             st.bytes = self.tx.bytes - bytes0
@@ -227,8 +243,8 @@ class PararealEngine:
         def launch(call: _FineCall, grad: torch.Tensor | None):
             # grad None: this output never reached the loss (with K = N, f^1_j for j > 1 does not); the actor only
             # frees its graph, and nothing flows back, exactly as autograd leaves such parameters without a grad
-            call.grad_ref = self.tx.call(call.j, "backward", call.key, grad, GRAD_F, call.key[1],
-                                         (tuple(call.u.shape), call.u.dtype))
+            reply = (tuple(call.u.shape), call.u.dtype) if call.u is not None else None    # heads: no tensor back
+            call.grad_ref = self.tx.call(call.j, "backward", call.key, grad, GRAD_F, call.key[1], reply)
 
         # Backward, iteration by iteration from the last: dL/df^k is complete only once dL/du^{k+1} (which the actors
         # return) has been pushed back through the driver's graph. For the last iteration a hook ships dL/df^K the
@@ -247,7 +263,11 @@ class PararealEngine:
             if k == 1:                        # queued behind the backward calls
                 step_refs = [a.unscale.remote(1 / scale) if self.scaler else a.step.remote() for a in self.actors]
             t0 = time.perf_counter()
-            grads = self.tx.gather([c.grad_ref for c in these])
+            if self.heads:                    # the gradients of the actors' copies of pre and C_j: theirs are the sums
+                self._add_grads(self.tx.values([c.grad_ref for c in these]))
+                grads = []
+            else:
+                grads = self.tx.gather([c.grad_ref for c in these])
             st.wait += time.perf_counter() - t0
             pairs = [(c.u, g) for c, g in zip(these, grads) if g is not None and c.u.requires_grad]
             if pairs:
@@ -336,6 +356,40 @@ class PararealEngine:
                 x0 = cut(x0)
             out = parareal(x0, self.coarse, fine, self.k, self.n, cut if cuts is not None else None)
             return precision.full(self.post(out[-1]))
+
+    def _forward_heads(self, x: torch.Tensor, step: int, calls: list, st: StepStats) -> torch.Tensor:
+        """The training forward with the coarse sweep in the actors (K = 1, :func:`raypar.parareal.interval`): the
+        batch and the driver's ``pre``/coarse weights go to every actor, ``d_j`` comes back; the driver runs ``F_1``
+        (first_in_driver) meanwhile, then the correction sweep (:func:`raypar.parareal.correct`) and ``post``. The
+        coarse networks' BatchNorm statistics take the values the last actor's copies reached on the coarse sweep
+        before the correction sweep updates them again, as in one process."""
+        import ray
+        keys = ("pre.", "coarse.")
+        state = ray.put({k: to_numpy(t) for k, t in self.driver.state_dict().items() if k.startswith(keys)})
+        pending = [self.tx.head_forward(j, (step, 1), x, state) for j in range(len(self.actors))]
+        with precision.autocast(self.device.type, self.amp):
+            t0 = time.perf_counter()
+            local = [seg(self.pre(x)) for seg in self.local]               # F_1 here while the actors work
+            st.local_fine += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            d = self.tx.gather(pending)
+            st.wait += time.perf_counter() - t0
+            with torch.no_grad():
+                buffers = dict(self.driver.named_buffers())
+                for k, b in pending[-1].extra.items():
+                    if not (self.local and k.startswith("pre.")):   # (pre ran here too, on the same batch)
+                        buffers[k].copy_(from_numpy(b, self.device))
+            d = [t.requires_grad_(True) for t in d]
+            calls.extend(_FineCall(j, (step, 1), None, t) for j, t in enumerate(d))
+            return precision.full(self.post(correct(self.coarse, local + d)[-1]))
+
+    def _add_grads(self, grads: list[dict]) -> None:
+        params = dict(self.driver.named_parameters())
+        for each in grads:
+            for k, g in each.items():
+                g = from_numpy(g, self.device)
+                p = params[k]
+                p.grad = g.clone() if p.grad is None else p.grad.add_(g)
 
     @staticmethod
     def _backward_cuts(cuts: list) -> None:

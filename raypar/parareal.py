@@ -10,6 +10,15 @@ With coarse networks ``C_1..C_N``, fine propagators ``F_1..F_N`` and ``x0 = pre(
         l^k_0 = x0,   l^k_j = f^k_j + (C_j(l^k_{j-1}) - C_j(l^{k-1}_{j-1}))   j = 1..N     correction sweep
     output = l^K_N
 
+With K = 1 the coarse sweep can also run beside the fine propagators instead of before them (``--coarse-in-actors``):
+the process of interval j computes its own input and coarse term from the batch and sends back one difference
+
+    z_{j-1} = C_{j-1}(...C_1(pre(x))),   d_j = F_j(z_{j-1}) - C_j(z_{j-1})       (d_1 = f_1)   :func:`interval`
+    l_1 = d_1,   l_j = C_j(l_{j-1}) + d_j                                                   :func:`correct`
+
+which is the same network (the same sums, added in another order); ``pre`` and ``C_1..C_j`` then run in several
+processes on the same values, and their gradients are the sums over those copies.
+
 Only ``l^k_1..l^k_{N-1}`` feed the next iteration, so before the last iteration ``F_N`` is not run at all.
 ``C_j(l^{k-1}_{j-1})`` is remembered from the previous sweep (for k = 1 it is ``z_j``, plus the extra ``z_N``), so no
 coarse network ever runs twice on the same input. ``z_N`` is needed only with K = 1 (with K > 1 the first sweep stops
@@ -80,4 +89,25 @@ def parareal(x0: torch.Tensor, coarse: Sequence[torch.nn.Module], fine: FineMap,
             if j < m:
                 l.append(f[j] + (c - c_prev[j]))
         inputs, c_prev = [x0] + l[:n - 1], c_new
+    return l
+
+
+def interval(x: torch.Tensor, pre: torch.nn.Module, coarse: Sequence[torch.nn.Module], fine_j: torch.nn.Module,
+             j: int) -> torch.Tensor:
+    """Interval ``j`` (1-based) of one iteration with the coarse sweep beside it: ``d_j = F_j(z_{j-1}) - C_j(z_{j-1})``
+    from the batch ``x``, with ``z_{j-1} = C_{j-1}(...C_1(pre(x)))``; ``d_1 = f_1`` (its coarse terms cancel).
+    ``coarse`` holds ``C_1..C_j`` (at least ``C_1..C_{j-1}``)."""
+    z = pre(x)
+    for net in coarse[:j - 1]:
+        z = net(z)
+    f = fine_j(z)
+    return f if j == 1 else f - coarse[j - 1](z)
+
+
+def correct(coarse: Sequence[torch.nn.Module], d: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The correction sweep from the differences of :func:`interval`: ``[l_1, ..., l_N]`` with ``l_1 = d_1`` and
+    ``l_j = C_j(l_{j-1}) + d_j``."""
+    l = [d[0]]
+    for j in range(1, len(d)):
+        l.append(coarse[j](l[-1]) + d[j])
     return l

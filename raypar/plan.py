@@ -388,9 +388,9 @@ def against_bench(path: str, link: Link, planner: Planner | None = None, capacit
             continue
         if name == "original":
             p = planner.row(1, cores, link, capacity=capacity)
-        elif name.startswith("raypar-N"):
+        elif name.startswith("raypar-N") and "ca" not in name.split("-"):    # (no model of --coarse-in-actors)
             n = int(name[len("raypar-N"):].split("-")[0])
-            p = planner.row(n, cores, link, driver_segment=name.endswith("-f1"), in_process=False,
+            p = planner.row(n, cores, link, driver_segment="f1" in name.split("-"), in_process=False,
                             split=r.get("split") if n > 1 else None, capacity=capacity)
         else:
             continue

@@ -176,6 +176,8 @@ class Pending:
     ref: object                       # the Ray call
     out: torch.Tensor | None = None   # p2p: the buffer the reply lands in
     works: tuple = ()
+    extra: object = None              # with_extra: what the call returned beside the tensor (once gathered)
+    with_extra: bool = False          # the call returns (tensor, extra)
 
 
 class DriverEnd:
@@ -219,42 +221,58 @@ class DriverEnd:
             self.group = None
 
     # ------------------------------------------------------------------------------------------ calls
-    def _out_shape(self, j: int, u: torch.Tensor) -> tuple[tuple, torch.dtype]:
-        key = (j, tuple(u.shape), u.dtype)
+    def _out_shape(self, j: int, u: torch.Tensor, batch: bool = False) -> tuple[tuple, torch.dtype]:
+        key = (j, tuple(u.shape), u.dtype, batch)
         if key not in self.out_shapes:
             import ray
-            self.out_shapes[key] = ray.get(self.actors[j].output_shape.remote(tuple(u.shape), u.dtype))
+            self.out_shapes[key] = ray.get(self.actors[j].output_shape.remote(tuple(u.shape), u.dtype, batch))
         return self.out_shapes[key]
 
     def call(self, j: int, method: str, key, t: torch.Tensor | None, kind: int, k: int = 0,
-             reply: tuple[tuple, torch.dtype] | None = None) -> Pending:
-        """Start ``actors[j].method(key, <t>)``; ``reply``: the shape and dtype of the tensor it sends back (p2p),
-        None when it sends nothing back."""
+             reply: tuple[tuple, torch.dtype] | None = None, args: tuple = (), with_extra: bool = False) -> Pending:
+        """Start ``actors[j].method(key, <t>, *args)``; ``reply``: the shape and dtype of the tensor it sends back
+        (p2p), None when it sends none back; ``with_extra``: the method returns (tensor, something else)."""
         actor = self.actors[j]
         if t is None:
-            return Pending(getattr(actor, method).remote(key, None))
+            return Pending(getattr(actor, method).remote(key, None, *args), with_extra=with_extra)
         self.bytes += t.numel() * t.element_size()
         t = outgoing(t, self.nhwc)
         if self.name == "p2p":
             wire = Wire(tuple(t.shape), t.dtype, _tag(kind, k), _tag(kind + 1, k))
-            ref = getattr(actor, method).remote(key, wire)
+            ref = getattr(actor, method).remote(key, wire, *args)
             works = [self.group.send([t], j + 1, wire.tag)]
             out = None
             if reply is not None:
                 out = torch.empty(_wire_shape(reply[0], self.nhwc), dtype=reply[1], device=self.device)
                 works.append(self.group.recv([out], j + 1, wire.reply_tag))
-            return Pending(ref, out, (*works, t))          # keep t alive until the send is done
+            return Pending(ref, out, (*works, t), with_extra=with_extra)    # keep t alive until the send is done
         if self.name == "cuda-ipc":
             import ray
             ref = getattr(actor, method).options(tensor_transport="cuda_ipc").remote(
-                key, ray.put(t, _tensor_transport="cuda_ipc"))
-            return Pending(ref)
-        return Pending(getattr(actor, method).remote(key, to_numpy(t)))
+                key, ray.put(t, _tensor_transport="cuda_ipc"), *args)
+            return Pending(ref, with_extra=with_extra)
+        return Pending(getattr(actor, method).remote(key, to_numpy(t), *args), with_extra=with_extra)
 
     def forward(self, j: int, key, u: torch.Tensor, kind: int = U, k: int = 0) -> Pending:
         method = "forward" if kind == U else "eval_forward"
         reply = self._out_shape(j, u) if self.name == "p2p" else None
         return self.call(j, method, key, u, kind, k, reply)
+
+    def head_forward(self, j: int, key, x: torch.Tensor, state_ref) -> Pending:
+        """``--coarse-in-actors``: the batch ``x`` (and the ref of the head's weights) to actor j, ``d_j`` back, with
+        the head's buffers as the call's extra."""
+        reply = self._out_shape(j, x, batch=True) if self.name == "p2p" else None
+        return self.call(j, "head_forward", key, x, U, 1, reply, (state_ref,), with_extra=True)
+
+    def values(self, pending: list[Pending]) -> list:
+        """Wait for calls that send no tensor back; what they returned (through Ray)."""
+        import ray
+        results = ray.get([p.ref for p in pending])
+        for p in pending:
+            for w in p.works:
+                if not isinstance(w, torch.Tensor):
+                    w.wait()
+        return results
 
     def gather(self, pending: list[Pending]) -> list[torch.Tensor | None]:
         """Wait for the calls; the tensors they sent back (None where a call sent none)."""
@@ -265,6 +283,8 @@ class DriverEnd:
             for w in p.works:
                 if not isinstance(w, torch.Tensor):
                     w.wait()
+            if p.with_extra:
+                r, p.extra = r
             if p.out is not None:
                 out = p.out
             elif r is None:

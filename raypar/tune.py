@@ -249,6 +249,8 @@ def add_arguments(p) -> None:
     p.add_argument("--subnets", "-n", type=int, default=2, help="number N of fine sub-networks (default: %(default)s)")
     p.add_argument("--iterations", "-k", type=int, default=1, help="parareal iterations K (default: %(default)s)")
     p.add_argument("--driver-segment", action="store_true", help="F_1 runs in the driver (as train's option)")
+    p.add_argument("--coarse-in-actors", action="store_true",
+                   help="each actor runs pre and the coarse sweep up to its interval (as train's option; K = 1)")
     p.add_argument("--batch", type=int, default=64, help="batch per step, as the run will use (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
     p.add_argument("--in-channels", type=int, default=3, help="(default: %(default)s)")
@@ -285,7 +287,8 @@ def cmd_tune(args) -> int:
     from .models import build
     from .plan import num_threads
     cfg = TrainConfig(model=args.model, width_mult=args.width_mult, subnets=args.subnets, iterations=args.iterations,
-                      driver_segment=args.driver_segment, batch_size=args.batch, norm=args.norm,
+                      driver_segment=args.driver_segment, coarse_in_actors=args.coarse_in_actors,
+                      batch_size=args.batch, norm=args.norm,
                       coarse_kernel=args.coarse_kernel, coarse_downsample=args.coarse_downsample,
                       coarse_depth=args.coarse_depth, coarse_width=args.coarse_width, coarse_norm=args.coarse_norm,
                       gpus_per_subnet=args.gpus_per_subnet, transport=args.transport, seed=args.seed).validate()
@@ -308,7 +311,8 @@ def cmd_tune(args) -> int:
                                        driver_segment=cfg.driver_segment,
                                        input_shape=(args.in_channels, args.image_size, args.image_size),
                                        num_classes=args.num_classes, batch=cfg.batch_size, optim=cfg.optim,
-                                       resources=Resources(cfg.gpus_per_subnet, 1.0, transport=cfg.transport),
+                                       resources=Resources(cfg.gpus_per_subnet, 1.0, transport=cfg.transport,
+                                                           coarse_in_actors=cfg.coarse_in_actors),
                                        radius=args.radius, warmup=args.warmup, steps=args.steps, seed=cfg.seed,
                                        log=lambda m: console.print(m, style="dim"))
     finally:

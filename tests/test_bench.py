@@ -13,8 +13,8 @@ from raypar import PararealNet, build
 from raypar.bench import BenchConfig, run_bench
 
 CFG = dict(model="vgg11", width_mult=0.125, batch=16, warmup=1, steps=2, subnets=[1, 2], balance="flops",
-           contenders=["original", "raypar", "raypar-f1", "ddp", "pipe"])
-NAMES = ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1", "ddp-2", "pipe-2"]
+           contenders=["original", "raypar", "raypar-f1", "raypar-f1-ca", "ddp", "pipe"])
+NAMES = ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1", "raypar-N2-f1-ca", "ddp-2", "pipe-2"]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_every_row_present_and_consistent(bench):
         assert r["samples_per_s"] == pytest.approx(CFG["batch"] / (r["step_ms"] / 1e3))
         assert r["ratio_vs_original"] == pytest.approx(r["samples_per_s"] / base["samples_per_s"])
         assert len(r["rss_per_process_mb"]) == r["processes"]
-    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2, 2, 2]
-    for n in ("raypar-N1", "raypar-N2", "raypar-N2-f1"):
+    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2, 2, 2, 2]
+    for n in ("raypar-N1", "raypar-N2", "raypar-N2-f1", "raypar-N2-f1-ca"):
         r = by[n]
         assert r["driver_ms"] > 0 and r["fine_max_ms"] > 0 and r["transfer_ms"] >= 0
         assert r["efficiency"] == pytest.approx(r["ratio_vs_original"] / r["parallel_limit"])
@@ -60,6 +60,10 @@ def test_raypar_ships_exactly_the_four_interface_tensors(bench):
     net = PararealNet(build("vgg11", width_mult=0.125), 2, balance=r["split"])
     minimum = sum(CFG["batch"] * 4 * (math.prod(s.in_shape) + math.prod(s.out_shape)) * 2 for s in net.segment_info)
     assert r["bytes_per_step"] == r["bytes_min"] == minimum
+    # the coarse sweep in the actors: the batch out, d_2 back, its gradient out (F_1 in the driver ships nothing)
+    r = next(r for r in rows if r["contender"] == "raypar-N2-f1-ca")
+    out = math.prod(PararealNet(build("vgg11", width_mult=0.125), 2, balance=r["split"]).segment_info[1].out_shape)
+    assert r["bytes_per_step"] == r["bytes_min"] == CFG["batch"] * 4 * (3 * 32 * 32 + 2 * out)
 
 
 def test_json_png_and_mlflow_written(bench):

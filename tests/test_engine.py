@@ -66,6 +66,51 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, trans
         engine.shutdown()
 
 
+@pytest.mark.parametrize("model, n, first_in_driver, transport, channels_last", [
+    ("vgg11", 2, True, "object-store", False), ("vgg11", 3, False, "object-store", True),
+    ("resnet20", 3, True, "p2p", False)])
+def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, first_in_driver, transport, channels_last):
+    """--coarse-in-actors: each actor computes its input and coarse term from the batch, with copies of pre and C_j
+    that the driver updates every step; the same loss, weights and BatchNorm statistics as the reference. Per actor
+    and step three tensors travel: the batch out, d_j back, dL/dd_j out."""
+    torch.manual_seed(0)
+    net = PararealNet(build(model, width_mult=0.25), n, balance="flops").double()
+    ref = copy.deepcopy(net).train()
+    if channels_last:
+        ref.to(memory_format=torch.channels_last)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
+                                                transport=transport, channels_last=channels_last,
+                                                coarse_in_actors=True), seed=0)
+    try:
+        calls = {}                        # forwards in the driver: the actors run the coarse sweep, it does not
+        for name, m in [("pre", engine.pre)] + [(f"C{j + 1}", c) for j, c in enumerate(engine.coarse)]:
+            calls[name] = 0
+            m.register_forward_hook(lambda *a, name=name: calls.__setitem__(name, calls[name] + 1))
+        batches = [(torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))) for _ in range(3)]
+        for i, (x, y) in enumerate(batches):
+            loss, _, stats = engine.train_step(x, y)
+            assert loss == pytest.approx(_reference_step(ref, ref_opt, x, y), rel=1e-5, abs=1e-6)
+            if i in (0, 2):
+                got, want = engine.state_dict(), ref.state_dict()
+                assert set(got) == set(want)
+                for key in want:
+                    torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5,
+                                               msg=lambda m, key=key: f"{key}: {m}")
+            if i == 0:
+                assert calls == {"pre": int(first_in_driver), "C1": 0, **{f"C{j}": 1 for j in range(2, n + 1)}}
+        shipped = net.segment_info[1:] if first_in_driver else net.segment_info
+        assert stats.bytes == 8 * 8 * sum(3 * 32 * 32 + 2 * torch.Size(i.out_shape).numel() for i in shipped)
+        ref.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(engine.predict(batches[0][0]), ref(batches[0][0]), rtol=1e-4, atol=1e-5)
+    finally:
+        engine.shutdown()
+    with pytest.raises(UserError, match="--coarse-in-actors needs --iterations 1"):
+        PararealEngine(PararealNet(build("vgg11", width_mult=0.125), 2, iterations=2, balance="flops"), OPT,
+                       Resources(cpus_per_subnet=0.5, coarse_in_actors=True))
+
+
 def test_transport_choice_on_cpu(ray_local):
     """On CPUs "auto" keeps the object store; CUDA IPC is refused at once, with nothing left running."""
     import ray
@@ -117,9 +162,10 @@ def test_transport_choice(name, device, here, visible, there, want):
         assert choose(name, device, here, visible, there) == want
 
 
-@pytest.mark.parametrize("amp, n, k, first_in_driver, transport", [
-    ("bf16", 2, 1, True, "object-store"), ("fp16", 3, 2, False, "p2p")])
-def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, transport):
+@pytest.mark.parametrize("amp, n, k, first_in_driver, transport, coarse_in_actors", [
+    ("bf16", 2, 1, True, "object-store", False), ("fp16", 3, 2, False, "p2p", False),
+    ("fp16", 2, 1, True, "object-store", True)])
+def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, transport, coarse_in_actors):
     """--amp: the engine equals the reference network run under the same autocast (and, for fp16, the same loss
     scaling); the interface tensors travel in 16 bits; an fp16 overflow skips the step in every process."""
     from raypar import precision
@@ -130,7 +176,8 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
     scaler = precision.LossScaler() if amp == "fp16" else None
     engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
-                                                transport=transport, amp=amp), seed=0)
+                                                transport=transport, amp=amp, coarse_in_actors=coarse_in_actors),
+                            seed=0)
 
     if scaler:                        # 2^16, the default, overflows on this model's first step in both
         engine.scaler.scale = scaler.scale = 2.0 ** 8
@@ -174,6 +221,8 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
         shipped = net.segment_info[1:] if first_in_driver else net.segment_info
         numel = [torch.Size(i.in_shape).numel() + torch.Size(i.out_shape).numel() for i in shipped]
         bound = k * 8 * 2 * 2 * sum(numel)                     # 16 bits per number
+        if coarse_in_actors:                                   # the float32 batch out, d_j and dL/dd_j in 16 bits
+            bound = 8 * sum(4 * 3 * 32 * 32 + 2 * 2 * torch.Size(i.out_shape).numel() for i in shipped)
         assert stats.bytes == bound if k == 1 else 0 < stats.bytes < bound
         if scaler:                    # a scale so large that the float16 gradients overflow: nobody steps
             before = {key: v for key, v in engine.state_dict().items() if "running" not in key}

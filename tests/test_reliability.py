@@ -175,12 +175,13 @@ def test_run_out_of_restarts_ends_failed_and_fit_raises(ray_local, store):
 
 
 # ------------------------------------------------------------------------------------ --on-nonfinite skip
-def _engine(skip: bool):
+def _engine(skip: bool, coarse_in_actors: bool = False):
     from raypar import PararealNet, build
     from raypar.engine import OptimConfig, PararealEngine, Resources
     torch.manual_seed(0)
     net = PararealNet(build("vgg11", width_mult=0.125), 2, balance="flops")
-    return PararealEngine(net, OptimConfig(lr=0.1, epochs=2), Resources(cpus_per_subnet=0.5), seed=0,
+    return PararealEngine(net, OptimConfig(lr=0.1, epochs=2),
+                          Resources(cpus_per_subnet=0.5, coarse_in_actors=coarse_in_actors), seed=0,
                           skip_nonfinite=skip)
 
 
@@ -195,13 +196,14 @@ def _everything(engine) -> dict:
     return flat
 
 
-def test_nonfinite_batch_is_skipped_everywhere_and_training_goes_on(ray_local):
+@pytest.mark.parametrize("coarse_in_actors", [False, True])
+def test_nonfinite_batch_is_skipped_everywhere_and_training_goes_on(ray_local, coarse_in_actors):
     from raypar.trainer import _train_epoch
     g = torch.Generator().manual_seed(1)
     b1, b2, b3 = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in "123"]
     bad = (b1[0].clone(), b1[1])
     bad[0][3, 0, 5, 5] = float("nan")                  # one NaN pixel: NaN loss (and NaN BatchNorm statistics)
-    engine, reference = _engine(skip=True), _engine(skip=False)
+    engine, reference = _engine(True, coarse_in_actors), _engine(False, coarse_in_actors)
     try:
         engine.train_step(*b1)
         before = _everything(engine)

@@ -92,14 +92,14 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
 
 
 def test_driver_segment_and_fp16_train(ray_local, tmp_path):
-    """F_1 in the driver, with --amp fp16: it learns, and the loss scale is logged and checkpointed (a resumed run
-    carries on with it)."""
-    result = fit(_cfg(tmp_path, subnets=3, name="f1", driver_segment=True, amp="fp16"))
+    """F_1 in the driver and the coarse sweep in the actors, with --amp fp16: it learns, and the loss scale is logged
+    and checkpointed (a resumed run carries on with it)."""
+    result = fit(_cfg(tmp_path, subnets=3, name="f1", driver_segment=True, amp="fp16", coarse_in_actors=True))
     assert result.metrics["epoch"] == 1 and result.metrics["val_acc"] > 0.1
     ckpt = torch.load(os.path.join(result.checkpoint_path, "state.pt"), weights_only=True)
     assert len(ckpt["fine"]) == 2 and any(k.startswith("segments.0.") for k in ckpt["driver"])
     client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", result.run_id)
-    assert run.data.params["amp"] == "fp16"
+    assert run.data.params["amp"] == "fp16" and run.data.params["coarse_in_actors"] == "True"
     assert run.data.metrics["loss_scale"] == ckpt["scaler"]["scale"] > 0
     assert 0 <= run.data.metrics["overflow_steps"] < 1797 / 128       # digits: 1797 images, some for validation
 
@@ -108,6 +108,7 @@ def test_driver_segment_and_fp16_train(ray_local, tmp_path):
 BAD_INPUT = [
     (["--subnets", "0"], "--subnets must be >= 1"),
     (["--subnets", "2", "--iterations", "3"], "--iterations must be between 1 and --subnets (2)"),
+    (["--subnets", "2", "--iterations", "2", "--coarse-in-actors"], "--coarse-in-actors needs --iterations 1, got 2"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "cifar10"], "needs --data-dir"),
     (["--epochs", "0"], "--epochs must be >= 1"),
