@@ -269,6 +269,8 @@ def add_arguments(p) -> None:
     p.add_argument("--gpus-per-subnet", type=float, default=0.0,
                    help="GPUs per fine actor (and the driver); 0: CPUs, one thread per process (default: %(default)s)")
     p.add_argument("--transport", default="object-store", choices=TRANSPORTS, help="(default: %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="as train's option")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="as train's option (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--format", default="table", choices=["table", "json"], help="(default: %(default)s)")
 
@@ -291,7 +293,8 @@ def cmd_tune(args) -> int:
                       batch_size=args.batch, norm=args.norm,
                       coarse_kernel=args.coarse_kernel, coarse_downsample=args.coarse_downsample,
                       coarse_depth=args.coarse_depth, coarse_width=args.coarse_width, coarse_norm=args.coarse_norm,
-                      gpus_per_subnet=args.gpus_per_subnet, transport=args.transport, seed=args.seed).validate()
+                      gpus_per_subnet=args.gpus_per_subnet, transport=args.transport, seed=args.seed,
+                      channels_last=args.channels_last, amp=args.amp).validate()
     if args.subnets < 2:
         raise UserError("--subnets must be >= 2: with one sub-network there is no split to tune")
     check_effort(args.warmup, args.steps, args.radius)
@@ -312,7 +315,8 @@ def cmd_tune(args) -> int:
                                        input_shape=(args.in_channels, args.image_size, args.image_size),
                                        num_classes=args.num_classes, batch=cfg.batch_size, optim=cfg.optim,
                                        resources=Resources(cfg.gpus_per_subnet, 1.0, transport=cfg.transport,
-                                                           coarse_in_actors=cfg.coarse_in_actors),
+                                                           coarse_in_actors=cfg.coarse_in_actors,
+                                                           channels_last=cfg.channels_last, amp=cfg.amp),
                                        radius=args.radius, warmup=args.warmup, steps=args.steps, seed=cfg.seed,
                                        log=lambda m: console.print(m, style="dim"))
     finally:

@@ -17,7 +17,8 @@ def test_candidates_move_one_boundary_at_a_time():
 
 def test_tune_command_measures_every_candidate(ray_local, capsys):
     code = main(["tune", "--model", "vgg11", "--width-mult", "0.125", "--batch", "16", "--radius", "1",
-                 "--warmup", "1", "--steps", "2", "--driver-segment", "--format", "json"])
+                 "--warmup", "1", "--steps", "2", "--driver-segment", "--coarse-in-actors", "--channels-last",
+                 "--format", "json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     trials = out["trials"]
@@ -94,6 +95,7 @@ def test_no_candidate_ranked_without_the_profiles_split(monkeypatch):
     (["tune", "--subnets", "1"], "--subnets must be >= 2"),
     (["tune", "--model", "alexnet"], "unknown model 'alexnet'"),
     (["tune", "--steps", "0"], "tuning needs warm-up >= 0, steps >= 1"),
+    (["tune", "--coarse-in-actors", "--iterations", "2"], "--coarse-in-actors needs --iterations 1, got 2"),
     (["info", "--balance", "tune"], "--balance tune measures splits on the engine"),
     (["train", "--balance", "fastest"], "--balance must be one of time, flops, params, tune or block counts"),
 ])
