@@ -28,6 +28,13 @@ partition. For N >= 2 sub-networks and K iterations, with every time in seconds 
                                                            it: ``core_speeds.capacity``; ``--capacity``)
     slow     = used / cap  (1 for N = 1)                   how much slower each fine segment runs while they all run
 
+``--coarse-in-actors`` (K = 1): interval j's process runs its own copies of pre and C_1..C_j, then F_j::
+
+    each_j   = pre + C_1 + ... + C_j + F_j                 each_1 = pre + F_1
+    critical = max_j each_j * slow + (C_2 + ... + C_N) + post + transfer       the correction sweep, then post
+    work     = sum_j each_j + (C_2 + ... + C_N) + post
+    bytes    = sum over the remote j of  batch * (sample + 2 out_j) * 4 B      the batch out, d_j back, dL/dd_j out
+
 Each part's cost includes its share of the optimizer step (measured once, per parameter). ``--driver-segment``:
 F_1 runs in the driver (N processes instead of N + 1), so it ships nothing, and its work adds to the driver's; the
 split is the one PararealNet balances with the driver's work counted in segment 1. The efficiency bound is
@@ -192,13 +199,18 @@ class Planner:
 
     def row(self, n: int, devices: int, link: Link, iterations: int = 1, driver_segment: bool = False,
             in_process: bool | None = None, split: list[int] | None = None,
-            capacity: float | None = None) -> PlanRow:
+            capacity: float | None = None, coarse_in_actors: bool = False) -> PlanRow:
         """The prediction for N sub-networks. N = 1 is the original network in one process (``in_process``
         False: the engine with its one fine actor, for comparison with ``raypar bench``'s raypar-N1); ``split``: these
         block counts instead of PararealNet's balanced split; ``capacity``: what the devices together are worth in
-        units of one alone (None: as many as there are)."""
+        units of one alone (None: as many as there are); ``coarse_in_actors``: K = 1 with each interval computed from
+        the batch where its fine segment runs (:meth:`_row_in_actors`)."""
         c = self.costs
         k = min(iterations, n)
+        if coarse_in_actors and n > 1:
+            if k != 1:
+                raise UserError(f"--coarse-in-actors needs --iterations 1, got {iterations}")
+            return self._row_in_actors(n, devices, link, driver_segment, split, capacity)
         e = c.pre_s + c.post_s
         seq = self.sequential_s()
         if n == 1:
@@ -242,6 +254,37 @@ class Planner:
         return PlanRow(n, split, k if n > 1 else 1, processes, used, 1e3 * step, speedup, speedup / used, nbytes,
                        coarse_s / step, 1e3 * critical, 1e3 * work, 1e3 * transfer, 1e3 * coarse_s, 1e3 * fine_crit,
                        1e3 * driver, "critical path" if critical >= work / cap else "devices")
+
+    def _row_in_actors(self, n: int, devices: int, link: Link, driver_segment: bool, given: list[int] | None,
+                       capacity: float | None) -> PlanRow:
+        """``--coarse-in-actors`` (K = 1, N >= 2): interval j's process runs pre, C_1..C_j and F_j (F_1's: pre and
+        F_1), all at once; then the driver's correction sweep C_2..C_N and post. Per remote interval the batch goes out,
+        d_j comes back and its gradient goes out: batch * (sample + 2 out_j) * 4 B, in two round trips."""
+        c = self.costs
+        split = list(self.net(n, 1, driver_segment, given).split)
+        bounds = [0, *itertools.accumulate(split)]
+        fines = [sum(c.blocks_s[a:b]) for a, b in zip(bounds, bounds[1:])]
+        coarse = self.coarse_seconds(n, 1, driver_segment, given)
+        heads = [c.pre_s + (sum(coarse[:j + 1]) if j else 0.0) for j in range(n)]
+        each = [h + f for h, f in zip(heads, fines)]
+        correction = sum(coarse[1:])
+        shapes = self._interfaces(split)
+        remote = range(1 if driver_segment else 0, n)
+        nbytes = sum(self.batch * 4 * (math.prod(self.shape) + 2 * shapes[j][1]) for j in remote)
+        transfer = link.seconds(nbytes, 2)
+        processes = n if driver_segment else n + 1
+        used = max(1, min(devices, processes))
+        cap = used if capacity is None else max(1e-9, min(used, capacity))
+        fine_crit = max(each) * used / cap
+        critical = fine_crit + correction + c.post_s + transfer
+        work = sum(each) + correction + c.post_s
+        step = max(critical, work / cap)
+        coarse_s = sum(h - c.pre_s for h in heads) + correction
+        driver = correction + c.post_s + (each[0] if driver_segment else 0.0)
+        speedup = self.sequential_s() / step
+        return PlanRow(n, split, 1, processes, used, 1e3 * step, speedup, speedup / used, nbytes, coarse_s / step,
+                       1e3 * critical, 1e3 * work, 1e3 * transfer, 1e3 * coarse_s, 1e3 * fine_crit, 1e3 * driver,
+                       "critical path" if critical >= work / cap else "devices")
 
     def _interfaces(self, split: list[int]) -> list[tuple[int, int]]:
         """numel per sample of every segment's input and output."""
@@ -291,7 +334,8 @@ def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, li
             latency_ms: float | None = None, batch: int = 64, image_size: int = 32, in_channels: int = 3,
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,
-            coarse_kernel: int = 3, coarse_downsample: str = "pool", capacity: float | None = None) -> list[PlanRow]:
+            coarse_kernel: int = 3, coarse_downsample: str = "pool", capacity: float | None = None,
+            coarse_in_actors: bool = False) -> list[PlanRow]:
     """One :class:`PlanRow` per N = 1..min(gpus, blocks). ``planner``: reuse the measurements of an earlier call
     (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,
     :data:`CALL_LATENCY_MS`; ``capacity``: what the devices together are worth (see :meth:`Planner.row`)."""
@@ -300,7 +344,10 @@ def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, li
                                  coarse_width, balance, coarse_kernel=coarse_kernel,
                                  coarse_downsample=coarse_downsample)
     link = Link(LINK_GBPS if link_gbps is None else link_gbps, CALL_LATENCY_MS if latency_ms is None else latency_ms)
-    return [planner.row(n, gpus, link, iterations, driver_segment, capacity=capacity)
+    if coarse_in_actors and iterations != 1:
+        raise UserError(f"--coarse-in-actors needs --iterations 1, got {iterations}")
+    return [planner.row(n, gpus, link, iterations, driver_segment, capacity=capacity,
+                        coarse_in_actors=coarse_in_actors)
             for n in range(1, min(gpus, planner.num_blocks) + 1)]
 
 
@@ -388,10 +435,11 @@ def against_bench(path: str, link: Link, planner: Planner | None = None, capacit
             continue
         if name == "original":
             p = planner.row(1, cores, link, capacity=capacity)
-        elif name.startswith("raypar-N") and "ca" not in name.split("-"):    # (no model of --coarse-in-actors)
-            n = int(name[len("raypar-N"):].split("-")[0])
-            p = planner.row(n, cores, link, driver_segment="f1" in name.split("-"), in_process=False,
-                            split=r.get("split") if n > 1 else None, capacity=capacity)
+        elif name.startswith("raypar-N"):
+            n, *options = name[len("raypar-N"):].split("-")
+            p = planner.row(int(n), cores, link, driver_segment="f1" in options, in_process=False,
+                            split=r.get("split") if int(n) > 1 else None, capacity=capacity,
+                            coarse_in_actors="ca" in options)
         else:
             continue
         out.append({"contender": name, "processes": p.processes, "split": p.split, "measured_ms": r["step_ms"],
@@ -474,6 +522,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the split's cost measure, as in train (the times are always measured) (default: %(default)s)")
     p.add_argument("--driver-segment", action="store_true",
                    help="F_1 runs in the driver: N processes instead of N + 1, no transfers for F_1")
+    p.add_argument("--coarse-in-actors", action="store_true",
+                   help="K = 1: each fine process computes its input from the batch (pre and C_1..C_j again), the "
+                        "driver only the correction sweep; the batch travels instead of u_j, and no dL/du_j")
     p.add_argument("--format", default="table", choices=["table", "json"], help="(default: %(default)s)")
     p.add_argument("--bench", default=None, metavar="BENCH_JSON",
                    help="instead: predict the contenders of a `raypar bench` result (its bench.json; model, batch "
@@ -505,9 +556,11 @@ def cmd_plan(args) -> int:
                       args.coarse_depth, args.coarse_width, args.balance, coarse_kernel=args.coarse_kernel,
                       coarse_downsample=args.coarse_downsample)
     rows = predict(gpus=args.gpus, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
-                   driver_segment=args.driver_segment, planner=planner, capacity=args.capacity)
+                   driver_segment=args.driver_segment, planner=planner, capacity=args.capacity,
+                   coarse_in_actors=args.coarse_in_actors)
     meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.gpus,
-            "iterations": args.iterations, "driver_segment": args.driver_segment, "link_gbps": link.gbps,
+            "iterations": args.iterations, "driver_segment": args.driver_segment,
+            "coarse_in_actors": args.coarse_in_actors, "link_gbps": link.gbps,
             "latency_ms": link.latency_ms, "link_measured": link.measured, "blocks": planner.num_blocks,
             "capacity": args.capacity,
             "sequential_ms": 1e3 * planner.sequential_s()}
@@ -518,7 +571,8 @@ def cmd_plan(args) -> int:
     if args.gpus > planner.num_blocks:
         notes.append(f"stopped at N = {planner.num_blocks}: {args.model} has {planner.num_blocks} blocks")
     console.print(render(rows, f"{args.model} x{args.width_mult}, batch {args.batch}, {args.gpus} device(s), "
-                               f"K = {args.iterations}{', F_1 in the driver' if args.driver_segment else ''}",
+                               f"K = {args.iterations}{', F_1 in the driver' if args.driver_segment else ''}"
+                               f"{', the coarse sweep in the actors' if args.coarse_in_actors else ''}",
                          caption="\n".join(notes) or None))
     console.print(f"sequential step {meta['sequential_ms']:.1f} ms (fwd+bwd+optimizer, one thread, measured now); "
                   f"{link_text}. eff ≤ = speedup / devices in use; raypar needs N + 1 processes "

@@ -1,5 +1,6 @@
 """`raypar plan`: the predicted step time and speedup for N = 1..G, and its one-line errors."""
 import functools
+import itertools
 import json
 import math
 import os
@@ -71,6 +72,28 @@ def test_transfer_bytes_are_4_interface_tensors_per_remote_segment(planner):
     assert k2.iterations == 2
     assert k2.bytes_per_step == (planner.row(2, 8, Link()).bytes_per_step
                                  + batch * 4 * 2 * (math.prod(first.in_shape) + math.prod(first.out_shape)))
+
+
+def test_coarse_in_actors_row(planner):
+    """--coarse-in-actors: every fine process runs pre and C_1..C_j before F_j, all at once; the driver then runs the
+    correction sweep and post; the batch goes out instead of u_j, and no dL/du_j comes back."""
+    c, batch = planner.costs, TINY["batch"]
+    for n, f1 in ((2, True), (3, False)):
+        net = pararealnet(n, driver_segment=f1)
+        row = planner.row(n, 8, Link(), driver_segment=f1, coarse_in_actors=True)
+        assert row.split == net.split and row.processes == (n if f1 else n + 1) and row.iterations == 1
+        assert row.bytes_per_step == bytes_minimum(net, batch, skip_first=f1, sample=(3, 32, 32))
+        coarse = planner.coarse_seconds(n, 1, f1)
+        bounds = [0, *itertools.accumulate(net.split)]
+        each = [c.pre_s + sum(coarse[:j + 1] if j else []) + sum(c.blocks_s[a:b])
+                for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        assert row.fine_max_ms == pytest.approx(1e3 * max(each))
+        assert row.critical_ms == pytest.approx(row.fine_max_ms + 1e3 * (sum(coarse[1:]) + c.post_s)
+                                                + row.transfer_ms)
+        assert row.work_ms == pytest.approx(1e3 * (sum(each) + sum(coarse[1:]) + c.post_s))
+        assert row.step_ms == pytest.approx(max(row.critical_ms, row.work_ms / row.devices))
+    with pytest.raises(Exception, match="--coarse-in-actors needs --iterations 1"):
+        planner.row(2, 8, Link(), iterations=2, coarse_in_actors=True)
 
 
 def test_faster_link_never_slower(planner):
