@@ -20,6 +20,11 @@ Backward, per step:
   and only then do all step, or none (:mod:`raypar.precision`): the actors' steps wait for that decision.
 Per step and iteration that is 4 N interface tensors (u out, f back, dL/df out, dL/du back) and nothing else; how
 they travel (object store, point-to-point gloo/NCCL, CUDA IPC) is :mod:`raypar.transport`'s business.
+
+With ``coarse_in_actors`` (K = 1) each actor computes its own input and coarse term from the batch and returns
+``d_j = f_j - z_j`` (:func:`raypar.parareal.interval`): the batch goes out, d_j comes back, dL/dd_j goes out, and the
+actor's backward returns the gradients of its copies of pre and C_1..C_j (a few KB) instead of dL/du; the driver adds
+them to its own and runs only the correction sweep (:meth:`PararealEngine._forward_heads`).
 """
 from __future__ import annotations
 
