@@ -1,0 +1,59 @@
+"""Engines with and without an option, taking turns step by step in one process, beside the original network.
+
+    RAY_worker_niceness=0 python benchmarks/throughput/engines_ab.py --splits 4,8 5,7 6,6 --modes f1 f1-ca
+
+Every engine (one per split and mode) and the original network are built first; then step i of each runs in turn,
+for every i (the order reversed every other step), each timed by the wall clock here. Modes: ``plain`` (the driver and
+N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``).
+``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
+at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25, batch 64, one thread.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--splits", nargs="+", default=["5,7", "6,6"], help="block counts of N = 2 (default: %(default)s)")
+    p.add_argument("--modes", nargs="+", default=["f1", "f1-ca"], choices=["plain", "f1", "ca", "f1-ca"])
+    p.add_argument("--steps", type=int, default=30, help="steps of each, the first 3 untimed (default: %(default)s)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    import ray
+
+    from raypar.bench import BenchConfig, _model, _net, make_batches, optimizer, sgd_step
+    from raypar.engine import TURN_CPUS, PararealEngine, Resources
+    cfg = BenchConfig().validate()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    names, steps = [], []
+    for split in args.splits:
+        for mode in args.modes:
+            f1, ca = mode.startswith("f1"), mode.endswith("ca")
+            net = _net(BenchConfig(balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=f1)
+            engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca))
+            names.append(f"[{split}] {mode}")
+            steps.append(engine.train_step)
+    model = _model(cfg).train()
+    names.append("original")
+    steps.append(sgd_step(model, optimizer(model, cfg), cfg))
+    batches = make_batches(cfg)
+    times = [[] for _ in steps]
+    for i in range(args.steps):
+        x, y = batches[i % len(batches)]
+        order = range(len(steps)) if i % 2 == 0 else reversed(range(len(steps)))
+        for j in order:
+            t0 = time.perf_counter()
+            steps[j](x, y)
+            if i >= 3:
+                times[j].append(time.perf_counter() - t0)
+    medians = [statistics.median(t) for t in times]
+    for name, m in zip(names, medians):
+        print(f"{name:16s} {1e3 * m:7.1f} ms   x{medians[-1] / m:.2f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
