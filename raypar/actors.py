@@ -51,6 +51,8 @@ class FineWorker:
         self.head = head.to(self.device).train() if head is not None else None
         if self.head is not None and channels_last:
             self.head.to(memory_format=torch.channels_last)
+        # where head_forward loads the driver's weights and buffers into (the same tensors every step)
+        self.head_state = self.head.state_dict(keep_vars=True) if self.head is not None else {}
         self.graphs: dict = {}
         self.world = 1                                   # replicas of this segment (join_replicas)
         self.busy = 0.0                                  # compute seconds since the last step()
@@ -61,6 +63,12 @@ class FineWorker:
     def _run(self, u: torch.Tensor) -> torch.Tensor:
         with precision.autocast(self.device.type, self.amp):
             return self.module(memory_format(u, self.cl))
+
+    def _run_interval(self, batch: torch.Tensor) -> torch.Tensor:
+        """``d_j`` from a batch, through the head's copies of pre and C_1..C_j (:func:`raypar.parareal.interval`)."""
+        with precision.autocast(self.device.type, self.amp):
+            return interval(memory_format(batch, self.cl), self.head["pre"], self.head["coarse"], self.module,
+                            self.index + 1)
 
     def _keep_buffers(self, step) -> None:
         if self.saved_buffers is not None and self.saved_step != step:     # the first forward of step ``step``
@@ -88,12 +96,10 @@ class FineWorker:
         batch = self.end.receive(x)
         t0 = time.perf_counter()
         with torch.no_grad():
-            for k, t in self.head.state_dict(keep_vars=True).items():
+            for k, t in self.head_state.items():
                 t.copy_(from_numpy(state[k], self.device))
         self._keep_buffers(key[0])
-        with precision.autocast(self.device.type, self.amp):
-            out = interval(memory_format(batch, self.cl), self.head["pre"], self.head["coarse"], self.module,
-                           self.index + 1)
+        out = self._run_interval(batch)
         self.graphs[key] = (None, out)
         self._done(t0)
         return self.end.reply(out, x), {k: to_numpy(b) for k, b in self.head.named_buffers()}
@@ -169,12 +175,7 @@ class FineWorker:
             p.eval()
         try:
             u = torch.zeros(shape, dtype=dtype, device=self.device)
-            if batch:
-                with precision.autocast(self.device.type, self.amp):
-                    out = interval(memory_format(u, self.cl), self.head["pre"], self.head["coarse"], self.module,
-                                   self.index + 1)
-            else:
-                out = self._run(u)
+            out = self._run_interval(u) if batch else self._run(u)
             return tuple(out.shape), out.dtype
         finally:
             for p in parts:

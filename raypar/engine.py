@@ -129,14 +129,14 @@ class PararealEngine:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.driver = net.driver_modules()
         self.offset = 1 if resources.first_in_driver else 0      # segments [0, offset) run in the driver
-        self.heads = resources.coarse_in_actors and self.n > self.offset
-        if self.heads and self.k != 1:
+        self.in_actors = resources.coarse_in_actors and self.n > self.offset     # (some actor to run it)
+        if self.in_actors and self.k != 1:
             raise UserError(f"--coarse-in-actors needs --iterations 1 (got {self.k}): with K > 1 the later iterations' "
                             f"inputs come from the driver's correction sweep")
         # the actors' copies of pre and C_1..C_j (segment j's interval), made while everything is still on the CPU
         heads = [torch.nn.ModuleDict({"pre": copy.deepcopy(net.pre),
                                       "coarse": copy.deepcopy(net.coarse[:s + 1] if s else torch.nn.ModuleList())})
-                 if self.heads else None for s in range(self.offset, self.n)]
+                 if self.in_actors else None for s in range(self.offset, self.n)]
         if self.offset:
             self.driver["segments"] = torch.nn.ModuleList(net.segments[:self.offset])
         self.cl = resources.channels_last
@@ -144,6 +144,12 @@ class PararealEngine:
         if self.cl:
             self.driver.to(memory_format=torch.channels_last)
         self.pre, self.coarse, self.post = self.driver["pre"], self.driver["coarse"], self.driver["post"]
+        # --coarse-in-actors: what every step sends the actors (pre's and the coarse networks' state), and where their
+        # returned buffers and gradients go (the same tensors all along: loading a state dict copies into them)
+        self.head_state = {k: t for k, t in self.driver.state_dict(keep_vars=True).items()
+                           if k.startswith(("pre.", "coarse."))}
+        self.named_buffers = dict(self.driver.named_buffers())
+        self.named_params = dict(self.driver.named_parameters())
         self.local = list(self.driver["segments"]) if self.offset else []
         remote = list(net.segments)[self.offset:]
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
@@ -236,7 +242,7 @@ class PararealEngine:
         x, y = memory_format(x.to(self.device), self.cl), y.to(self.device)
         saved = ({k: b.clone() for k, b in self.driver.named_buffers()} if self.skip_nonfinite else None)
         cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if self.heads:
+        if self.in_actors:
             logits = self._forward_heads(x, step, calls, st)
         else:
             logits = self._forward(x, fine, cuts)
@@ -268,7 +274,7 @@ class PararealEngine:
             if k == 1:                        # queued behind the backward calls
                 step_refs = [a.unscale.remote(1 / scale) if self.scaler else a.step.remote() for a in self.actors]
             t0 = time.perf_counter()
-            if self.heads:                    # the gradients of the actors' copies of pre and C_j: theirs are the sums
+            if self.in_actors:                # the gradients of the actors' copies of pre and C_j: theirs are the sums
                 self._add_grads(self.tx.values([c.grad_ref for c in these]))
                 grads = []
             else:
@@ -369,8 +375,7 @@ class PararealEngine:
         coarse networks' BatchNorm statistics take the values the last actor's copies reached on the coarse sweep
         before the correction sweep updates them again, as in one process."""
         import ray
-        keys = ("pre.", "coarse.")
-        state = ray.put({k: to_numpy(t) for k, t in self.driver.state_dict().items() if k.startswith(keys)})
+        state = ray.put({k: to_numpy(t) for k, t in self.head_state.items()})
         pending = [self.tx.head_forward(j, (step, 1), x, state) for j in range(len(self.actors))]
         with precision.autocast(self.device.type, self.amp):
             t0 = time.perf_counter()
@@ -380,20 +385,17 @@ class PararealEngine:
             d = self.tx.gather(pending)
             st.wait += time.perf_counter() - t0
             with torch.no_grad():
-                buffers = dict(self.driver.named_buffers())
                 for k, b in pending[-1].extra.items():
                     if not (self.local and k.startswith("pre.")):   # (pre ran here too, on the same batch)
-                        buffers[k].copy_(from_numpy(b, self.device))
+                        self.named_buffers[k].copy_(from_numpy(b, self.device))
             d = [t.requires_grad_(True) for t in d]
             calls.extend(_FineCall(j, (step, 1), None, t) for j, t in enumerate(d))
             return precision.full(self.post(correct(self.coarse, local + d)[-1]))
 
     def _add_grads(self, grads: list[dict]) -> None:
-        params = dict(self.driver.named_parameters())
         for each in grads:
             for k, g in each.items():
-                g = from_numpy(g, self.device)
-                p = params[k]
+                g, p = from_numpy(g, self.device), self.named_params[k]
                 p.grad = g.clone() if p.grad is None else p.grad.add_(g)
 
     @staticmethod

@@ -265,7 +265,7 @@ class DriverEnd:
         return self.call(j, "head_forward", key, x, U, 1, reply, (state_ref,), with_extra=True)
 
     def values(self, pending: list[Pending]) -> list:
-        """Wait for calls that send no tensor back; what they returned (through Ray)."""
+        """Wait for the calls and their point-to-point sends and receives; what the calls returned (through Ray)."""
         import ray
         results = ray.get([p.ref for p in pending])
         for p in pending:
@@ -276,13 +276,8 @@ class DriverEnd:
 
     def gather(self, pending: list[Pending]) -> list[torch.Tensor | None]:
         """Wait for the calls; the tensors they sent back (None where a call sent none)."""
-        import ray
-        results = ray.get([p.ref for p in pending])
         outs = []
-        for p, r in zip(pending, results):
-            for w in p.works:
-                if not isinstance(w, torch.Tensor):
-                    w.wait()
+        for p, r in zip(pending, self.values(pending)):
             if p.with_extra:
                 r, p.extra = r
             if p.out is not None:
