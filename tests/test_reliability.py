@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from procs import free_port, stop_group
+from procs import free_port, nan_replica, stop_group
 
 from raypar.config import TrainConfig
 from raypar.tracking import checkpoints
@@ -135,6 +135,30 @@ def test_nan_loss_stops_with_a_clear_error_and_the_run_ends_failed(ray_local, st
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert runs[0].data.tags["raypar.error"].startswith("FloatingPointError: the loss is")
     assert runs[0].data.tags["raypar.starts"] == "1"                   # no restart
+
+
+def test_nan_loss_on_one_replica_stops_every_replica_at_the_same_step():
+    """R = 2: a NaN loss on replica 1 only. Both replicas stop at that step, each with a clear reason. (Had replica 0
+    gone on, in a real run it would wait for replica 1 in its next gradient all-reduce until the group's timeout;
+    the stand-in engine here, :class:`procs.NanOnOneReplica`, runs no collective in its steps, so it would finish the
+    epoch.) raypar's epoch loop runs in two processes over a real gloo group."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    results, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=nan_replica, args=(rank, port, results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        got = dict((rank, (error, steps)) for rank, error, steps in (results.get(timeout=120) for _ in procs))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    stop = "at epoch 3, step 2: training stopped; the last good checkpoint is kept"
+    assert got[1] == (f"FloatingPointError: the loss is nan {stop} (try a lower --lr, or --on-nonfinite skip)", 2)
+    assert got[0] == (f"FloatingPointError: the loss of another replica is not finite {stop} (try a lower --lr, "
+                      "or --on-nonfinite skip)", 2)
 
 
 # ------------------------------------------------------------------------------------ running out of restarts
