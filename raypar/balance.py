@@ -138,6 +138,17 @@ def check_counts(counts: list[int], n: int, num_blocks: int) -> list[int]:
     return counts
 
 
+def check_split(model: str, n: int, balance) -> None:
+    """Before anything runs: ``n`` sub-networks fit the built-in ``model``'s blocks, and an explicit split (a list
+    of block counts) has ``n`` positive counts that add up to them."""
+    from .models import num_blocks
+    blocks = num_blocks(model)
+    if not 1 <= n <= blocks:
+        raise UserError(f"--subnets must be between 1 and {model}'s {blocks} blocks, got {n}")
+    if isinstance(balance, list):
+        check_counts(balance, n, blocks)
+
+
 def parse_balance(text: str, tune: bool = False):
     """CLI form: ``time``/``flops``/``params`` (``tune`` too where ``tune``) or a comma-separated list of block counts
     like ``5,7``."""

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import precision
-from .balance import TUNE
+from .balance import TUNE, check_split
 from .coarse import DOWNSAMPLE, CoarseSpec
 from .engine import TURN_CPUS, PararealEngine, Resources
 from .errors import UserError
@@ -89,6 +89,8 @@ class BenchConfig:
             raise UserError("--batch, --steps, --microbatches and --rounds must be >= 1 and --warmup >= 0")
         if not self.subnets or min(self.subnets) < 1:
             raise UserError(f"--subnets must list numbers >= 1, got {self.subnets}")
+        for n in self.subnets:                   # N = 1 has one split whatever the balance (see _net)
+            check_split(self.model, n, self.balance if n > 1 else "flops")
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
         if unknown or not self.contenders:
             raise UserError(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
@@ -383,6 +385,8 @@ class Contender:
 def _net(cfg: BenchConfig, n: int, driver_segment: bool = False, balance=None) -> PararealNet:
     torch.manual_seed(cfg.seed)                  # every contender starts from the same weights
     balance = balance or ("time" if cfg.balance == TUNE else cfg.balance)
+    if n == 1 and isinstance(balance, list):
+        balance = [sum(balance)]                 # an explicit split is for the largest N; N = 1 has just one
     return PararealNet(_model(cfg), n, coarse=_coarse(cfg), balance=balance, input_shape=cfg.shape,
                        profile_batch=cfg.batch, driver_segment=driver_segment,
                        measure="time" if cfg.balance == TUNE else None)   # a tuned split's limit: by time too

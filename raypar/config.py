@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .balance import MEASURES, TUNE
+from .balance import MEASURES, TUNE, check_split
 from .coarse import CoarseSpec
 from .errors import UserError
 from .optim import SCHEDULES, OptimConfig
@@ -92,6 +92,7 @@ class TrainConfig:
             raise UserError(f"--iterations must be between 1 and --subnets ({self.subnets}), got {self.iterations}")
         if isinstance(self.balance, str) and self.balance not in (*MEASURES, TUNE):
             raise UserError(f"--balance must be one of {', '.join(MEASURES)}, {TUNE} or block counts like 5,7")
+        check_split(self.model, self.subnets, self.balance)
         self.coarse                                          # checks depth, width, norm and downsample
         if self.norm not in ("batch", "group"):
             raise UserError(f"--norm must be batch or group, got {self.norm!r}")

@@ -165,6 +165,15 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: fl
     return preact_resnet(int(key[len("resnet"):]), num_classes, in_channels, width_mult, image_size, norm)
 
 
+def num_blocks(name: str) -> int:
+    """How many blocks (the units a split counts) ``build(name)`` has, without building it."""
+    check_name(name)
+    key = name.lower()
+    if key in VGG_CONFIGS:
+        return sum(v != "M" for v in VGG_CONFIGS[key]) - 1           # the first conv unit is pre
+    return 3 * ((int(key[len("resnet"):]) - 2) // 9)
+
+
 def check_name(name: str) -> None:
     """A :class:`UserError` unless ``name`` is a built-in model (checked without building it)."""
     key = name.lower()

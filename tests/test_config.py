@@ -9,6 +9,7 @@ import torch
 from raypar import recipes
 from raypar.cli import build_parser, config_from_args
 from raypar.config import TrainConfig
+from raypar.errors import UserError
 from raypar.optim import OptimConfig, make_optimizer
 
 
@@ -23,12 +24,12 @@ def test_no_options_give_the_defaults(monkeypatch):
 
 def test_recipe_then_config_file_then_options(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('[recipe]\nname = "mine"\nversion = 3\n\n[train]\nepochs = 7\nlr = 1\nbalance = [3, 4]\n'
+    path.write_text('[recipe]\nname = "mine"\nversion = 3\n\n[train]\nepochs = 7\nlr = 1\nbalance = [13, 13, 14, 14]\n'
                     'lr_schedule = "step"\nlr_milestones = [0.25]\n')
     cfg = _cfg("--recipe", "resnet164-cifar10", "--config", str(path), "--lr", "0.2", "--seed", "5")
     r = recipes.get("resnet164-cifar10").values
     assert (cfg.model, cfg.dataset, cfg.weight_decay, cfg.batch_size) == (r["model"], r["dataset"], 1e-4, 128)
-    assert (cfg.epochs, cfg.balance, cfg.lr_milestones) == (7, [3, 4], [0.25])      # the file over the recipe
+    assert (cfg.epochs, cfg.balance, cfg.lr_milestones) == (7, [13, 13, 14, 14], [0.25])      # the file over the recipe
     assert cfg.lr == 0.2 and cfg.seed == 5                                           # the options over both
     assert isinstance(cfg.lr, float) and cfg.recipe == "mine@3"
     assert _cfg("--recipe", "vgg16-cifar10").recipe == "vgg16-cifar10@2"
@@ -53,6 +54,8 @@ def test_every_recipe_is_valid_and_versioned():
     ('epochs = "three"', "epochs = 'three' has the wrong type"),
     ("subnets = 0", "--subnets must be >= 1"),
     ('lr_schedule = "linear"', "--lr-schedule must be one of cosine, step"),
+    ("balance = [3, 3, 3]", "explicit split [3, 3, 3] must be 2 positive block counts summing to 7"),
+    ("subnets = 20", "--subnets must be between 1 and vgg11's 7 blocks, got 20"),
 ])
 def test_bad_config_file_exit_2_one_line_nothing_written(tmp_path, monkeypatch, capsys, text, message):
     from raypar.cli import main
@@ -125,3 +128,22 @@ def test_amp_option(tmp_path):
     path.write_text('amp = "fp8"\n')
     with pytest.raises(UserError, match="--amp must be one of off, bf16, fp16, got 'fp8'"):
         _cfg("--config", str(path))
+
+
+def test_splits_are_checked_before_anything_runs():
+    """The block counts come from the model's name alone (models.num_blocks), so a split that cannot fit fails in
+    the config, not later in a Ray worker."""
+    from raypar.bench import BenchConfig, _net
+    from raypar.models import build, num_blocks
+    for name in ("vgg11", "vgg13", "vgg16", "vgg19", "resnet11", "resnet20"):
+        assert num_blocks(name) == len(build(name, width_mult=0.125).blocks), name
+    assert TrainConfig(model="vgg16", subnets=3, balance=[4, 4, 4]).validate().balance == [4, 4, 4]
+    with pytest.raises(UserError, match=r"explicit split \[4, 4, 5\] must be 3 positive block counts summing to 12"):
+        TrainConfig(model="vgg16", subnets=3, balance=[4, 4, 5]).validate()
+    with pytest.raises(UserError, match="--subnets must be between 1 and resnet20's 6 blocks, got 7"):
+        TrainConfig(model="resnet20", subnets=7).validate()
+    # the bench: an explicit split is for N > 1; N = 1 has its one split
+    cfg = BenchConfig(model="vgg11", width_mult=0.125, subnets=[1, 2], balance=[3, 4]).validate()
+    assert _net(cfg, 1).split == [7] and _net(cfg, 2).split == [3, 4]
+    with pytest.raises(UserError, match=r"explicit split \[3, 4\] must be 3 positive block counts summing to 7"):
+        BenchConfig(model="vgg11", subnets=[1, 3], balance=[3, 4]).validate()
