@@ -95,3 +95,9 @@ def test_compare_groups_seeds_and_sets_rows_against_the_baseline(tmp_path, capsy
     assert capsys.readouterr().out.splitlines()[0].startswith("model,dataset,n,k,replicas,recipe,seeds")
     assert main(["compare", "--experiment", "absent", "--tracking-uri", uri]) == 2
     assert "no MLflow experiment 'absent'" in capsys.readouterr().err
+    typo = f"sqlite:///{tmp_path}/no/such/mlflow.db"                 # reading never creates a database
+    assert main(["compare", "--tracking-uri", typo]) == 2
+    assert capsys.readouterr().err.strip() == (f"raypar: error: no MLflow database at {tmp_path}/no/such/mlflow.db "
+                                               f"({typo}): check --tracking-uri / MLFLOW_TRACKING_URI, or train a "
+                                               f"run first")
+    assert not (tmp_path / "no").exists()
