@@ -365,11 +365,12 @@ def wait_for_resources(cfg: TrainConfig, gpus: float) -> None:
 
 
 def check_shared_storage(cfg: TrainConfig, timeout_s: float = 60.0) -> None:
-    """On a multi-node cluster, check that every node sees ``cfg.storage_path``: write a marker file there from this
-    process and look for it from a task pinned to each other alive node. A node that cannot see it raises a
-    :class:`UserError` naming the node (a restarted driver there would not find the checkpoints). Remote URIs
-    (``s3://``, ``gs://``, ...) are not checked; a node that does not answer within ``timeout_s`` is only warned
-    about. Leaves nothing behind: the marker, and any folder created for it, are removed."""
+    """Check that ``cfg.storage_path`` can be written (a :class:`UserError` in one line if not) and, on a
+    multi-node cluster, that every node sees it: write a marker file there from this process and look for it from a
+    task pinned to each other alive node. A node that cannot see it raises a :class:`UserError` naming the node (a
+    restarted driver there would not find the checkpoints). Remote URIs (``s3://``, ``gs://``, ...) are not
+    checked; a node that does not answer within ``timeout_s`` is only warned about. Leaves nothing behind: the
+    marker, and any folder created for it, are removed."""
     import uuid
 
     import ray
@@ -377,29 +378,32 @@ def check_shared_storage(cfg: TrainConfig, timeout_s: float = 60.0) -> None:
     root = cfg.storage_path
     if "://" in root:
         return
-    here = ray.get_runtime_context().get_node_id()
-    others = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
-    if not others:
-        return
 
     def sees(path: str) -> bool:            # a local function: shipped by value, the node needs no raypar
         import os
         return os.path.exists(path)
 
-    probe = ray.remote(num_cpus=0, max_retries=0)(sees)
     created, folder = [], os.path.abspath(root)
     while not os.path.exists(folder):
         created.append(folder)
         folder = os.path.dirname(folder)
-    os.makedirs(root, exist_ok=True)
     marker = os.path.join(root, f".raypar-storage-check-{uuid.uuid4().hex}")
+    blind, silent = [], []
     try:
-        with open(marker, "w") as f:
-            f.write("written by raypar to check that every node sees --storage-path; safe to delete\n")
+        try:
+            os.makedirs(root, exist_ok=True)
+            with open(marker, "w") as f:
+                f.write("written by raypar to check that every node sees --storage-path; safe to delete\n")
+        except OSError as e:
+            raise UserError(f"--storage-path {tracking.redact(root)} cannot be written: "
+                            f"{e.strerror or e}") from None
+        here = ray.get_runtime_context().get_node_id()
+        others = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+        probe = ray.remote(num_cpus=0, max_retries=0)(sees)
         refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(marker) for n in others]
-        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        blind, silent = [], []
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         for node, ref in zip(others, refs):
             try:
                 seen = ray.get(ref, timeout=0)
@@ -413,7 +417,8 @@ def check_shared_storage(cfg: TrainConfig, timeout_s: float = 60.0) -> None:
             if not seen:
                 blind.append(node)
     finally:
-        os.remove(marker)
+        if os.path.exists(marker):
+            os.remove(marker)
         for folder in created:                   # deepest first
             try:
                 os.rmdir(folder)

@@ -376,6 +376,17 @@ def test_storage_a_node_cannot_see_fails_before_anything_is_written(blind_node):
     assert not (tmp / "mlflow.db").exists()                                   # no MLflow run
 
 
+def test_storage_that_cannot_be_written_fails_in_one_line(ray_local, tmp_path, capsys):
+    from raypar.cli import main
+    (tmp_path / "a-file").write_text("")
+    storage = tmp_path / "a-file" / "runs"              # under a file: no folder can be made there, even as root
+    assert main(["train", "--storage-path", str(storage), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                 "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"raypar: error: --storage-path {storage} cannot be written: Not a directory"]
+    assert not (tmp_path / "mlflow.db").exists()                              # no MLflow run
+
+
 def test_storage_every_node_sees_passes_and_leaves_nothing(blind_node):
     from raypar.trainer import check_shared_storage
     node, tmp = blind_node
