@@ -41,7 +41,7 @@ from . import precision
 from .balance import TUNE, check_split
 from .coarse import DOWNSAMPLE, CoarseSpec
 from .engine import TURN_CPUS, PararealEngine, Resources
-from .errors import UserError
+from .errors import UserError, make_output_dir
 from .models import build, memory_format
 from .network import PararealNet
 from .parareal import coarse_work
@@ -961,7 +961,7 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
     from rich.console import Console
     cfg = cfg or BenchConfig()
     console = console or Console(width=None if sys.stdout.isatty() else 150)
-    os.makedirs(out, exist_ok=True)
+    make_output_dir(out)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                               # the split is profiled as the processes will run
     env, started = environment(), False

@@ -15,7 +15,7 @@ from typing import Callable
 
 from . import compare, tracking
 from .config import TrainConfig
-from .errors import UserError
+from .errors import UserError, make_output_dir
 
 STUDY_TAG = "raypar.study_key"
 
@@ -172,6 +172,7 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
     name = name or f"{(base.recipe or base.model).split('@')[0]}-{base.dataset.split(':')[0]}"
     out = os.path.abspath(out or os.path.join("studies", name))
     plan(base, subnets, iterations, seeds, name)                 # every run's settings are valid
+    make_output_dir(out)
     tracking.check_reachable(base.tracking_uri)
     init_ray(dataclasses.replace(base, subnets=max(subnets)))
     if fit is None:

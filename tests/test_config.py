@@ -147,3 +147,13 @@ def test_splits_are_checked_before_anything_runs():
     assert _net(cfg, 1).split == [7] and _net(cfg, 2).split == [3, 4]
     with pytest.raises(UserError, match=r"explicit split \[3, 4\] must be 3 positive block counts summing to 7"):
         BenchConfig(model="vgg11", subnets=[1, 3], balance=[3, 4]).validate()
+
+
+@pytest.mark.parametrize("command", [["bench", "--contenders", "original", "--subnets", "1"], ["study", "--epochs", "1"]])
+def test_an_output_folder_that_cannot_be_written_fails_before_any_work(tmp_path, capsys, command):
+    from raypar.cli import main
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "out"                   # under a file: no folder can be made there, even as root
+    assert main([*command, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"raypar: error: --out {out} cannot be written: "
+                                                            f"Not a directory"]
