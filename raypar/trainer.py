@@ -438,11 +438,9 @@ def check_shared_storage(cfg: TrainConfig, timeout_s: float = 60.0) -> None:
               file=sys.stderr)
 
 
-def failure_reason(error: BaseException, max_failures: int = 0) -> str:
-    """One line saying why a run failed, for the MLflow tag ``raypar.error``: Ray Train reports a worker's failure
-    as a ``WorkerGroupError`` whose text is a truncated traceback; the reason is the worker's own exception (an
-    ``ActorDiedError`` for a lost fine actor, the ``FloatingPointError`` of a NaN loss, ...)."""
-    from ray.train import WorkerGroupError
+def root_cause(error: BaseException) -> BaseException:
+    """The exception a Ray Train worker (the first rank that failed) or its controller raised, out of the
+    ``WorkerGroupError`` / ``RayTaskError`` wrappers around it; ``error`` itself when it wraps nothing."""
     cause = error
     failures = getattr(error, "worker_failures", None)
     if isinstance(failures, dict) and failures:
@@ -450,6 +448,15 @@ def failure_reason(error: BaseException, max_failures: int = 0) -> str:
     cause = getattr(cause, "controller_failure", None) or cause
     while isinstance(getattr(cause, "cause", None), BaseException):     # RayTaskError wraps the real exception
         cause = cause.cause
+    return cause
+
+
+def failure_reason(error: BaseException, max_failures: int = 0) -> str:
+    """One line saying why a run failed, for the MLflow tag ``raypar.error``: Ray Train reports a worker's failure
+    as a ``WorkerGroupError`` whose text is a truncated traceback; the reason is the worker's own exception (an
+    ``ActorDiedError`` for a lost fine actor, the ``FloatingPointError`` of a NaN loss, ...)."""
+    from ray.train import WorkerGroupError
+    cause = root_cause(error)
     lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
     line = next((ln for ln in lines if not ln.startswith(("Traceback", "File ", "^", "ray::"))), "")
     reason = f"{type(cause).__name__}: {line}" if line else type(cause).__name__
@@ -467,6 +474,9 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
 
     cfg = cfg.resolved()
     gpus = _gpus_per_subnet(cfg)
+    if cfg.transport == "cuda-ipc" and not gpus:
+        raise UserError("--transport cuda-ipc needs GPUs, and this Ray cluster has none: use another --transport, "
+                        "or a cluster with GPUs")
     check_shared_storage(cfg)
     wait_for_resources(cfg, gpus)
     run_id, resumed = tracking.open_run(cfg)

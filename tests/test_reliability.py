@@ -387,6 +387,28 @@ def test_storage_that_cannot_be_written_fails_in_one_line(ray_local, tmp_path, c
     assert not (tmp_path / "mlflow.db").exists()                              # no MLflow run
 
 
+def test_mistakes_a_worker_would_meet_are_one_line(ray_local, tmp_path, capsys, monkeypatch):
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from raypar.cli import main
+    from raypar.errors import UserError
+    argv = ["train", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "runs")]
+    # cuda-ipc on a cluster with no GPUs: known before anything starts (the session's Ray has none)
+    assert main([*argv, "--transport", "cuda-ipc"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "raypar: error: --transport cuda-ipc needs GPUs, and this Ray cluster has none: use another --transport, "
+        "or a cluster with GPUs"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+    def fails(cfg, events=None):                     # what Ray Train raises for a UserError in rank 1's train_loop
+        cause = RayTaskError("train_loop", "Traceback (most recent call last): ...", UserError("the worker's reason"))
+        raise WorkerGroupError("Training failed due to worker errors:", {1: cause})
+    monkeypatch.setattr("raypar.trainer.fit", fails)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["raypar: error: the worker's reason"]
+
+
 def test_storage_every_node_sees_passes_and_leaves_nothing(blind_node):
     from raypar.trainer import check_shared_storage
     node, tmp = blind_node
