@@ -465,6 +465,29 @@ def failure_reason(error: BaseException, max_failures: int = 0) -> str:
     return reason[:1000]
 
 
+def _quick_to_stop(trainer_cls):
+    """``trainer_cls`` whose controller stops its placement-group cleaner within 2 s instead of 12 s.
+
+    Ray Train (2.60) starts a detached cleaner actor that polls the State API to see whether the controller still
+    lives, and at the end of every run waits up to 12 s for that poll to return. Where the State API finds no
+    answer — no dashboard, or a stale ``/tmp/ray/ray_current_cluster`` left by an earlier ``ray start`` on the
+    machine — the poll hangs (40 s here) and every run ends with a 12 s wait after its last epoch. The cleaner's job
+    (removing the run's placement group if the controller dies without cleaning up) is unchanged; only the wait at
+    a clean stop is shortened. Private API: without it, ``trainer_cls`` itself."""
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return trainer_cls
+    if not hasattr(trainer_cls, "_create_default_callbacks"):
+        return trainer_cls
+
+    class QuickToStop(trainer_cls):
+        def _create_default_callbacks(self):
+            return [PlacementGroupCleanerCallback(stop_timeout=2.0) if isinstance(c, PlacementGroupCleanerCallback)
+                    else c for c in super()._create_default_callbacks()]
+    return QuickToStop
+
+
 def fit(cfg: TrainConfig, events=None) -> TrainResult:
     """Run (or resume) training of ``cfg`` with a ``TorchTrainer`` on the current Ray cluster.
 
@@ -481,7 +504,7 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
     wait_for_resources(cfg, gpus)
     run_id, resumed = tracking.open_run(cfg)
     cfg = dataclasses.replace(cfg, extra=dict(cfg.extra, mlflow_run_id=run_id))
-    trainer = TorchTrainer(
+    trainer = _quick_to_stop(TorchTrainer)(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
         # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica);
         # gloo for the drivers' group (a CUDA driver adds an NCCL group of its own: raypar.hybrid)
