@@ -9,10 +9,9 @@ N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`
 at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25, batch 64, one thread.
 """
 import argparse
-import statistics
-import time
 
 import torch
+from turns import take_turns
 
 
 def main() -> None:
@@ -39,19 +38,7 @@ def main() -> None:
     model = _model(cfg).train()
     names.append("original")
     steps.append(sgd_step(model, optimizer(model, cfg), cfg))
-    batches = make_batches(cfg)
-    times = [[] for _ in steps]
-    for i in range(args.steps):
-        x, y = batches[i % len(batches)]
-        order = range(len(steps)) if i % 2 == 0 else reversed(range(len(steps)))
-        for j in order:
-            t0 = time.perf_counter()
-            steps[j](x, y)
-            if i >= 3:
-                times[j].append(time.perf_counter() - t0)
-    medians = [statistics.median(t) for t in times]
-    for name, m in zip(names, medians):
-        print(f"{name:16s} {1e3 * m:7.1f} ms   x{medians[-1] / m:.2f}")
+    take_turns(names, steps, make_batches(cfg), args.steps)
     ray.shutdown()
 
 

@@ -18,11 +18,10 @@ and its ratio to the original's. VGG-16 x0.25, batch 64, one thread per process.
 """
 import argparse
 import copy
-import statistics
-import time
 
 import numpy as np
 import torch
+from turns import take_turns
 import torch.nn.functional as F
 
 
@@ -147,18 +146,7 @@ def main() -> None:
     model = _model(cfg).train()
     names.append("original")
     steps.append(sgd_step(model, optimizer(model, cfg), cfg))
-    batches = make_batches(cfg)
-    times = [[] for _ in steps]
-    for i in range(args.steps):
-        x, y = batches[i % len(batches)]
-        for j in (range(len(steps)) if i % 2 == 0 else reversed(range(len(steps)))):
-            t0 = time.perf_counter()
-            steps[j](x, y)
-            if i >= 3:
-                times[j].append(time.perf_counter() - t0)
-    medians = [statistics.median(t) for t in times]
-    for name, m in zip(names, medians):
-        print(f"{name:12s} {1e3 * m:7.1f} ms   x{medians[-1] / m:.2f}")
+    take_turns(names, steps, make_batches(cfg), args.steps)
     ray.shutdown()
 
 
