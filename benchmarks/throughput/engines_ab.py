@@ -23,7 +23,7 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from raypar.bench import BenchConfig, _model, _net, make_batches, optimizer, sgd_step
+    from raypar.bench import BenchConfig, _net
     from raypar.engine import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig().validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -35,10 +35,7 @@ def main() -> None:
             engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca))
             names.append(f"[{split}] {mode}")
             steps.append(engine.train_step)
-    model = _model(cfg).train()
-    names.append("original")
-    steps.append(sgd_step(model, optimizer(model, cfg), cfg))
-    take_turns(names, steps, make_batches(cfg), args.steps)
+    take_turns(names, steps, cfg, args.steps)
     ray.shutdown()
 
 

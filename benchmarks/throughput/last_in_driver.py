@@ -126,7 +126,7 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from raypar.bench import BenchConfig, _model, _net, make_batches, optimizer, sgd_step
+    from raypar.bench import BenchConfig, _net
     from raypar.engine import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig().validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -143,10 +143,7 @@ def main() -> None:
         net = _net(BenchConfig(balance=[int(v) for v in split.split(",")]).validate(), 2)
         steps.append(layout(net, cfg.optim).train_step)
         names.append(f"[{split}] fN")
-    model = _model(cfg).train()
-    names.append("original")
-    steps.append(sgd_step(model, optimizer(model, cfg), cfg))
-    take_turns(names, steps, make_batches(cfg), args.steps)
+    take_turns(names, steps, cfg, args.steps)
     ray.shutdown()
 
 

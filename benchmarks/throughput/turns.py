@@ -3,10 +3,14 @@ import statistics
 import time
 
 
-def take_turns(names: list[str], steps: list, batches: list, count: int, untimed: int = 3) -> None:
-    """Run step i of every ``steps[j](x, y)`` in turn, for i < ``count`` (the order reversed every other i), each
-    timed by the wall clock here after the first ``untimed``; print each one's median and its ratio to the last
-    one's (the original network's)."""
+def take_turns(names: list[str], steps: list, cfg, count: int, untimed: int = 3) -> None:
+    """Add the original network of the bench config ``cfg`` last, then run step i of every ``steps[j](x, y)`` in
+    turn on the bench's batches, for i < ``count`` (the order reversed every other i), each timed by the wall clock
+    here after the first ``untimed``; print each one's median and its ratio to the original's."""
+    from raypar.bench import _model, make_batches, optimizer, sgd_step
+    model = _model(cfg).train()
+    names, steps = [*names, "original"], [*steps, sgd_step(model, optimizer(model, cfg), cfg)]
+    batches = make_batches(cfg)
     times = [[] for _ in steps]
     for i in range(count):
         x, y = batches[i % len(batches)]
