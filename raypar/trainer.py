@@ -466,25 +466,39 @@ def failure_reason(error: BaseException, max_failures: int = 0) -> str:
 
 
 def _quick_to_stop(trainer_cls):
-    """``trainer_cls`` whose controller stops its placement-group cleaner within 2 s instead of 12 s.
+    """``trainer_cls`` whose controller ends its placement-group cleaner at once at the end of a run.
 
     Ray Train (2.60) starts a detached cleaner actor that polls the State API to see whether the controller still
-    lives, and at the end of every run waits up to 12 s for that poll to return. Where the State API finds no
-    answer — no dashboard, or a stale ``/tmp/ray/ray_current_cluster`` left by an earlier ``ray start`` on the
-    machine — the poll hangs (40 s here) and every run ends with a 12 s wait after its last epoch. The cleaner's job
-    (removing the run's placement group if the controller dies without cleaning up) is unchanged; only the wait at
-    a clean stop is shortened. Private API: without it, ``trainer_cls`` itself."""
+    lives, so that it can remove the run's placement group if the controller dies without cleaning up. At the end of
+    every run the controller asks it to stop and waits up to 12 s for its poll to return. Where the State API finds
+    no answer — no dashboard, or a stale ``/tmp/ray/ray_current_cluster`` left by an earlier ``ray start`` on the
+    machine — the poll hangs (40 s here): every run ended with a 12 s wait after its last epoch and a
+    ``GetTimeoutError`` traceback from the controller on the console. At a clean stop (or the controller's own
+    abort, which removes the placement group itself) the cleaner has nothing left to do, so it is killed instead,
+    which is what its ``stop`` ends in; while the run lives it works as before. Private API: where Ray's classes
+    are not as expected, ``trainer_cls`` itself."""
     try:
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:
         return trainer_cls
-    if not hasattr(trainer_cls, "_create_default_callbacks"):
+    if not (hasattr(trainer_cls, "_create_default_callbacks")
+            and hasattr(PlacementGroupCleanerCallback, "_stop_cleaner")):
         return trainer_cls
+
+    class KillCleanerAtStop(PlacementGroupCleanerCallback):
+        def _stop_cleaner(self):
+            import ray
+            cleaner, self._cleaner = getattr(self, "_cleaner", None), None
+            if cleaner is not None:
+                try:
+                    ray.kill(cleaner)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
 
     class QuickToStop(trainer_cls):
         def _create_default_callbacks(self):
-            return [PlacementGroupCleanerCallback(stop_timeout=2.0) if isinstance(c, PlacementGroupCleanerCallback)
-                    else c for c in super()._create_default_callbacks()]
+            return [KillCleanerAtStop() if isinstance(c, PlacementGroupCleanerCallback) else c
+                    for c in super()._create_default_callbacks()]
     return QuickToStop
 
 
