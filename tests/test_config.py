@@ -149,7 +149,8 @@ def test_splits_are_checked_before_anything_runs():
         BenchConfig(model="vgg11", subnets=[1, 3], balance=[3, 4]).validate()
 
 
-@pytest.mark.parametrize("command", [["bench", "--contenders", "original", "--subnets", "1"], ["study", "--epochs", "1"]])
+@pytest.mark.parametrize("command", [["bench", "--contenders", "original", "--subnets", "1"],
+                                     ["study", "--epochs", "1"]])
 def test_an_output_folder_that_cannot_be_written_fails_before_any_work(tmp_path, capsys, command):
     from raypar.cli import main
     (tmp_path / "a-file").write_text("")
