@@ -459,8 +459,9 @@ def cmd_train(args) -> int:
         import traceback
 
         from .trainer import root_cause
-        if isinstance(root_cause(e), UserError):                # a mistake only a worker could see: one line
-            raise UserError(str(root_cause(e))) from None
+        cause = root_cause(e)
+        if isinstance(cause, UserError):                        # a mistake only a worker could see: one line
+            raise UserError(str(cause)) from None
         print(redact(traceback.format_exc()), end="", file=sys.stderr)
         print(redact(f"raypar: training failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"),
               file=sys.stderr)

@@ -83,10 +83,11 @@ def finished_runs(tracking_uri: str, experiment: str | None = None, parent: str 
     """The FINISHED training runs of ``experiment`` (default ``raypar``), or of the study with parent run ``parent``."""
     from mlflow.tracking import MlflowClient
     from .tracking import PARENT_TAG
-    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///"):]):
+    path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else None
+    if path is not None and not os.path.exists(path):
         # reading must not create an empty database (and its folders) where a typo points
-        raise UserError(f"no MLflow database at {tracking_uri[len('sqlite:///'):]} ({tracking_uri}): check "
-                        f"--tracking-uri / MLFLOW_TRACKING_URI, or train a run first")
+        raise UserError(f"no MLflow database at {path} ({tracking_uri}): check --tracking-uri / MLFLOW_TRACKING_URI, "
+                        f"or train a run first")
     client = MlflowClient(tracking_uri)
     try:
         if parent:

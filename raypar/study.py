@@ -38,16 +38,15 @@ def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: li
 def check(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int]) -> None:
     """Every mistake in the study's lists, before anything runs."""
     from . import data
-    from .models import build
+    from .models import num_blocks
     if min(subnets) < 1 or min(iterations) < 1:
         raise UserError("--subnets and --iterations must list numbers >= 1")
     if not any(k <= n for n in subnets for k in iterations):
         raise UserError(f"no (N, K) pair with K <= N in --subnets {subnets} and --iterations {iterations}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds lists a seed twice: {seeds}")
-    spec = data.load(base.dataset, base.data_dir, base.download)
-    blocks = len(build(base.model, spec.num_classes, spec.in_channels, base.width_mult, spec.image_size,
-                       base.norm).blocks)
+    data.load(base.dataset, base.data_dir, base.download)          # a missing data set fails here
+    blocks = num_blocks(base.model)                                 # counted from the name: nothing is built
     if max(subnets) > blocks:
         raise UserError(f"--subnets {max(subnets)} is more than {base.model}'s {blocks} blocks")
 
