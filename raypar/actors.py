@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from . import hybrid, precision
+from . import hybrid, precision, split_backward
 from .models import memory_format
 from .optim import OptimConfig, make_optimizer
 from .parareal import interval
@@ -35,10 +35,13 @@ class FineWorker:
     """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
 
     def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
-                 channels_last: bool = False, amp: str = "off", head: nn.ModuleDict | None = None):
+                 channels_last: bool = False, amp: str = "off", head: nn.ModuleDict | None = None,
+                 defer_weights: bool = False):
         """``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
         which :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns
-        their weights and sends them with every step."""
+        their weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before
+        the weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
+        (:mod:`raypar.split_backward`)."""
         self.index = index
         self.amp = amp
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -54,6 +57,8 @@ class FineWorker:
         # where head_forward loads the driver's weights and buffers into (the same tensors every step)
         self.head_state = self.head.state_dict(keep_vars=True) if self.head is not None else {}
         self.graphs: dict = {}
+        self.defer_weights = defer_weights
+        self.weights_due: list[split_backward.WeightGrads] = []   # deferred halves of this step's backward passes
         self.world = 1                                   # replicas of this segment (join_replicas)
         self.busy = 0.0                                  # compute seconds since the last step()
         self.saved_buffers: dict | None = None           # keep_buffers: the buffers before this step's forward
@@ -112,6 +117,11 @@ class FineWorker:
             return None
         g = self.end.receive(grad)
         t0 = time.perf_counter()
+        if self.defer_weights and u is not None:
+            du, due = split_backward.input_grad(out, g, u, list(self.module.parameters()))
+            self.weights_due.append(due)
+            self._done(t0)
+            return self.end.reply(du, grad)
         out.backward(g)
         self._done(t0)
         if u is None:
@@ -123,11 +133,13 @@ class FineWorker:
     def unscale(self, inv_scale: float) -> bool:
         """``--amp fp16``: divide the gradients by the loss scale; True when any is inf or NaN (the driver sums the
         answers of every process and replica, then tells all of them whether to skip the step)."""
+        self._weight_grads()
         return precision.unscale(self.module.parameters(), inv_scale)
 
     def step(self, skip: bool = False) -> float:
         """Apply the optimizer (to the gradients averaged over the replicas, with R > 1) unless ``skip`` (a loss
         scale overflow); return the compute seconds spent in forward/backward since the last step."""
+        self._weight_grads()
         hybrid.average_gradients(list(self.module.parameters()), self.world)
         if not skip:
             self.opt.step()
@@ -135,6 +147,15 @@ class FineWorker:
         self.graphs.clear()
         busy, self.busy = self.busy, 0.0
         return busy
+
+    def _weight_grads(self) -> None:
+        """The deferred halves of this step's backward passes (``defer_weights``), into the parameters' ``.grad``."""
+        if self.weights_due:
+            t0 = time.perf_counter()
+            for due in self.weights_due:
+                due.run()
+            self.weights_due.clear()
+            self._done(t0)
 
     def keep_buffers(self, on: bool = True) -> None:
         """Keep a copy of the buffers (BatchNorm statistics) from before each step's first forward, for
@@ -147,6 +168,7 @@ class FineWorker:
         changed, no optimizer step. Returns the compute seconds spent, like :meth:`step`."""
         for key in [k for k in self.graphs if k[0] == step]:
             self.backward(key, None)
+        self.weights_due.clear()
         if self.saved_buffers and self.saved_step == step:
             with torch.no_grad():
                 for k, b in self.module.named_buffers():

@@ -21,6 +21,7 @@ efficiency = achieved speedup over the original / limit.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -82,6 +83,7 @@ class BenchConfig:
     coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.coarse.CoarseSpec)
     rounds: int = 1                          # the whole line-up this many times (order reversed every other round)
     interleave: bool = True                  # the contenders take turns step by step (False: each alone)
+    defer_weights: bool = True               # raypar's actors compute weight gradients in their step (--defer-weights)
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -217,7 +219,8 @@ class Runner:
         cpus = TURN_CPUS if turns else 1
         engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
                                                           transport=transport, channels_last=cfg.channels_last,
-                                                          amp=cfg.amp, coarse_in_actors=coarse_in_actors),
+                                                          amp=cfg.amp, coarse_in_actors=coarse_in_actors,
+                                                          defer_weights=cfg.defer_weights),
                                 seed=cfg.seed)
         return self._begin(cfg, engine.train_step, make_batches(cfg, engine.device), engine)
 
@@ -407,7 +410,8 @@ def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print,
     split, _ = tune_split(_model(cfg), n, coarse=_coarse(cfg), driver_segment=driver_segment, input_shape=cfg.shape,
                           num_classes=cfg.num_classes, batch=cfg.batch, optim=cfg.optim,
                           resources=Resources(cfg.gpu_share, 1.0, channels_last=cfg.channels_last, amp=cfg.amp,
-                                              transport=cfg.transports[0], coarse_in_actors=coarse_in_actors),
+                                              transport=cfg.transports[0], coarse_in_actors=coarse_in_actors,
+                                              defer_weights=cfg.defer_weights),
                           seed=cfg.seed, log=log)
     return _net(cfg, n, driver_segment, split)
 
@@ -1029,6 +1033,9 @@ def add_arguments(p) -> None:
     p.add_argument("--amp", default=d.amp, choices=["off", "bf16", "fp16"],
                    help="every contender under autocast (fp16 with loss scaling, except pipe's stages: no scaling) "
                         "(default: %(default)s)")
+    p.add_argument("--defer-weights", action=argparse.BooleanOptionalAction, default=d.defer_weights,
+                   help="raypar's fine actors send dL/du back before computing their weight gradients, in their "
+                        "optimizer step, which the driver does not wait for (as train's option) (default: on)")
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="run the whole line-up this many times, in reverse order every other round; each row is "
                         "its median round, its ratio the median of its per-round ratios (default: %(default)s)")
@@ -1058,7 +1065,8 @@ def config_from_args(args) -> BenchConfig:
                       parse_balance(args.balance, tune=True), [c.strip() for c in args.contenders.split(",") if c.strip()],
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
-                      args.channels_last, args.amp, args.coarse_downsample, args.rounds, not args.one_at_a_time)
+                      args.channels_last, args.amp, args.coarse_downsample, args.rounds, not args.one_at_a_time,
+                      args.defer_weights)
     return cfg.validate()
 
 

@@ -130,6 +130,10 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
                         "of pre and the coarse networks, updated every step) and sends back their difference, so "
                         "that no actor waits for the driver's coarse sweep and the driver runs no coarse backward "
                         "after them; the same network and numbers (see benchmarks/throughput)")
+    g.add_argument("--defer-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="each fine actor sends dL/du back before it computes its weight gradients, which it computes "
+                        "in its optimizer step while the driver goes on (its own backward, the next step's coarse "
+                        "sweep); the same numbers (see benchmarks/throughput) (default: on)")
     g.add_argument("--channels-last", action="store_true", default=None,
                    help="keep weights and activations in the channels-last layout: faster convolutions on recent "
                         "CPUs and on GPUs; the results match the default layout up to rounding")

@@ -64,6 +64,7 @@ class TrainConfig:
     placement: str = "PACK"
     driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
     coarse_in_actors: bool = False           # K = 1: each fine actor runs pre and the coarse sweep up to its interval
+    defer_weights: bool = True               # actors answer dL/du first, their weight gradients in their step
     transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.transport)
     channels_last: bool = False              # weights and activations in the channels-last layout (faster convs)
     amp: str = "off"                         # mixed precision: off, bf16 or fp16 (raypar.precision)

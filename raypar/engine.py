@@ -99,6 +99,10 @@ class Resources:
     # driver's weights sent every step) and sends back d_j = f_j - z_j: the driver neither runs the coarse sweep
     # before the actors can start nor runs its backward after them (raypar.parareal.interval)
     coarse_in_actors: bool = False
+    # each actor's backward returns dL/du before it computes its weight gradients, which it computes in its optimizer
+    # step, and the driver does not wait for that step: it runs beside the driver's own backward and the next step's
+    # pre and coarse sweep (raypar.split_backward). The actors' compute seconds then reach the next step's StepStats.
+    defer_weights: bool = True
 
 
 @dataclass
@@ -169,12 +173,16 @@ class PararealEngine:
         ipc = resources.transport in ("cuda-ipc", "auto") and self.device.type == "cuda"
         actor_cls = ray.remote(enable_tensor_transport=True)(FineWorker) if ipc else ray.remote(FineWorker)
         self.actors, self.tx = [], None
+        self.defer = resources.defer_weights
+        self.stepping: list = []              # defer_weights: the actors' optimizer steps still running
+        self.late: list[float] = []           # and their compute seconds, once known, for the next step's stats
         try:                                                   # a failure from here on leaves nothing running
             seeds = [seed * 1000 + i + self.offset + 1 + 100_000 * replica.rank for i in range(len(remote))]
             self.actors = [
                 actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
                                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp, heads[i])
+                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp, heads[i],
+                                 resources.defer_weights)
                 for i, seg in enumerate(remote)]
             ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
             self.tx = DriverEnd.connect(resources.transport, self.actors, self.device, nhwc=self.cl)
@@ -234,6 +242,7 @@ class PararealEngine:
             st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
             outs = self.tx.gather(pending)
+            self.settle()                                                # (done: they ran before these forwards)
             st.wait += time.perf_counter() - t0
             fs = [o.requires_grad_(True) for o in outs]
             calls.extend(_FineCall(i, (step, k), u, f) for i, (u, f) in enumerate(zip(inputs[self.offset:], fs)))
@@ -299,9 +308,13 @@ class PararealEngine:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
-        t0 = time.perf_counter()
-        busy = ray.get(step_refs)             # the actors' optimizer steps ran beside the driver's backward and step
-        st.wait += time.perf_counter() - t0
+        if self.defer:                        # they run on beside the next step's start; settle() collects them
+            self.stepping = step_refs
+            busy, self.late = self.late or [0.0] * len(self.actors), []
+        else:
+            t0 = time.perf_counter()
+            busy = ray.get(step_refs)         # the actors' optimizer steps ran beside the driver's backward and step
+            st.wait += time.perf_counter() - t0
         st.fine_each = tuple(([st.local_fine] if self.offset else []) + list(busy))
         st.fine_max = max([*busy, st.local_fine])
         st.bytes = self.tx.bytes - bytes0
@@ -316,6 +329,7 @@ class PararealEngine:
         counter still advances (it only names the kept graphs): driver and actors stay in lockstep."""
         import ray
         t0 = time.perf_counter()
+        self.settle()
         busy = ray.get([a.discard.remote(step) for a in self.actors])
         st.wait += time.perf_counter() - t0
         with torch.no_grad():
@@ -329,14 +343,25 @@ class PararealEngine:
         st.driver = st.wall - st.wait
         return loss.item(), 0, st
 
+    def settle(self) -> None:
+        """Wait for the actors' optimizer steps that the last :meth:`train_step` left running (``defer_weights``; an
+        actor's error surfaces here); keep their compute seconds for the next step's stats. Every other call to the
+        actors queues behind those steps anyway: this is for the errors and the seconds."""
+        if self.stepping:
+            import ray
+            busy, self.stepping = ray.get(self.stepping), []
+            self.late = [a + b for a, b in zip(self.late, busy)] if self.late else list(busy)
+
     def end_epoch(self) -> None:
         import ray
+        self.settle()
         self.sched.step()
         ray.get([a.end_epoch.remote() for a in self.actors])
 
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.settle()
         def fine(k, inputs, meanwhile):
             pending = [self.tx.forward(j, None, u, EVAL_U, k) for j, u in enumerate(inputs[self.offset:])]
             meanwhile()
@@ -383,6 +408,7 @@ class PararealEngine:
             st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
             d = self.tx.gather(pending)
+            self.settle()
             st.wait += time.perf_counter() - t0
             with torch.no_grad():
                 for k, b in pending[-1].extra.items():
@@ -427,6 +453,7 @@ class PararealEngine:
     def get_state(self) -> dict:
         """Everything needed to resume: driver weights/optimizer/scheduler/RNG and every actor's, one step."""
         import ray
+        self.settle()
         fine = ray.get([a.get_state.remote() for a in self.actors])
         return to_cpu({"driver": self.driver.state_dict(), "optimizer": self.opt.state_dict(),
                        "scheduler": self.sched.state_dict(), "rng": torch.get_rng_state(),
@@ -449,6 +476,7 @@ class PararealEngine:
         self.step_count = int(state["step"])
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        self.settle()
         ray.get([a.set_state.remote(s) for a, s in zip(self.actors, state["fine"])])
 
     def state_dict(self) -> dict:

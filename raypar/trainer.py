@@ -179,7 +179,7 @@ def train_loop(config: dict) -> None:
     gpus = _gpus_per_subnet(cfg)
     resources = Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
                           transport=cfg.transport, channels_last=cfg.channels_last, amp=cfg.amp,
-                          coarse_in_actors=cfg.coarse_in_actors)
+                          coarse_in_actors=cfg.coarse_in_actors, defer_weights=cfg.defer_weights)
     # a resumed run keeps the split it started with (a measured balance could choose another one)
     balance = meta["split"] if meta else cfg.balance
     if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split

@@ -21,6 +21,7 @@ is one already (a Ray Train worker, with ``--balance tune``), else in an actor o
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import statistics
@@ -251,6 +252,8 @@ def add_arguments(p) -> None:
     p.add_argument("--driver-segment", action="store_true", help="F_1 runs in the driver (as train's option)")
     p.add_argument("--coarse-in-actors", action="store_true",
                    help="each actor runs pre and the coarse sweep up to its interval (as train's option; K = 1)")
+    p.add_argument("--defer-weights", action=argparse.BooleanOptionalAction, default=True,
+                   help="as train's option (default: on)")
     p.add_argument("--batch", type=int, default=64, help="batch per step, as the run will use (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
     p.add_argument("--in-channels", type=int, default=3, help="(default: %(default)s)")
@@ -290,7 +293,7 @@ def cmd_tune(args) -> int:
     from .plan import num_threads
     cfg = TrainConfig(model=args.model, width_mult=args.width_mult, subnets=args.subnets, iterations=args.iterations,
                       driver_segment=args.driver_segment, coarse_in_actors=args.coarse_in_actors,
-                      batch_size=args.batch, norm=args.norm,
+                      defer_weights=args.defer_weights, batch_size=args.batch, norm=args.norm,
                       coarse_kernel=args.coarse_kernel, coarse_downsample=args.coarse_downsample,
                       coarse_depth=args.coarse_depth, coarse_width=args.coarse_width, coarse_norm=args.coarse_norm,
                       gpus_per_subnet=args.gpus_per_subnet, transport=args.transport, seed=args.seed,
@@ -316,6 +319,7 @@ def cmd_tune(args) -> int:
                                        num_classes=args.num_classes, batch=cfg.batch_size, optim=cfg.optim,
                                        resources=Resources(cfg.gpus_per_subnet, 1.0, transport=cfg.transport,
                                                            coarse_in_actors=cfg.coarse_in_actors,
+                                                           defer_weights=cfg.defer_weights,
                                                            channels_last=cfg.channels_last, amp=cfg.amp),
                                        radius=args.radius, warmup=args.warmup, steps=args.steps, seed=cfg.seed,
                                        log=lambda m: console.print(m, style="dim"))

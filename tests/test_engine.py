@@ -21,15 +21,18 @@ def _reference_step(net, opt, x, y):
     return loss.item()
 
 
-@pytest.mark.parametrize("model, n, k, first_in_driver, transport, channels_last", [
-    ("vgg11", 2, 1, False, "object-store", False), ("vgg11", 3, 2, False, "object-store", False),
-    ("resnet20", 3, 1, False, "object-store", False), ("vgg11", 1, 1, False, "object-store", False),
-    ("vgg11", 2, 1, True, "object-store", False), ("vgg11", 3, 3, True, "object-store", False),
+@pytest.mark.parametrize("model, n, k, first_in_driver, transport, channels_last, defer", [
+    ("vgg11", 2, 1, False, "object-store", False, False), ("vgg11", 3, 2, False, "object-store", False, False),
+    ("resnet20", 3, 1, False, "object-store", False, False), ("vgg11", 1, 1, False, "object-store", False, False),
+    ("vgg11", 2, 1, True, "object-store", False, False), ("vgg11", 3, 3, True, "object-store", False, False),
     # point-to-point in a gloo group (NCCL on GPUs: the same code)
-    ("vgg11", 3, 2, False, "p2p", False), ("resnet20", 3, 1, True, "p2p", False),
+    ("vgg11", 3, 2, False, "p2p", False, False), ("resnet20", 3, 1, True, "p2p", False, False),
     # every part in the channels-last layout: the same numbers up to rounding
-    ("vgg11", 3, 2, True, "object-store", True), ("resnet20", 2, 1, False, "p2p", True)])
-def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, transport, channels_last):
+    ("vgg11", 3, 2, True, "object-store", True, False), ("resnet20", 2, 1, False, "p2p", True, False),
+    # the actors' weight gradients computed in their optimizer step, which the driver does not wait for
+    ("vgg11", 2, 1, True, "object-store", False, True), ("vgg11", 3, 2, False, "p2p", False, True),
+    ("resnet20", 3, 3, True, "object-store", True, True)])
+def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, transport, channels_last, defer):
     torch.manual_seed(0)
     # float64, so that the only difference (the order of float additions) stays far below the tolerance
     net = PararealNet(build(model, width_mult=0.25), n, iterations=k, balance="flops").double()
@@ -38,7 +41,8 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, trans
         ref.to(memory_format=torch.channels_last)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
     engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
-                                                transport=transport, channels_last=channels_last), seed=0)
+                                                transport=transport, channels_last=channels_last,
+                                                defer_weights=defer), seed=0)
     assert engine.tx.name == transport
     try:
         batches = [(torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))) for _ in range(3)]
@@ -51,7 +55,12 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, trans
                 assert set(got) == set(want)
                 for key in want:
                     torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
-            assert stats.wall > 0 and stats.fine_max > 0 and stats.bytes > 0
+            assert stats.wall > 0 and stats.bytes > 0
+            assert len(stats.fine_each) == n
+            if defer and i == 0:          # deferred: the actors' compute seconds arrive with the next step
+                assert stats.fine_each[int(first_in_driver):] == (0.0,) * (n - first_in_driver)
+            else:
+                assert min(stats.fine_each) > 0 and stats.fine_max == max(stats.fine_each)
         # exactly 4 interface tensors per sub-network and iteration: u out, f back, dL/df out, dL/du back
         shipped = net.segment_info[1:] if first_in_driver else net.segment_info      # F_1 in the driver: no transfer
         numel = [torch.Size(i.in_shape).numel() + torch.Size(i.out_shape).numel() for i in shipped]
@@ -162,10 +171,10 @@ def test_transport_choice(name, device, here, visible, there, want):
         assert choose(name, device, here, visible, there) == want
 
 
-@pytest.mark.parametrize("amp, n, k, first_in_driver, transport, coarse_in_actors", [
-    ("bf16", 2, 1, True, "object-store", False), ("fp16", 3, 2, False, "p2p", False),
-    ("fp16", 2, 1, True, "object-store", True)])
-def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, transport, coarse_in_actors):
+@pytest.mark.parametrize("amp, n, k, first_in_driver, transport, coarse_in_actors, defer", [
+    ("bf16", 2, 1, True, "object-store", False, True), ("fp16", 3, 2, False, "p2p", False, True),
+    ("fp16", 2, 1, True, "object-store", True, False), ("fp16", 3, 1, False, "object-store", False, False)])
+def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, transport, coarse_in_actors, defer):
     """--amp: the engine equals the reference network run under the same autocast (and, for fp16, the same loss
     scaling); the interface tensors travel in 16 bits; an fp16 overflow skips the step in every process."""
     from raypar import precision
@@ -176,8 +185,8 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
     scaler = precision.LossScaler() if amp == "fp16" else None
     engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
-                                                transport=transport, amp=amp, coarse_in_actors=coarse_in_actors),
-                            seed=0)
+                                                transport=transport, amp=amp, coarse_in_actors=coarse_in_actors,
+                                                defer_weights=defer), seed=0)
 
     if scaler:                        # 2^16, the default, overflows on this model's first step in both
         engine.scaler.scale = scaler.scale = 2.0 ** 8

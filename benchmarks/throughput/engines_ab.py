@@ -4,7 +4,8 @@
 
 Every engine (one per split and mode) and the original network are built first; then step i of each runs in turn,
 for every i (the order reversed every other step), each timed by the wall clock here. Modes: ``plain`` (the driver and
-N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``).
+N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``), each
+also with ``-dw`` (deferred weight gradients, ``--defer-weights``).
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
 at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25, batch 64, one thread.
 """
@@ -17,7 +18,8 @@ from turns import take_turns
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--splits", nargs="+", default=["5,7", "6,6"], help="block counts of N = 2 (default: %(default)s)")
-    p.add_argument("--modes", nargs="+", default=["f1", "f1-ca"], choices=["plain", "f1", "ca", "f1-ca"])
+    modes = ["plain", "f1", "ca", "f1-ca"]
+    p.add_argument("--modes", nargs="+", default=["f1", "f1-ca"], choices=modes + [m + "-dw" for m in modes])
     p.add_argument("--steps", type=int, default=30, help="steps of each, the first 3 untimed (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -30,9 +32,10 @@ def main() -> None:
     names, steps = [], []
     for split in args.splits:
         for mode in args.modes:
-            f1, ca = mode.startswith("f1"), mode.endswith("ca")
+            f1, ca, dw = mode.startswith("f1"), mode.removesuffix("-dw").endswith("ca"), mode.endswith("-dw")
             net = _net(BenchConfig(balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=f1)
-            engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca))
+            engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
+                                                                  defer_weights=dw))
             names.append(f"[{split}] {mode}")
             steps.append(engine.train_step)
     take_turns(names, steps, cfg, args.steps)
