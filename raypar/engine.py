@@ -12,8 +12,12 @@ Backward, per step:
   2. Every actor's ``step()`` is queued behind its backward; the driver gathers ``dL/du_j`` (u_j = the fine inputs)
      and runs ``autograd.backward(u, dL/du)`` through the correction sweeps, then the coarse sweep's and ``pre``'s
      backward (once each: the graph is cut after ``pre`` and after each coarse sweep output, so the loss's pass in 1.
-     stops there too), then steps its own optimizer — while the actors step theirs — and only then waits for the
-     actors' steps.
+     stops there too), then steps its own optimizer — while the actors step theirs. With ``defer_weights`` (the
+     default) an actor's backward returns ``dL/du`` before it computes its weight gradients, which it computes in its
+     ``step()`` (:mod:`raypar.split_backward`), and the driver does not wait for that step: the next step's pre and
+     coarse sweep run beside it (the actor takes the next forward only after it); :meth:`PararealEngine.settle`
+     collects the steps' results, before anything else reads the actors' state. Without it, the driver waits for the
+     actors' steps at the end of each step.
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
   With ``--amp fp16`` the loss is scaled first; each process unscales its own gradients and reports an overflow,
@@ -260,11 +264,23 @@ class PararealEngine:
             st.bytes = self.tx.bytes - bytes0
             return self._skip(step, saved, loss, st, t_start)        # every replica skips the same batch
 
+        # each actor's optimizer step (or, fp16, its unscale) is queued right behind its last backward call of the
+        # step (iteration 1's; with K > 1, F_N's only call is in iteration K), while the driver is still busy: with
+        # defer_weights the actor computes its weight gradients there
+        scale = self.scaler.scale if self.scaler else 1.0
+        last_k = {}
+        for c in calls:
+            last_k[c.j] = min(c.key[1], last_k.get(c.j, c.key[1]))
+        stepping: dict[int, object] = {}
+
         def launch(call: _FineCall, grad: torch.Tensor | None):
             # grad None: this output never reached the loss (with K = N, f^1_j for j > 1 does not); the actor only
             # frees its graph, and nothing flows back, exactly as autograd leaves such parameters without a grad
             reply = (tuple(call.u.shape), call.u.dtype) if call.u is not None else None    # heads: no tensor back
             call.grad_ref = self.tx.call(call.j, "backward", call.key, grad, GRAD_F, call.key[1], reply)
+            if call.key[1] == last_k[call.j]:
+                a = self.actors[call.j]
+                stepping[call.j] = a.unscale.remote(1 / scale) if self.scaler else a.step.remote()
 
         # Backward, iteration by iteration from the last: dL/df^k is complete only once dL/du^{k+1} (which the actors
         # return) has been pushed back through the driver's graph. For the last iteration a hook ships dL/df^K the
@@ -272,16 +288,12 @@ class PararealEngine:
         last = [c for c in calls if c.key[1] == self.k]
         for call in last:
             call.f.register_hook(lambda g, c=call: launch(c, g))
-        scale = self.scaler.scale if self.scaler else 1.0
         (loss * scale if self.scaler else loss).backward(retain_graph=True)
-        step_refs: list = []
         for k in range(self.k, 0, -1):
             these = [c for c in calls if c.key[1] == k]
             for call in these:
                 if call.grad_ref is None:
                     launch(call, call.f.grad)
-            if k == 1:                        # queued behind the backward calls
-                step_refs = [a.unscale.remote(1 / scale) if self.scaler else a.step.remote() for a in self.actors]
             t0 = time.perf_counter()
             if self.in_actors:                # the gradients of the actors' copies of pre and C_j: theirs are the sums
                 self._add_grads(self.tx.values([c.grad_ref for c in these]))
@@ -293,6 +305,7 @@ class PararealEngine:
             if pairs:
                 torch.autograd.backward([u for u, _ in pairs], [g for _, g in pairs], retain_graph=k > 1)
         self._backward_cuts(cuts)             # every path to them is done: the coarse sweep's and pre's backward, once
+        step_refs = [stepping[j] for j in range(len(self.actors))]
         params = list(self.driver.parameters())
         hybrid.average_gradients(params, self.replica.world, self.group)
         if self.scaler:                       # one decision for every process: all step, or none
