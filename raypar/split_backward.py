@@ -111,13 +111,12 @@ def input_grad(out: torch.Tensor, grad: torch.Tensor, u: torch.Tensor,
         if not met:
             now.append(p)
             continue
-        merged = [by_node[n] for n in met if n in by_node]
+        merged = list({id(g): g for g in (by_node[n] for n in met if n in by_node)}.values())   # each group once
         group = merged[0] if merged else {"params": [], "nodes": set(), "grads": {}}
         for other in merged[1:]:
-            if other is not group:
-                group["params"] += other["params"]
-                group["nodes"] |= other["nodes"]
-                groups.remove(other)
+            group["params"] += other["params"]
+            group["nodes"] |= other["nodes"]
+            groups.remove(other)
         if not merged:
             groups.append(group)
         group["params"].append(p)

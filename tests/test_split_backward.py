@@ -21,6 +21,17 @@ class Shared(nn.Module):
         return self.lin(h) @ self.frozen
 
 
+class Merged(nn.Module):
+    """Weights whose paths meet the input's at the same nodes: one group (w3 joins w1's and w2's, w4 finds it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.w2, self.w3, self.w4 = (nn.Parameter(torch.randn(6, 6)) for _ in range(4))
+
+    def forward(self, u):
+        return torch.tanh(u @ (self.w1 + self.w3 + self.w4)) * (u @ (self.w2 + self.w3 + self.w4))
+
+
 def _conv_net():
     return nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
                          nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.GroupNorm(2, 8), nn.ReLU(),
@@ -28,7 +39,7 @@ def _conv_net():
 
 
 @pytest.mark.parametrize("make, shape, amp", [(_conv_net, (4, 4, 8, 8), False), (Shared, (4, 6), False),
-                                              (_conv_net, (4, 4, 8, 8), True)])
+                                              (Merged, (4, 6), False), (_conv_net, (4, 4, 8, 8), True)])
 def test_input_then_weights_equals_one_backward(make, shape, amp):
     torch.manual_seed(0)
     net = make().train()
