@@ -117,18 +117,18 @@ class FineWorker:
             return None
         g = self.end.receive(grad)
         t0 = time.perf_counter()
-        if self.defer_weights and u is not None:
+        if self.defer_weights and u is not None:      # dL/du now, the weight gradients in step()
             du, due = split_backward.input_grad(out, g, u, list(self.module.parameters()))
             self.weights_due.append(due)
-            self._done(t0)
-            return self.end.reply(du, grad)
-        out.backward(g)
+        else:
+            out.backward(g)
+            du = u.grad if u is not None else None
         self._done(t0)
         if u is None:
             grads = {k: to_numpy(p.grad) for k, p in self.head.named_parameters() if p.grad is not None}
             self.head.zero_grad(set_to_none=True)
             return grads
-        return self.end.reply(u.grad, grad)
+        return self.end.reply(du, grad)
 
     def unscale(self, inv_scale: float) -> bool:
         """``--amp fp16``: divide the gradients by the loss scale; True when any is inf or NaN (the driver sums the

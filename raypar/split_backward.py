@@ -123,10 +123,9 @@ def input_grad(out: torch.Tensor, grad: torch.Tensor, u: torch.Tensor,
         group["nodes"] |= met
         for n in group["nodes"]:
             by_node[n] = group
-    for g in groups:
-        g["nodes"] = list(g["nodes"])
     handles = []
     for g in groups:
+        g["nodes"] = list(g["nodes"])
         for n in g["nodes"]:
             handles.append(n.register_prehook(lambda grads, n=n, g=g: g["grads"].__setitem__(n, grads)))
     try:
