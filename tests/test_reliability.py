@@ -32,15 +32,14 @@ def _cfg(store, name, **kw):
     return TrainConfig(**base).validate()
 
 
-def _train(cfg, kill=None):
-    """fit() in a thread, watching its events; ``kill`` = "actor" or "driver": SIGKILL that process once, in the
-    middle of epoch 2. Returns (result, start events)."""
+def _train(cfg, kills=()):
+    """fit() in a thread, watching its events; ``kills``: the processes to SIGKILL, one per start, in the middle of
+    epoch 2 ("actor": the last fine actor; "driver": the Ray Train worker). Returns (result, start events)."""
     from ray.util.queue import Queue
     events = Queue(actor_options={"num_cpus": 0})
-    box, starts = {}, []
+    box, starts, killed = {}, [], []
     thread = threading.Thread(target=lambda: box.update(result=fit(cfg, events)), daemon=True)
     thread.start()
-    killed = False
     while thread.is_alive() or not events.empty():
         try:
             ev = events.get(timeout=0.5)
@@ -48,13 +47,14 @@ def _train(cfg, kill=None):
             continue
         if ev["kind"] == "start":
             starts.append(ev)
-        elif kill and not killed and ev["kind"] == "step" and ev["epoch"] == 2 and ev["done"] >= 5:
-            pid = starts[-1]["actor_pids"][1] if kill == "actor" else starts[-1]["driver_pid"]
-            os.kill(pid, signal.SIGKILL)
-            killed = True
+        elif (len(killed) < len(kills) and len(killed) < len(starts) and ev["kind"] == "step" and ev["epoch"] == 2
+              and ev["done"] >= 5):
+            victim = kills[len(killed)]
+            os.kill(starts[-1]["actor_pids"][-1] if victim == "actor" else starts[-1]["driver_pid"], signal.SIGKILL)
+            killed.append(victim)
     thread.join()
     assert "result" in box, "fit() raised"
-    assert killed == bool(kill)
+    assert killed == list(kills)
     return box["result"], starts
 
 
@@ -93,13 +93,15 @@ def _assert_same_weights(got, want):
         assert torch.equal(got[key], want[key]), key
 
 
-@pytest.mark.parametrize("victim", ["actor", "driver"])
-def test_killed_process_restarts_and_ends_bit_identical(ray_local, store, reference, victim):
-    cfg = _cfg(store, f"kill-{victim}")
-    result, starts = _train(cfg, kill=victim)
-    assert len(starts) == 2 and starts[1]["restarts"] == 1 and starts[1]["epoch"] == 1
+def test_killed_actor_then_driver_restart_and_end_bit_identical(ray_local, store, reference):
+    """A fine actor lost in epoch 2, then, in the restarted epoch 2, the driver: each time the run restarts from the
+    epoch 1 checkpoint, and it ends with the weights of a run that was never interrupted."""
+    cfg = _cfg(store, "kills")
+    result, starts = _train(cfg, kills=("actor", "driver"))
+    assert [(s["restarts"], s["epoch"]) for s in starts] == [(0, 0), (1, 1), (2, 1)]
+    assert len({s["driver_pid"] for s in starts}) == 3               # a new driver (and new actors) at each start
     run = _assert_complete_record(cfg, result.run_id)
-    assert run.data.tags["raypar.restarts"] == "1"
+    assert run.data.tags["raypar.restarts"] == "2"
     _assert_same_weights(_final_weights(cfg, result.run_id), reference)
 
 
@@ -163,9 +165,10 @@ def test_nan_loss_on_one_replica_stops_every_replica_at_the_same_step():
 
 # ------------------------------------------------------------------------------------ running out of restarts
 def test_run_out_of_restarts_ends_failed_and_fit_raises(ray_local, store):
-    """max_failures = 1 and the fine actor SIGKILLed at every start: one restart, then the run fails."""
+    """max_failures = 0 (the default) and the fine actor SIGKILLed as the run starts: no restart, the run fails.
+    (Restarts while some are left: test_killed_actor_then_driver_restart_and_end_bit_identical.)"""
     from ray.util.queue import Queue
-    cfg = _cfg(store, "exhausted", epochs=1, max_failures=1)
+    cfg = _cfg(store, "exhausted", epochs=1, max_failures=0)
     events = Queue(actor_options={"num_cpus": 0})
     box, starts = {}, []
 
@@ -187,15 +190,27 @@ def test_run_out_of_restarts_ends_failed_and_fit_raises(ray_local, store):
             os.kill(ev["actor_pids"][0], signal.SIGKILL)
     thread.join()
     assert "error" in box and "result" not in box, "fit() must raise when the restarts run out"
-    assert [s["restarts"] for s in starts] == [0, 1]
+    assert [s["restarts"] for s in starts] == [0]
     client = MlflowClient(cfg.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("reliability").experiment_id],
                               "tags.`raypar.run_key` LIKE '%/exhausted'")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     tags = runs[0].data.tags
-    assert tags["raypar.restarts"] == "1"
+    assert tags["raypar.restarts"] == "0"
     reason = tags["raypar.error"].splitlines()[0]          # the reason first, on one line; the details below it
-    assert reason.startswith("ActorDiedError: ") and "no restarts left: --max-failures 1" in reason, reason
+    assert reason.startswith("ActorDiedError: ") and "restarts" not in reason, reason     # none were allowed
+
+
+def test_failure_reason_says_when_the_restarts_ran_out():
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.train import WorkerGroupError
+
+    from raypar.trainer import failure_reason
+    lost = RayTaskError("train_loop", "Traceback (most recent call last): ...", ActorDiedError())
+    error = WorkerGroupError("Training failed due to worker errors:", {0: lost})
+    assert failure_reason(error, 0).startswith("ActorDiedError: ")
+    assert failure_reason(error, 0) == failure_reason(error, 2).split(" (no restarts left")[0]
+    assert failure_reason(error, 2).endswith(" (no restarts left: --max-failures 2)")
 
 
 # ------------------------------------------------------------------------------------ --on-nonfinite skip
