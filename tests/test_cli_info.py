@@ -22,7 +22,7 @@ def test_info_prints_the_split():
     assert "F_3" not in r.stdout
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["--subnets", "0"], "number of sub-networks must be between 1 and the number of blocks"),
     (["--subnets", "13", "--model", "vgg16"], "between 1 and the number of blocks (12), got 13"),
     (["--subnets", "2", "--iterations", "0"], "iterations K must be between 1"),
@@ -30,8 +30,26 @@ def test_info_prints_the_split():
     (["--model", "alexnet"], "unknown model 'alexnet'"),
     (["--model", "resnet100"], "invalid ResNet depth 100"),
     (["--subnets", "two"], "invalid int value: 'two'"),
-])
-def test_info_bad_input_exit_2_one_line(args, message):
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_info_bad_input_exit_2_one_line(capsys, args, message):
+    """In this process (each `raypar` process costs seconds of imports); the next test runs the console script."""
+    from raypar.cli import main
+    try:
+        rc = main(["info", "--width-mult", "0.25", *args])
+    except SystemExit as e:                          # argparse's own errors
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [BAD_INPUT[0], BAD_INPUT[-1]])
+def test_info_bad_input_in_a_real_process(args, message):
     r = run("info", "--width-mult", "0.25", *args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

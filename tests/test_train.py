@@ -142,7 +142,7 @@ def test_train_bad_input_exit_2_one_line(tmp_path, monkeypatch, capsys, args, me
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
 
 
-@pytest.mark.parametrize("args, message", [BAD_INPUT[0], BAD_INPUT[7], BAD_INPUT[-1]])
+@pytest.mark.parametrize("args, message", [BAD_INPUT[0], *[case for case in BAD_INPUT if case[0][0] == "--address"]])
 def test_train_bad_input_in_a_real_process(tmp_path, args, message):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     r = subprocess.run([sys.executable, "-m", "raypar.cli", "train", *args], cwd=tmp_path, capture_output=True,
