@@ -7,6 +7,8 @@ block counts per segment explicitly.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -123,6 +125,46 @@ def partition(costs: list[float], n: int, first_extra: float = 0.0) -> list[int]
         counts.append(i - j)
         i = j
     return counts[::-1]
+
+
+def partition_loaded_first(costs: list[float], n: int, first_extra, max_candidates: int = 5000) -> list[int]:
+    """Like :func:`partition` when the first segment's process also does work that depends on the whole split: the
+    driver's pre, coarse sweeps and post with F_1 in the driver (each coarse network's cost follows the shapes of its
+    interval). ``first_extra(split)`` gives that work for a candidate split; the split minimises
+    ``max(F_1 + first_extra(split), F_2, ..., F_N)``.
+
+    Every split is tried when there are at most ``max_candidates``; beyond that, the fixed point of :func:`partition`
+    with the extra of its own previous answer, then moves of one cut by one block while they help."""
+    L = len(costs)
+    check_num_subnets(n, L)
+    prefix = list(itertools.accumulate(costs, initial=0.0))
+
+    def value(split):
+        cuts = list(itertools.accumulate(split, initial=0))
+        loads = [prefix[b] - prefix[a] for a, b in zip(cuts, cuts[1:])]
+        return max(loads[0] + first_extra(split), *loads[1:])
+
+    def from_cuts(cuts):
+        bounds = [0, *cuts, L]
+        return [b - a for a, b in zip(bounds, bounds[1:])]
+
+    if math.comb(L - 1, n - 1) <= max_candidates:
+        return min((from_cuts(c) for c in itertools.combinations(range(1, L), n - 1)), key=value)
+    split = partition(costs, n)
+    for _ in range(L):
+        again = partition(costs, n, first_extra=first_extra(split))
+        if again == split:
+            break
+        split = again
+    best = value(split)
+    while True:
+        cuts = list(itertools.accumulate(split))[:-1]
+        moves = [cuts[:i] + [c + d] + cuts[i + 1:] for i, c in enumerate(cuts) for d in (-1, 1)]
+        moves = [m for m in moves if all(a < b for a, b in zip([0, *m], [*m, L]))]
+        scored = [(value(from_cuts(m)), from_cuts(m)) for m in moves]
+        if not scored or min(scored)[0] >= best:
+            return split
+        best, split = min(scored)
 
 
 def check_num_subnets(n: int, num_blocks: int) -> None:

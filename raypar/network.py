@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -71,12 +72,18 @@ class PararealNet(nn.Module):
         pre_p, block_p, post_p = bal.profile(staged, sample, measure)
         if isinstance(balance, str):
             costs = [p.cost for p in block_p]
-            self.split = bal.partition(costs, num_subnets)
             if driver_segment and num_subnets > 1:
-                # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do
-                coarse = self._coarse_costs(self.split, block_p, measure, profile_batch, self.coarse_spec)
-                extra = pre_p.cost + post_p.cost + coarse_work(coarse, iterations)
-                self.split = bal.partition(costs, num_subnets, first_extra=extra)
+                # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do. The
+                # coarse networks' cost depends on the split (each maps its interval's input shape to its output's)
+                coarse_cost = self._coarse_cost_of(block_p, measure, profile_batch, self.coarse_spec)
+
+                def driver_work(split):
+                    bounds = list(itertools.accumulate(split, initial=0))
+                    coarse = [coarse_cost(a, b) for a, b in zip(bounds, bounds[1:])]
+                    return pre_p.cost + post_p.cost + coarse_work(coarse, iterations)
+                self.split = bal.partition_loaded_first(costs, num_subnets, driver_work)
+            else:
+                self.split = bal.partition(costs, num_subnets)
         else:
             self.split = bal.check_counts(list(balance), num_subnets, num_blocks)
         self.balance_measure = measure
@@ -104,16 +111,19 @@ class PararealNet(nn.Module):
                 self.coarse.append(net)
 
     @staticmethod
-    def _coarse_costs(split, block_p, measure, batch, spec) -> list[float]:
-        """The cost of each coarse network a split would get (built aside: the global RNG is left alone)."""
-        costs, start = [], 0
-        with torch.random.fork_rng():
-            for count in split:
-                ps = block_p[start:start + count]
-                net = build_coarse(ps[0].in_shape, ps[-1].out_shape, spec)
-                costs.append(bal.measure_part(net, torch.randn(batch, *ps[0].in_shape), measure)[0].cost)
-                start += count
-        return costs
+    def _coarse_cost_of(block_p, measure, batch, spec):
+        """``cost(start, stop)``: the cost of the coarse network an interval of blocks would get, built aside (the
+        global RNG is left alone) and measured once per pair of shapes."""
+        seen: dict = {}
+
+        def cost(start: int, stop: int) -> float:
+            shapes = (block_p[start].in_shape, block_p[stop - 1].out_shape)
+            if shapes not in seen:
+                with torch.random.fork_rng():
+                    net = build_coarse(*shapes, spec)
+                    seen[shapes] = bal.measure_part(net, torch.randn(batch, *shapes[0]), measure)[0].cost
+            return seen[shapes]
+        return cost
 
     def fine_local(self, k: int, inputs: list[torch.Tensor], meanwhile=lambda: None) -> list[torch.Tensor]:
         meanwhile()

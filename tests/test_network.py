@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 
 from raypar import CoarseSpec, PararealNet, UserError, build, parareal, staged_from
-from raypar.balance import partition, profile
+from raypar.balance import partition, partition_loaded_first, profile
 
 
 def _exact(model, n, shape=(3, 32, 32), batch=3, balance="flops"):
@@ -120,6 +120,46 @@ def test_partition_is_optimal_on_a_small_case():
     assert partition([1, 1, 1, 1, 4], 2) == [4, 1]
     assert partition([5, 1, 1, 1, 1, 1], 2) == [1, 5]
     assert partition([1, 2, 3], 3) == [1, 1, 1]
+
+
+def _worst(costs, split, extra):
+    loads, i = [], 0
+    for c in split:
+        loads.append(sum(costs[i:i + c]))
+        i += c
+    return max(loads[0] + extra(split), *loads[1:])
+
+
+def test_partition_loaded_first_finds_the_best_split_when_the_extra_depends_on_it():
+    """F_1 in the driver: the driver's extra work (its coarse networks) changes with the split. Every split tried
+    (few candidates) is the brute-force optimum; the local search (many) ends where no move of one cut helps."""
+    import itertools
+    import random
+    rng = random.Random(0)
+    for _ in range(30):
+        L, n = rng.randint(3, 9), rng.randint(2, 4)
+        if n > L:
+            continue
+        costs = [rng.uniform(1, 10) for _ in range(L)]
+        weights = [rng.uniform(0, 6) for _ in range(L)]          # the coarse cost of an interval: by where it ends
+        extra = lambda split: sum(weights[e - 1] for e in itertools.accumulate(split))   # noqa: E731
+        every = [[b - a for a, b in zip((0, *cuts), (*cuts, L))] for cuts in itertools.combinations(range(1, L), n - 1)]
+        best = min(_worst(costs, s, extra) for s in every)
+        got = partition_loaded_first(costs, n, extra)
+        assert sum(got) == L and len(got) == n and _worst(costs, got, extra) == pytest.approx(best)
+        searched = partition_loaded_first(costs, n, extra, max_candidates=0)
+        assert sum(searched) == L and len(searched) == n and min(searched) >= 1
+        cuts = list(itertools.accumulate(searched))[:-1]          # a local optimum: no move of one cut is better
+        for i, d in itertools.product(range(n - 1), (-1, 1)):
+            moved = cuts[:i] + [cuts[i] + d] + cuts[i + 1:]
+            if all(a < b for a, b in zip([0, *moved], [*moved, L])):
+                split = [b - a for a, b in zip([0, *moved], [*moved, L])]
+                assert _worst(costs, split, extra) >= _worst(costs, searched, extra) - 1e-9
+    # a split-independent extra: the same optimum as partition's first_extra
+    assert partition_loaded_first([4, 4, 4, 4], 2, lambda split: 4.0) == partition([4, 4, 4, 4], 2, first_extra=4.0)
+    # an extra that punishes the cut the plain balance picks moves the cut
+    assert partition([3, 3, 3, 3], 2) == [2, 2]
+    assert partition_loaded_first([3, 3, 3, 3], 2, lambda split: 10.0 if split == [2, 2] else 0.0) in ([1, 3], [3, 1])
 
 
 def test_explicit_split_and_coarse_options():
