@@ -18,7 +18,8 @@ partition. For N >= 2 sub-networks and K iterations, with every time in seconds 
                                                            the actors' optimizer steps queue behind the last backward)
     critical = E + coarse + fine * slow + transfer
     work     = E + coarse + sum of all F_j runs            compute only
-    step     = max(critical, work / cap)
+    actor    = max over the remote j of (F_j runs) * slow  each fine actor's whole work per step
+    step     = max(critical, work / cap, actor)
     speedup  = step(N = 1) / step(N)                       N = 1: the original network in one process, E + sum F_j
 
     used     = min(devices, processes)                     processes = N + 1, or N with --driver-segment
@@ -28,11 +29,16 @@ partition. For N >= 2 sub-networks and K iterations, with every time in seconds 
                                                            it: ``core_speeds.capacity``; ``--capacity``)
     slow     = used / cap  (1 for N = 1)                   how much slower each fine segment runs while they all run
 
+``--defer-weights`` (the default, as in ``raypar train``): a remote F_j's weight gradients and optimizer step (W_j,
+measured per block with :mod:`raypar.split_backward`) run after it has answered the driver, so in ``fine`` each
+remote F_j counts F_j - W_j; it still has to do all of F_j once per step (``actor``). F_1 in the driver defers nothing,
+and nothing is deferred where processes > devices (the deferred work would take the cores the others wait on).
+
 ``--coarse-in-actors`` (K = 1): interval j's process runs its own copies of pre and C_1..C_j, then F_j::
 
     each_j   = pre + C_1 + ... + C_j + F_j                 each_1 = pre + F_1
     critical = max_j each_j * slow + (C_2 + ... + C_N) + post + transfer       the correction sweep, then post
-    work     = sum_j each_j + (C_2 + ... + C_N) + post
+    work     = sum_j each_j + (C_2 + ... + C_N) + post     (deferred: each_j - W_j in critical, actor = max each_j)
     bytes    = sum over the remote j of  batch * (sample + 2 out_j) * 4 B      the batch out, d_j back, dL/dd_j out
 
 Each part's cost includes its share of the optimizer step (measured once, per parameter). ``--driver-segment``:
@@ -88,7 +94,8 @@ class PlanRow:
     coarse_ms: float
     fine_max_ms: float             # sum over iterations of the slowest fine segment
     driver_ms: float               # the driver's own compute (pre, coarse, post; + F_1 with the driver segment)
-    bound: str                     # "critical path" or "devices"
+    bound: str                     # "critical path", "devices" or "an actor" (its whole step's work)
+    actor_ms: float = 0.0          # the busiest fine actor's work per step (all of it, deferred part too)
 
 
 @dataclass
@@ -100,6 +107,7 @@ class Costs:
     blocks_s: list[float]
     opt_s_per_param: float
     threads: int = 1
+    deferred_s: list[float] = field(default_factory=list)   # per block: weight gradients + optimizer share
     coarse_s: dict = field(default_factory=dict)       # (n, k, driver_segment, split) -> [C_1 .. C_N] seconds
 
 
@@ -153,9 +161,11 @@ class Planner:
             x = torch.randn(batch, *self.shape, generator=torch.Generator().manual_seed(seed))
             pre, blocks, post = bal.profile(self.staged, x, "time", repeats)
             per_param = _optimizer_seconds_per_param(self.staged)
+            weights = _weight_grad_seconds(self.staged, x, repeats)
         self.profiles = (pre, blocks, post)
         self.costs = Costs(batch, pre.cost + per_param * pre.params, post.cost + per_param * post.params,
-                           [b.cost + per_param * b.params for b in blocks], per_param, threads)
+                           [b.cost + per_param * b.params for b in blocks], per_param, threads,
+                           [w + per_param * b.params for w, b in zip(weights, blocks)])
 
     def net(self, n: int, iterations: int, driver_segment: bool, split: list[int] | None = None):
         """PararealNet's split for N (built, profiled and balanced by PararealNet itself), kept for reuse;
@@ -199,18 +209,19 @@ class Planner:
 
     def row(self, n: int, devices: int, link: Link, iterations: int = 1, driver_segment: bool = False,
             in_process: bool | None = None, split: list[int] | None = None,
-            capacity: float | None = None, coarse_in_actors: bool = False) -> PlanRow:
+            capacity: float | None = None, coarse_in_actors: bool = False, defer_weights: bool = True) -> PlanRow:
         """The prediction for N sub-networks. N = 1 is the original network in one process (``in_process``
         False: the engine with its one fine actor, for comparison with ``raypar bench``'s raypar-N1); ``split``: these
         block counts instead of PararealNet's balanced split; ``capacity``: what the devices together are worth in
         units of one alone (None: as many as there are); ``coarse_in_actors``: K = 1 with each interval computed from
-        the batch where its fine segment runs (:meth:`_row_in_actors`)."""
+        the batch where its fine segment runs (:meth:`_row_in_actors`); ``defer_weights``: the fine actors compute
+        their weight gradients in their optimizer step, off the critical path (``--defer-weights``, the default)."""
         c = self.costs
         k = min(iterations, n)
         if coarse_in_actors and n > 1:
             if k != 1:
                 raise UserError(f"--coarse-in-actors needs --iterations 1, got {iterations}")
-            return self._row_in_actors(n, devices, link, driver_segment, split, capacity)
+            return self._row_in_actors(n, devices, link, driver_segment, split, capacity, defer_weights)
         e = c.pre_s + c.post_s
         seq = self.sequential_s()
         if n == 1:
@@ -225,38 +236,53 @@ class Planner:
             local = False
         coarse_s = coarse_work(coarse, k)
         first_local = driver_segment and n > 1
+        remote = range(0) if local else range(1 if first_local else 0, n)
+        processes = 1 if local else (n if first_local else n + 1)
+        # deferred weight gradients leave the critical path only where every process has a device of its own: with
+        # more processes than devices they take the cores the others wait on
+        waited = self._waited(split, fines, remote, defer_weights and processes <= devices)
         nbytes, trips, fine_crit, fine_work = 0, 0, 0.0, 0.0
+        runs = [0] * n
         if not local:
             shapes = self._interfaces(split)
-            remote = range(1 if first_local else 0, n)
             for it in range(1, k + 1):
                 run = n if it == k else n - 1                     # before the last iteration F_N is not run
-                fine_crit += max(fines[:run])
+                fine_crit += max(waited[:run])
                 fine_work += sum(fines[:run])
+                runs = [r + (j < run) for j, r in enumerate(runs)]
                 shipped = [j for j in remote if j < run]
                 nbytes += sum(self.batch * 2 * (shapes[j][0] + shapes[j][1]) * 4 for j in shipped)
                 trips += 2 if shipped else 0                      # forward calls, then backward calls
         transfer = link.seconds(nbytes, trips) if not local else 0.0
-        processes = 1 if local else (n if first_local else n + 1)
         used = max(1, min(devices, processes))
         cap = used if capacity is None else max(1e-9, min(used, capacity))
+        slow = used / cap if n > 1 else 1.0                       # the fine segments compute at the same time
+        actor = max((runs[j] * fines[j] for j in remote), default=0.0) * slow
         if local:                                                 # the original network: exactly the sequential
             fine_crit, critical = sum(fines), seq
             work = seq
         else:
-            if n > 1:                                             # the fine segments compute at the same time
-                fine_crit *= used / cap
+            fine_crit *= slow
             critical = e + coarse_s + fine_crit + transfer
             work = e + coarse_s + fine_work
-        step = max(critical, work / cap)
+        step = max(critical, work / cap, actor)
         driver = e + coarse_s + (k * fines[0] if first_local else 0.0) if not local else seq
         speedup = seq / step
         return PlanRow(n, split, k if n > 1 else 1, processes, used, 1e3 * step, speedup, speedup / used, nbytes,
                        coarse_s / step, 1e3 * critical, 1e3 * work, 1e3 * transfer, 1e3 * coarse_s, 1e3 * fine_crit,
-                       1e3 * driver, "critical path" if critical >= work / cap else "devices")
+                       1e3 * driver, _bound(critical, work / cap, actor), 1e3 * actor)
+
+    def _waited(self, split: list[int], fines: list[float], remote, defer_weights: bool) -> list[float]:
+        """Per segment, the part of its work the driver waits for: all of it, or with deferred weight gradients a
+        remote segment's forward and input gradient only (its weight gradients and optimizer step come later)."""
+        if not defer_weights:
+            return list(fines)
+        bounds = [0, *itertools.accumulate(split)]
+        later = [sum(self.costs.deferred_s[a:b]) for a, b in zip(bounds, bounds[1:])]
+        return [f - min(later[j], f) if j in remote else f for j, f in enumerate(fines)]     # timed apart: noisy
 
     def _row_in_actors(self, n: int, devices: int, link: Link, driver_segment: bool, given: list[int] | None,
-                       capacity: float | None) -> PlanRow:
+                       capacity: float | None, defer_weights: bool = True) -> PlanRow:
         """``--coarse-in-actors`` (K = 1, N >= 2): interval j's process runs pre, C_1..C_j and F_j (F_1's: pre and
         F_1), all at once; then the driver's correction sweep C_2..C_N and post. Per remote interval the batch goes out,
         d_j comes back and its gradient goes out: batch * (sample + 2 out_j) * 4 B, in two round trips."""
@@ -275,16 +301,19 @@ class Planner:
         processes = n if driver_segment else n + 1
         used = max(1, min(devices, processes))
         cap = used if capacity is None else max(1e-9, min(used, capacity))
-        fine_crit = max(each) * used / cap
+        deferred = self._waited(split, fines, remote, defer_weights and processes <= devices)
+        waited = [h + f for h, f in zip(heads, deferred)]
+        fine_crit = max(waited) * used / cap
+        actor = max((each[j] for j in remote), default=0.0) * used / cap
         critical = fine_crit + correction + c.post_s + transfer
         work = sum(each) + correction + c.post_s
-        step = max(critical, work / cap)
+        step = max(critical, work / cap, actor)
         coarse_s = sum(h - c.pre_s for h in heads) + correction
         driver = correction + c.post_s + (each[0] if driver_segment else 0.0)
         speedup = self.sequential_s() / step
         return PlanRow(n, split, 1, processes, used, 1e3 * step, speedup, speedup / used, nbytes, coarse_s / step,
                        1e3 * critical, 1e3 * work, 1e3 * transfer, 1e3 * coarse_s, 1e3 * fine_crit, 1e3 * driver,
-                       "critical path" if critical >= work / cap else "devices")
+                       _bound(critical, work / cap, actor), 1e3 * actor)
 
     def _interfaces(self, split: list[int]) -> list[tuple[int, int]]:
         """numel per sample of every segment's input and output."""
@@ -294,6 +323,11 @@ class Planner:
             out.append((math.prod(blocks[start].in_shape), math.prod(blocks[start + count - 1].out_shape)))
             start += count
         return out
+
+
+def _bound(critical: float, devices: float, actor: float) -> str:
+    """What sets the step: the critical path, the work spread over the devices, or one actor's whole work."""
+    return max((critical, "critical path"), (devices, "devices"), (actor, "an actor"), key=lambda t: t[0])[1]
 
 
 def _optimizer_seconds_per_param(staged) -> float:
@@ -313,6 +347,31 @@ def _optimizer_seconds_per_param(staged) -> float:
         if i:                                          # the first step creates the momentum buffers
             times.append(time.perf_counter() - t0)
     return statistics.median(times) / max(1, sum(p.numel() for p in params))
+
+
+def _weight_grad_seconds(staged, x, repeats: int) -> list[float]:
+    """Per block: the seconds of its weight gradients alone (the half of its backward that a fine actor defers to
+    its optimizer step, :mod:`raypar.split_backward`), on the batch ``x``."""
+    import torch
+
+    from .split_backward import input_grad
+    model = copy.deepcopy(staged).train()
+    with torch.no_grad():
+        h = model.pre(x)
+    out = []
+    for block in model.blocks:
+        times = []
+        for i in range(repeats + 1):                     # the first is a warm-up
+            u = h.detach().requires_grad_(True)
+            y = block(u)
+            _, weights = input_grad(y, torch.ones_like(y), u, [p for p in block.parameters() if p.requires_grad])
+            t0 = time.perf_counter()
+            weights.run()
+            if i:
+                times.append(time.perf_counter() - t0)
+        out.append(statistics.median(times))
+        h = y.detach()
+    return out
 
 
 # -------------------------------------------------------------------------------------------- predict
@@ -335,7 +394,7 @@ def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, li
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,
             coarse_kernel: int = 3, coarse_downsample: str = "pool", capacity: float | None = None,
-            coarse_in_actors: bool = False) -> list[PlanRow]:
+            coarse_in_actors: bool = False, defer_weights: bool = True) -> list[PlanRow]:
     """One :class:`PlanRow` per N = 1..min(gpus, blocks). ``planner``: reuse the measurements of an earlier call
     (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,
     :data:`CALL_LATENCY_MS`; ``capacity``: what the devices together are worth (see :meth:`Planner.row`)."""
@@ -347,7 +406,7 @@ def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, li
     if coarse_in_actors and iterations != 1:
         raise UserError(f"--coarse-in-actors needs --iterations 1, got {iterations}")
     return [planner.row(n, gpus, link, iterations, driver_segment, capacity=capacity,
-                        coarse_in_actors=coarse_in_actors)
+                        coarse_in_actors=coarse_in_actors, defer_weights=defer_weights)
             for n in range(1, min(gpus, planner.num_blocks) + 1)]
 
 
@@ -439,7 +498,8 @@ def against_bench(path: str, link: Link, planner: Planner | None = None, capacit
             n, *options = name[len("raypar-N"):].split("-")
             p = planner.row(int(n), cores, link, driver_segment="f1" in options, in_process=False,
                             split=r.get("split") if int(n) > 1 else None, capacity=capacity,
-                            coarse_in_actors="ca" in options)
+                            coarse_in_actors="ca" in options,
+                            defer_weights=cfg.get("defer_weights", False))      # older benches: not deferred
         else:
             continue
         out.append({"contender": name, "processes": p.processes, "split": p.split, "measured_ms": r["step_ms"],
@@ -525,6 +585,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coarse-in-actors", action="store_true",
                    help="K = 1: each fine process computes its input from the batch (pre and C_1..C_j again), the "
                         "driver only the correction sweep; the batch travels instead of u_j, and no dL/du_j")
+    p.add_argument("--defer-weights", action=argparse.BooleanOptionalAction, default=True,
+                   help="the fine actors compute their weight gradients in their optimizer step, after answering "
+                        "the driver, as `raypar train` does by default (default: %(default)s)")
     p.add_argument("--format", default="table", choices=["table", "json"], help="(default: %(default)s)")
     p.add_argument("--bench", default=None, metavar="BENCH_JSON",
                    help="instead: predict the contenders of a `raypar bench` result (its bench.json; model, batch "
@@ -557,10 +620,10 @@ def cmd_plan(args) -> int:
                       coarse_downsample=args.coarse_downsample)
     rows = predict(gpus=args.gpus, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
                    driver_segment=args.driver_segment, planner=planner, capacity=args.capacity,
-                   coarse_in_actors=args.coarse_in_actors)
+                   coarse_in_actors=args.coarse_in_actors, defer_weights=args.defer_weights)
     meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.gpus,
             "iterations": args.iterations, "driver_segment": args.driver_segment,
-            "coarse_in_actors": args.coarse_in_actors, "link_gbps": link.gbps,
+            "coarse_in_actors": args.coarse_in_actors, "defer_weights": args.defer_weights, "link_gbps": link.gbps,
             "latency_ms": link.latency_ms, "link_measured": link.measured, "blocks": planner.num_blocks,
             "capacity": args.capacity,
             "sequential_ms": 1e3 * planner.sequential_s()}

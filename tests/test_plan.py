@@ -43,8 +43,8 @@ def test_one_row_per_n_and_n1_is_the_original(planner):
         assert r.speedup == pytest.approx(rows[0].step_ms / r.step_ms)
         assert r.efficiency == pytest.approx(r.speedup / r.devices)
         assert 0 < r.coarse_share < 1 and r.coarse_ms > 0
-        # the step is the larger of the critical path and the work spread over the devices in use
-        assert r.step_ms == pytest.approx(max(r.critical_ms, r.work_ms / r.devices))
+        # the step is the largest of the critical path, the work spread over the devices in use, and one actor's work
+        assert r.step_ms == pytest.approx(max(r.critical_ms, r.work_ms / r.devices, r.actor_ms))
         assert r.critical_ms == pytest.approx(1e3 * (planner.costs.pre_s + planner.costs.post_s)
                                               + r.coarse_ms + r.fine_max_ms + r.transfer_ms)
 
@@ -80,7 +80,7 @@ def test_coarse_in_actors_row(planner):
     c, batch = planner.costs, TINY["batch"]
     for n, f1 in ((2, True), (3, False)):
         net = pararealnet(n, driver_segment=f1)
-        row = planner.row(n, 8, Link(), driver_segment=f1, coarse_in_actors=True)
+        row = planner.row(n, 8, Link(), driver_segment=f1, coarse_in_actors=True, defer_weights=False)
         assert row.split == net.split and row.processes == (n if f1 else n + 1) and row.iterations == 1
         assert row.bytes_per_step == bytes_minimum(net, batch, skip_first=f1, sample=(3, 32, 32))
         coarse = planner.coarse_seconds(n, 1, f1)
@@ -91,9 +91,36 @@ def test_coarse_in_actors_row(planner):
         assert row.critical_ms == pytest.approx(row.fine_max_ms + 1e3 * (sum(coarse[1:]) + c.post_s)
                                                 + row.transfer_ms)
         assert row.work_ms == pytest.approx(1e3 * (sum(each) + sum(coarse[1:]) + c.post_s))
-        assert row.step_ms == pytest.approx(max(row.critical_ms, row.work_ms / row.devices))
+        assert row.step_ms == pytest.approx(max(row.critical_ms, row.work_ms / row.devices, row.actor_ms))
+        assert row.actor_ms == pytest.approx(1e3 * max(each[1 if f1 else 0:]))
     with pytest.raises(Exception, match="--coarse-in-actors needs --iterations 1"):
         planner.row(2, 8, Link(), iterations=2, coarse_in_actors=True)
+
+
+def test_deferred_weight_gradients_leave_the_critical_path_not_the_actor(planner):
+    """--defer-weights: a remote F_j's weight gradients (measured per block) come off the critical path; F_1 in the
+    driver keeps them; every actor still does all of its work once per step."""
+    c = planner.costs
+    assert len(c.deferred_s) == len(c.blocks_s) and all(w > 0 for w in c.deferred_s)
+    for n, f1 in ((1, False), (2, False), (2, True), (3, True)):
+        now = planner.row(n, 8, Link(), driver_segment=f1, in_process=False)
+        later = planner.row(n, 8, Link(), driver_segment=f1, in_process=False, defer_weights=False)
+        bounds = [0, *itertools.accumulate(now.split)]
+        fines = [sum(c.blocks_s[a:b]) for a, b in zip(bounds, bounds[1:])]
+        waited = [f - (min(f, sum(c.deferred_s[a:b])) if j >= int(f1) else 0.0)
+                  for j, (f, a, b) in enumerate(zip(fines, bounds, bounds[1:]))]
+        # (no --capacity: the devices are equal and independent, the segments do not slow each other down)
+        assert later.fine_max_ms == pytest.approx(1e3 * max(fines))
+        assert now.fine_max_ms == pytest.approx(1e3 * max(waited)) and now.fine_max_ms <= later.fine_max_ms
+        assert f1 or now.fine_max_ms < later.fine_max_ms                  # every segment remote: each waits less
+        assert now.actor_ms == later.actor_ms == pytest.approx(1e3 * max(fines[int(f1):]))
+        assert now.work_ms == pytest.approx(later.work_ms) and now.step_ms <= later.step_ms
+        assert now.step_ms >= now.actor_ms
+    # more processes than devices: the deferred work takes the same cores, nothing comes off the critical path
+    crowded = planner.row(2, 2, Link())                                 # 3 processes on 2 devices
+    assert crowded.step_ms == planner.row(2, 2, Link(), defer_weights=False).step_ms
+    # the local original network defers nothing
+    assert planner.row(1, 8, Link()).step_ms == planner.row(1, 8, Link(), defer_weights=False).step_ms
 
 
 def test_faster_link_never_slower(planner):
