@@ -301,8 +301,8 @@ class Planner:
         processes = n if driver_segment else n + 1
         used = max(1, min(devices, processes))
         cap = used if capacity is None else max(1e-9, min(used, capacity))
-        deferred = self._waited(split, fines, remote, defer_weights and processes <= devices)
-        waited = [h + f for h, f in zip(heads, deferred)]
+        fines_waited = self._waited(split, fines, remote, defer_weights and processes <= devices)
+        waited = [h + f for h, f in zip(heads, fines_waited)]
         fine_crit = max(waited) * used / cap
         actor = max((each[j] for j in remote), default=0.0) * used / cap
         critical = fine_crit + correction + c.post_s + transfer
