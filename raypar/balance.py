@@ -160,8 +160,8 @@ def partition_loaded_first(costs: list[float], n: int, first_extra, max_candidat
     while True:
         cuts = list(itertools.accumulate(split))[:-1]
         moves = [cuts[:i] + [c + d] + cuts[i + 1:] for i, c in enumerate(cuts) for d in (-1, 1)]
-        moves = [m for m in moves if all(a < b for a, b in zip([0, *m], [*m, L]))]
-        scored = [(value(from_cuts(m)), from_cuts(m)) for m in moves]
+        splits = [from_cuts(m) for m in moves if all(a < b for a, b in zip([0, *m], [*m, L]))]
+        scored = [(value(sp), sp) for sp in splits]
         if not scored or min(scored)[0] >= best:
             return split
         best, split = min(scored)
