@@ -201,6 +201,7 @@ class PararealEngine:
                 ray.get([a.join_replicas.remote(addr, port, replica.world, replica.rank)
                          for a, (addr, port) in zip(self.actors, ends)])
             self.step_count = 0
+            self.last_shape = None                              # the last training batch's shape
             self.skip_nonfinite = skip_nonfinite
             if skip_nonfinite:
                 ray.get([a.keep_buffers.remote(True) for a in self.actors])
@@ -235,6 +236,10 @@ class PararealEngine:
         t_start = time.perf_counter()
         calls: list[_FineCall] = []
         step = self.step_count
+        if self.k == 1 and not (self.in_actors or self.skip_nonfinite) and tuple(x.shape) == self.last_shape:
+            for j in range(len(self.actors)):         # p2p: each actor takes its calls of this step now (see post_ahead)
+                if self.tx.post_ahead(j, "forward", (step, 1), 1):
+                    self.tx.post_ahead(j, "backward", (step, 1), 1)
 
         bytes0 = self.tx.bytes
 
@@ -321,6 +326,7 @@ class PararealEngine:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step_count += 1
+        self.last_shape = tuple(x.shape)
         if self.defer:                        # they run on beside the next step's start; settle() collects them
             self.stepping = step_refs
             busy, self.late = self.late or [0.0] * len(self.actors), []

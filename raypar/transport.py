@@ -188,6 +188,9 @@ class DriverEnd:
         self.name, self.actors, self.device, self.nhwc, self.bytes = name, actors, device, nhwc, 0
         self.group = None
         self.out_shapes: dict = {}
+        self.last: dict = {}          # p2p: (j, method, k) -> the (wire, reply) of the last such call
+        self.posted: dict = {}        # p2p: (j, method, key) -> (wire, reply, ref) of calls made ahead of their tensor
+        self.ahead = 0                # how many calls were made ahead
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -239,7 +242,14 @@ class DriverEnd:
         t = outgoing(t, self.nhwc)
         if self.name == "p2p":
             wire = Wire(tuple(t.shape), t.dtype, _tag(kind, k), _tag(kind + 1, k))
-            ref = getattr(actor, method).remote(key, wire, *args)
+            self.last[(j, method, k)] = (wire, reply)
+            posted = self.posted.pop((j, method, key), None)
+            if posted is None:
+                ref = getattr(actor, method).remote(key, wire, *args)
+            elif posted[:2] == (wire, reply):
+                ref = posted[2]
+            else:                        # the actor waits for a tensor of another shape: a bug, never a user's error
+                raise RuntimeError(f"actor {j}'s {method} {key} was posted for {posted[:2]}, not {(wire, reply)}")
             works = [self.group.send([t], j + 1, wire.tag)]
             out = None
             if reply is not None:
@@ -252,6 +262,18 @@ class DriverEnd:
                 key, ray.put(t, _tensor_transport="cuda_ipc"), *args)
             return Pending(ref, with_extra=with_extra)
         return Pending(getattr(actor, method).remote(key, to_numpy(t), *args), with_extra=with_extra)
+
+    def post_ahead(self, j: int, method: str, key, k: int) -> bool:
+        """``p2p``: start ``actors[j].method(key, <tensor>)`` now, for a tensor of the shape the last such call had,
+        which :meth:`call` sends later: the actor takes the call while the driver is still computing that tensor and
+        waits in its receive, so Ray's dispatch is off the critical path. False (nothing started) where there is no
+        such last call. The caller must then make that call before it waits on anything queued behind it."""
+        last = self.last.get((j, method, k)) if self.name == "p2p" else None
+        if last is None:
+            return False
+        self.posted[(j, method, key)] = (*last, getattr(self.actors[j], method).remote(key, last[0]))
+        self.ahead += 1
+        return True
 
     def forward(self, j: int, key, u: torch.Tensor, kind: int = U, k: int = 0) -> Pending:
         method = "forward" if kind == U else "eval_forward"

@@ -272,6 +272,30 @@ def test_engine_with_a_parameter_free_pre(ray_local):
 
 
 
+def test_p2p_calls_made_ahead_follow_the_batch_shape(ray_local):
+    """p2p, K = 1: a step whose batch has the last step's shape makes its forward and backward calls to each actor
+    before it has their tensors (the actor waits in its receive); another shape makes them as it goes. Every step
+    still equals the reference, and nothing stays posted."""
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.25), 3, balance="flops").double()
+    ref = copy.deepcopy(net).train()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    try:
+        for i, b in enumerate([8, 8, 5, 8, 8]):
+            x, y = torch.randn(b, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (b,))
+            loss, _, _ = engine.train_step(x, y)
+            assert loss == pytest.approx(_reference_step(ref, ref_opt, x, y), rel=1e-6)
+            if i == 3:
+                engine.predict(x)                       # an evaluation between steps changes nothing
+        assert engine.tx.ahead == 2 * 2 * 2 and not engine.tx.posted     # steps 2 and 5, 2 calls to each of 2 actors
+        got, want = engine.state_dict(), ref.state_dict()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
+    finally:
+        engine.shutdown()
+
+
 @pytest.mark.parametrize("n, k, first_in_driver", [(3, 1, False), (2, 1, True), (3, 2, True)])
 def test_engine_runs_each_driver_backward_once(ray_local, n, k, first_in_driver):
     """pre and the coarse sweep run one backward per forward in a step, although the loss and each iteration's dL/du
