@@ -186,11 +186,21 @@ class _TuneDriver:
             return list(pool.map(lambda a: self._start(a[0], optim, resources, seed, a[1]), zip(nets, trials)))
 
     def _steps(self, engines, index, batches, warmup, out, trials) -> None:
-        """Every batch, each engine one step in turn; the timed steps go to ``out`` (one list per engine)."""
+        """Every batch, each engine one step in turn; the timed steps go to ``out`` (one list per engine). Taking
+        turns, each timed step comes right after an untimed one on the same batch, as a step of a run does (warm
+        caches; a deferred engine's actors still computing the weight gradients of the step before), and each turn
+        ends when the engine's actors are done: none of its work runs into another's turn."""
+        turns = len(engines) > 1
         for j, (x, y) in enumerate(batches):
             for k, (engine, i) in enumerate(zip(engines, index)):
-                if engine is not None and not trials[i].error:
+                if engine is None or trials[i].error:
+                    continue
+                if turns and j >= warmup:
+                    self._step(engine, x, y, None, trials[i])
+                if not trials[i].error:
                     self._step(engine, x, y, out[k] if j >= warmup else None, trials[i])
+                if turns and not trials[i].error:
+                    engine.settle()
 
     @staticmethod
     def _start(net, optim, resources, seed, trial):

@@ -115,6 +115,31 @@ def test_plan_builds_only_what_is_asked(contenders):
     assert got == {"original": ["original"], "ddp": ["original", "ddp-2"]}.get(contenders[-1], ["raypar-N2-f1", "pipe-2"])
 
 
+def test_a_turn_times_the_step_after_an_untimed_one_and_leaves_the_engine_settled():
+    """Taking turns, a contender's timed step starts as in a run, right after another (warm caches; a deferred
+    engine's actors still on the weight gradients of the step before), and its engine's actors are done before the
+    next contender's turn. The step function and engine here are stand-ins that log what runs."""
+    from raypar.bench import Runner
+    events = []
+
+    class Engine:
+        def settle(self):
+            events.append("settle")
+
+    def step_fn(x, y):
+        events.append(f"step {x}")
+        return 1.0, 0, None
+    r = Runner.__new__(Runner)          # (its __init__ would pin this test process to one thread)
+    r._begin(BenchConfig(**{**CFG, "warmup": 1}), step_fn, [(0, None), (1, None)], engine=Engine())
+    r.step(0, True)
+    r.step(1, True)
+    assert events == ["step 0", "step 0", "settle", "step 1", "step 1", "settle"]
+    assert len(r.times) == 1 and r.results == [(1.0, 0, None)]          # warm-up untimed; one step timed, not two
+    events.clear()
+    r.step(1)                                                             # alone (--one-at-a-time): just the step
+    assert events == ["step 1"]
+
+
 def test_core_speeds_that_cannot_run_leave_the_bench_going(capsys):
     from raypar.bench import core_speeds
     assert core_speeds(BenchConfig(**{**CFG, "model": "no-such-model"}), timeout_s=120) is None   # its workers die

@@ -36,28 +36,32 @@ class _Engine:
     """Stands in for PararealEngine: a step takes ``ms[split]`` ms of (fake) wall time."""
     clock = [0.0]
 
-    def __init__(self, split, ms, fail=False):
-        self.split, self.ms, self.fail = tuple(split), ms, fail
+    def __init__(self, split, ms, fail=False, events=None):
+        self.split, self.ms, self.fail, self.events = tuple(split), ms, fail, events if events is not None else []
 
     def train_step(self, x, y):
         if self.fail:
             raise RuntimeError("actor died")
+        self.events.append(("step", self.split))
         _Engine.clock[0] += self.ms[self.split] / 1e3
         from raypar.engine import StepStats
         return 1.0, 0, StepStats(driver=0.001, wait=0.0, fine_each=(0.001,))
+
+    def settle(self):
+        self.events.append(("settle", self.split))
 
     def shutdown(self):
         pass
 
 
-def _driver(monkeypatch, ms, fail=(), started=None):
+def _driver(monkeypatch, ms, fail=(), started=None, events=None):
     from raypar import tune
     monkeypatch.setattr(tune, "_clock", lambda: _Engine.clock[0])
 
     def start(net, optim, resources, seed, trial):
         if started is not None:
             started.append(tuple(net.split))
-        return _Engine(net.split, ms, tuple(net.split) in fail)
+        return _Engine(net.split, ms, tuple(net.split) in fail, events)
     monkeypatch.setattr(tune._TuneDriver, "_start", staticmethod(start))
     return tune._TuneDriver()
 
@@ -80,6 +84,20 @@ def test_every_candidate_timed_against_the_profiles_split(monkeypatch, gpu):
         assert started == [s for s in ms] + [s for s in list(ms)[::-1] if s != (1, 11)]
     else:                          # groups of 2 (one actor each): the profile's split in every group
         assert sorted(started) == sorted([(3, 9)] * 4 + [(2, 10), (4, 8), (5, 7), (1, 11)])
+
+
+def test_taking_turns_each_timed_step_follows_an_untimed_one_and_each_turn_ends_settled(monkeypatch):
+    """A timed step starts as in a run, right after another of the same engine (its caches warm; deferred weight
+    gradients of the step before still computing), and none of an engine's work runs into the next one's turn."""
+    from raypar.engine import Resources
+    ms, events = {(3, 9): 100.0, (4, 8): 80.0}, []
+    driver = _driver(monkeypatch, ms, events=events)
+    trials = driver.run([_Net(list(s)) for s in ms], None, Resources(), 0, [(None, None)] * 3, 1, False)
+    warm = [("step", (3, 9)), ("settle", (3, 9)), ("step", (4, 8)), ("settle", (4, 8))]        # 1 warm-up batch
+    timed = [("step", (3, 9)), ("step", (3, 9)), ("settle", (3, 9)), ("step", (4, 8)), ("step", (4, 8)),
+             ("settle", (4, 8))]
+    assert events == warm + timed + timed
+    assert [t.step_ms for t in trials] == pytest.approx([100.0, 80.0])          # one step's time, not two
 
 
 def test_no_candidate_ranked_without_the_profiles_split(monkeypatch):
