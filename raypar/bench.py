@@ -76,7 +76,7 @@ class BenchConfig:
     seed: int = 0
     lr: float = 0.05
     device: str = "cpu"                      # "cuda": every process on the GPU(s) (fractions of one GPU if one)
-    transports: list[str] = field(default_factory=lambda: ["object-store"])   # raypar rows, one set per transport
+    transports: list[str] = field(default_factory=lambda: ["auto"])   # raypar rows, one set per transport (as train's)
     coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.coarse.CoarseSpec)
     channels_last: bool = False              # every contender in the channels-last layout
     amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.precision)
@@ -672,7 +672,7 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
 
 
 def _suffix(transport: str) -> str:
-    return "" if transport == "object-store" else f"-{transport}"
+    return "" if transport == "auto" else f"-{transport}"           # train's default: no suffix
 
 
 def _alone(c: Contender) -> int:
@@ -1030,9 +1030,9 @@ def add_arguments(p) -> None:
                         f"sweep in the actors (--coarse-in-actors) (default: %(default)s)")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
                    help="where every process computes; with one GPU the processes share it (default: %(default)s)")
-    p.add_argument("--transports", default="object-store",
-                   help="raypar rows for each of these interface-tensor transports: object-store, p2p, cuda-ipc, "
-                        "auto (default: %(default)s)")
+    p.add_argument("--transports", default="auto",
+                   help="raypar rows for each of these interface-tensor transports: auto (train's default: p2p on "
+                        "CPUs), object-store, p2p, cuda-ipc; the row of auto has no suffix (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=d.coarse_kernel,
                    help="kernel size of the coarse convolutions (default: %(default)s)")
     p.add_argument("--coarse-downsample", default=d.coarse_downsample, choices=DOWNSAMPLE,

@@ -8,11 +8,14 @@ drive the actors always go through Ray, the tensors go one of three ways:
 ``p2p``           point-to-point ``send``/``recv`` in a torch.distributed process group of the driver (rank 0) and its
                   actors (ranks 1..): NCCL between GPUs — device to device over NVLink/PCIe/InfiniBand, on one node
                   or across nodes — and gloo (TCP) on CPUs. Only a small descriptor (shape, dtype, tag) goes through
-                  Ray. NCCL needs each process on its own GPU.
+                  Ray, and with K = 1 a step whose batch has the last step's shape makes its calls before it has
+                  their tensors (:meth:`DriverEnd.post_ahead`): each actor waits in its receive, and Ray's dispatch
+                  (1–3 ms a call on a busy 2-core machine) is off the critical path. NCCL needs each process on its
+                  own GPU.
 ``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
                   sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
-``auto``          ``p2p`` with a GPU per process, ``cuda-ipc`` when they all share the driver's GPU, else
-                  ``object-store``.
+``auto``          ``p2p`` on CPUs and with a GPU per process, ``cuda-ipc`` when they all share the driver's GPU,
+                  else ``object-store``.
 
 In a channels-last run (``--channels-last``) 4-D tensors travel in N, H, W, C order, the order they already lie in
 memory, so neither end copies them into another layout.
@@ -122,7 +125,7 @@ def choose(name: str, device_type: str, here: tuple, visible: int, there: list[t
         # NCCL makes one communicator per (driver, actor j) pair: no actor may share a GPU with the driver
         own = bool(ids) and all(w[1] and mine.isdisjoint((w[0], g) for g in w[1]) for w in there)
     if name == "auto":
-        return "cuda-ipc" if shared else "p2p" if own else "object-store"
+        return "cuda-ipc" if shared else "p2p" if there and (own or device_type == "cpu") else "object-store"
     if name == "cuda-ipc" and there and not shared:
         raise UserError("--transport cuda-ipc needs the driver and every fine actor on the same GPU of one node "
                         "(a fractional --gpus-per-subnet, one replica per GPU); with a GPU per process use "

@@ -42,7 +42,8 @@ def test_every_row_present_and_consistent(bench):
         r = by[n]
         assert r["driver_ms"] > 0 and r["fine_max_ms"] > 0 and r["transfer_ms"] >= 0
         assert r["efficiency"] == pytest.approx(r["ratio_vs_original"] / r["parallel_limit"])
-        assert r["transport"] == "object-store" and len(r["fine_each_ms"]) == r["subnets"]
+        assert r["transport"] == "p2p"                          # auto, on CPUs
+        assert len(r["fine_each_ms"]) == r["subnets"]
         assert max(r["fine_each_ms"]) <= r["fine_max_ms"] * (1 + 1e-9)       # a median of maxima bounds each
 
 

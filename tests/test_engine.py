@@ -135,7 +135,7 @@ def test_transport_choice_on_cpu(ray_local):
     net = PararealNet(build("vgg11", width_mult=0.25), 2, balance="flops")
     engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, transport="auto"))
     try:
-        assert engine.tx.name == "object-store"
+        assert engine.tx.name == "p2p"
     finally:
         engine.shutdown()
     with pytest.raises(UserError, match="cuda-ipc needs GPUs"):
@@ -150,7 +150,7 @@ def test_transport_choice_on_cpu(ray_local):
 
 
 @pytest.mark.parametrize("name, device, here, visible, there, want", [
-    ("auto", "cpu", ("A", ()), 0, [("A", (), "cpu")] * 2, "object-store"),
+    ("auto", "cpu", ("A", ()), 0, [("A", (), "cpu")] * 2, "p2p"),                       # gloo: faster on CPUs
     ("p2p", "cpu", ("A", ()), 0, [("A", (), "cpu"), ("B", (), "cpu")], "p2p"),
     ("auto", "cuda", ("A", (0,)), 1, [("A", (0,), "cuda")] * 3, "cuda-ipc"),           # one shared GPU
     ("auto", "cuda", ("A", (0,)), 1, [("A", (1,), "cuda"), ("B", (0,), "cuda")], "p2p"),  # own GPUs, two nodes
@@ -161,7 +161,7 @@ def test_transport_choice_on_cpu(ray_local):
     ("p2p", "cuda", ("A", (0,)), 1, [("A", (0,), "cuda")], "NCCL refuses two ranks on one GPU"),
     ("cuda-ipc", "cpu", ("A", ()), 0, [("A", (), "cpu")], "needs the driver and every fine actor"),
     ("p2p", "cpu", ("A", ()), 0, [("A", (0,), "cuda")], "the driver computes on cpu but a fine actor on cuda"),
-    ("auto", "cpu", ("A", ()), 0, [], "object-store")])
+    ("auto", "cpu", ("A", ()), 0, [], "object-store")])                                  # no actor: no group
 def test_transport_choice(name, device, here, visible, there, want):
     from raypar.transport import choose
     if " " in want:

@@ -75,8 +75,8 @@ def _train(cluster, name, *args):
 
 def test_replicas_x_subnets_across_nodes_match_one_replica_on_the_combined_batch(cluster):
     # 1436 digits (an even number) in 2 steps: 2 replicas x 352 samples, or 1 replica x 704 — the same samples
-    # the replicas ship interface tensors point to point (gloo here, NCCL between real GPUs), the single replica
-    # through the object store ("auto" on CPUs): the same numbers either way
+    # the replicas ship interface tensors point to point (gloo here, NCCL between real GPUs; what "auto" picks on CPUs),
+    # the single replica through the object store: the same numbers either way
     run2, w2 = _train(cluster, "r2", "--replicas", "2", "--batch-size", "352", "--transport", "p2p")
     assert run2.info.status == "FINISHED" and run2.data.params["replicas"] == "2"
     assert run2.data.tags["raypar.transport"] == "p2p"
@@ -86,7 +86,7 @@ def test_replicas_x_subnets_across_nodes_match_one_replica_on_the_combined_batch
         assert replica["actors"] == [replica["driver"]] * 2, placement
     assert placement[0]["driver"] != placement[1]["driver"], placement       # one replica per node
 
-    run1, w1 = _train(cluster, "r1", "--replicas", "1", "--batch-size", "704")
+    run1, w1 = _train(cluster, "r1", "--replicas", "1", "--batch-size", "704", "--transport", "object-store")
     assert run1.data.params["replicas"] == "1" and run1.data.tags["raypar.transport"] == "object-store"
     assert set(w1) == set(w2)
     for key in w1:
