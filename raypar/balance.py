@@ -127,22 +127,35 @@ def partition(costs: list[float], n: int, first_extra: float = 0.0) -> list[int]
     return counts[::-1]
 
 
-def partition_loaded_first(costs: list[float], n: int, first_extra, max_candidates: int = 5000) -> list[int]:
+def partition_loaded_first(costs: list[float], n: int, first_extra, max_candidates: int = 5000,
+                           deferred: list[float] | None = None) -> list[int]:
     """Like :func:`partition` when the first segment's process also does work that depends on the whole split: the
     driver's pre, coarse sweeps and post with F_1 in the driver (each coarse network's cost follows the shapes of its
-    interval). ``first_extra(split)`` gives that work for a candidate split; the split minimises
-    ``max(F_1 + first_extra(split), F_2, ..., F_N)``.
+    interval). ``first_extra(split)`` gives that work E for a candidate split; the split minimises
+    ``max(F_1 + E, F_2, ..., F_N)``.
+
+    ``deferred``: per block, the part of its cost that a fine actor computes after it has answered the driver (its
+    weight gradients, ``--defer-weights``): the driver then waits for a remote F_j less its deferred part W_j, beside
+    its own F_1, with all of E on that path (the actors wait for pre and the coarse sweep before their forward, and the
+    driver runs their backward after), and the split minimises the larger of that path and any actor's whole work::
+
+        max(E + max(F_1, F_2 - W_2, ..., F_N - W_N), F_2, ..., F_N, (E + F_1 + ... + F_N) / N)
 
     Every split is tried when there are at most ``max_candidates``; beyond that, the fixed point of :func:`partition`
     with the extra of its own previous answer, then moves of one cut by one block while they help."""
     L = len(costs)
     check_num_subnets(n, L)
     prefix = list(itertools.accumulate(costs, initial=0.0))
+    later = list(itertools.accumulate(deferred, initial=0.0)) if deferred is not None else None
 
     def value(split):
         cuts = list(itertools.accumulate(split, initial=0))
         loads = [prefix[b] - prefix[a] for a, b in zip(cuts, cuts[1:])]
-        return max(loads[0] + first_extra(split), *loads[1:])
+        if later is None:
+            return max(loads[0] + first_extra(split), *loads[1:])
+        extra = first_extra(split)
+        waited = [load - min(later[b] - later[a], load) for load, a, b in zip(loads[1:], cuts[1:], cuts[2:])]
+        return max(extra + max(loads[0], *waited), *loads[1:], (extra + sum(loads)) / n)
 
     def from_cuts(cuts):
         bounds = [0, *cuts, L]
@@ -165,6 +178,29 @@ def partition_loaded_first(costs: list[float], n: int, first_extra, max_candidat
         if not scored or min(scored)[0] >= best:
             return split
         best, split = min(scored)
+
+
+def weight_grad_times(staged: StagedModel, x: torch.Tensor, repeats: int = 3) -> list[float]:
+    """Per block: the seconds of its weight gradients alone (the half of its backward that a fine actor defers to
+    its optimizer step, :mod:`raypar.split_backward`), on the batch ``x``."""
+    from .split_backward import input_grad
+    model = copy.deepcopy(staged).train()
+    with torch.no_grad():
+        h = model.pre(x)
+    out = []
+    for block in model.blocks:
+        times = []
+        for i in range(repeats + 1):                     # the first is a warm-up
+            u = h.detach().requires_grad_(True)
+            y = block(u)
+            _, weights = input_grad(y, torch.ones_like(y), u, [p for p in block.parameters() if p.requires_grad])
+            t0 = time.perf_counter()
+            weights.run()
+            if i:
+                times.append(time.perf_counter() - t0)
+        out.append(statistics.median(times))
+        h = y.detach()
+    return out
 
 
 def check_num_subnets(n: int, num_blocks: int) -> None:

@@ -50,7 +50,7 @@ class PararealNet(nn.Module):
 
     def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,
                  balance="time", input_shape: tuple | None = None, profile_batch: int = 8,
-                 driver_segment: bool = False, measure: str | None = None):
+                 driver_segment: bool = False, measure: str | None = None, defer_weights: bool = False):
         super().__init__()
         staged = staged_from(staged)
         num_blocks = len(staged.blocks)
@@ -81,7 +81,12 @@ class PararealNet(nn.Module):
                     bounds = list(itertools.accumulate(split, initial=0))
                     coarse = [coarse_cost(a, b) for a, b in zip(bounds, bounds[1:])]
                     return pre_p.cost + post_p.cost + coarse_work(coarse, iterations)
-                self.split = bal.partition_loaded_first(costs, num_subnets, driver_work)
+                # the actors' deferred weight gradients (--defer-weights) come off the path the driver waits on
+                deferred = None
+                if defer_weights and measure == "time":
+                    with torch.random.fork_rng():
+                        deferred = bal.weight_grad_times(staged, sample)
+                self.split = bal.partition_loaded_first(costs, num_subnets, driver_work, deferred=deferred)
             else:
                 self.split = bal.partition(costs, num_subnets)
         else:

@@ -161,36 +161,37 @@ class Planner:
             x = torch.randn(batch, *self.shape, generator=torch.Generator().manual_seed(seed))
             pre, blocks, post = bal.profile(self.staged, x, "time", repeats)
             per_param = _optimizer_seconds_per_param(self.staged)
-            weights = _weight_grad_seconds(self.staged, x, repeats)
+            weights = bal.weight_grad_times(self.staged, x, repeats)
         self.profiles = (pre, blocks, post)
         self.costs = Costs(batch, pre.cost + per_param * pre.params, post.cost + per_param * post.params,
                            [b.cost + per_param * b.params for b in blocks], per_param, threads,
                            [w + per_param * b.params for w, b in zip(weights, blocks)])
 
-    def net(self, n: int, iterations: int, driver_segment: bool, split: list[int] | None = None):
+    def net(self, n: int, iterations: int, driver_segment: bool, split: list[int] | None = None,
+            defer_weights: bool = True):
         """PararealNet's split for N (built, profiled and balanced by PararealNet itself), kept for reuse;
         ``split``: these block counts instead (e.g. the split a bench run used)."""
         from .network import PararealNet
-        key = (n, iterations, driver_segment, tuple(split) if split else None)
+        key = (n, iterations, driver_segment, tuple(split) if split else None, defer_weights)
         if key not in self._nets:
             with num_threads(self.threads):
                 import torch
                 torch.manual_seed(0)
                 self._nets[key] = PararealNet(copy.deepcopy(self.staged), n, iterations, self.coarse_spec,
                                               list(split) if split else self.balance, self.shape,
-                                              profile_batch=self.batch,
-                                              driver_segment=driver_segment)
+                                              profile_batch=self.batch, driver_segment=driver_segment,
+                                              defer_weights=defer_weights)
         return self._nets[key]
 
     def coarse_seconds(self, n: int, iterations: int, driver_segment: bool,
-                       split: list[int] | None = None) -> list[float]:
+                       split: list[int] | None = None, defer_weights: bool = True) -> list[float]:
         """Measured seconds of C_1..C_N at the batch (+ their optimizer share)."""
         import torch
 
         from . import balance as bal
-        key = (n, iterations, driver_segment, tuple(split) if split else None)
+        net = self.net(n, iterations, driver_segment, split, defer_weights)
+        key = (n, iterations, driver_segment, tuple(net.split))         # (measured once per split)
         if key not in self.costs.coarse_s:
-            net = self.net(n, iterations, driver_segment, split)
             out = []
             with num_threads(self.threads):
                 for c, info in zip(net.coarse, net.segment_info):
@@ -229,10 +230,10 @@ class Planner:
             fines, coarse, local = [sum(c.blocks_s)], [], in_process is not False
         else:
             given = split
-            split = list(self.net(n, k, driver_segment, given).split)
+            split = list(self.net(n, k, driver_segment, given, defer_weights).split)
             bounds = [0, *itertools.accumulate(split)]
             fines = [sum(c.blocks_s[a:b]) for a, b in zip(bounds, bounds[1:])]
-            coarse = self.coarse_seconds(n, k, driver_segment, given)
+            coarse = self.coarse_seconds(n, k, driver_segment, given, defer_weights)
             local = False
         coarse_s = coarse_work(coarse, k)
         first_local = driver_segment and n > 1
@@ -287,10 +288,10 @@ class Planner:
         F_1), all at once; then the driver's correction sweep C_2..C_N and post. Per remote interval the batch goes out,
         d_j comes back and its gradient goes out: batch * (sample + 2 out_j) * 4 B, in two round trips."""
         c = self.costs
-        split = list(self.net(n, 1, driver_segment, given).split)
+        split = list(self.net(n, 1, driver_segment, given, defer_weights).split)
         bounds = [0, *itertools.accumulate(split)]
         fines = [sum(c.blocks_s[a:b]) for a, b in zip(bounds, bounds[1:])]
-        coarse = self.coarse_seconds(n, 1, driver_segment, given)
+        coarse = self.coarse_seconds(n, 1, driver_segment, given, defer_weights)
         heads = [c.pre_s + (sum(coarse[:j + 1]) if j else 0.0) for j in range(n)]
         each = [h + f for h, f in zip(heads, fines)]
         correction = sum(coarse[1:])
@@ -347,31 +348,6 @@ def _optimizer_seconds_per_param(staged) -> float:
         if i:                                          # the first step creates the momentum buffers
             times.append(time.perf_counter() - t0)
     return statistics.median(times) / max(1, sum(p.numel() for p in params))
-
-
-def _weight_grad_seconds(staged, x, repeats: int) -> list[float]:
-    """Per block: the seconds of its weight gradients alone (the half of its backward that a fine actor defers to
-    its optimizer step, :mod:`raypar.split_backward`), on the batch ``x``."""
-    import torch
-
-    from .split_backward import input_grad
-    model = copy.deepcopy(staged).train()
-    with torch.no_grad():
-        h = model.pre(x)
-    out = []
-    for block in model.blocks:
-        times = []
-        for i in range(repeats + 1):                     # the first is a warm-up
-            u = h.detach().requires_grad_(True)
-            y = block(u)
-            _, weights = input_grad(y, torch.ones_like(y), u, [p for p in block.parameters() if p.requires_grad])
-            t0 = time.perf_counter()
-            weights.run()
-            if i:
-                times.append(time.perf_counter() - t0)
-        out.append(statistics.median(times))
-        h = y.detach()
-    return out
 
 
 # -------------------------------------------------------------------------------------------- predict

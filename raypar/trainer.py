@@ -174,7 +174,7 @@ def train_loop(config: dict) -> None:
 
     def network(balance) -> PararealNet:
         return PararealNet(staged(), cfg.subnets, cfg.iterations, cfg.coarse, balance,
-                           driver_segment=cfg.driver_segment)
+                           driver_segment=cfg.driver_segment, defer_weights=cfg.defer_weights)
 
     gpus = _gpus_per_subnet(cfg)
     resources = Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
