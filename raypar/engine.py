@@ -237,7 +237,7 @@ class PararealEngine:
         calls: list[_FineCall] = []
         step = self.step_count
         if self.k == 1 and not (self.in_actors or self.skip_nonfinite) and tuple(x.shape) == self.last_shape:
-            for j in range(len(self.actors)):         # p2p: each actor takes its calls of this step now (see post_ahead)
+            for j in range(len(self.actors)):       # p2p: each actor takes this step's calls now (see post_ahead)
                 if self.tx.post_ahead(j, "forward", (step, 1), 1):
                     self.tx.post_ahead(j, "backward", (step, 1), 1)
 

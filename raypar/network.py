@@ -46,6 +46,11 @@ class PararealNet(nn.Module):
     Pieces, for the distributed engine to reuse rather than rebuild: ``pre``, ``segments`` (``F_1..F_N``, each an
     ``nn.Sequential`` of the original blocks, sharing their parameters), ``coarse`` (``C_1..C_N``; empty for N = 1)
     and ``post``. ``split`` holds the block counts, ``segment_info`` the cost report.
+
+    ``driver_segment``: F_1 will run in the driver, so the balance charges segment 1 with the driver's pre, coarse
+    sweeps and post; with ``defer_weights`` too (the engine's ``--defer-weights``) and a time balance, each block's
+    weight gradients are timed as well and leave a remote segment's share of the driver's critical path
+    (:func:`raypar.balance.partition_loaded_first`).
     """
 
     def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,

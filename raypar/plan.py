@@ -43,7 +43,8 @@ and nothing is deferred where processes > devices (the deferred work would take 
 
 Each part's cost includes its share of the optimizer step (measured once, per parameter). ``--driver-segment``:
 F_1 runs in the driver (N processes instead of N + 1), so it ships nothing, and its work adds to the driver's; the
-split is the one PararealNet balances with the driver's work counted in segment 1. The efficiency bound is
+split is the one PararealNet balances with the driver's work counted in segment 1 (and, with ``--defer-weights``, each
+actor's weight gradients off the driver's path: :func:`raypar.balance.partition_loaded_first`). The efficiency bound is
 speedup / devices in use (min(devices, processes)).
 
 The times are measured on this machine's CPU with one thread: ``--gpus`` counts devices, i.e. cores here, one process
