@@ -173,6 +173,8 @@ class Planner:
         """PararealNet's split for N (built, profiled and balanced by PararealNet itself), kept for reuse;
         ``split``: these block counts instead (e.g. the split a bench run used)."""
         from .network import PararealNet
+        # deferral changes only a time balance with F_1 in the driver: any other net is the same either way
+        defer_weights = defer_weights and driver_segment and not split and self.balance == "time"
         key = (n, iterations, driver_segment, tuple(split) if split else None, defer_weights)
         if key not in self._nets:
             with num_threads(self.threads):
