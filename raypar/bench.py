@@ -975,6 +975,9 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
     cfg = cfg or BenchConfig()
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     make_output_dir(out)
+    if tracking_uri:
+        from .tracking import connect
+        connect(tracking_uri, experiment)                  # a store that cannot be used fails now, not after the run
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                               # the split is profiled as the processes will run
     env, started = environment(), False
@@ -1056,7 +1059,8 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="log an MLflow run here (default: $MLFLOW_TRACKING_URI; none: no MLflow run)")
+                   help="log an MLflow run here; none: no MLflow run (default: $MLFLOW_TRACKING_URI, and no run where it is "
+                        "unset)")
     p.add_argument("--experiment", default="raypar-bench", help="MLflow experiment (default: %(default)s)")
 
 
@@ -1079,8 +1083,14 @@ def config_from_args(args) -> BenchConfig:
     return cfg.validate()
 
 
+def tracking_uri_of(args) -> str | None:
+    """``--tracking-uri``: None for no MLflow run (left out with $MLFLOW_TRACKING_URI unset, or ``none``)."""
+    uri = (args.tracking_uri or "").strip()
+    return None if uri.lower() in ("", "none") else uri
+
+
 def cmd_bench(args) -> int:
-    run_bench(config_from_args(args), args.out, args.tracking_uri, args.experiment)
+    run_bench(config_from_args(args), args.out, tracking_uri_of(args), args.experiment)
     print(f"raypar: bench written to {os.path.join(args.out, 'bench.json')} and bench.png")
     return 0
 

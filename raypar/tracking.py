@@ -105,8 +105,8 @@ def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
 def connect(tracking_uri: str, experiment: str):
     """Set the tracking URI and experiment; fail with a one-line error when the store cannot be reached."""
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri)        # never mlflow.set_tracking_uri: it rewrites the process environment
     try:
+        client = MlflowClient(tracking_uri)    # never mlflow.set_tracking_uri: it rewrites the process environment
         exp = client.get_experiment_by_name(experiment)
         return exp.experiment_id if exp else client.create_experiment(experiment)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable

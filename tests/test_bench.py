@@ -168,3 +168,16 @@ def test_bad_bench_settings_are_one_line_errors(kw, message):
     from raypar import UserError
     with pytest.raises(UserError, match=message):
         BenchConfig(**{**CFG, **kw}).validate()
+
+
+def test_an_unusable_tracking_store_fails_in_one_line_before_measuring(tmp_path, capsys, monkeypatch):
+    """A file path as the tracking URI (MLflow 3 refuses its old file store) stops the bench at once with a one-line
+    error; ``none`` means no MLflow run."""
+    from raypar import bench
+    measured = []
+    monkeypatch.setattr(bench, "measure", lambda *a, **k: measured.append(1) or [])
+    args = ["--out", str(tmp_path / "out"), "--tracking-uri", str(tmp_path / "runs")]
+    assert bench.main(args) == 2 and not measured
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raypar: error: cannot reach the MLflow tracking store") and "\n" not in err
+    assert bench.tracking_uri_of(bench.argparse.Namespace(tracking_uri="none")) is None
