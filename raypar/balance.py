@@ -41,15 +41,23 @@ def _fwd_bwd_flops(module: nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+def _sync(x: torch.Tensor) -> None:
+    """Wait for the GPU's queued work (a CUDA clock reading means nothing before)."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
     grad = None
     times = []
     for i in range(repeats + 1):           # first run is a warm-up
+        _sync(x)
         t0 = time.perf_counter()
         out = module(x)
         if grad is None:
             grad = torch.ones_like(out)
         out.backward(grad)
+        _sync(x)
         if i:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -84,9 +92,10 @@ def check_measure(measure: str) -> None:
 
 def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time",
             repeats: int = 3) -> tuple[Profile, list[Profile], Profile]:
-    """Profile pre, every block and post on ``sample`` (a batch). The model itself is left untouched."""
+    """Profile pre, every block and post on ``sample`` (a batch), on the sample's device. The model itself is left
+    untouched."""
     check_measure(measure)
-    model = copy.deepcopy(staged).train()    # profiling must not touch BN statistics or grads of the real model
+    model = copy.deepcopy(staged).to(sample.device).train()   # profiling must not touch the real model's BN or grads
     results = []
     x = sample
     for part in [model.pre, *model.blocks, model.post]:
@@ -182,9 +191,9 @@ def partition_loaded_first(costs: list[float], n: int, first_extra, max_candidat
 
 def weight_grad_times(staged: StagedModel, x: torch.Tensor, repeats: int = 3) -> list[float]:
     """Per block: the seconds of its weight gradients alone (the half of its backward that a fine actor defers to
-    its optimizer step, :mod:`raypar.split_backward`), on the batch ``x``."""
+    its optimizer step, :mod:`raypar.split_backward`), on the batch ``x`` and its device."""
     from .split_backward import input_grad
-    model = copy.deepcopy(staged).train()
+    model = copy.deepcopy(staged).to(x.device).train()
     with torch.no_grad():
         h = model.pre(x)
     out = []
@@ -194,8 +203,10 @@ def weight_grad_times(staged: StagedModel, x: torch.Tensor, repeats: int = 3) ->
             u = h.detach().requires_grad_(True)
             y = block(u)
             _, weights = input_grad(y, torch.ones_like(y), u, [p for p in block.parameters() if p.requires_grad])
+            _sync(u)
             t0 = time.perf_counter()
             weights.run()
+            _sync(u)
             if i:
                 times.append(time.perf_counter() - t0)
         out.append(statistics.median(times))

@@ -401,7 +401,8 @@ def _net(cfg: BenchConfig, n: int, driver_segment: bool = False, balance=None) -
         balance = [sum(balance)]                 # an explicit split is for the largest N; N = 1 has just one
     return PararealNet(_model(cfg), n, coarse=_coarse(cfg), balance=balance, input_shape=cfg.shape,
                        profile_batch=cfg.batch, driver_segment=driver_segment, defer_weights=cfg.defer_weights,
-                       measure="time" if cfg.balance == TUNE else None)   # a tuned split's limit: by time too
+                       measure="time" if cfg.balance == TUNE else None,   # a tuned split's limit: by time too
+                       profile_device=cfg.torch_device)
 
 
 def _coarse(cfg: BenchConfig) -> CoarseSpec:

@@ -108,6 +108,11 @@ class Resources:
     # pre and coarse sweep (raypar.split_backward). The actors' compute seconds then reach the next step's StepStats.
     defer_weights: bool = True
 
+    @property
+    def device(self) -> torch.device:
+        """Where the driver and its actors compute: a GPU where they are given one (and CUDA sees one), else CPUs."""
+        return torch.device("cuda" if self.gpus_per_subnet > 0 and torch.cuda.is_available() else "cpu")
+
 
 @dataclass
 class Replica:
@@ -134,7 +139,7 @@ class PararealEngine:
 
         self.n, self.k = net.num_subnets, net.iterations
         use_gpu = resources.gpus_per_subnet > 0
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = resources.device
         self.driver = net.driver_modules()
         self.offset = 1 if resources.first_in_driver else 0      # segments [0, offset) run in the driver
         self.in_actors = resources.coarse_in_actors and self.n > self.offset     # (some actor to run it)
@@ -229,6 +234,12 @@ class PararealEngine:
         return None
 
     # ------------------------------------------------------------------------------------------- training
+    def _computed(self, local: list) -> None:
+        """On a GPU, wait for the driver's own fine work, so that its time is compute seconds, not launch seconds
+        (it waits for the actors next anyway)."""
+        if local and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, StepStats]:
         """One optimizer step on a batch; returns (loss, number correct, timings)."""
         import ray
@@ -248,6 +259,7 @@ class PararealEngine:
             meanwhile()                                                  # the last coarse net, while the actors work
             t0 = time.perf_counter()
             local = [seg(u) for seg, u in zip(self.local, inputs)]      # F_1 here while the actors work
+            self._computed(local)
             st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
             outs = self.tx.gather(pending)
@@ -424,6 +436,7 @@ class PararealEngine:
         with precision.autocast(self.device.type, self.amp):
             t0 = time.perf_counter()
             local = [seg(self.pre(x)) for seg in self.local]               # F_1 here while the actors work
+            self._computed(local)
             st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
             d = self.tx.gather(pending)

@@ -51,11 +51,15 @@ class PararealNet(nn.Module):
     sweeps and post; with ``defer_weights`` too (the engine's ``--defer-weights``) and a time balance, each block's
     weight gradients are timed as well and leave a remote segment's share of the driver's critical path
     (:func:`raypar.balance.partition_loaded_first`).
+
+    ``profile_device``: where the profile runs (a time balance should time the device the network will train on:
+    a GPU's block costs are not a CPU's); the network itself stays where it is.
     """
 
     def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,
                  balance="time", input_shape: tuple | None = None, profile_batch: int = 8,
-                 driver_segment: bool = False, measure: str | None = None, defer_weights: bool = False):
+                 driver_segment: bool = False, measure: str | None = None, defer_weights: bool = False,
+                 profile_device: str | torch.device | None = None):
         super().__init__()
         staged = staged_from(staged)
         num_blocks = len(staged.blocks)
@@ -71,7 +75,8 @@ class PararealNet(nn.Module):
 
         dtype = next(staged.parameters()).dtype
         gen = torch.Generator().manual_seed(0)      # profiling must not consume the global RNG
-        sample = torch.randn(profile_batch, *shape, dtype=dtype, generator=gen)
+        where = torch.device(profile_device or "cpu")
+        sample = torch.randn(profile_batch, *shape, dtype=dtype, generator=gen).to(where)
         # the profile's measure (the cost report's unit): the balance's own, else (explicit block counts) ``measure``
         measure = balance if isinstance(balance, str) else (measure or "flops")
         pre_p, block_p, post_p = bal.profile(staged, sample, measure)
@@ -80,7 +85,7 @@ class PararealNet(nn.Module):
             if driver_segment and num_subnets > 1:
                 # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do. The
                 # coarse networks' cost depends on the split (each maps its interval's input shape to its output's)
-                coarse_cost = self._coarse_cost_of(block_p, measure, profile_batch, self.coarse_spec)
+                coarse_cost = self._coarse_cost_of(block_p, measure, profile_batch, self.coarse_spec, where)
 
                 def driver_work(split):
                     bounds = list(itertools.accumulate(split, initial=0))
@@ -115,13 +120,13 @@ class PararealNet(nn.Module):
         if num_subnets > 1:
             for info in self.segment_info:
                 net = build_coarse(info.in_shape, info.out_shape, self.coarse_spec)
-                x = torch.randn(profile_batch, *info.in_shape, generator=gen)
-                prof, _ = bal.measure_part(copy.deepcopy(net), x, measure)
+                x = torch.randn(profile_batch, *info.in_shape, generator=gen).to(where)
+                prof, _ = bal.measure_part(copy.deepcopy(net).to(where), x, measure)
                 info.coarse_params, info.coarse_cost, info.coarse_flops = prof.params, prof.cost, prof.flops
                 self.coarse.append(net)
 
     @staticmethod
-    def _coarse_cost_of(block_p, measure, batch, spec):
+    def _coarse_cost_of(block_p, measure, batch, spec, where):
         """``cost(start, stop)``: the cost of the coarse network an interval of blocks would get, built aside (the
         global RNG is left alone) and measured once per pair of shapes."""
         seen: dict = {}
@@ -131,7 +136,8 @@ class PararealNet(nn.Module):
             if shapes not in seen:
                 with torch.random.fork_rng():
                     net = build_coarse(*shapes, spec)
-                    seen[shapes] = bal.measure_part(net, torch.randn(batch, *shapes[0]), measure)[0].cost
+                    x = torch.randn(batch, *shapes[0]).to(where)
+                    seen[shapes] = bal.measure_part(net.to(where), x, measure)[0].cost
             return seen[shapes]
         return cost
 

@@ -172,14 +172,15 @@ def train_loop(config: dict) -> None:
         return build(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
                      width_mult=cfg.width_mult, image_size=spec.image_size, norm=cfg.norm)
 
-    def network(balance) -> PararealNet:
-        return PararealNet(staged(), cfg.subnets, cfg.iterations, cfg.coarse, balance,
-                           driver_segment=cfg.driver_segment, defer_weights=cfg.defer_weights)
-
     gpus = _gpus_per_subnet(cfg)
     resources = Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
                           transport=cfg.transport, channels_last=cfg.channels_last, amp=cfg.amp,
                           coarse_in_actors=cfg.coarse_in_actors, defer_weights=cfg.defer_weights)
+
+    def network(balance) -> PararealNet:
+        return PararealNet(staged(), cfg.subnets, cfg.iterations, cfg.coarse, balance,
+                           driver_segment=cfg.driver_segment, defer_weights=cfg.defer_weights,
+                           profile_device=resources.device)
     # a resumed run keeps the split it started with (a measured balance could choose another one)
     balance = meta["split"] if meta else cfg.balance
     if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split

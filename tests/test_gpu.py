@@ -110,3 +110,16 @@ def test_p2p_on_a_shared_gpu_is_refused(ray_gpu):
         pytest.skip("enough GPUs for a GPU per process")
     with pytest.raises(Exception, match="needs the driver's GPU to be its own"):
         _run(ray_gpu, "vgg11", 2, 1, False, "p2p")
+
+
+def test_a_time_balance_for_a_gpu_run_profiles_on_the_gpu():
+    """The blocks are timed where they will train (the network itself stays on the CPU); the split covers them."""
+    from raypar import PararealNet, build
+    from raypar.balance import weight_grad_times
+    staged = build("vgg11", width_mult=0.25)
+    net = PararealNet(staged, 2, balance="time", profile_batch=32, driver_segment=True, defer_weights=True,
+                      profile_device="cuda")
+    assert sum(net.split) == len(staged.blocks) and min(net.split) >= 1
+    assert all(p.device.type == "cpu" for p in net.parameters())
+    assert all(s.cost > 0 for s in net.segment_info)
+    assert all(t > 0 for t in weight_grad_times(staged, torch.randn(4, 3, 32, 32, device="cuda")))
