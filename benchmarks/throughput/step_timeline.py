@@ -2,9 +2,11 @@
 
     python benchmarks/throughput/step_timeline.py --split 3,9 --transport p2p
 
-Times every phase of the driver (pre, C_j, F_1, post, the transport's calls and gathers, the backward passes, the
-optimizer step) and every call of the fine actor (forward, backward's input gradient, the weight gradients and step),
-in ms from the start of the step, on one clock (one machine). VGG-16 x0.25, batch 64, one thread per process.
+``--show 3`` (the default): three steps in a row, after two others, as in a run (the actor may still be computing
+the last step's deferred weight gradients when the next one starts). Times every phase of the driver (pre, C_j, F_1,
+post, the transport's calls and gathers, the backward passes, the optimizer step) and every call of the fine actor
+(forward, backward's input gradient, the weight gradients and step), in ms from the start of the first step shown, on
+one clock (one machine). VGG-16 x0.25, batch 64, one thread per process.
 """
 import argparse
 import statistics
@@ -18,6 +20,9 @@ def main() -> None:
     p.add_argument("--split", default="3,9", help="block counts of N = 2 (default: %(default)s)")
     p.add_argument("--transport", default="p2p", choices=["object-store", "p2p"])
     p.add_argument("--steps", type=int, default=30, help="timed steps for the median (default: %(default)s)")
+    p.add_argument("--show", type=int, default=3,
+                   help="consecutive steps in the timeline, as in a run: each starts while the actor may still be "
+                        "busy with the last one's deferred work (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
     import ray
@@ -98,10 +103,14 @@ def main() -> None:
     E.PararealEngine._backward_cuts = staticmethod(cut_backward)
     eng.train_step(x, y)
     ray.get(eng.actors[0].log.remote())
+    for _ in range(2):                  # the timeline's steps follow others, as in a run (not a settled actor)
+        eng.train_step(x, y)
     log.clear()
     start = time.time()
-    eng.train_step(x, y)
-    log.append(("(train_step returns)", time.time(), None))
+    for i in range(args.show):
+        log.append((f"(step {i + 1} starts)", time.time(), None))
+        eng.train_step(x, y)
+    log.append(("(the last step returns)", time.time(), None))
     eng.settle()
     rows = [(t, "driver", n, e) for n, t, e in log] + [(t, "actor ", n, e) for n, t, e in
                                                        ray.get(eng.actors[0].log.remote())]
