@@ -1060,8 +1060,8 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="log an MLflow run here; none: no MLflow run (default: $MLFLOW_TRACKING_URI, and no run where it is "
-                        "unset)")
+                   help="log an MLflow run here; none: no MLflow run (default: $MLFLOW_TRACKING_URI, and no run "
+                        "where it is unset)")
     p.add_argument("--experiment", default="raypar-bench", help="MLflow experiment (default: %(default)s)")
 
 
