@@ -100,7 +100,7 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
         log(f"tuning the split of N = {n}{' (F_1 in the driver)' if driver_segment else ''}: {len(splits)} "
             f"candidates around the profile's {base}, {warmup} + {steps} steps each")
         nets = [PararealNet(copy.deepcopy(staged), n, iterations, coarse, s, input_shape, profile_batch=batch,
-                            driver_segment=driver_segment) for s in splits]
+                            driver_segment=driver_segment, profile_device=resources.device) for s in splits]
     gen = torch.Generator().manual_seed(seed)
     batches = [(torch.randn(batch, *input_shape, generator=gen), torch.randint(0, num_classes, (batch,), generator=gen))
                for _ in range(warmup + steps)]
