@@ -31,6 +31,11 @@ def to_cpu(obj):
     return obj
 
 
+def gpu_peak_mb(device: torch.device) -> float | None:
+    """The most GPU memory PyTorch's allocator has handed out in this process on ``device``, in MiB (None on CPUs)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
 class FineWorker:
     """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
 
@@ -226,6 +231,10 @@ class FineWorker:
     def pid(self) -> int:
         import os
         return os.getpid()
+
+    def gpu_peak_mb(self) -> float | None:
+        """The most GPU memory this process's tensors have held (None on CPUs)."""
+        return gpu_peak_mb(self.device)
 
     def node_id(self) -> str:
         import ray

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import precision
+from .actors import gpu_peak_mb
 from .balance import TUNE, check_split
 from .coarse import DOWNSAMPLE, CoarseSpec
 from .engine import TURN_CPUS, PararealEngine, Resources
@@ -271,9 +272,12 @@ class Runner:
     def finish(self) -> dict:
         """The step times and peak memory; with an engine, its per-step statistics, and the engine shut down."""
         out = {"times": self.times, "rss": [peak_rss_mb()], "idle": self.idle, "step_started_s": self.started}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["gpu"] = [gpu_peak_mb(torch.device("cuda"))]
         try:
             if self.engine is not None:
                 out["rss"] += [peak_rss_mb(pid) for pid in self.engine.actor_pids()]
+                out["gpu"] = self.engine.gpu_peaks_mb() or out.get("gpu", [])
                 out.update(stats=[asdict(r[2]) for r in self.results], transport=self.engine.tx.name)
         finally:
             self._close()
@@ -710,10 +714,12 @@ def start_runners(counts: list[int], gpus: float = 0.0) -> list[list]:
 # ------------------------------------------------------------------------------------------------ rows
 def to_row(name: str, out: dict, batch: int) -> dict:
     times, rss = out.pop("times"), [r for r in out.pop("rss") if r is not None]
+    gpu = [g for g in out.pop("gpu", None) or [] if g is not None]
     step = statistics.median(times)
     return {"contender": name, "processes": out.pop("processes"), "samples_per_s": batch / step,
             "ratio_vs_original": None, "step_ms": 1e3 * step, "peak_rss_mb": max(rss) if rss else None,
-            "rss_per_process_mb": rss, "idle_rss_mb": out.pop("idle"), **out}
+            "rss_per_process_mb": rss, "idle_rss_mb": out.pop("idle"),
+            **({"gpu_peak_mb": max(gpu), "gpu_per_process_mb": gpu} if gpu else {}), **out}
 
 
 def finish_rows(rows: list[dict]) -> list[dict]:
@@ -856,12 +862,14 @@ def table(rows: list[dict], cfg: BenchConfig):
                     f"{cfg.warmup} warm-up, 1 thread per process"
                     f"{f'; the median of {cfg.rounds} rounds (x orig: min–max over them)' if cfg.rounds > 1 else ''}",
               caption=_errors(rows) or None)
-    for c in ("contender", "procs", "samples/s", "x orig", "step ms", "peak RSS MB (idle)", "driver ms",
-              "fine max ms", "transfer ms", "MB/step (min)", "limit", "eff"):
+    gpu = any(r.get("gpu_peak_mb") for r in rows)
+    for c in ("contender", "procs", "samples/s", "x orig", "step ms", "peak RSS MB (idle)",
+              *(["GPU peak MB"] if gpu else []), "driver ms", "fine max ms", "transfer ms", "MB/step (min)", "limit",
+              "eff"):
         t.add_column(c, justify="left" if c == "contender" else "right")
     for r in rows:
         if r.get("error"):
-            t.add_row(r["contender"], *["-"] * 10, "[red]error[/red]")
+            t.add_row(r["contender"], *["-"] * (10 + gpu), "[red]error[/red]")
             continue
         mb = f"{r['bytes_per_step'] / 2**20:.2f} ({r['bytes_min'] / 2**20:.2f})" if "bytes_min" in r else "-"
         ratio = _fmt(r["ratio_vs_original"], ".2f")
@@ -869,7 +877,7 @@ def table(rows: list[dict], cfg: BenchConfig):
             ratio += f" ({min(r['ratio_rounds']):.2f}–{max(r['ratio_rounds']):.2f})"
         t.add_row(r["contender"], str(r["processes"]), f"{r['samples_per_s']:.1f}", ratio, f"{r['step_ms']:.1f}",
                   f"{_fmt(r['peak_rss_mb'], '.0f')} ({_fmt(r['idle_rss_mb'], '.0f')})",
-                  _fmt(r.get("driver_ms"), ".1f"), _fmt(r.get("fine_max_ms"), ".1f"),
+                  *([_fmt(r.get("gpu_peak_mb"), ".0f")] if gpu else []), _fmt(r.get("driver_ms"), ".1f"), _fmt(r.get("fine_max_ms"), ".1f"),
                   _fmt(r.get("transfer_ms"), ".1f"), mb, _fmt(r.get("parallel_limit"), ".2f"),
                   _fmt(r.get("efficiency"), ".0%"))
     return t

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import hybrid, precision
-from .actors import FineWorker, to_cpu
+from .actors import FineWorker, gpu_peak_mb, to_cpu
 from .errors import UserError
 from .models import memory_format
 from .network import PararealNet
@@ -522,6 +522,13 @@ class PararealEngine:
     def actor_pids(self) -> list[int]:
         import ray
         return ray.get([a.pid.remote() for a in self.actors])
+
+    def gpu_peaks_mb(self) -> list[float]:
+        """On GPUs: the most GPU memory the driver and then each fine actor have held, in MiB; empty on CPUs."""
+        import ray
+        if self.device.type != "cuda":
+            return []
+        return [gpu_peak_mb(self.device), *ray.get([a.gpu_peak_mb.remote() for a in self.actors])]
 
     def placement(self) -> dict:
         """The Ray node ids of this driver and of each of its fine actors."""

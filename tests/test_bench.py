@@ -181,3 +181,18 @@ def test_an_unusable_tracking_store_fails_in_one_line_before_measuring(tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("raypar: error: cannot reach the MLflow tracking store") and "\n" not in err
     assert bench.tracking_uri_of(bench.argparse.Namespace(tracking_uri="none")) is None
+
+
+def test_gpu_memory_is_a_column_only_where_a_process_held_some():
+    """On GPUs each process's peak of PyTorch's GPU allocator comes beside its RSS; CPU rows have none."""
+    from raypar.bench import table, to_row
+    base = {"times": [0.1, 0.3, 0.2], "rss": [100.0, None], "idle": 50.0, "processes": 2}
+    gpu_row = to_row("gpu", {**base, "gpu": [10.0, None, 30.0]}, 64)
+    cpu_row = to_row("cpu", dict(base), 64)
+    assert gpu_row["gpu_peak_mb"] == 30.0 and gpu_row["gpu_per_process_mb"] == [10.0, 30.0]
+    assert "gpu_peak_mb" not in cpu_row and cpu_row["step_ms"] == pytest.approx(200.0)
+    cfg = BenchConfig(**CFG)
+    for r in (gpu_row, cpu_row):
+        r["ratio_vs_original"] = 1.0
+    assert "GPU peak MB" in [c.header for c in table([gpu_row, cpu_row], cfg).columns]
+    assert "GPU peak MB" not in [c.header for c in table([cpu_row], cfg).columns]

@@ -65,6 +65,7 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
                 ref_opt.step()
             out["loss"] = max(out["loss"], abs(loss - ref_loss.item()))
             out["bytes"] = stats.bytes
+        out["gpu_peaks"] = engine.gpu_peaks_mb()
         got, want = engine.state_dict(), ref.state_dict()
         out["keys_match"] = set(got) == set(want)
         out["weights"] = max(float((got[key].cpu() - want[key].cpu()).abs().max()) for key in want)
@@ -93,6 +94,7 @@ def test_engine_on_gpu_matches_reference(ray_gpu, model, n, k, first_in_driver, 
     out = _run(ray_gpu, model, n, k, first_in_driver, transport)
     assert out["transport"] == expect and out["device"].startswith("cuda")
     assert out["keys_match"] and out["bytes"] > 0
+    assert len(out["gpu_peaks"]) == 1 + n - first_in_driver and all(m > 0 for m in out["gpu_peaks"])
     assert out["loss"] < 1e-8 and out["weights"] < 1e-8 and out["predict"] < 1e-8, out
 
 
