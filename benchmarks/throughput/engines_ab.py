@@ -5,7 +5,8 @@
 Every engine (one per split and mode) and the original network are built first; then step i of each runs in turn,
 for every i (the order reversed every other step), each timed by the wall clock here. Modes: ``plain`` (the driver and
 N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``), each
-also with ``-dw`` (deferred weight gradients, ``--defer-weights``).
+also with ``-dw`` (deferred weight gradients, ``--defer-weights``). ``--transport``: every engine's (the object store by
+default, as before 2026-11-26; ``p2p`` or ``auto`` as ``raypar train`` now).
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
 at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25, batch 64, one thread.
 """
@@ -21,6 +22,8 @@ def main() -> None:
     modes = ["plain", "f1", "ca", "f1-ca"]
     p.add_argument("--modes", nargs="+", default=["f1", "f1-ca"], choices=modes + [m + "-dw" for m in modes])
     p.add_argument("--steps", type=int, default=30, help="steps of each, the first 3 untimed (default: %(default)s)")
+    p.add_argument("--transport", default="object-store", choices=["object-store", "p2p", "auto"],
+                   help="every engine's (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
     import ray
@@ -35,7 +38,7 @@ def main() -> None:
             f1, ca, dw = mode.startswith("f1"), mode.removesuffix("-dw").endswith("ca"), mode.endswith("-dw")
             net = _net(BenchConfig(balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=f1)
             engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
-                                                                  defer_weights=dw))
+                                                                  defer_weights=dw, transport=args.transport))
             names.append(f"[{split}] {mode}")
             steps.append(engine.train_step)
     take_turns(names, steps, cfg, args.steps)
