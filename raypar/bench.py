@@ -878,8 +878,8 @@ def table(rows: list[dict], cfg: BenchConfig):
         t.add_row(r["contender"], str(r["processes"]), f"{r['samples_per_s']:.1f}", ratio, f"{r['step_ms']:.1f}",
                   f"{_fmt(r['peak_rss_mb'], '.0f')} ({_fmt(r['idle_rss_mb'], '.0f')})",
                   *([_fmt(r.get("gpu_peak_mb"), ".0f")] if gpu else []), _fmt(r.get("driver_ms"), ".1f"),
-                  _fmt(r.get("fine_max_ms"), ".1f"), _fmt(r.get("transfer_ms"), ".1f"), mb, _fmt(r.get("parallel_limit"), ".2f"),
-                  _fmt(r.get("efficiency"), ".0%"))
+                  _fmt(r.get("fine_max_ms"), ".1f"), _fmt(r.get("transfer_ms"), ".1f"), mb,
+                  _fmt(r.get("parallel_limit"), ".2f"), _fmt(r.get("efficiency"), ".0%"))
     return t
 
 
