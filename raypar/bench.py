@@ -52,6 +52,7 @@ from .optim import OptimConfig, make_optimizer
 CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "raypar-ca", "raypar-f1-ca", "ddp", "pipe")
 # the line-up without --contenders (the -ca ones are slower on CPUs, where they were measured: benchmarks/throughput)
 DEFAULT_CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
+CPU_ONLY = ("ddp", "pipe")        # the contenders that run on CPUs only, for now
 # the raypar contenders: (F_1 in the driver, coarse sweep in the actors)
 ENGINES = {"raypar": (False, False), "raypar-f1": (True, False), "raypar-ca": (False, True),
            "raypar-f1-ca": (True, True)}
@@ -107,7 +108,7 @@ class BenchConfig:
             raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
-        if self.device == "cuda" and {"ddp", "pipe"} & set(self.contenders):
+        if self.device == "cuda" and set(CPU_ONLY) & set(self.contenders):
             raise UserError("--device cuda: the ddp and pipe contenders run on CPUs only for now; leave them out of "
                             "--contenders (e.g. --contenders original,parareal-1proc,raypar,raypar-f1)")
         return self
@@ -1037,9 +1038,10 @@ def add_arguments(p) -> None:
                                                         "raypar contender's split measured on the engine first "
                                                         "(raypar tune; parareal-1proc and pipe: time) "
                                                         "(default: %(default)s)")
-    p.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
+    p.add_argument("--contenders", default=None,
                    help=f"any of {', '.join(CONTENDERS)}; -f1: F_1 in the driver (--driver-segment), -ca: the coarse "
-                        f"sweep in the actors (--coarse-in-actors) (default: %(default)s)")
+                        f"sweep in the actors (--coarse-in-actors) (default: {','.join(DEFAULT_CONTENDERS)}; with "
+                        f"--device cuda without {' and '.join(CPU_ONLY)}, which run on CPUs only)")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
                    help="where every process computes; with one GPU the processes share it (default: %(default)s)")
     p.add_argument("--transports", default="auto",
@@ -1084,12 +1086,19 @@ def config_from_args(args) -> BenchConfig:
     from .balance import parse_balance
     cfg = BenchConfig(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
                       args.warmup, args.steps, _ints(args.subnets, "--subnets"), args.microbatches,
-                      parse_balance(args.balance, tune=True), [c.strip() for c in args.contenders.split(",") if c.strip()],
+                      parse_balance(args.balance, tune=True), contenders_of(args),
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
                       args.channels_last, args.amp, args.coarse_downsample, args.rounds, not args.one_at_a_time,
                       args.defer_weights)
     return cfg.validate()
+
+
+def contenders_of(args) -> list[str]:
+    """``--contenders``, or the default line-up for ``--device`` (on GPUs without the contenders that need CPUs)."""
+    if args.contenders is None:
+        return [c for c in DEFAULT_CONTENDERS if args.device == "cpu" or c not in CPU_ONLY]
+    return [c.strip() for c in args.contenders.split(",") if c.strip()]
 
 
 def tracking_uri_of(args) -> str | None:

@@ -196,3 +196,11 @@ def test_gpu_memory_is_a_column_only_where_a_process_held_some():
         r["ratio_vs_original"] = 1.0
     assert "GPU peak MB" in [c.header for c in table([gpu_row, cpu_row], cfg).columns]
     assert "GPU peak MB" not in [c.header for c in table([cpu_row], cfg).columns]
+
+
+def test_the_default_line_up_on_gpus_leaves_out_what_runs_on_cpus_only():
+    from raypar.bench import DEFAULT_CONTENDERS, contenders_of
+    ns = __import__("argparse").Namespace
+    assert contenders_of(ns(contenders=None, device="cpu")) == list(DEFAULT_CONTENDERS)
+    assert contenders_of(ns(contenders=None, device="cuda")) == ["original", "parareal-1proc", "raypar", "raypar-f1"]
+    assert contenders_of(ns(contenders="original, ddp", device="cuda")) == ["original", "ddp"]    # asked: refused later
