@@ -273,13 +273,13 @@ class Runner:
     def finish(self) -> dict:
         """The step times and peak memory; with an engine, its per-step statistics, and the engine shut down."""
         out = {"times": self.times, "rss": [peak_rss_mb()], "idle": self.idle, "step_started_s": self.started}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["gpu"] = [gpu_peak_mb(torch.device("cuda"))]
         try:
             if self.engine is not None:
                 out["rss"] += [peak_rss_mb(pid) for pid in self.engine.actor_pids()]
-                out["gpu"] = self.engine.gpu_peaks_mb() or out.get("gpu", [])
+                out["gpu"] = self.engine.gpu_peaks_mb()           # (this process's first, then each actor's)
                 out.update(stats=[asdict(r[2]) for r in self.results], transport=self.engine.tx.name)
+            elif torch.cuda.is_available() and torch.cuda.is_initialized():
+                out["gpu"] = [gpu_peak_mb(torch.device("cuda"))]
         finally:
             self._close()
         return out
