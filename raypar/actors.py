@@ -135,6 +135,22 @@ class FineWorker:
             return grads
         return self.end.reply(du, grad)
 
+    def train_step(self, key, u, grad, replies: tuple) -> float:
+        """``p2p``, K = 1: the whole step in one call, made before its tensors exist (``DriverEnd.post_step``): receive
+        ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, then :meth:`step`, whose result it returns. One Ray call
+        a step instead of three. ``replies``: the shapes and dtypes of ``f`` and ``dL/du``. A failure before both are
+        sent sends a ``failed_reply`` in place of the next one (the driver, waiting in its receive, then asks Ray for
+        this call's error) and raises."""
+        sent = 0
+        try:
+            self.forward(key, u)
+            sent = 1
+            self.backward(key, grad)
+        except BaseException:
+            self.end.unblock((u, grad)[sent], replies[sent])
+            raise
+        return self.step()
+
     def unscale(self, inv_scale: float) -> bool:
         """``--amp fp16``: divide the gradients by the loss scale; True when any is inf or NaN (the driver sums the
         answers of every process and replica, then tells all of them whether to skip the step)."""

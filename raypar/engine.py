@@ -248,8 +248,10 @@ class PararealEngine:
         calls: list[_FineCall] = []
         step = self.step_count
         if self.k == 1 and not (self.in_actors or self.skip_nonfinite) and tuple(x.shape) == self.last_shape:
-            for j in range(len(self.actors)):       # p2p: each actor takes this step's calls now (see post_ahead)
-                if self.tx.post_ahead(j, "forward", (step, 1), 1):
+            for j in range(len(self.actors)):       # p2p: each actor takes this step's calls now (see post_step)
+                # (fp16: the actors' steps wait for the overflow decision: a call for each part)
+                if (self.scaler or not self.tx.post_step(j, (step, 1))) and \
+                        self.tx.post_ahead(j, "forward", (step, 1), 1):
                     self.tx.post_ahead(j, "backward", (step, 1), 1)
 
         bytes0 = self.tx.bytes
@@ -294,8 +296,13 @@ class PararealEngine:
             # grad None: this output never reached the loss (with K = N, f^1_j for j > 1 does not); the actor only
             # frees its graph, and nothing flows back, exactly as autograd leaves such parameters without a grad
             reply = (tuple(call.u.shape), call.u.dtype) if call.u is not None else None    # heads: no tensor back
+            whole = self.tx.take_step(call.j)        # p2p: the actor's whole step is one call, waiting for grad
+            if whole is not None and grad is None:
+                grad = torch.zeros_like(call.f)
             call.grad_ref = self.tx.call(call.j, "backward", call.key, grad, GRAD_F, call.key[1], reply)
-            if call.key[1] == last_k[call.j]:
+            if whole is not None:
+                stepping[call.j] = whole
+            elif call.key[1] == last_k[call.j]:
                 a = self.actors[call.j]
                 stepping[call.j] = a.unscale.remote(1 / scale) if self.scaler else a.step.remote()
 

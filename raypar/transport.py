@@ -9,9 +9,10 @@ drive the actors always go through Ray, the tensors go one of three ways:
                   actors (ranks 1..): NCCL between GPUs — device to device over NVLink/PCIe/InfiniBand, on one node
                   or across nodes — and gloo (TCP) on CPUs. Only a small descriptor (shape, dtype, tag) goes through
                   Ray, and with K = 1 a step whose batch has the last step's shape makes its calls before it has
-                  their tensors (:meth:`DriverEnd.post_ahead`): each actor waits in its receive, and Ray's dispatch
-                  (1–3 ms a call on a busy 2-core machine) is off the critical path. NCCL needs each process on its
-                  own GPU.
+                  their tensors: each actor waits in its receive, and Ray's dispatch (1–3 ms a call on a busy 2-core
+                  machine) is off the critical path. Without loss scaling that is one call a step per actor, for the
+                  whole step (:meth:`DriverEnd.post_step`), else one per forward and backward
+                  (:meth:`DriverEnd.post_ahead`). NCCL needs each process on its own GPU.
 ``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
                   sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
 ``auto``          ``p2p`` on CPUs and with a GPU per process, ``cuda-ipc`` when they all share the driver's GPU,
@@ -82,6 +83,24 @@ def incoming(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
 
 def _wire_shape(shape: tuple, nhwc: bool) -> tuple:
     return (shape[0], shape[2], shape[3], shape[1]) if nhwc and len(shape) == 4 else tuple(shape)
+
+
+# NaNs that arithmetic never makes from numbers: what a failed whole-step call (FineWorker.train_step) sends in
+# place of a reply
+_FAILED = {torch.float32: (torch.int32, 0x7FC00BAD), torch.float64: (torch.int64, 0x7FF8000000000BAD),
+           torch.float16: (torch.int16, 0x7EAD), torch.bfloat16: (torch.int16, 0x7FAD)}
+
+
+def failed_reply(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor that says "this call failed": every number the NaN of :data:`_FAILED`."""
+    as_int, bits = _FAILED[dtype]
+    return torch.full(shape, bits, dtype=as_int, device=device).view(dtype)
+
+
+def is_failed_reply(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a :func:`failed_reply` (its first number tells)."""
+    as_int, bits = _FAILED.get(t.dtype, (None, None))
+    return as_int is not None and t.numel() > 0 and int(t.reshape(-1)[:1].view(as_int)) == bits
 
 
 def _tag(kind: int, k: int) -> int:
@@ -163,6 +182,16 @@ class ActorEnd:
             return incoming(x.detach().to(self.device).clone(), self.nhwc)
         return incoming(from_numpy(np.array(x) if writable else x, self.device), self.nhwc)
 
+    def unblock(self, call: Wire, reply: tuple[tuple, torch.dtype]) -> None:
+        """After a failure in a whole-step call (``FineWorker.train_step``): send a :func:`failed_reply` where the
+        driver waits for ``call``'s reply, so that it stops waiting and asks Ray for the error (best effort: the group
+        may be what failed)."""
+        try:
+            self.group.send([failed_reply(_wire_shape(reply[0], self.nhwc), reply[1], self.device)], 0,
+                            call.reply_tag).wait()
+        except Exception:  # noqa: BLE001 - the call's own error is what the driver must see
+            pass
+
     def reply(self, t: torch.Tensor, call):
         t = outgoing(t, self.nhwc)
         if isinstance(call, Wire):
@@ -181,6 +210,7 @@ class Pending:
     works: tuple = ()
     extra: object = None              # with_extra: what the call returned beside the tensor (once gathered)
     with_extra: bool = False          # the call returns (tensor, extra)
+    step: object = None               # p2p: the actor's whole-step call this part of it belongs to (ref None then)
 
 
 class DriverEnd:
@@ -192,8 +222,12 @@ class DriverEnd:
         self.group = None
         self.out_shapes: dict = {}
         self.last: dict = {}          # p2p: (j, method, k) -> the (wire, reply) of the last such call
-        self.posted: dict = {}        # p2p: (j, method, key) -> (wire, reply, ref) of calls made ahead of their tensor
+        self.posted: dict = {}        # p2p: (j, method, key) -> (wire, reply, ref[, whole-step call]) of calls made
+                                      # ahead of their tensor (ref None: a part of the whole-step call)
         self.ahead = 0                # how many calls were made ahead
+        self.steps: dict = {}         # p2p: j -> actor j's whole-step call (post_step), until take_step
+        self.whole_steps = True       # p2p: post_step makes whole-step calls (False: a call for each part, as before
+                                      # 2026-11-27; for benchmarks)
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -253,12 +287,13 @@ class DriverEnd:
                 ref = posted[2]
             else:                        # the actor waits for a tensor of another shape: a bug, never a user's error
                 raise RuntimeError(f"actor {j}'s {method} {key} was posted for {posted[:2]}, not {(wire, reply)}")
+            step = posted[3] if posted is not None and ref is None else None   # (a part of a whole-step call)
             works = [self.group.send([t], j + 1, wire.tag)]
             out = None
             if reply is not None:
                 out = torch.empty(_wire_shape(reply[0], self.nhwc), dtype=reply[1], device=self.device)
                 works.append(self.group.recv([out], j + 1, wire.reply_tag))
-            return Pending(ref, out, (*works, t), with_extra=with_extra)    # keep t alive until the send is done
+            return Pending(ref, out, (*works, t), with_extra=with_extra, step=step)   # t alive until it is sent
         if self.name == "cuda-ipc":
             import ray
             ref = getattr(actor, method).options(tensor_transport="cuda_ipc").remote(
@@ -278,6 +313,27 @@ class DriverEnd:
         self.ahead += 1
         return True
 
+    def post_step(self, j: int, key) -> bool:
+        """``p2p``, K = 1: start actor j's whole step (``FineWorker.train_step``: forward, backward and optimizer step,
+        one Ray call) for tensors of the shapes its last forward and backward had; the forward's and the backward's
+        :meth:`call` then only move their tensors, and :meth:`take_step` gives the call's ref. False (nothing
+        started) where there were no such calls. The engine must then send both tensors (a backward's, zeros where
+        it has none) before it waits on anything queued behind the call."""
+        parts = [self.last.get((j, m, 1)) if self.name == "p2p" and self.whole_steps else None
+                 for m in ("forward", "backward")]
+        if None in parts:
+            return False
+        (fw, f_reply), (bw, u_reply) = parts
+        self.steps[j] = self.actors[j].train_step.remote(key, fw, bw, (f_reply, u_reply))
+        self.posted[(j, "forward", key)] = (fw, f_reply, None, self.steps[j])
+        self.posted[(j, "backward", key)] = (bw, u_reply, None, self.steps[j])
+        self.ahead += 1
+        return True
+
+    def take_step(self, j: int):
+        """The ref of actor j's whole-step call of this step (None if it has none); it returns the step's result."""
+        return self.steps.pop(j, None)
+
     def forward(self, j: int, key, u: torch.Tensor, kind: int = U, k: int = 0) -> Pending:
         method = "forward" if kind == U else "eval_forward"
         reply = self._out_shape(j, u) if self.name == "p2p" else None
@@ -292,12 +348,34 @@ class DriverEnd:
     def values(self, pending: list[Pending]) -> list:
         """Wait for the calls and their point-to-point sends and receives; what the calls returned (through Ray)."""
         import ray
-        results = ray.get([p.ref for p in pending])
+        got = iter(ray.get([p.ref for p in pending if p.ref is not None]))
+        results = [next(got) if p.ref is not None else None for p in pending]
         for p in pending:
             for w in p.works:
                 if not isinstance(w, torch.Tensor):
-                    w.wait()
+                    self._wait(w, p.step)
+            if p.step is not None and p.out is not None and is_failed_reply(p.out):
+                self._failed(p.step, 60.0)
+                raise RuntimeError("a fine actor's step failed, and Ray has not said why within 60 s")
         return results
+
+    def _wait(self, work, step) -> None:
+        """Wait for a send or receive; where it belongs to a whole-step call and fails (the actor died, so its
+        sockets closed), raise that call's error if it has one."""
+        try:
+            work.wait()
+        except RuntimeError:
+            if step is not None:
+                self._failed(step, 30.0)
+            raise
+
+    @staticmethod
+    def _failed(step, timeout_s: float) -> None:
+        """Raise the error of the whole-step call ``step`` if it ends with one within ``timeout_s``."""
+        import ray
+        done, _ = ray.wait([step], timeout=timeout_s)
+        if done:
+            ray.get(done[0])
 
     def gather(self, pending: list[Pending]) -> list[torch.Tensor | None]:
         """Wait for the calls; the tensors they sent back (None where a call sent none)."""

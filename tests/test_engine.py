@@ -5,8 +5,9 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from raypar import PararealNet, build
+from raypar import PararealNet, build, staged_from
 from raypar import UserError
 from raypar.engine import OptimConfig, PararealEngine, Resources
 
@@ -288,10 +289,65 @@ def test_p2p_calls_made_ahead_follow_the_batch_shape(ray_local):
             assert loss == pytest.approx(_reference_step(ref, ref_opt, x, y), rel=1e-6)
             if i == 3:
                 engine.predict(x)                       # an evaluation between steps changes nothing
-        assert engine.tx.ahead == 2 * 2 * 2 and not engine.tx.posted     # steps 2 and 5, 2 calls to each of 2 actors
+        # steps 2 and 5, one call to each of 2 actors for its whole step
+        assert engine.tx.ahead == 2 * 2 and not engine.tx.posted and not engine.tx.steps
         got, want = engine.state_dict(), ref.state_dict()
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
+    finally:
+        engine.shutdown()
+
+
+def _tripwire(where: str) -> nn.Module:
+    """A layer that raises in its third training forward (``where="forward"``) or in the backward of that forward.
+    Made in a function, so that Ray pickles its class by value: a fine actor cannot import this test module."""
+    class Trip(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise ValueError("tripped in backward")
+
+    class Tripwire(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def forward(self, x):
+            if self.training:
+                self.count += 1
+                if self.count == 3:
+                    if where == "forward":
+                        raise ValueError("tripped in forward")
+                    return Trip.apply(x)
+            return x
+
+    return Tripwire()
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_failure_inside_a_whole_step_call_raises_the_actors_error(ray_local, where):
+    """p2p, K = 1: from the second step on, each actor's step is one Ray call that the driver feeds by point-to-point
+    sends. An error in the actor's forward or backward reaches the driver as that error, at once: the driver does not
+    wait forever in its receive."""
+    torch.manual_seed(0)
+    c = lambda: nn.Conv2d(4, 4, 3, padding=1)                       # noqa: E731
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), c(), nn.ReLU(), c(), nn.ReLU(), _tripwire(where),
+                        c(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    net = PararealNet(staged_from(seq, pre=0, input_shape=(3, 8, 8)), 2, balance=[2, 3])   # the tripwire is block 4
+    assert any(type(m).__name__ == "Tripwire" for m in net.segments[1].modules())
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    try:
+        x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+        engine.train_step(x, y)
+        engine.train_step(x, y)
+        assert engine.tx.ahead == 1                                 # the second step was one call
+        t0 = time.perf_counter()
+        with pytest.raises(Exception, match=f"tripped in {where}"):
+            engine.train_step(x, y)
+        assert time.perf_counter() - t0 < 30
     finally:
         engine.shutdown()
 

@@ -7,10 +7,13 @@ for every i (the order reversed every other step), each timed by the wall clock 
 N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``), each
 also with ``-dw`` (deferred weight gradients, ``--defer-weights``). ``--transport``: every engine's (the object store by
 default, as before 2026-11-26; ``p2p`` or ``auto`` as ``raypar train`` now).
+``--three-calls`` (p2p) adds each engine once more, making three Ray calls per actor and step as before 2026-11-27.
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
-at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25, batch 64, one thread.
+at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25 (``--width-mult``), batch 64
+(``--batch``), one thread.
 """
 import argparse
+from dataclasses import replace
 
 import torch
 from turns import take_turns
@@ -24,23 +27,31 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="steps of each, the first 3 untimed (default: %(default)s)")
     p.add_argument("--transport", default="object-store", choices=["object-store", "p2p", "auto"],
                    help="every engine's (default: %(default)s)")
+    p.add_argument("--three-calls", action="store_true",
+                   help="p2p: each engine also as before 2026-11-27, three Ray calls per actor and step (forward, "
+                        "backward, step) instead of one for the whole step")
+    p.add_argument("--width-mult", type=float, default=0.25, help="VGG-16's width (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=64, help="(default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
     import ray
 
     from raypar.bench import BenchConfig, _net
     from raypar.engine import TURN_CPUS, PararealEngine, Resources
-    cfg = BenchConfig().validate()
+    cfg = BenchConfig(width_mult=args.width_mult, batch=args.batch).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     names, steps = [], []
     for split in args.splits:
         for mode in args.modes:
             f1, ca, dw = mode.startswith("f1"), mode.removesuffix("-dw").endswith("ca"), mode.endswith("-dw")
-            net = _net(BenchConfig(balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=f1)
-            engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
-                                                                  defer_weights=dw, transport=args.transport))
-            names.append(f"[{split}] {mode}")
-            steps.append(engine.train_step)
+            for whole in (True, False) if args.three_calls else (True,):
+                net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2,
+                           driver_segment=f1)
+                engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
+                                                                      defer_weights=dw, transport=args.transport))
+                engine.tx.whole_steps = whole
+                names.append(f"[{split}] {mode}" + ("" if whole else " 3 calls"))
+                steps.append(engine.train_step)
     take_turns(names, steps, cfg, args.steps)
     ray.shutdown()
 
