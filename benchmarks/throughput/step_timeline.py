@@ -5,7 +5,7 @@
 ``--show 3`` (the default): three steps in a row, after two others, as in a run (the actor may still be computing
 the last step's deferred weight gradients when the next one starts). Times every phase of the driver (pre, C_j, F_1,
 post, the transport's calls and gathers, the backward passes, the optimizer step) and every call of the fine actor
-(forward, backward's input gradient, the weight gradients and step), in ms from the start of the first step shown, on
+(forward, backward's input gradient, the weight gradients and step; each receive and send inside them), in ms from the start of the first step shown, on
 one clock (one machine). VGG-16 x0.25, batch 64, one thread per process.
 """
 import argparse
@@ -35,6 +35,9 @@ def main() -> None:
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             self.log_ = []
+            for attr, name in (("receive", "actor receive (waits for the tensor)"), ("reply", "actor send")):
+                fn = getattr(self.end, attr)
+                setattr(self.end, attr, lambda *a, fn=fn, name=name: self._timed(name, fn, *a))
 
         def _timed(self, name, fn, *a):
             t = time.time()
@@ -43,10 +46,10 @@ def main() -> None:
             return r
 
         def forward(self, key, x):
-            return self._timed("actor forward (from the call)", super().forward, key, x)
+            return self._timed("actor forward (receive, compute, send)", super().forward, key, x)
 
         def backward(self, key, g):
-            return self._timed("actor input gradient (from the call)", super().backward, key, g)
+            return self._timed("actor input gradient (receive, compute, send)", super().backward, key, g)
 
         def step(self, skip=False):
             return self._timed("actor weight gradients + step", super().step, skip)
