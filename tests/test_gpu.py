@@ -1,7 +1,8 @@
 """On a CUDA machine: the engine on GPUs equals the in-process reference with every transport that can run there, and
 "auto" picks the device-to-device path. Skipped without CUDA (CI has none); run with ``pytest tests/test_gpu.py``
 on a GPU machine. With one GPU the driver and its actors share it (fractional GPUs): the object store and CUDA IPC
-run; NCCL point-to-point needs a GPU per process and is refused with a clear error."""
+run; NCCL point-to-point needs a GPU per process and is refused with a clear error. With 2 or 3 GPUs and more, a GPU per
+process runs NCCL point-to-point too."""
 import copy
 import sys
 
@@ -28,7 +29,7 @@ def ray_gpu():
 
 
 def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, steps: int = 3,
-             amp: str = "off") -> dict:
+             amp: str = "off", share: float = SHARE) -> dict:
     """In a Ray actor holding a slice of the GPU: train the engine and the reference side by side; the largest
     differences seen (with ``amp``: float32 weights under autocast, and each tensor's change in the steps against the
     reference's, relative)."""
@@ -44,10 +45,10 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
     ref = copy.deepcopy(net).cuda().train()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
                               weight_decay=opt_cfg.weight_decay)
-    engine = PararealEngine(net, opt_cfg, Resources(gpus_per_subnet=SHARE, cpus_per_subnet=1,
+    engine = PararealEngine(net, opt_cfg, Resources(gpus_per_subnet=share, cpus_per_subnet=1,
                                                     first_in_driver=first_in_driver, transport=transport,
                                                     amp=amp), seed=0)
-    out = {"transport": engine.tx.name, "device": str(engine.device), "loss": 0.0, "weights": 0.0}
+    out = {"transport": engine.tx.name, "device": str(engine.device), "loss": 0.0, "weights": 0.0, "whole": 0}
     scale = 2.0 ** 8 if amp == "fp16" else 1.0            # the same fixed loss scale in both (no overflow at 2^8)
     if engine.scaler:
         engine.scaler.scale = scale
@@ -65,6 +66,7 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
                 ref_opt.step()
             out["loss"] = max(out["loss"], abs(loss - ref_loss.item()))
             out["bytes"] = stats.bytes
+        out["whole"] = engine.tx.ahead
         out["gpu_peaks"] = engine.gpu_peaks_mb()
         got, want = engine.state_dict(), ref.state_dict()
         out["keys_match"] = set(got) == set(want)
@@ -80,9 +82,9 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
     return out
 
 
-def _run(ray, *args) -> dict:
-    driver = ray.remote(num_cpus=1, num_gpus=SHARE)(_compare)
-    return ray.get(driver.remote(*args), timeout=600)
+def _run(ray, *args, share: float = SHARE) -> dict:
+    driver = ray.remote(num_cpus=1, num_gpus=share)(_compare)
+    return ray.get(driver.remote(*args, share=share), timeout=600)
 
 
 @pytest.mark.parametrize("model, n, k, first_in_driver, transport, expect", [
@@ -112,6 +114,18 @@ def test_p2p_on_a_shared_gpu_is_refused(ray_gpu):
         pytest.skip("enough GPUs for a GPU per process")
     with pytest.raises(Exception, match="needs the driver's GPU to be its own"):
         _run(ray_gpu, "vgg11", 2, 1, False, "p2p")
+
+
+@pytest.mark.parametrize("first_in_driver", [False, True])
+def test_nccl_with_a_gpu_per_process_matches_reference(ray_gpu, first_in_driver):
+    """A whole GPU for the driver and for each actor: auto takes NCCL point-to-point, and from the second step on
+    each actor's step is one Ray call fed by NCCL sends (``DriverEnd.post_step``)."""
+    n = 2
+    if torch.cuda.device_count() < 1 + n - first_in_driver:
+        pytest.skip(f"needs {1 + n - first_in_driver} GPUs")
+    out = _run(ray_gpu, "vgg11", n, 1, first_in_driver, "auto", share=1.0)
+    assert out["transport"] == "p2p" and out["keys_match"] and out["whole"] == 2 * (n - first_in_driver)
+    assert out["loss"] < 1e-8 and out["weights"] < 1e-8 and out["predict"] < 1e-8, out
 
 
 def test_a_time_balance_for_a_gpu_run_profiles_on_the_gpu():
