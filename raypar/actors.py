@@ -135,7 +135,7 @@ class FineWorker:
             return grads
         return self.end.reply(du, grad)
 
-    def train_step(self, key, u, grad, replies: tuple) -> float:
+    def train_step(self, key, u, grad, replies: tuple, early: bool = True) -> float:
         """``p2p``, K = 1: the whole step in one call, made before its tensors exist (``DriverEnd.post_step``): receive
         ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, then :meth:`step`, whose result it returns. One Ray call
         a step instead of three. ``replies``: the shapes and dtypes of ``f`` and ``dL/du``. A failure before both are
@@ -149,6 +149,8 @@ class FineWorker:
         except BaseException:
             self.end.unblock((u, grad)[sent], replies[sent])
             raise
+        if early:
+            self.end.post_early(u)
         return self.step()
 
     def unscale(self, inv_scale: float) -> bool:

@@ -27,7 +27,7 @@ the default group: a driver that is one of R replicas already has the replicas' 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ TRANSPORTS = ("auto", "object-store", "p2p", "cuda-ipc")
 
 # tags of the four interface tensors (gloo matches a send to a recv by peer and tag; NCCL by order)
 U, F_OUT, GRAD_F, GRAD_U, EVAL_U, EVAL_OUT = range(6)
+EARLY_U = 6 * 1000            # the tag of a whole step's u that the actor has been waiting for since its last step
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class ActorEnd:
         self.device, self.nhwc = device, nhwc
         self.name = "object-store"
         self.group = None
+        self.early: tuple | None = None     # p2p: (wire, buffer, work) of the receive posted early (post_early)
 
     def join(self, name: str, addr: str | None = None, port: int | None = None, rank: int = 0, world: int = 1):
         self.name = name
@@ -172,6 +174,15 @@ class ActorEnd:
     def receive(self, x, writable: bool = False) -> torch.Tensor:
         """The tensor a call brought; ``writable``: one the caller may modify in place (an object-store array is
         read-only)."""
+        if isinstance(x, Wire) and x.tag == EARLY_U:       # the receive posted at the end of the last step
+            wire, buf, work = self.early
+            self.early = None
+            if (wire.shape, wire.dtype) != (x.shape, x.dtype):     # the driver keeps track: a bug, never a user's
+                raise RuntimeError(f"the early receive was for {wire}, the call is for {x}")
+            work.wait()
+            if buf.is_cuda:
+                torch.cuda.current_stream(buf.device).synchronize()
+            return incoming(buf, self.nhwc)
         if isinstance(x, Wire):
             buf = torch.empty(x.shape, dtype=x.dtype, device=self.device)
             self.group.recv([buf], 0, x.tag).wait()
@@ -181,6 +192,15 @@ class ActorEnd:
         if isinstance(x, torch.Tensor):          # cuda-ipc: a view of the sender's memory, which it may reuse
             return incoming(x.detach().to(self.device).clone(), self.nhwc)
         return incoming(from_numpy(np.array(x) if writable else x, self.device), self.nhwc)
+
+    def post_early(self, u: Wire) -> None:
+        """After a whole step's ``dL/du`` is sent, before its weight gradients: post the receive of the next step's input,
+        of ``u``'s shape, unless one is still posted (the driver sends it with the tag :data:`EARLY_U` only for a
+        whole step of that shape: :meth:`DriverEnd.post_step`). The tensor then arrives while this actor computes; a
+        receive posted after its tensor was sent took 2-4 ms on a busy 2-core machine, against 0.3 ms."""
+        if self.early is None:
+            buf = torch.empty(u.shape, dtype=u.dtype, device=self.device)
+            self.early = (u, buf, self.group.recv([buf], 0, EARLY_U))
 
     def unblock(self, call: Wire, reply: tuple[tuple, torch.dtype]) -> None:
         """After a failure in a whole-step call (``FineWorker.train_step``): send a :func:`failed_reply` where the
@@ -228,6 +248,11 @@ class DriverEnd:
         self.steps: dict = {}         # p2p: j -> actor j's whole-step call (post_step), until take_step
         self.whole_steps = True       # p2p: post_step makes whole-step calls (False: a call for each part, as before
                                       # 2026-11-27; for benchmarks)
+        self.early: dict = {}         # p2p: j -> the wire of the input actor j has posted an early receive for
+        # p2p: whole steps send their input to that receive; gloo only: it matches a send to a receive by tag, where
+        # NCCL takes them in order (an early receive left unmatched would take the next tensor sent, whatever it is)
+        self.early_inputs = device.type == "cpu"
+        self.sent_early = 0           # how many inputs went to an early receive
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -288,7 +313,7 @@ class DriverEnd:
             else:                        # the actor waits for a tensor of another shape: a bug, never a user's error
                 raise RuntimeError(f"actor {j}'s {method} {key} was posted for {posted[:2]}, not {(wire, reply)}")
             step = posted[3] if posted is not None and ref is None else None   # (a part of a whole-step call)
-            works = [self.group.send([t], j + 1, wire.tag)]
+            works = [self.group.send([t], j + 1, posted[4] if posted is not None and len(posted) > 4 else wire.tag)]
             out = None
             if reply is not None:
                 out = torch.empty(_wire_shape(reply[0], self.nhwc), dtype=reply[1], device=self.device)
@@ -324,9 +349,14 @@ class DriverEnd:
         if None in parts:
             return False
         (fw, f_reply), (bw, u_reply) = parts
-        self.steps[j] = self.actors[j].train_step.remote(key, fw, bw, (f_reply, u_reply))
-        self.posted[(j, "forward", key)] = (fw, f_reply, None, self.steps[j])
-        self.posted[(j, "backward", key)] = (bw, u_reply, None, self.steps[j])
+        early = self.early_inputs and self.early.get(j) == fw     # the actor's early receive is for this input
+        send = replace(fw, tag=EARLY_U) if early else fw
+        self.sent_early += early
+        self.steps[j] = self.actors[j].train_step.remote(key, send, bw, (f_reply, u_reply), self.early_inputs)
+        if early or j not in self.early:        # the actor posts its next early receive (if it has none posted)
+            self.early[j] = fw if self.early_inputs else None
+        self.posted[(j, "forward", key)] = (fw, f_reply, None, self.steps[j], send.tag)
+        self.posted[(j, "backward", key)] = (bw, u_reply, None, self.steps[j], bw.tag)
         self.ahead += 1
         return True
 

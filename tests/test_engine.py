@@ -274,23 +274,27 @@ def test_engine_with_a_parameter_free_pre(ray_local):
 
 
 def test_p2p_calls_made_ahead_follow_the_batch_shape(ray_local):
-    """p2p, K = 1: a step whose batch has the last step's shape makes its forward and backward calls to each actor
-    before it has their tensors (the actor waits in its receive); another shape makes them as it goes. Every step
-    still equals the reference, and nothing stays posted."""
+    """p2p, K = 1: a step whose batch has the last step's shape is one call to each actor, made before the driver has
+    its tensors (the actor waits in its receive); another shape makes a call for each part as it goes. After a whole
+    step each actor posts the receive of the next step's input early; only a whole step of that shape sends to it (a
+    step of another shape leaves it waiting for the next such step). Every step still equals the reference, and
+    nothing stays posted."""
     torch.manual_seed(0)
     net = PararealNet(build("vgg11", width_mult=0.25), 3, balance="flops").double()
     ref = copy.deepcopy(net).train()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
     engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
     try:
-        for i, b in enumerate([8, 8, 5, 8, 8]):
+        for i, b in enumerate([8, 8, 5, 5, 8, 8]):
             x, y = torch.randn(b, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (b,))
             loss, _, _ = engine.train_step(x, y)
             assert loss == pytest.approx(_reference_step(ref, ref_opt, x, y), rel=1e-6)
-            if i == 3:
+            if i == 4:
                 engine.predict(x)                       # an evaluation between steps changes nothing
-        # steps 2 and 5, one call to each of 2 actors for its whole step
-        assert engine.tx.ahead == 2 * 2 and not engine.tx.posted and not engine.tx.steps
+        # steps 2, 4 and 6, one call to each of 2 actors for its whole step; step 4 (5 samples) leaves the early
+        # receive of step 2 (8 samples) posted, and step 6 sends to it
+        assert engine.tx.ahead == 3 * 2 and not engine.tx.posted and not engine.tx.steps
+        assert engine.tx.sent_early == 2
         got, want = engine.state_dict(), ref.state_dict()
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)

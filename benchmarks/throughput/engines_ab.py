@@ -7,7 +7,9 @@ for every i (the order reversed every other step), each timed by the wall clock 
 N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``), each
 also with ``-dw`` (deferred weight gradients, ``--defer-weights``). ``--transport``: every engine's (the object store by
 default, as before 2026-11-26; ``p2p`` or ``auto`` as ``raypar train`` now).
-``--three-calls`` (p2p) adds each engine once more, making three Ray calls per actor and step as before 2026-11-27.
+``--three-calls`` (p2p) adds each engine once more, making three Ray calls per actor and step as before 2026-11-27;
+``--late-inputs`` (p2p) once more with its actors posting the receive of a step's input only when the step's call
+starts, as before 2026-11-27.
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
 at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25 (``--width-mult``), batch 64
 (``--batch``), one thread.
@@ -32,6 +34,9 @@ def main() -> None:
                         "backward, step) instead of one for the whole step")
     p.add_argument("--width-mult", type=float, default=0.25, help="VGG-16's width (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--late-inputs", action="store_true",
+                   help="p2p: each engine also as before 2026-11-27, its actors posting the receive of a step's input "
+                        "when the step's call starts instead of at the end of the step before")
     args = p.parse_args()
     torch.set_num_threads(1)
     import ray
@@ -44,13 +49,16 @@ def main() -> None:
     for split in args.splits:
         for mode in args.modes:
             f1, ca, dw = mode.startswith("f1"), mode.removesuffix("-dw").endswith("ca"), mode.endswith("-dw")
-            for whole in (True, False) if args.three_calls else (True,):
+            variants = [("", {})] + ([(" 3 calls", {"whole_steps": False})] if args.three_calls else []) + \
+                ([(" late inputs", {"early_inputs": False})] if args.late_inputs else [])
+            for suffix, switches in variants:
                 net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2,
                            driver_segment=f1)
                 engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
                                                                       defer_weights=dw, transport=args.transport))
-                engine.tx.whole_steps = whole
-                names.append(f"[{split}] {mode}" + ("" if whole else " 3 calls"))
+                for attr, value in switches.items():
+                    setattr(engine.tx, attr, value)
+                names.append(f"[{split}] {mode}{suffix}")
                 steps.append(engine.train_step)
     take_turns(names, steps, cfg, args.steps)
     ray.shutdown()
