@@ -86,6 +86,7 @@ class BenchConfig:
     rounds: int = 1                          # the whole line-up this many times (order reversed every other round)
     interleave: bool = True                  # the contenders take turns step by step (False: each alone)
     defer_weights: bool = True               # raypar's actors compute weight gradients in their step (--defer-weights)
+    pairs: bool = True                       # taking turns: each contender with the original only (False: all at once)
 
     def validate(self) -> "BenchConfig":
         build(self.model, self.num_classes, self.in_channels, self.width_mult, self.image_size)  # names, sizes
@@ -727,9 +728,10 @@ def finish_rows(rows: list[dict]) -> list[dict]:
     """Ratios against the original; for raypar rows the efficiency = speedup over the original / parallel limit."""
     base = next((r for r in rows if r["contender"] == "original" and r.get("samples_per_s")), None)
     for r in rows:
-        if base is None or not r.get("samples_per_s"):
+        ref = r.get("original_samples_per_s") or (base or {}).get("samples_per_s")      # (pairs: its own original)
+        if not ref or not r.get("samples_per_s"):
             continue
-        r["ratio_vs_original"] = r["samples_per_s"] / base["samples_per_s"]
+        r["ratio_vs_original"] = r["samples_per_s"] / ref
         if "parallel_limit" in r:
             r["efficiency"] = r["ratio_vs_original"] / r["parallel_limit"]
     return rows
@@ -779,8 +781,12 @@ def merge_rounds(names: list[str], rounds: list[dict]) -> list[dict]:
 
 
 def _measure_once(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
-    """One round: the contenders take turns, one step each (see :func:`_interleaved`); with ``--one-at-a-time``, and
-    those beyond the memory cap, they run alone, one after the other."""
+    """One round: each contender takes turns with the original, one step each (:func:`_paired`), or with
+    ``--all-together`` all of them at once (see :func:`_interleaved`); with ``--one-at-a-time``, and those beyond the
+    memory cap, they run alone, one after the other."""
+    original = next((c for c in contenders if c.name == "original"), None)
+    if cfg.pairs and cfg.turns and original is not None and len(contenders) > 2:
+        return _paired(original, contenders, cfg, log)
     together, used = [], 0
     for c in contenders:
         if cfg.turns and c.start is not None and used + c.processes <= INTERLEAVE_PROCESSES:
@@ -788,6 +794,33 @@ def _measure_once(contenders: list[Contender], cfg: BenchConfig, log) -> list[di
             used += c.processes
     rows = _interleaved(together, cfg, log) if len(together) > 1 else []
     return rows + _one_at_a_time([c for c in contenders if c not in together or len(together) == 1], cfg, log)
+
+
+def _paired(original: Contender, contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
+    """Each contender takes turns with the original only, pair after pair, in fresh processes: while a pair runs, no
+    other contender's processes are up, as in a training run. (Idle Ray workers wake about 150 times a second each;
+    with every contender's processes up, 12 idle ones slowed a 2-process raypar step by 10-20 % on 2 cores and the
+    original's not at all: benchmarks/throughput/README.md.) A contender's ratio is against the original of its own
+    pair (``original_samples_per_s``); the original's row is its median pair."""
+    rows, originals = [], []
+    for c in contenders:
+        if c is original:
+            continue
+        pair = [original, c] if contenders.index(original) < contenders.index(c) else [c, original]
+        log(f"raypar bench: {c.name} takes turns with the original")
+        got = {r["contender"]: r for r in _measure_once(pair, replace(cfg, pairs=False), lambda *_: None)}
+        row, base = got[c.name], got.get("original", {})
+        if base.get("samples_per_s"):
+            originals.append(base)
+            row.update(original_samples_per_s=base["samples_per_s"], original_step_started_s=base["step_started_s"])
+        rows.append(row)
+    if originals:
+        steps = [r["step_ms"] for r in originals]
+        base = dict(next(r for r in originals if r["step_ms"] == statistics.median_low(steps)), step_ms_pairs=steps)
+    else:
+        base = error_row("original", RuntimeError("the original failed in every pair"))
+    at = [c.name for c in contenders].index("original")
+    return rows[:at] + [base] + rows[at:]
 
 
 def _interleaved(contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
@@ -1066,6 +1099,10 @@ def add_arguments(p) -> None:
                    help="run every contender alone, one after the other, DDP in Ray Train's TorchTrainer (by default "
                         "the contenders take turns, one step each, so their ratios are measured at the same moments, "
                         "and DDP runs in the benchmark's own Ray actors)")
+    p.add_argument("--all-together", action="store_true",
+                   help="taking turns, every contender's processes up at once and each contender's step in turn (as "
+                        "before 2026-11-27); by default each contender takes turns with the original only, pair after "
+                        "pair, since idle processes slow the contenders of several processes more than the original")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.png (default: %(default)s)")
@@ -1090,7 +1127,7 @@ def config_from_args(args) -> BenchConfig:
                       args.seed, args.lr, args.device,
                       [t.strip() for t in args.transports.split(",") if t.strip()], args.coarse_kernel,
                       args.channels_last, args.amp, args.coarse_downsample, args.rounds, not args.one_at_a_time,
-                      args.defer_weights)
+                      args.defer_weights, not args.all_together)
     return cfg.validate()
 
 

@@ -35,7 +35,9 @@ def test_every_row_present_and_consistent(bench):
     for r in rows:
         assert r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0
         assert r["samples_per_s"] == pytest.approx(CFG["batch"] / (r["step_ms"] / 1e3))
-        assert r["ratio_vs_original"] == pytest.approx(r["samples_per_s"] / base["samples_per_s"])
+        # each contender against the original of its own pair (taking turns two by two, the default)
+        ref = r["original_samples_per_s"] if r is not base else base["samples_per_s"]
+        assert r["ratio_vs_original"] == pytest.approx(r["samples_per_s"] / ref)
         assert len(r["rss_per_process_mb"]) == r["processes"]
     assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2, 2, 2, 2]
     for n in ("raypar-N1", "raypar-N2", "raypar-N2-f1", "raypar-N2-f1-ca"):
@@ -47,12 +49,30 @@ def test_every_row_present_and_consistent(bench):
         assert max(r["fine_each_ms"]) <= r["fine_max_ms"] * (1 + 1e-9)       # a median of maxima bounds each
 
 
-def test_original_and_raypar_take_turns_step_by_step(bench):
+def test_each_contender_takes_turns_with_the_original_pair_after_pair(bench):
     rows, _, _ = bench
-    by = {r["contender"]: r["step_started_s"] for r in rows if "step_started_s" in r}
-    assert list(by) == NAMES and all(r["taking_turns"] for r in rows)
+    assert all(r["taking_turns"] for r in rows)
+    base, others = rows[0], rows[1:]
+    assert len(base["step_ms_pairs"]) == len(others) and base["step_ms"] in base["step_ms_pairs"]
+    last = 0.0
+    for r in others:                      # o1 < c1 < o2 < c2 ..., each pair after the one before
+        turns = [t for step in zip(r["original_step_started_s"], r["step_started_s"]) for t in step]
+        assert turns == sorted(turns) and len(turns) == 2 * CFG["steps"] and turns[0] > last
+        last = turns[-1]
+
+
+def test_all_together_every_contender_takes_turns_step_by_step(ray_local):
+    """``--all-together``: every contender's processes up at once, step i of each in turn."""
+    from raypar.bench import measure
+    said = []
+    names = ["original", "parareal-1proc", "raypar-N1"]
+    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "parareal-1proc", "raypar"],
+                                  "pairs": False}), log=said.append)
+    assert "raypar bench: 3 contenders take turns, one step each" in said
+    by = {r["contender"]: r["step_started_s"] for r in rows}
+    assert list(by) == names and all(r["taking_turns"] and "original_samples_per_s" not in r for r in rows)
     turns = [t for step in zip(*by.values()) for t in step]
-    assert turns == sorted(turns) and len(turns) == len(NAMES) * CFG["steps"]    # o1 < n1 < ... < pipe1 < o2 < ...
+    assert turns == sorted(turns) and len(turns) == len(names) * CFG["steps"]    # o1 < p1 < n1 < o2 < ...
 
 
 def test_raypar_ships_exactly_the_four_interface_tensors(bench):
