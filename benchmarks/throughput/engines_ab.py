@@ -10,6 +10,8 @@ default, as before 2026-11-26; ``p2p`` or ``auto`` as ``raypar train`` now).
 ``--three-calls`` (p2p) adds each engine once more, making three Ray calls per actor and step as before 2026-11-27;
 ``--late-inputs`` (p2p) once more with its actors posting the receive of a step's input only when the step's call
 starts, as before 2026-11-27.
+``--idle K`` starts K idle Ray actors first (``raypar bench --all-together`` keeps every other contender's
+processes up).
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
 at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25 (``--width-mult``), batch 64
 (``--batch``), one thread.
@@ -37,14 +39,24 @@ def main() -> None:
     p.add_argument("--late-inputs", action="store_true",
                    help="p2p: each engine also as before 2026-11-27, its actors posting the receive of a step's input "
                         "when the step's call starts instead of at the end of the step before")
+    p.add_argument("--idle", type=int, default=0,
+                   help="start this many idle Ray actors (torch imported, as a benchmark process) first, as raypar "
+                        "bench --all-together has every other contender's processes up (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
     import ray
+
+    @ray.remote(num_cpus=0)
+    class Idle:                     # an idle benchmark process: up, torch imported, doing nothing
+        def ready(self) -> bool:
+            return __import__("torch") is not None
 
     from raypar.bench import BenchConfig, _net
     from raypar.engine import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig(width_mult=args.width_mult, batch=args.batch).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    idle = [Idle.remote() for _ in range(args.idle)]
+    ray.get([a.ready.remote() for a in idle])
     names, steps = [], []
     for split in args.splits:
         for mode in args.modes:
