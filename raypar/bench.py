@@ -3,9 +3,10 @@ process, raypar on Ray, Ray Train data parallel and PyTorch pipelining — side 
 
 Every contender trains the same model (same initial weights) on the same synthetic batches (fixed seed) with the
 same SGD recipe, in fresh Ray actor processes that each compute with one thread: on a CPU machine the comparison is
-about how the work is spread over processes, not about threads. All contenders take turns, one step each (a shared
-machine's drift falls on all of them alike); data parallelism then runs DDP over gloo in the benchmark's own Ray
-actors, as Ray Train's ``prepare_model`` sets it up. ``--one-at-a-time`` runs each contender alone, one after the
+about how the work is spread over processes, not about threads. Each contender takes turns with the original, one step
+each (a shared machine's drift falls on both alike), pair after pair, with no other contender's processes up
+(``--all-together``: all of them up, all taking turns); data parallelism then runs DDP over gloo in the benchmark's own
+Ray actors, as Ray Train's ``prepare_model`` sets it up. ``--one-at-a-time`` runs each contender alone, one after the
 other, and DDP in Ray Train's ``TorchTrainer``. ``--rounds`` repeats the whole line-up. A contender's step time
 is the median over the timed steps after the warm-up steps; samples/s = batch / step time; its peak memory is the
 max RSS of each of its processes (``resource.getrusage`` in the process itself, ``VmHWM`` from ``/proc`` for the
