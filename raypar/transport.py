@@ -242,8 +242,9 @@ class DriverEnd:
         self.group = None
         self.out_shapes: dict = {}
         self.last: dict = {}          # p2p: (j, method, k) -> the (wire, reply) of the last such call
-        self.posted: dict = {}        # p2p: (j, method, key) -> (wire, reply, ref[, whole-step call]) of calls made
-                                      # ahead of their tensor (ref None: a part of the whole-step call)
+        # p2p: (j, method, key) -> (wire, reply, ref, whole-step call, tag to send with) of the calls made ahead of
+        # their tensor: ref None for a part of a whole-step call, whole-step call None for a call of its own
+        self.posted: dict = {}
         self.ahead = 0                # how many calls were made ahead
         self.steps: dict = {}         # p2p: j -> actor j's whole-step call (post_step), until take_step
         self.whole_steps = True       # p2p: post_step makes whole-step calls (False: a call for each part, as before
@@ -307,13 +308,12 @@ class DriverEnd:
             self.last[(j, method, k)] = (wire, reply)
             posted = self.posted.pop((j, method, key), None)
             if posted is None:
-                ref = getattr(actor, method).remote(key, wire, *args)
+                ref, step, tag = getattr(actor, method).remote(key, wire, *args), None, wire.tag
             elif posted[:2] == (wire, reply):
-                ref = posted[2]
+                ref, step, tag = posted[2:]
             else:                        # the actor waits for a tensor of another shape: a bug, never a user's error
                 raise RuntimeError(f"actor {j}'s {method} {key} was posted for {posted[:2]}, not {(wire, reply)}")
-            step = posted[3] if posted is not None and ref is None else None   # (a part of a whole-step call)
-            works = [self.group.send([t], j + 1, posted[4] if posted is not None and len(posted) > 4 else wire.tag)]
+            works = [self.group.send([t], j + 1, tag)]
             out = None
             if reply is not None:
                 out = torch.empty(_wire_shape(reply[0], self.nhwc), dtype=reply[1], device=self.device)
@@ -334,7 +334,8 @@ class DriverEnd:
         last = self.last.get((j, method, k)) if self.name == "p2p" else None
         if last is None:
             return False
-        self.posted[(j, method, key)] = (*last, getattr(self.actors[j], method).remote(key, last[0]))
+        self.posted[(j, method, key)] = (*last, getattr(self.actors[j], method).remote(key, last[0]), None,
+                                         last[0].tag)
         self.ahead += 1
         return True
 
