@@ -136,7 +136,7 @@ class FineWorker:
         return self.end.reply(du, grad)
 
     def train_step(self, key, u, grad, replies: tuple, early: bool = True) -> float:
-        """``p2p``, K = 1: the whole step in one call, made before its tensors exist (``DriverEnd.post_step``): receive
+        """``p2p`` on CPUs, K = 1: the whole step in one call, made before its tensors exist (``DriverEnd.post_step``): receive
         ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, then :meth:`step`, whose result it returns. One Ray call
         a step instead of three. ``replies``: the shapes and dtypes of ``f`` and ``dL/du``. A failure before both are
         sent sends a ``failed_reply`` in place of the next one (the driver, waiting in its receive, then asks Ray for

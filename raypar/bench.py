@@ -729,7 +729,7 @@ def finish_rows(rows: list[dict]) -> list[dict]:
     """Ratios against the original; for raypar rows the efficiency = speedup over the original / parallel limit."""
     base = next((r for r in rows if r["contender"] == "original" and r.get("samples_per_s")), None)
     for r in rows:
-        ref = r.get("original_samples_per_s") or (base or {}).get("samples_per_s")      # (pairs: its own original)
+        ref = r["original_samples_per_s"] if "original_samples_per_s" in r else (base or {}).get("samples_per_s")
         if not ref or not r.get("samples_per_s"):
             continue
         r["ratio_vs_original"] = r["samples_per_s"] / ref
@@ -814,6 +814,8 @@ def _paired(original: Contender, contenders: list[Contender], cfg: BenchConfig, 
         if base.get("samples_per_s"):
             originals.append(base)
             row.update(original_samples_per_s=base["samples_per_s"], original_step_started_s=base["step_started_s"])
+        else:                            # no ratio against another pair's original
+            row.update(original_samples_per_s=None, original_error=base.get("error", "no original row"))
         rows.append(row)
     if originals:
         steps = [r["step_ms"] for r in originals]

@@ -10,8 +10,8 @@ drive the actors always go through Ray, the tensors go one of three ways:
                   or across nodes — and gloo (TCP) on CPUs. Only a small descriptor (shape, dtype, tag) goes through
                   Ray, and with K = 1 a step whose batch has the last step's shape makes its calls before it has
                   their tensors: each actor waits in its receive, and Ray's dispatch (1–3 ms a call on a busy 2-core
-                  machine) is off the critical path. Without loss scaling that is one call a step per actor, for the
-                  whole step (:meth:`DriverEnd.post_step`), else one per forward and backward
+                  machine) is off the critical path. On CPUs without loss scaling that is one call a step per actor,
+                  for the whole step (:meth:`DriverEnd.post_step`), else one per forward and backward
                   (:meth:`DriverEnd.post_ahead`). NCCL needs each process on its own GPU.
 ``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
                   sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
@@ -247,8 +247,9 @@ class DriverEnd:
         self.posted: dict = {}
         self.ahead = 0                # how many calls were made ahead
         self.steps: dict = {}         # p2p: j -> actor j's whole-step call (post_step), until take_step
-        self.whole_steps = True       # p2p: post_step makes whole-step calls (False: a call for each part, as before
-                                      # 2026-11-27; for benchmarks)
+        # p2p: post_step makes whole-step calls; gloo only (False: a call for each part, as before 2026-11-27): an NCCL
+        # receive does not fail when its peer dies, and with no Ray call to wait on the driver would wait for ever
+        self.whole_steps = device.type == "cpu"
         self.early: dict = {}         # p2p: j -> the wire of the input actor j has posted an early receive for
         # p2p: whole steps send their input to that receive; gloo only: it matches a send to a receive by tag, where
         # NCCL takes them in order (an early receive left unmatched would take the next tensor sent, whatever it is)
@@ -340,7 +341,7 @@ class DriverEnd:
         return True
 
     def post_step(self, j: int, key) -> bool:
-        """``p2p``, K = 1: start actor j's whole step (``FineWorker.train_step``: forward, backward and optimizer step,
+        """``p2p`` on CPUs, K = 1: start actor j's whole step (``FineWorker.train_step``: forward, backward and optimizer step,
         one Ray call) for tensors of the shapes its last forward and backward had; the forward's and the backward's
         :meth:`call` then only move their tensors, and :meth:`take_step` gives the call's ref. False (nothing
         started) where there were no such calls. The engine must then send both tensors (a backward's, zeros where
@@ -382,12 +383,14 @@ class DriverEnd:
         got = iter(ray.get([p.ref for p in pending if p.ref is not None]))
         results = [next(got) if p.ref is not None else None for p in pending]
         for p in pending:
-            for w in p.works:
-                if not isinstance(w, torch.Tensor):
-                    self._wait(w, p.step)
-            if p.step is not None and p.out is not None and is_failed_reply(p.out):
-                self._failed(p.step, 60.0)
-                raise RuntimeError("a fine actor's step failed, and Ray has not said why within 60 s")
+            works = [w for w in p.works if not isinstance(w, torch.Tensor)]
+            if p.step is not None:       # the reply first: an actor that failed before its receive sends its
+                works.reverse()          # failed_reply, and the send to it would wait for gloo's timeout
+            for i, w in enumerate(works):
+                self._wait(w, p.step)
+                if i == 0 and p.step is not None and p.out is not None and is_failed_reply(p.out):
+                    self._failed(p.step, 60.0)
+                    raise RuntimeError("a fine actor's step failed, and Ray has not said why within 60 s")
         return results
 
     def _wait(self, work, step) -> None:
@@ -400,10 +403,13 @@ class DriverEnd:
                 self._failed(step, 30.0)
             raise
 
-    @staticmethod
-    def _failed(step, timeout_s: float) -> None:
-        """Raise the error of the whole-step call ``step`` if it ends with one within ``timeout_s``."""
+    def _failed(self, step, timeout_s: float) -> None:
+        """A whole-step call failed: forget what this end expected of the actors (an engine whose step failed is
+        shut down, not used again), and raise the call's error if it ends with one within ``timeout_s``."""
         import ray
+        self.posted.clear()
+        self.steps.clear()
+        self.early.clear()
         done, _ = ray.wait([step], timeout=timeout_s)
         if done:
             ray.get(done[0])

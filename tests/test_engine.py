@@ -174,7 +174,7 @@ def test_transport_choice(name, device, here, visible, there, want):
 
 @pytest.mark.parametrize("amp, n, k, first_in_driver, transport, coarse_in_actors, defer", [
     ("bf16", 2, 1, True, "object-store", False, True), ("fp16", 3, 2, False, "p2p", False, True),
-    ("fp16", 2, 1, True, "object-store", True, False)])
+    ("fp16", 2, 1, True, "object-store", True, False), ("fp16", 3, 1, True, "p2p", False, True)])
 def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, transport, coarse_in_actors, defer):
     """--amp: the engine equals the reference network run under the same autocast (and, for fp16, the same loss
     scaling); the interface tensors travel in 16 bits; an fp16 overflow skips the step in every process."""
@@ -244,6 +244,10 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
                 if "num_batches_tracked" not in key:
                     torch.testing.assert_close(after[key], v, rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
             assert engine.get_state()["scaler"]["scale"] == 2.0 ** 39
+        if transport == "p2p" and k == 1:        # fp16: the actors' steps wait for the overflow decision, so steps 2
+            # and 3 make a call ahead for each part of each actor's step, never one for the whole step
+            assert engine.tx.ahead == 2 * 2 * (n - first_in_driver) and not engine.tx.steps
+            assert engine.tx.sent_early == 0
     finally:
         engine.shutdown()
 

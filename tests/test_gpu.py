@@ -48,7 +48,7 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
     engine = PararealEngine(net, opt_cfg, Resources(gpus_per_subnet=share, cpus_per_subnet=1,
                                                     first_in_driver=first_in_driver, transport=transport,
                                                     amp=amp), seed=0)
-    out = {"transport": engine.tx.name, "device": str(engine.device), "loss": 0.0, "weights": 0.0, "whole": 0}
+    out = {"transport": engine.tx.name, "device": str(engine.device), "loss": 0.0, "weights": 0.0, "ahead": 0}
     scale = 2.0 ** 8 if amp == "fp16" else 1.0            # the same fixed loss scale in both (no overflow at 2^8)
     if engine.scaler:
         engine.scaler.scale = scale
@@ -66,7 +66,7 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
                 ref_opt.step()
             out["loss"] = max(out["loss"], abs(loss - ref_loss.item()))
             out["bytes"] = stats.bytes
-        out["whole"] = engine.tx.ahead
+        out["ahead"] = engine.tx.ahead
         out["gpu_peaks"] = engine.gpu_peaks_mb()
         got, want = engine.state_dict(), ref.state_dict()
         out["keys_match"] = set(got) == set(want)
@@ -118,13 +118,14 @@ def test_p2p_on_a_shared_gpu_is_refused(ray_gpu):
 
 @pytest.mark.parametrize("first_in_driver", [False, True])
 def test_nccl_with_a_gpu_per_process_matches_reference(ray_gpu, first_in_driver):
-    """A whole GPU for the driver and for each actor: auto takes NCCL point-to-point, and from the second step on
-    each actor's step is one Ray call fed by NCCL sends (``DriverEnd.post_step``)."""
+    """A whole GPU for the driver and for each actor: auto takes NCCL point-to-point; from the second step on the
+    calls of each actor's forward and backward are made ahead of their tensors (whole-step calls and early receives
+    are for gloo only)."""
     n = 2
     if torch.cuda.device_count() < 1 + n - first_in_driver:
         pytest.skip(f"needs {1 + n - first_in_driver} GPUs")
     out = _run(ray_gpu, "vgg11", n, 1, first_in_driver, "auto", share=1.0)
-    assert out["transport"] == "p2p" and out["keys_match"] and out["whole"] == 2 * (n - first_in_driver)
+    assert out["transport"] == "p2p" and out["keys_match"] and out["ahead"] == 2 * 2 * (n - first_in_driver)
     assert out["loss"] < 1e-8 and out["weights"] < 1e-8 and out["predict"] < 1e-8, out
 
 
