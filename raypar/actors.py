@@ -136,11 +136,12 @@ class FineWorker:
         return self.end.reply(du, grad)
 
     def train_step(self, key, u, grad, replies: tuple, early: bool = True) -> float:
-        """``p2p`` on CPUs, K = 1: the whole step in one call, made before its tensors exist (``DriverEnd.post_step``): receive
-        ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, then :meth:`step`, whose result it returns. One Ray call
-        a step instead of three. ``replies``: the shapes and dtypes of ``f`` and ``dL/du``. A failure before both are
-        sent sends a ``failed_reply`` in place of the next one (the driver, waiting in its receive, then asks Ray for
-        this call's error) and raises."""
+        """``p2p`` on CPUs, K = 1: the whole step in one call, made before its tensors exist
+        (``DriverEnd.post_step``): receive ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, then :meth:`step`,
+        whose result it returns. One Ray call a step instead of three. ``replies``: the shapes and dtypes of ``f`` and
+        ``dL/du``. ``early``: post the receive of the next step's input before the weight gradients
+        (``ActorEnd.post_early``). A failure before both are sent sends a ``failed_reply`` in place of the next one
+        (the driver, waiting in its receive, then asks Ray for this call's error) and raises."""
         sent = 0
         try:
             self.forward(key, u)

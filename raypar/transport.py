@@ -194,8 +194,8 @@ class ActorEnd:
         return incoming(from_numpy(np.array(x) if writable else x, self.device), self.nhwc)
 
     def post_early(self, u: Wire) -> None:
-        """After a whole step's ``dL/du`` is sent, before its weight gradients: post the receive of the next step's input,
-        of ``u``'s shape, unless one is still posted (the driver sends it with the tag :data:`EARLY_U` only for a
+        """After a whole step's ``dL/du`` is sent, before its weight gradients: post the receive of the next step's
+        input, of ``u``'s shape, unless one is still posted (the driver sends it with the tag :data:`EARLY_U` only for a
         whole step of that shape: :meth:`DriverEnd.post_step`). The tensor then arrives while this actor computes; a
         receive posted after its tensor was sent took 2-4 ms on a busy 2-core machine, against 0.3 ms."""
         if self.early is None:
@@ -341,11 +341,12 @@ class DriverEnd:
         return True
 
     def post_step(self, j: int, key) -> bool:
-        """``p2p`` on CPUs, K = 1: start actor j's whole step (``FineWorker.train_step``: forward, backward and optimizer step,
-        one Ray call) for tensors of the shapes its last forward and backward had; the forward's and the backward's
-        :meth:`call` then only move their tensors, and :meth:`take_step` gives the call's ref. False (nothing
-        started) where there were no such calls. The engine must then send both tensors (a backward's, zeros where
-        it has none) before it waits on anything queued behind the call."""
+        """``p2p`` on CPUs, K = 1: start actor j's whole step (``FineWorker.train_step``: forward, backward and
+        optimizer step, one Ray call) for tensors of the shapes its last forward and backward had; the forward's and
+        the backward's :meth:`call` then only move their tensors, and :meth:`take_step` gives the call's ref. False
+        (nothing started) where there were no such calls. The engine must then send both tensors (a backward's, zeros
+        where it has none) before it waits on anything queued behind the call. The input goes to the actor's early
+        receive where it has one for this input (:attr:`early`)."""
         parts = [self.last.get((j, m, 1)) if self.name == "p2p" and self.whole_steps else None
                  for m in ("forward", "backward")]
         if None in parts:
