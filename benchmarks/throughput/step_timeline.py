@@ -5,8 +5,8 @@
 ``--show 3`` (the default): three steps in a row, after two others, as in a run (the actor may still be computing
 the last step's deferred weight gradients when the next one starts). Times every phase of the driver (pre, C_j, F_1,
 post, the transport's calls and gathers, the backward passes, the optimizer step) and every call of the fine actor
-(forward, backward's input gradient, the weight gradients and step; each receive and send inside them), in ms from the start of the first step shown, on
-one clock (one machine). VGG-16 x0.25, batch 64, one thread per process.
+(forward, backward's input gradient, the weight gradients and step; each receive and send inside them), in ms from the
+start of the first step shown, on one clock (one machine). VGG-16 x0.25, batch 64, one thread per process.
 """
 import argparse
 import statistics
