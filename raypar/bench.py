@@ -800,7 +800,7 @@ def _measure_once(contenders: list[Contender], cfg: BenchConfig, log) -> list[di
 def _paired(original: Contender, contenders: list[Contender], cfg: BenchConfig, log) -> list[dict]:
     """Each contender takes turns with the original only, pair after pair, in fresh processes: while a pair runs, no
     other contender's processes are up, as in a training run. (Idle Ray workers wake about 150 times a second each;
-    with every contender's processes up, 12 idle ones slowed a 2-process raypar step by 10-20 % on 2 cores and the
+    with every contender's processes up, 12 idle ones slowed a 2-process raypar step by 5-12 % on 2 cores and the
     original's not at all: benchmarks/throughput/README.md.) A contender's ratio is against the original of its own
     pair (``original_samples_per_s``); the original's row is its median pair."""
     rows, originals = [], []

@@ -174,18 +174,15 @@ class ActorEnd:
     def receive(self, x, writable: bool = False) -> torch.Tensor:
         """The tensor a call brought; ``writable``: one the caller may modify in place (an object-store array is
         read-only)."""
-        if isinstance(x, Wire) and x.tag == EARLY_U:       # the receive posted at the end of the last step
-            wire, buf, work = self.early
-            self.early = None
-            if (wire.shape, wire.dtype) != (x.shape, x.dtype):     # the driver keeps track: a bug, never a user's
-                raise RuntimeError(f"the early receive was for {wire}, the call is for {x}")
-            work.wait()
-            if buf.is_cuda:
-                torch.cuda.current_stream(buf.device).synchronize()
-            return incoming(buf, self.nhwc)
         if isinstance(x, Wire):
-            buf = torch.empty(x.shape, dtype=x.dtype, device=self.device)
-            self.group.recv([buf], 0, x.tag).wait()
+            if x.tag == EARLY_U:                             # the receive posted at the end of the last step
+                (wire, buf, work), self.early = self.early, None
+                if (wire.shape, wire.dtype) != (x.shape, x.dtype):   # the driver keeps track: a bug, never a user's
+                    raise RuntimeError(f"the early receive was for {wire}, the call is for {x}")
+            else:
+                buf = torch.empty(x.shape, dtype=x.dtype, device=self.device)
+                work = self.group.recv([buf], 0, x.tag)
+            work.wait()
             if buf.is_cuda:
                 torch.cuda.current_stream(buf.device).synchronize()   # arrived: transfer time is not compute time
             return incoming(buf, self.nhwc)
@@ -356,8 +353,8 @@ class DriverEnd:
         send = replace(fw, tag=EARLY_U) if early else fw
         self.sent_early += early
         self.steps[j] = self.actors[j].train_step.remote(key, send, bw, (f_reply, u_reply), self.early_inputs)
-        if early or j not in self.early:        # the actor posts its next early receive (if it has none posted)
-            self.early[j] = fw if self.early_inputs else None
+        if self.early_inputs and (early or j not in self.early):    # the actor posts its next early receive,
+            self.early[j] = fw                                          # unless it still has one posted
         self.posted[(j, "forward", key)] = (fw, f_reply, None, self.steps[j], send.tag)
         self.posted[(j, "backward", key)] = (bw, u_reply, None, self.steps[j], bw.tag)
         self.ahead += 1
@@ -385,23 +382,27 @@ class DriverEnd:
         results = [next(got) if p.ref is not None else None for p in pending]
         for p in pending:
             works = [w for w in p.works if not isinstance(w, torch.Tensor)]
-            if p.step is not None:       # the reply first: an actor that failed before its receive sends its
-                works.reverse()          # failed_reply, and the send to it would wait for gloo's timeout
-            for i, w in enumerate(works):
-                self._wait(w, p.step)
-                if i == 0 and p.step is not None and p.out is not None and is_failed_reply(p.out):
-                    self._failed(p.step, 60.0)
-                    raise RuntimeError("a fine actor's step failed, and Ray has not said why within 60 s")
+            if p.step is None:
+                for w in works:
+                    w.wait()
+                continue
+            # a part of a whole-step call (a send, then its reply): the reply first, since an actor that failed
+            # before its receive sends a failed_reply, and the send to it would wait for gloo's timeout
+            send, reply = works
+            self._wait(reply, p.step)
+            if is_failed_reply(p.out):
+                self._failed(p.step, 60.0)
+                raise RuntimeError("a fine actor's step failed, and Ray has not said why within 60 s")
+            self._wait(send, p.step)
         return results
 
     def _wait(self, work, step) -> None:
-        """Wait for a send or receive; where it belongs to a whole-step call and fails (the actor died, so its
-        sockets closed), raise that call's error if it has one."""
+        """Wait for a send or receive of the whole-step call ``step``; where it fails (the actor died, so its sockets
+        closed), raise that call's error if it has one."""
         try:
             work.wait()
         except RuntimeError:
-            if step is not None:
-                self._failed(step, 30.0)
+            self._failed(step, 30.0)
             raise
 
     def _failed(self, step, timeout_s: float) -> None:

@@ -57,12 +57,12 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     idle = [Idle.remote() for _ in range(args.idle)]
     ray.get([a.ready.remote() for a in idle])
+    variants = [("", {})] + ([(" 3 calls", {"whole_steps": False})] if args.three_calls else []) + \
+        ([(" late inputs", {"early_inputs": False})] if args.late_inputs else [])
     names, steps = [], []
     for split in args.splits:
         for mode in args.modes:
             f1, ca, dw = mode.startswith("f1"), mode.removesuffix("-dw").endswith("ca"), mode.endswith("-dw")
-            variants = [("", {})] + ([(" 3 calls", {"whole_steps": False})] if args.three_calls else []) + \
-                ([(" late inputs", {"early_inputs": False})] if args.late_inputs else [])
             for suffix, switches in variants:
                 net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2,
                            driver_segment=f1)
