@@ -224,7 +224,7 @@ class Runner:
         engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
                                                           transport=transport, channels_last=cfg.channels_last,
                                                           amp=cfg.amp, coarse_in_actors=coarse_in_actors,
-                                                          defer_weights=cfg.defer_weights),
+                                                          defer_weights=cfg.defer_weights, batch=cfg.batch),
                                 seed=cfg.seed)
         return self._begin(cfg, engine.train_step, make_batches(cfg, engine.device), engine)
 
@@ -524,11 +524,10 @@ def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, elemen
     way (``skip_first``: F_1 runs in the driver and ships nothing); ``element``: bytes per number (2 with --amp).
     With ``sample`` (the shape of one input sample; --coarse-in-actors, K = 1): the batch out and ``d_j`` back, its
     gradient out (the head's parameter gradients, a few KB, are not counted)."""
-    shipped = net.segment_info[1:] if skip_first else net.segment_info
     if sample is not None:
+        shipped = net.segment_info[1:] if skip_first else net.segment_info
         return batch * sum(4 * math.prod(sample) + element * 2 * math.prod(s.out_shape) for s in shipped)
-    per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in shipped)
-    return net.iterations * batch * element * per * 2
+    return net.interface_bytes(batch, skip_first, element)
 
 
 def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:

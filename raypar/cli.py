@@ -146,7 +146,8 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
     g.add_argument("--transport", default=None, choices=["auto", "object-store", "p2p", "cuda-ipc"],
                    help="how interface tensors travel: object-store (numpy through Ray's object store), p2p "
                         "(send/recv in a NCCL group between GPUs, gloo on CPUs), cuda-ipc (Ray Direct Transport, "
-                        f"driver and actors sharing one GPU); auto: p2p on CPUs, p2p or cuda-ipc on GPUs "
+                        f"driver and actors sharing one GPU); auto: p2p on CPUs and with a GPU per process; on one "
+                        f"shared GPU cuda-ipc from 24 MiB of interface tensors a step, the object store below "
                         f"{shown('transport')}")
     g.add_argument("--address", default=None,
                    help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "

@@ -108,6 +108,9 @@ class Resources:
     # step, and the driver does not wait for that step: it runs beside the driver's own backward and the next step's
     # pre and coarse sweep (raypar.split_backward). The actors' compute seconds then reach the next step's StepStats.
     defer_weights: bool = True
+    # the training batch, when known: with transport "auto" on a GPU that the driver and its actors share, it sizes a
+    # step's transfers, and small ones go through the object store (raypar.transport.IPC_MIN_BYTES)
+    batch: int = 0
 
     @property
     def device(self) -> torch.device:
@@ -195,7 +198,11 @@ class PararealEngine:
                                  resources.defer_weights)
                 for i, seg in enumerate(remote)]
             ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
-            self.tx = DriverEnd.connect(resources.transport, self.actors, self.device, nhwc=self.cl)
+            first = next(self.driver.parameters(), None)
+            element = 2 if self.amp != "off" else first.element_size() if first is not None else 4
+            step_bytes = net.interface_bytes(resources.batch, bool(self.offset), element) if resources.batch else None
+            self.tx = DriverEnd.connect(resources.transport, self.actors, self.device, nhwc=self.cl,
+                                        step_bytes=step_bytes)
             self.replica = replica
             self.group = None                                  # the drivers' group: the default one (gloo) on CPU
             if replica.world > 1:

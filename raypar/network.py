@@ -161,6 +161,14 @@ class PararealNet(nn.Module):
         """The parts that live in the driver: pre, the coarse networks and post."""
         return nn.ModuleDict({"pre": self.pre, "coarse": self.coarse, "post": self.post})
 
+    def interface_bytes(self, batch: int, skip_first: bool = False, element: int = 4) -> int:
+        """The fewest bytes a training step ships between the driver and the fine actors: 4 interface tensors per
+        shipped segment and iteration (input out, output back, their gradients the other way); ``skip_first``: F_1
+        runs in the driver and ships nothing; ``element``: bytes per number."""
+        shipped = self.segment_info[1:] if skip_first else self.segment_info
+        per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in shipped)
+        return self.iterations * batch * element * per * 2
+
     # ---------------------------------------------------------------- the split report (`raypar info`)
     def ideal_speedup(self) -> float:
         """Sequential cost / (pre + coarse + max fine + post), in the balance measure (forward+backward).

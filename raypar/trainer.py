@@ -175,7 +175,8 @@ def train_loop(config: dict) -> None:
     gpus = _gpus_per_subnet(cfg)
     resources = Resources(gpus, cfg.cpus_per_subnet, cfg.placement, first_in_driver=cfg.driver_segment,
                           transport=cfg.transport, channels_last=cfg.channels_last, amp=cfg.amp,
-                          coarse_in_actors=cfg.coarse_in_actors, defer_weights=cfg.defer_weights)
+                          coarse_in_actors=cfg.coarse_in_actors, defer_weights=cfg.defer_weights,
+                          batch=cfg.batch_size)
 
     def network(balance) -> PararealNet:
         return PararealNet(staged(), cfg.subnets, cfg.iterations, cfg.coarse, balance,

@@ -15,8 +15,11 @@ drive the actors always go through Ray, the tensors go one of three ways:
                   (:meth:`DriverEnd.post_ahead`). NCCL needs each process on its own GPU.
 ``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
                   sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
-``auto``          ``p2p`` on CPUs and with a GPU per process, ``cuda-ipc`` when they all share the driver's GPU,
-                  else ``object-store``.
+``auto``          ``p2p`` on CPUs and with a GPU per process; when they all share the driver's GPU, ``cuda-ipc`` for
+                  steps that ship at least ``IPC_MIN_BYTES`` (24 MiB) and ``object-store`` for smaller ones (or
+                  when the batch is not known: ``cuda-ipc``); else ``object-store``. Measured on one H200
+                  (benchmarks/gpu/README.md): at 2–12 MB a step the object store's steps were 25–30 % shorter, at
+                  33 MB CUDA IPC's 13 %, at 193 MB 5x.
 
 In a channels-last run (``--channels-last``) 4-D tensors travel in N, H, W, C order, the order they already lie in
 memory, so neither end copies them into another layout.
@@ -35,6 +38,9 @@ import torch
 from .errors import UserError
 
 TRANSPORTS = ("auto", "object-store", "p2p", "cuda-ipc")
+# auto on a shared GPU: CUDA IPC from this many interface bytes a step (below it, its fixed cost per tensor outweighs
+# the object store's copies through host memory)
+IPC_MIN_BYTES = 24 * 2**20
 
 # tags of the four interface tensors (gloo matches a send to a recv by peer and tag; NCCL by order)
 U, F_OUT, GRAD_F, GRAD_U, EVAL_U, EVAL_OUT = range(6)
@@ -125,11 +131,12 @@ def check_name(name: str) -> None:
         raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
 
 
-def choose(name: str, device_type: str, here: tuple, visible: int, there: list[tuple]) -> str:
+def choose(name: str, device_type: str, here: tuple, visible: int, there: list[tuple],
+           step_bytes: int | None = None) -> str:
     """The transport to use: ``name``, or what ``auto`` resolves to; a :class:`UserError` when it cannot work.
 
     ``here``: the driver's (node id, Ray GPU ids); ``visible``: the GPUs its CUDA sees; ``there``: each actor's
-    (node id, Ray GPU ids, device type)."""
+    (node id, Ray GPU ids, device type); ``step_bytes``: the interface bytes a training step ships, when known."""
     check_name(name)
     odd = [w[2] for w in there if w[2] != device_type]
     if odd:
@@ -145,7 +152,9 @@ def choose(name: str, device_type: str, here: tuple, visible: int, there: list[t
         # NCCL makes one communicator per (driver, actor j) pair: no actor may share a GPU with the driver
         own = bool(ids) and all(w[1] and mine.isdisjoint((w[0], g) for g in w[1]) for w in there)
     if name == "auto":
-        return "cuda-ipc" if shared else "p2p" if there and (own or device_type == "cpu") else "object-store"
+        if shared:
+            return "object-store" if step_bytes is not None and step_bytes < IPC_MIN_BYTES else "cuda-ipc"
+        return "p2p" if there and (own or device_type == "cpu") else "object-store"
     if name == "cuda-ipc" and there and not shared:
         raise UserError("--transport cuda-ipc needs the driver and every fine actor on the same GPU of one node "
                         "(a fractional --gpus-per-subnet, one replica per GPU); with a GPU per process use "
@@ -255,14 +264,16 @@ class DriverEnd:
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
-    def connect(cls, name: str, actors: list, device: torch.device, nhwc: bool = False) -> "DriverEnd":
+    def connect(cls, name: str, actors: list, device: torch.device, nhwc: bool = False,
+                step_bytes: int | None = None) -> "DriverEnd":
         """Resolve ``auto``, check that the chosen path can work here, and join the actors to it. ``nhwc``: a
-        channels-last run, whose 4-D tensors travel in N, H, W, C order (the actors' ends must agree)."""
+        channels-last run, whose 4-D tensors travel in N, H, W, C order (the actors' ends must agree);
+        ``step_bytes``: the interface bytes a training step ships, if known (``auto`` on a shared GPU)."""
         import ray
         there = ray.get([a.where.remote() for a in actors]) if actors else []
         here = (ray.get_runtime_context().get_node_id(), tuple(ray.get_gpu_ids()))
         visible = torch.cuda.device_count() if device.type == "cuda" else 0
-        name = choose(name, device.type, here, visible, there)
+        name = choose(name, device.type, here, visible, there, step_bytes)
         end = cls(name, actors, device, nhwc)
         if name == "p2p" and actors:
             from .hybrid import free_endpoint

@@ -90,7 +90,7 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
     if n < 2:
         return [len(staged.blocks)], []
     check_effort(warmup, steps, radius)
-    resources = replace(resources or Resources(), first_in_driver=driver_segment)
+    resources = replace(resources or Resources(), first_in_driver=driver_segment, batch=batch)
     with torch.random.fork_rng(devices=[]):    # coarse networks from the seed; the caller's RNG untouched
         torch.manual_seed(seed)
         base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,

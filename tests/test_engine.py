@@ -68,6 +68,7 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, trans
         bound = k * 8 * 8 * 2 * sum(numel)                    # float64: 8 bytes
         # with K > 1, F_N runs only in the last iteration and some outputs never reach the loss
         assert stats.bytes == bound if k == 1 else 0 < stats.bytes < bound
+        assert net.interface_bytes(8, first_in_driver, 8) == bound
         ref.eval()
         x = batches[0][0]
         with torch.no_grad():
@@ -121,9 +122,15 @@ def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, first_in
                        Resources(cpus_per_subnet=0.5, coarse_in_actors=True))
 
 
-def test_transport_choice_on_cpu(ray_local):
-    """On CPUs "auto" keeps the object store; CUDA IPC is refused at once, with nothing left running."""
+def test_transport_choice_on_cpu(ray_local, monkeypatch):
+    """On CPUs "auto" takes p2p (gloo), told the bytes a step ships at the run's batch; CUDA IPC is refused at once,
+    with nothing left running."""
     import ray
+
+    import raypar.transport as T
+    told = []
+    choose = T.choose
+    monkeypatch.setattr(T, "choose", lambda *a: told.append(a[-1]) or choose(*a))
 
     def cpus():
         return ray.available_resources().get("CPU", 0.0)
@@ -134,9 +141,12 @@ def test_transport_choice_on_cpu(ray_local):
         if free == before:
             break
     net = PararealNet(build("vgg11", width_mult=0.25), 2, balance="flops")
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, transport="auto"))
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, transport="auto", batch=16))
     try:
         assert engine.tx.name == "p2p"
+        # u out, f back and their gradients, float32, for each of the two segments
+        assert told == [16 * 4 * 2 * sum(torch.Size(i.in_shape).numel() + torch.Size(i.out_shape).numel()
+                                         for i in net.segment_info)]
     finally:
         engine.shutdown()
     with pytest.raises(UserError, match="cuda-ipc needs GPUs"):
@@ -170,6 +180,20 @@ def test_transport_choice(name, device, here, visible, there, want):
             choose(name, device, here, visible, there)
     else:
         assert choose(name, device, here, visible, there) == want
+
+
+def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store():
+    """CUDA IPC's fixed cost per tensor outweighs the object store's copies at a few MB a step (measured on an H200,
+    benchmarks/gpu/README.md): "auto" on one shared GPU takes CUDA IPC from IPC_MIN_BYTES a step, or when the step's
+    size is unknown; a transport named outright, and "auto" with a GPU per process, do not depend on the size."""
+    from raypar.transport import IPC_MIN_BYTES, choose
+    shared = ("cuda", ("A", (0,)), 1, [("A", (0,), "cuda")] * 2)
+    own = ("cuda", ("A", (0,)), 1, [("A", (1,), "cuda")])
+    assert choose("auto", *shared, IPC_MIN_BYTES - 1) == "object-store"
+    assert choose("auto", *shared, IPC_MIN_BYTES) == "cuda-ipc"
+    assert choose("auto", *shared, None) == "cuda-ipc"
+    assert choose("cuda-ipc", *shared, 1) == "cuda-ipc"
+    assert choose("auto", *own, 1) == "p2p"
 
 
 @pytest.mark.parametrize("amp, n, k, first_in_driver, transport, coarse_in_actors, defer", [

@@ -29,10 +29,10 @@ def ray_gpu():
 
 
 def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, steps: int = 3,
-             amp: str = "off", share: float = SHARE) -> dict:
+             amp: str = "off", share: float = SHARE, batch: int = 0) -> dict:
     """In a Ray actor holding a slice of the GPU: train the engine and the reference side by side; the largest
     differences seen (with ``amp``: float32 weights under autocast, and each tensor's change in the steps against the
-    reference's, relative)."""
+    reference's, relative). ``batch``: the engine's batch hint (``Resources.batch``; 0: none); the steps use 8."""
     import torch.nn.functional as F
 
     from raypar import PararealNet, build, precision
@@ -47,7 +47,7 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
                               weight_decay=opt_cfg.weight_decay)
     engine = PararealEngine(net, opt_cfg, Resources(gpus_per_subnet=share, cpus_per_subnet=1,
                                                     first_in_driver=first_in_driver, transport=transport,
-                                                    amp=amp), seed=0)
+                                                    amp=amp, batch=batch), seed=0)
     out = {"transport": engine.tx.name, "device": str(engine.device), "loss": 0.0, "weights": 0.0, "ahead": 0}
     scale = 2.0 ** 8 if amp == "fp16" else 1.0            # the same fixed loss scale in both (no overflow at 2^8)
     if engine.scaler:
@@ -82,18 +82,19 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
     return out
 
 
-def _run(ray, *args, share: float = SHARE) -> dict:
+def _run(ray, *args, share: float = SHARE, **kw) -> dict:
     driver = ray.remote(num_cpus=1, num_gpus=share)(_compare)
-    return ray.get(driver.remote(*args, share=share), timeout=600)
+    return ray.get(driver.remote(*args, share=share, **kw), timeout=600)
 
 
-@pytest.mark.parametrize("model, n, k, first_in_driver, transport, expect", [
-    ("vgg11", 2, 1, False, "object-store", "object-store"),
-    ("vgg11", 3, 2, False, "cuda-ipc", "cuda-ipc"),
-    ("resnet20", 3, 1, True, "cuda-ipc", "cuda-ipc"),
-    ("vgg11", 2, 1, False, "auto", "cuda-ipc")])          # a shared GPU: auto takes CUDA IPC
-def test_engine_on_gpu_matches_reference(ray_gpu, model, n, k, first_in_driver, transport, expect):
-    out = _run(ray_gpu, model, n, k, first_in_driver, transport)
+@pytest.mark.parametrize("model, n, k, first_in_driver, transport, batch, expect", [
+    ("vgg11", 2, 1, False, "object-store", 0, "object-store"),
+    ("vgg11", 3, 2, False, "cuda-ipc", 0, "cuda-ipc"),
+    ("resnet20", 3, 1, True, "cuda-ipc", 0, "cuda-ipc"),
+    ("vgg11", 2, 1, False, "auto", 0, "cuda-ipc"),           # a shared GPU, the batch unknown: auto takes CUDA IPC
+    ("vgg11", 2, 1, False, "auto", 8, "object-store")])      # 8 samples in float64, 0.8 MB a step: the object store
+def test_engine_on_gpu_matches_reference(ray_gpu, model, n, k, first_in_driver, transport, batch, expect):
+    out = _run(ray_gpu, model, n, k, first_in_driver, transport, batch=batch)
     assert out["transport"] == expect and out["device"].startswith("cuda")
     assert out["keys_match"] and out["bytes"] > 0
     assert len(out["gpu_peaks"]) == 1 + n - first_in_driver and all(m > 0 for m in out["gpu_peaks"])

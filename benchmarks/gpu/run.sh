@@ -6,7 +6,7 @@ OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-20}
 TESTS=${TESTS:-tests/test_gpu.py}              # what pytest runs first ("none": nothing)
-BENCHES=${BENCHES:-small wide wide-bf16}      # which of the bench runs below
+BENCHES=${BENCHES:-small wide wide-bf16}      # which of the bench runs below (also: ipc16 ipc48)
 WHEELS=${WHEELS:-.whl}
 mkdir -p "$OUT"
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then          # wheels carried to a machine without Ray (README.md)
@@ -33,3 +33,6 @@ bench small --subnets 1,2 --contenders original,parareal-1proc,raypar,raypar-f1 
 bench wide --subnets 2 --contenders original,parareal-1proc,raypar,raypar-f1 --transports auto,object-store \
     --width-mult 1 --batch 256
 bench wide-bf16 --subnets 2 --contenders original,raypar-f1 --width-mult 1 --batch 256 --amp bf16 --channels-last
+# where CUDA IPC starts to pay on a shared GPU (transport "auto"): VGG-16 x1, N = 2 in 3 processes, 0.75 MiB a sample
+bench ipc16 --subnets 2 --contenders original,raypar --transports object-store,cuda-ipc,auto --width-mult 1 --batch 16
+bench ipc48 --subnets 2 --contenders original,raypar --transports object-store,cuda-ipc,auto --width-mult 1 --batch 48
