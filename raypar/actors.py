@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import hybrid, precision, split_backward
+from .malloc import keep_freed_memory
 from .models import memory_format
 from .optim import OptimConfig, make_optimizer
 from .parareal import interval
@@ -47,6 +48,7 @@ class FineWorker:
         their weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before
         the weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
         (:mod:`raypar.split_backward`)."""
+        keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
         self.index = index
         self.amp = amp
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

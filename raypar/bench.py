@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import precision
+from .malloc import keep_freed_memory
 from .actors import gpu_peak_mb
 from .balance import TUNE, check_split
 from .coarse import DOWNSAMPLE, CoarseSpec
@@ -201,6 +202,7 @@ class Runner:
 
     def __init__(self):
         torch.set_num_threads(1)
+        keep_freed_memory()           # every contender's process as raypar's engine makes its own (raypar.malloc)
         make_optimizer([torch.zeros(1, requires_grad=True)], OptimConfig())   # torch.optim's lazy imports (~2 s)
         self.idle = peak_rss_mb()            # Python + Ray + torch + raypar, before any work
         self.engine, self.dist = None, False  # what finish() must shut down (set by the start_* methods)
@@ -367,6 +369,7 @@ def ddp_loop(config: dict) -> None:
     import ray.train.torch
     import torch.distributed as dist
     torch.set_num_threads(1)
+    keep_freed_memory()
     idle = peak_rss_mb()
     cfg: BenchConfig = config["cfg"]
     ctx = ray.train.get_context()
@@ -458,6 +461,7 @@ def _core_worker(conn, core: int, cfg: "BenchConfig") -> None:
     with that many step times, None ends it."""
     os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
+    keep_freed_memory()
     model = _model(cfg)
     step = sgd_step(model, optimizer(model, cfg), cfg)
     x, y = make_batches(replace(cfg, warmup=0, steps=1))[0]

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from . import hybrid, precision
 from .actors import FineWorker, gpu_peak_mb, to_cpu
 from .errors import UserError
+from .malloc import keep_freed_memory
 from .models import memory_format
 from .network import PararealNet
 from .optim import OptimConfig, make_optimizer
@@ -141,6 +142,7 @@ class PararealEngine:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
         self.n, self.k = net.num_subnets, net.iterations
         use_gpu = resources.gpus_per_subnet > 0
         self.device = resources.device
