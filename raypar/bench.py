@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import socket
@@ -523,15 +522,9 @@ def core_speeds(cfg: "BenchConfig", steps: int = 5, timeout_s: float = 300) -> d
 
 
 def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, element: int = 4,
-                  sample: tuple | None = None) -> int:
-    """4 interface tensors per remote segment and iteration: input out, output back, their gradients the other
-    way (``skip_first``: F_1 runs in the driver and ships nothing); ``element``: bytes per number (2 with --amp).
-    With ``sample`` (the shape of one input sample; --coarse-in-actors, K = 1): the batch out and ``d_j`` back, its
-    gradient out (the head's parameter gradients, a few KB, are not counted)."""
-    if sample is not None:
-        shipped = net.segment_info[1:] if skip_first else net.segment_info
-        return batch * sum(4 * math.prod(sample) + element * 2 * math.prod(s.out_shape) for s in shipped)
-    return net.interface_bytes(batch, skip_first, element)
+                  coarse_in_actors: bool = False) -> int:
+    """The fewest bytes a step ships (:meth:`PararealNet.interface_bytes`; ``element``: 2 with --amp)."""
+    return net.interface_bytes(batch, skip_first, element, coarse_in_actors)
 
 
 def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
@@ -572,7 +565,7 @@ def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: b
                 bytes_per_step=max(s["bytes"] for s in stats),
                 bytes_min=bytes_minimum(net, cfg.batch, skip_first=first_in_driver,
                                         element=4 if cfg.amp == "off" else 2,
-                                        sample=cfg.shape if coarse_in_actors else None),
+                                        coarse_in_actors=coarse_in_actors),
                 parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))
 
 

@@ -147,8 +147,8 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
                    help="how interface tensors travel: object-store (numpy through Ray's object store), p2p "
                         "(send/recv in a NCCL group between GPUs, gloo on CPUs), cuda-ipc (Ray Direct Transport, "
                         f"driver and actors sharing one GPU); auto: p2p on CPUs and with a GPU per process; on one "
-                        f"shared GPU cuda-ipc from 24 MiB of interface tensors a step, the object store below "
-                        f"{shown('transport')}")
+                        f"shared GPU cuda-ipc from 24 MiB of interface tensors a step, the object store below; "
+                        f"else the object store {shown('transport')}")
     g.add_argument("--address", default=None,
                    help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "
                         "in-process local Ray)")

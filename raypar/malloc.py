@@ -10,14 +10,14 @@ actor and 100-2,700 in the original network's process; with the thresholds below
 engine at a median 1.47x the original against 1.31x (11 runs each; in ``raypar bench`` the difference stayed within
 its noise: ``benchmarks/throughput/README.md``).
 
-The price: up to ``TRIM_THRESHOLD`` of freed memory stays with each process (the bench's peak RSS moved by 1-3 %).
-``RAYPAR_KEEP_FREED_MEMORY=0`` in a process's environment leaves glibc's defaults alone there (for a measurement,
-or a process short of memory).
+The price: freed memory stays with each process, up to ``TRIM_THRESHOLD`` at the top of each of glibc's heaps (the
+bench's peak RSS moved by 1-3 %). ``RAYPAR_KEEP_FREED_MEMORY=0`` in a process's environment leaves glibc's defaults
+alone there (for a measurement, or a process short of memory). Each process reads it from its own environment: for
+the fine actors on a cluster, set it where ``ray start`` runs or in the job's ``runtime_env``.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # mallopt's parameters (malloc.h)
@@ -32,8 +32,9 @@ def keep_freed_memory() -> bool:
     if os.environ.get("RAYPAR_KEEP_FREED_MEMORY", "1") == "0":
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):               # no C library found, or one without mallopt (macOS)
+        mallopt = ctypes.CDLL(None).mallopt         # the C library this process runs on
+    except (OSError, AttributeError, TypeError):   # none to load (Windows), or one without mallopt (macOS)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    took = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)]   # (musl: 0, 0)
+    return all(took)

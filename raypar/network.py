@@ -71,6 +71,7 @@ class PararealNet(nn.Module):
         if shape is None:
             raise UserError("input_shape is unknown: pass input_shape=(C, H, W) for one sample")
         self.num_subnets, self.iterations = num_subnets, iterations
+        self.input_shape = tuple(shape)
         self.coarse_spec = coarse or CoarseSpec()
 
         dtype = next(staged.parameters()).dtype
@@ -124,6 +125,8 @@ class PararealNet(nn.Module):
                 prof, _ = bal.measure_part(copy.deepcopy(net).to(where), x, measure)
                 info.coarse_params, info.coarse_cost, info.coarse_flops = prof.params, prof.cost, prof.flops
                 self.coarse.append(net)
+        if where.type == "cuda":
+            torch.cuda.empty_cache()          # the profile's activations: not held in the GPU's cache for the run
 
     @staticmethod
     def _coarse_cost_of(block_p, measure, batch, spec, where):
@@ -161,11 +164,16 @@ class PararealNet(nn.Module):
         """The parts that live in the driver: pre, the coarse networks and post."""
         return nn.ModuleDict({"pre": self.pre, "coarse": self.coarse, "post": self.post})
 
-    def interface_bytes(self, batch: int, skip_first: bool = False, element: int = 4) -> int:
-        """The fewest bytes a training step ships between the driver and the fine actors: 4 interface tensors per
-        shipped segment and iteration (input out, output back, their gradients the other way); ``skip_first``: F_1
-        runs in the driver and ships nothing; ``element``: bytes per number."""
+    def interface_bytes(self, batch: int, skip_first: bool = False, element: int = 4,
+                        coarse_in_actors: bool = False) -> int:
+        """The bytes a training step ships between the driver and the fine actors: 4 interface tensors per shipped
+        segment and iteration (input out, output back, their gradients the other way), exactly with K = 1 and at most
+        with K > 1 (some outputs never reach the loss); ``skip_first``: F_1 runs in the driver and ships nothing;
+        ``element``: bytes per number. ``coarse_in_actors`` (K = 1): the batch out (float32) and ``d_j`` back, its
+        gradient out (the actors' copies' parameter gradients, a few KB, not counted)."""
         shipped = self.segment_info[1:] if skip_first else self.segment_info
+        if coarse_in_actors:
+            return batch * sum(4 * math.prod(self.input_shape) + element * 2 * math.prod(s.out_shape) for s in shipped)
         per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in shipped)
         return self.iterations * batch * element * per * 2
 

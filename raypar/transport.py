@@ -16,10 +16,11 @@ drive the actors always go through Ray, the tensors go one of three ways:
 ``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
                   sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
 ``auto``          ``p2p`` on CPUs and with a GPU per process; when they all share the driver's GPU, ``cuda-ipc`` for
-                  steps that ship at least ``IPC_MIN_BYTES`` (24 MiB) and ``object-store`` for smaller ones (or
-                  when the batch is not known: ``cuda-ipc``); else ``object-store``. Measured on one H200
-                  (benchmarks/gpu/README.md): at 2–12 MB a step the object store's steps were 25–30 % shorter, at
-                  33 MB CUDA IPC's 13 %, at 193 MB 5x.
+                  steps that ship at least ``IPC_MIN_BYTES`` (24 MiB; the help of ``raypar train --transport``
+                  says so too) and ``object-store`` for smaller ones (or when the batch is not known: ``cuda-ipc``);
+                  else ``object-store``. Measured on one H200 (benchmarks/gpu/README.md): at 2–12 MiB a step the
+                  object store's steps were 19–30 % shorter, at 27 MiB the two were level, at 33 MiB CUDA IPC's were
+                  13 % shorter, at 193 MiB 5x.
 
 In a channels-last run (``--channels-last``) 4-D tensors travel in N, H, W, C order, the order they already lie in
 memory, so neither end copies them into another layout.

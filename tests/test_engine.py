@@ -182,7 +182,7 @@ def test_transport_choice(name, device, here, visible, there, want):
         assert choose(name, device, here, visible, there) == want
 
 
-def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store():
+def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store(capsys):
     """CUDA IPC's fixed cost per tensor outweighs the object store's copies at a few MB a step (measured on an H200,
     benchmarks/gpu/README.md): "auto" on one shared GPU takes CUDA IPC from IPC_MIN_BYTES a step, or when the step's
     size is unknown; a transport named outright, and "auto" with a GPU per process, do not depend on the size."""
@@ -194,6 +194,10 @@ def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store():
     assert choose("auto", *shared, None) == "cuda-ipc"
     assert choose("cuda-ipc", *shared, 1) == "cuda-ipc"
     assert choose("auto", *own, 1) == "p2p"
+    from raypar.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert f"cuda-ipc from {IPC_MIN_BYTES // 2**20} MiB" in " ".join(capsys.readouterr().out.split())   # --help says so
 
 
 @pytest.mark.parametrize("amp, n, k, first_in_driver, transport, coarse_in_actors, defer", [

@@ -82,7 +82,7 @@ def test_coarse_in_actors_row(planner):
         net = pararealnet(n, driver_segment=f1)
         row = planner.row(n, 8, Link(), driver_segment=f1, coarse_in_actors=True, defer_weights=False)
         assert row.split == net.split and row.processes == (n if f1 else n + 1) and row.iterations == 1
-        assert row.bytes_per_step == bytes_minimum(net, batch, skip_first=f1, sample=(3, 32, 32))
+        assert row.bytes_per_step == bytes_minimum(net, batch, skip_first=f1, coarse_in_actors=True)
         coarse = planner.coarse_seconds(n, 1, f1)
         bounds = [0, *itertools.accumulate(net.split)]
         each = [c.pre_s + sum(coarse[:j + 1] if j else []) + sum(c.blocks_s[a:b])
