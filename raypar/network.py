@@ -169,11 +169,13 @@ class PararealNet(nn.Module):
         """The bytes a training step ships between the driver and the fine actors: 4 interface tensors per shipped
         segment and iteration (input out, output back, their gradients the other way), exactly with K = 1 and at most
         with K > 1 (some outputs never reach the loss); ``skip_first``: F_1 runs in the driver and ships nothing;
-        ``element``: bytes per number. ``coarse_in_actors`` (K = 1): the batch out (float32) and ``d_j`` back, its
-        gradient out (the actors' copies' parameter gradients, a few KB, not counted)."""
+        ``element``: bytes per number. ``coarse_in_actors`` (K = 1): the batch out (float32 at least, also with
+        16-bit ``element``) and ``d_j`` back, its gradient out (the actors' copies' parameter gradients, a few KB, not
+        counted)."""
         shipped = self.segment_info[1:] if skip_first else self.segment_info
         if coarse_in_actors:
-            return batch * sum(4 * math.prod(self.input_shape) + element * 2 * math.prod(s.out_shape) for s in shipped)
+            sample = max(element, 4) * math.prod(self.input_shape)
+            return batch * sum(sample + element * 2 * math.prod(s.out_shape) for s in shipped)
         per = sum(math.prod(s.in_shape) + math.prod(s.out_shape) for s in shipped)
         return self.iterations * batch * element * per * 2
 

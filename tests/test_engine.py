@@ -112,6 +112,7 @@ def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, first_in
                 assert calls == {"pre": int(first_in_driver), "C1": 0, **{f"C{j}": 1 for j in range(2, n + 1)}}
         shipped = net.segment_info[1:] if first_in_driver else net.segment_info
         assert stats.bytes == 8 * 8 * sum(3 * 32 * 32 + 2 * torch.Size(i.out_shape).numel() for i in shipped)
+        assert stats.bytes == net.interface_bytes(8, first_in_driver, 8, coarse_in_actors=True)
         ref.eval()
         with torch.no_grad():
             torch.testing.assert_close(engine.predict(batches[0][0]), ref(batches[0][0]), rtol=1e-4, atol=1e-5)
