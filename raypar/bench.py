@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import precision
-from .malloc import keep_freed_memory
 from .actors import gpu_peak_mb
 from .balance import TUNE, check_split
 from .coarse import DOWNSAMPLE, CoarseSpec
 from .engine import TURN_CPUS, PararealEngine, Resources
 from .errors import UserError, make_output_dir
+from .malloc import keep_freed_memory
 from .models import build, memory_format
 from .network import PararealNet
 from .parareal import coarse_work

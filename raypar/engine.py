@@ -201,7 +201,8 @@ class PararealEngine:
                 for i, seg in enumerate(remote)]
             ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
             # (at most: under --amp an interface tensor may be 16-bit or, after a normalization, float32)
-            element = next(net.parameters()).element_size()
+            first = next(net.parameters(), None)
+            element = first.element_size() if first is not None else 4
             step_bytes = (net.interface_bytes(resources.batch, bool(self.offset), element, self.in_actors)
                           if resources.batch else None)
             self.tx = DriverEnd.connect(resources.transport, self.actors, self.device, nhwc=self.cl,
