@@ -6,9 +6,10 @@ top of its heap back to the system once more than its trim threshold lies free t
 as large blocks come and go). Either way the next step writes to new pages, and each 4 KiB page costs a page fault
 that zeroes it (about 2.8 us on the development VM). Measured there (VGG-16 x0.25, batch 64, N = 2, F_1 in the
 driver; ``benchmarks/throughput/page_faults.py``): 3,000-6,400 page faults a step in the driver, 460-1,610 in the
-actor and 100-2,700 in the original network's process; with the thresholds below, 220-700, 2-86 and 0-130, and the
-engine at a median 1.47x the original against 1.31x (11 runs each; in ``raypar bench`` the difference stayed within
-its noise: ``benchmarks/throughput/README.md``).
+actor and 100-2,700 in the original network's process; with the thresholds below, 220-700, 2-86 and 0-130. The
+engine ran at a median 1.47x the original against 1.31x (11 runs each), and driven from a Ray actor, as the bench and
+``raypar train`` drive it, 1.475x against 1.34x (6 runs each); ``raypar bench`` gave 1.46x against 1.35x (medians of
+3 runs each, within its noise of about 0.1: ``benchmarks/throughput/README.md``).
 
 The price: freed memory stays with each process, up to ``TRIM_THRESHOLD`` at the top of each of glibc's heaps (the
 bench's peak RSS moved by 1-3 %). ``RAYPAR_KEEP_FREED_MEMORY=0`` in a process's environment leaves glibc's defaults
