@@ -411,7 +411,7 @@ def _net(cfg: BenchConfig, n: int, driver_segment: bool = False, balance=None) -
     return PararealNet(_model(cfg), n, coarse=_coarse(cfg), balance=balance, input_shape=cfg.shape,
                        profile_batch=cfg.batch, driver_segment=driver_segment, defer_weights=cfg.defer_weights,
                        measure="time" if cfg.balance == TUNE else None,   # a tuned split's limit: by time too
-                       profile_device=cfg.torch_device)
+                       profile_device=cfg.torch_device, channels_last=cfg.channels_last)
 
 
 def _coarse(cfg: BenchConfig) -> CoarseSpec:

@@ -53,13 +53,15 @@ class PararealNet(nn.Module):
     (:func:`raypar.balance.partition_loaded_first`).
 
     ``profile_device``: where the profile runs (a time balance should time the device the network will train on:
-    a GPU's block costs are not a CPU's); the network itself stays where it is.
+    a GPU's block costs are not a CPU's); the network itself stays where it is. ``channels_last``: the profile times
+    the blocks and coarse networks in the channels-last layout, as a run with ``--channels-last`` computes them (the
+    network itself is not converted).
     """
 
     def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,
                  balance="time", input_shape: tuple | None = None, profile_batch: int = 8,
                  driver_segment: bool = False, measure: str | None = None, defer_weights: bool = False,
-                 profile_device: str | torch.device | None = None):
+                 profile_device: str | torch.device | None = None, channels_last: bool = False):
         super().__init__()
         staged = staged_from(staged)
         num_blocks = len(staged.blocks)
@@ -80,13 +82,14 @@ class PararealNet(nn.Module):
         sample = torch.randn(profile_batch, *shape, dtype=dtype, generator=gen).to(where)
         # the profile's measure (the cost report's unit): the balance's own, else (explicit block counts) ``measure``
         measure = balance if isinstance(balance, str) else (measure or "flops")
-        pre_p, block_p, post_p = bal.profile(staged, sample, measure)
+        pre_p, block_p, post_p = bal.profile(staged, sample, measure, channels_last=channels_last)
         if isinstance(balance, str):
             costs = [p.cost for p in block_p]
             if driver_segment and num_subnets > 1:
                 # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do. The
                 # coarse networks' cost depends on the split (each maps its interval's input shape to its output's)
-                coarse_cost = self._coarse_cost_of(block_p, measure, profile_batch, self.coarse_spec, where)
+                coarse_cost = self._coarse_cost_of(block_p, measure, profile_batch, self.coarse_spec, where,
+                                                   channels_last)
 
                 def driver_work(split):
                     bounds = list(itertools.accumulate(split, initial=0))
@@ -96,7 +99,7 @@ class PararealNet(nn.Module):
                 deferred = None
                 if defer_weights and measure == "time":
                     with torch.random.fork_rng():
-                        deferred = bal.weight_grad_times(staged, sample)
+                        deferred = bal.weight_grad_times(staged, sample, channels_last=channels_last)
                 self.split = bal.partition_loaded_first(costs, num_subnets, driver_work, deferred=deferred)
             else:
                 self.split = bal.partition(costs, num_subnets)
@@ -122,14 +125,14 @@ class PararealNet(nn.Module):
             for info in self.segment_info:
                 net = build_coarse(info.in_shape, info.out_shape, self.coarse_spec)
                 x = torch.randn(profile_batch, *info.in_shape, generator=gen).to(where)
-                prof, _ = bal.measure_part(copy.deepcopy(net).to(where), x, measure)
+                prof, _ = bal.measure_part(*bal.in_layout(copy.deepcopy(net).to(where), x, channels_last), measure)
                 info.coarse_params, info.coarse_cost, info.coarse_flops = prof.params, prof.cost, prof.flops
                 self.coarse.append(net)
         if where.type == "cuda":
             torch.cuda.empty_cache()          # the profile's activations: not held in the GPU's cache for the run
 
     @staticmethod
-    def _coarse_cost_of(block_p, measure, batch, spec, where):
+    def _coarse_cost_of(block_p, measure, batch, spec, where, channels_last=False):
         """``cost(start, stop)``: the cost of the coarse network an interval of blocks would get, built aside (the
         global RNG is left alone) and measured once per pair of shapes."""
         seen: dict = {}
@@ -140,7 +143,7 @@ class PararealNet(nn.Module):
                 with torch.random.fork_rng():
                     net = build_coarse(*shapes, spec)
                     x = torch.randn(batch, *shapes[0]).to(where)
-                    seen[shapes] = bal.measure_part(net.to(where), x, measure)[0].cost
+                    seen[shapes] = bal.measure_part(*bal.in_layout(net.to(where), x, channels_last), measure)[0].cost
             return seen[shapes]
         return cost
 

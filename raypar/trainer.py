@@ -183,7 +183,7 @@ def train_loop(config: dict) -> None:
         # [3, 9] by chance; at 64, [3, 9], the fastest on the engine, every time)
         return PararealNet(staged(), cfg.subnets, cfg.iterations, cfg.coarse, balance, profile_batch=cfg.batch_size,
                            driver_segment=cfg.driver_segment, defer_weights=cfg.defer_weights,
-                           profile_device=resources.device)
+                           profile_device=resources.device, channels_last=cfg.channels_last)
     # a resumed run keeps the split it started with (a measured balance could choose another one)
     balance = meta["split"] if meta else cfg.balance
     if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split

@@ -95,7 +95,7 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
         torch.manual_seed(seed)
         base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,
                            driver_segment=driver_segment, defer_weights=resources.defer_weights,
-                           profile_device=resources.device).split
+                           profile_device=resources.device, channels_last=resources.channels_last).split
         splits = candidates(base, radius)
         log(f"tuning the split of N = {n}{' (F_1 in the driver)' if driver_segment else ''}: {len(splits)} "
             f"candidates around the profile's {base}, {warmup} + {steps} steps each")

@@ -19,6 +19,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", default="3,9", help="block counts of N = 2 (default: %(default)s)")
     p.add_argument("--transport", default="p2p", choices=["object-store", "p2p"])
+    p.add_argument("--channels-last", action="store_true", help="weights and activations in the channels-last layout")
     p.add_argument("--steps", type=int, default=30, help="timed steps for the median (default: %(default)s)")
     p.add_argument("--show", type=int, default=3,
                    help="consecutive steps in the timeline, as in a run: each starts while the actor may still be "
@@ -59,10 +60,11 @@ def main() -> None:
             return out
     E.FineWorker = Timed
     split = [int(v) for v in args.split.split(",")]
-    cfg = BenchConfig(balance=split).validate()
+    cfg = BenchConfig(balance=split, channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     eng = E.PararealEngine(_net(cfg, 2, driver_segment=True), cfg.optim,
-                           E.Resources(0, 1.0, first_in_driver=True, transport=args.transport))
+                           E.Resources(0, 1.0, first_in_driver=True, transport=args.transport,
+                                       channels_last=args.channels_last))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
     for _ in range(5):
