@@ -136,7 +136,8 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
                         "sweep); the same numbers (see benchmarks/throughput) (default: on)")
     g.add_argument("--channels-last", action="store_true", default=None,
                    help="keep weights and activations in the channels-last layout: faster convolutions on recent "
-                        "CPUs and on GPUs; the results match the default layout up to rounding")
+                        "CPUs and on GPUs; the results match the default layout up to rounding; a time balance "
+                        "profiles in it (its split can differ: --balance tune measures it)")
     g.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
                    help="mixed precision in the driver and every fine actor: bf16 autocast (GPUs from Ampere on), or "
                         "fp16 autocast with a dynamic loss scale shared by every process; weights stay float32 "

@@ -14,7 +14,7 @@ starts, as before 2026-11-27.
 processes up).
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
 at 0). Prints each engine's median step and its ratio to the original's. VGG-16 x0.25 (``--width-mult``), batch 64
-(``--batch``), one thread.
+(``--batch``), one thread; ``--channels-last``: every engine and the original in that layout.
 """
 import argparse
 from dataclasses import replace
@@ -36,6 +36,8 @@ def main() -> None:
                         "backward, step) instead of one for the whole step")
     p.add_argument("--width-mult", type=float, default=0.25, help="VGG-16's width (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="every engine and the original in the channels-last layout (a time balance profiles in it too)")
     p.add_argument("--late-inputs", action="store_true",
                    help="p2p: each engine also as before 2026-11-27, its actors posting the receive of a step's input "
                         "when the step's call starts instead of at the end of the step before")
@@ -53,7 +55,7 @@ def main() -> None:
 
     from raypar.bench import BenchConfig, _net
     from raypar.engine import TURN_CPUS, PararealEngine, Resources
-    cfg = BenchConfig(width_mult=args.width_mult, batch=args.batch).validate()
+    cfg = BenchConfig(width_mult=args.width_mult, batch=args.batch, channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     idle = [Idle.remote() for _ in range(args.idle)]
     ray.get([a.ready.remote() for a in idle])
@@ -67,7 +69,8 @@ def main() -> None:
                 net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2,
                            driver_segment=f1)
                 engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
-                                                                      defer_weights=dw, transport=args.transport))
+                                                                      defer_weights=dw, transport=args.transport,
+                                                                      channels_last=args.channels_last))
                 for attr, value in switches.items():
                     setattr(engine.tx, attr, value)
                 names.append(f"[{split}] {mode}{suffix}")

@@ -2,6 +2,8 @@
 import statistics
 import time
 
+import torch
+
 
 def take_turns(names: list[str], steps: list, cfg, count: int, untimed: int = 3) -> None:
     """Add the original network of the bench config ``cfg`` last, then run step i of every ``steps[j](x, y)`` in
@@ -10,6 +12,8 @@ def take_turns(names: list[str], steps: list, cfg, count: int, untimed: int = 3)
     ratio to the original's."""
     from raypar.bench import _model, make_batches, optimizer, sgd_step
     model = _model(cfg).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     names, steps = [*names, "original"], [*steps, sgd_step(model, optimizer(model, cfg), cfg)]
     batches = make_batches(cfg)
     times = [[] for _ in steps]
