@@ -228,6 +228,26 @@ def test_the_profile_times_the_layout_the_run_uses(monkeypatch, channels_last):
     assert not any(layout(p)[1] for p in net.parameters())       # the profile converted copies only
 
 
+def test_the_profile_times_parts_as_a_run_runs_them(monkeypatch):
+    """pre's backward computes no gradient for the data (its input), as in training; a time profile runs in a process
+    that keeps freed memory (as the engine's processes do: each repeat would fault its pages in again) and after one
+    whole forward and backward, so the first part timed does not pay every first touch."""
+    import raypar.balance as bal
+    from raypar.balance import measure_part
+    model = build("vgg11", width_mult=0.25)
+    x = torch.randn(4, 3, 32, 32)
+    pre_p, _, _ = profile(model, x, "flops")
+    with_input_grad, _ = measure_part(model.pre, x, "flops", input_grad=True)
+    without, _ = measure_part(model.pre, x, "flops", input_grad=False)
+    assert pre_p.flops == without.flops < with_input_grad.flops
+    calls = []
+    monkeypatch.setattr(bal, "keep_freed_memory", lambda: calls.append("kept"))
+    real = bal.measure_part
+    monkeypatch.setattr(bal, "measure_part", lambda *a, **k: (calls.append("part"), real(*a, **k))[1])
+    profile(model, x, "time")
+    assert calls[0] == "kept" and calls.count("part") == len(model.blocks) + 2
+
+
 def test_explicit_split_and_coarse_options():
     model = build("vgg11", width_mult=0.25)
     net = PararealNet(model, 2, balance=[3, 4], coarse=CoarseSpec(depth=2, width=0.5))
