@@ -38,7 +38,8 @@ class Profile:
 def _fwd_bwd_flops(module: nn.Module, x: torch.Tensor) -> float:
     with FlopCounterMode(display=False) as counter:
         out = module(x)
-        out.backward(torch.ones_like(out))
+        if out.requires_grad:                # (a part with nothing to train, on the data: no backward at all)
+            out.backward(torch.ones_like(out))
     return float(counter.get_total_flops())
 
 
@@ -57,7 +58,8 @@ def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
         out = module(x)
         if grad is None:
             grad = torch.ones_like(out)
-        out.backward(grad)
+        if out.requires_grad:
+            out.backward(grad)
         _sync(x)
         if i:
             times.append(time.perf_counter() - t0)
@@ -104,11 +106,15 @@ def in_layout(part: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn
 
 def _as_in_a_run(model: nn.Module, x: torch.Tensor) -> None:
     """Time a part as a training step runs it: in a process that keeps freed memory (as the engine's do,
-    :mod:`raypar.malloc`; with glibc's defaults each repeat faults its activations' pages in again: VGG-16 x0.25's pre,
-    forward and backward on a batch of 64, took 6-10 ms instead of 3.3), after one whole forward and backward (the
-    first part timed would pay every first touch: allocations, kernels)."""
+    :mod:`raypar.malloc`, from now on in this process too; with glibc's defaults each repeat faults its activations'
+    pages in again), after one whole forward and backward (the first part timed would pay every first touch:
+    allocations, kernels). VGG-16 x0.25's pre, forward and backward on a batch of 64, profiled at 4.7-7.8 ms before,
+    3.3-4.5 ms now, and took 2.7-3.9 ms inside a whole pass (``benchmarks/throughput/profile_check.py``). On a GPU the
+    whole pass holds the whole network's activations at the profile's batch once, as a training step does."""
     keep_freed_memory()
-    model(x).sum().backward()
+    out = model(x)
+    if out.requires_grad:
+        out.sum().backward()
     model.zero_grad(set_to_none=True)
     _sync(x)
 

@@ -13,8 +13,10 @@ engine ran at a median 1.47x the original against 1.31x (11 runs each), and driv
 
 The price: freed memory stays with each process, up to ``TRIM_THRESHOLD`` at the top of each of glibc's heaps (the
 bench's peak RSS moved by 1-3 %). ``RAYPAR_KEEP_FREED_MEMORY=0`` in a process's environment leaves glibc's defaults
-alone there (for a measurement, or a process short of memory). Each process reads it from its own environment: for
-the fine actors on a cluster, set it where ``ray start`` runs or in the job's ``runtime_env``.
+alone there (for a measurement, or a process short of memory). A time profile (``PararealNet(balance="time")``,
+``raypar plan``) keeps freed memory in its process too, as the run it times will. Each process reads the variable
+from its own environment: for the fine actors on a cluster, set it where ``ray start`` runs or in the job's
+``runtime_env``.
 """
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ class PararealNet(nn.Module):
     ``profile_device``: where the profile runs (a time balance should time the device the network will train on:
     a GPU's block costs are not a CPU's); the network itself stays where it is. ``channels_last``: the profile times
     the blocks and coarse networks in the channels-last layout, as a run with ``--channels-last`` computes them (the
-    network itself is not converted).
+    network itself is not converted). A time profile keeps freed memory in this process from then on, as the engine's
+    processes do (:mod:`raypar.malloc`; ``RAYPAR_KEEP_FREED_MEMORY=0`` opts out).
     """
 
     def __init__(self, staged, num_subnets: int, iterations: int = 1, coarse: CoarseSpec | None = None,

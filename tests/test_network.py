@@ -242,10 +242,24 @@ def test_the_profile_times_parts_as_a_run_runs_them(monkeypatch):
     assert pre_p.flops == without.flops < with_input_grad.flops
     calls = []
     monkeypatch.setattr(bal, "keep_freed_memory", lambda: calls.append("kept"))
-    real = bal.measure_part
+    real, whole = bal.measure_part, type(model).forward
     monkeypatch.setattr(bal, "measure_part", lambda *a, **k: (calls.append("part"), real(*a, **k))[1])
+    monkeypatch.setattr(type(model), "forward", lambda self, x: (calls.append("whole"), whole(self, x))[1])
     profile(model, x, "time")
-    assert calls[0] == "kept" and calls.count("part") == len(model.blocks) + 2
+    assert calls[:3] == ["kept", "whole", "part"] and calls.count("part") == len(model.blocks) + 2
+
+
+@pytest.mark.parametrize("pre", ["identity", "pool", "frozen"])
+def test_a_pre_with_nothing_to_train_is_profiled_and_split(pre):
+    """pre without trainable parameters, on the data: its profile has no backward to run (none in a step either)."""
+    from raypar.models import StagedModel
+    model = build("vgg11", width_mult=0.25)
+    first = {"identity": nn.Identity(), "pool": nn.AvgPool2d(1), "frozen": model.pre.requires_grad_(False)}[pre]
+    staged = StagedModel(first, [model.pre if pre != "frozen" else nn.Identity(), *model.blocks], model.post,
+                         input_shape=(3, 32, 32))
+    for balance in ("time", "flops", "params", [3, 5]):
+        net = PararealNet(staged, 2, balance=balance, profile_batch=2, driver_segment=True, defer_weights=True)
+        assert sum(net.split) == len(staged.blocks) and net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_explicit_split_and_coarse_options():
