@@ -109,7 +109,7 @@ def _as_in_a_run(model: nn.Module, x: torch.Tensor) -> None:
     :mod:`raypar.malloc`, from now on in this process too; with glibc's defaults each repeat faults its activations'
     pages in again), after one whole forward and backward (the first part timed would pay every first touch:
     allocations, kernels). VGG-16 x0.25's pre, forward and backward on a batch of 64, profiled at 4.7-7.8 ms before,
-    3.3-4.5 ms now, and took 2.7-3.9 ms inside a whole pass (``benchmarks/throughput/profile_check.py``). On a GPU the
+    3.2-6.1 ms now, and took 2.7-4.3 ms inside a whole pass (``benchmarks/throughput/profile_check.py``). On a GPU the
     whole pass holds the whole network's activations at the profile's batch once, as a training step does."""
     keep_freed_memory()
     out = model(x)
