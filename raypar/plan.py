@@ -139,7 +139,7 @@ class Planner:
     def __init__(self, model: str = "vgg16", width_mult: float = 0.25, image_size: int = 32, in_channels: int = 3,
                  num_classes: int = 10, batch: int = 64, coarse_depth: int = 1, coarse_width: float = 1.0,
                  balance: str = "time", threads: int = 1, repeats: int = 5, seed: int = 0, coarse_kernel: int = 3,
-                 coarse_downsample: str = "pool"):
+                 coarse_downsample: str = "pool", channels_last: bool = False):
         import torch
 
         from . import balance as bal
@@ -155,14 +155,15 @@ class Planner:
         torch.manual_seed(seed)
         self.staged = build(model, num_classes, in_channels, width_mult, image_size)
         self.model, self.width_mult, self.balance, self.threads = model, width_mult, balance, threads
+        self.channels_last = channels_last      # every part profiled in the layout the run computes in
         self.shape, self.batch = (in_channels, image_size, image_size), batch
         self.num_blocks = len(self.staged.blocks)
         self._nets: dict = {}
         with num_threads(threads):
             x = torch.randn(batch, *self.shape, generator=torch.Generator().manual_seed(seed))
-            pre, blocks, post = bal.profile(self.staged, x, "time", repeats)
+            pre, blocks, post = bal.profile(self.staged, x, "time", repeats, channels_last=channels_last)
             per_param = _optimizer_seconds_per_param(self.staged)
-            weights = bal.weight_grad_times(self.staged, x, repeats)
+            weights = bal.weight_grad_times(self.staged, x, repeats, channels_last=channels_last)
         self.profiles = (pre, blocks, post)
         self.costs = Costs(batch, pre.cost + per_param * pre.params, post.cost + per_param * post.params,
                            [b.cost + per_param * b.params for b in blocks], per_param, threads,
@@ -183,7 +184,7 @@ class Planner:
                 self._nets[key] = PararealNet(copy.deepcopy(self.staged), n, iterations, self.coarse_spec,
                                               list(split) if split else self.balance, self.shape,
                                               profile_batch=self.batch, driver_segment=driver_segment,
-                                              defer_weights=defer_weights)
+                                              defer_weights=defer_weights, channels_last=self.channels_last)
         return self._nets[key]
 
     def coarse_seconds(self, n: int, iterations: int, driver_segment: bool,
@@ -202,7 +203,7 @@ class Planner:
                         sec = info.coarse_cost            # measured by PararealNet at this batch already
                     else:
                         x = torch.randn(self.batch, *info.in_shape, generator=torch.Generator().manual_seed(0))
-                        sec = bal.measure_part(copy.deepcopy(c), x, "time")[0].cost
+                        sec = bal.measure_part(*bal.in_layout(copy.deepcopy(c), x, self.channels_last), "time")[0].cost
                     out.append(sec + self.costs.opt_s_per_param * info.coarse_params)
             self.costs.coarse_s[key] = out
         return self.costs.coarse_s[key]
@@ -373,14 +374,14 @@ def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, li
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,
             coarse_kernel: int = 3, coarse_downsample: str = "pool", capacity: float | None = None,
-            coarse_in_actors: bool = False, defer_weights: bool = True) -> list[PlanRow]:
+            coarse_in_actors: bool = False, defer_weights: bool = True, channels_last: bool = False) -> list[PlanRow]:
     """One :class:`PlanRow` per N = 1..min(gpus, blocks). ``planner``: reuse the measurements of an earlier call
     (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,
     :data:`CALL_LATENCY_MS`; ``capacity``: what the devices together are worth (see :meth:`Planner.row`)."""
     check_inputs(gpus, link_gbps, latency_ms, iterations, capacity)
     planner = planner or Planner(model, width_mult, image_size, in_channels, num_classes, batch, coarse_depth,
                                  coarse_width, balance, coarse_kernel=coarse_kernel,
-                                 coarse_downsample=coarse_downsample)
+                                 coarse_downsample=coarse_downsample, channels_last=channels_last)
     link = Link(LINK_GBPS if link_gbps is None else link_gbps, CALL_LATENCY_MS if latency_ms is None else latency_ms)
     if coarse_in_actors and iterations != 1:
         raise UserError(f"--coarse-in-actors needs --iterations 1, got {iterations}")
@@ -459,7 +460,8 @@ def against_bench(path: str, link: Link, planner: Planner | None = None, capacit
                                  cfg["num_classes"], cfg["batch"],
                                  balance=cfg["balance"] if cfg["balance"] in MEASURES else "time",
                                  coarse_kernel=cfg.get("coarse_kernel", 3),
-                                 coarse_downsample=cfg.get("coarse_downsample", "stride"))   # older benches: strided
+                                 coarse_downsample=cfg.get("coarse_downsample", "stride"),   # older benches: strided
+                                 channels_last=bool(cfg.get("channels_last", False)))
     cores = int(env.get("cpu_cores") or os.cpu_count() or 1)
     if capacity is None:                       # what the bench measured the cores to be worth, where it did
         capacity = (env.get("core_speeds") or {}).get("capacity")
@@ -561,6 +563,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the split's cost measure, as in train (the times are always measured) (default: %(default)s)")
     p.add_argument("--driver-segment", action="store_true",
                    help="F_1 runs in the driver: N processes instead of N + 1, no transfers for F_1")
+    p.add_argument("--channels-last", action="store_true",
+                   help="profile every part in the channels-last layout, as train --channels-last computes")
     p.add_argument("--coarse-in-actors", action="store_true",
                    help="K = 1: each fine process computes its input from the batch (pre and C_1..C_j again), the "
                         "driver only the correction sweep; the batch travels instead of u_j, and no dL/du_j")
@@ -596,13 +600,14 @@ def cmd_plan(args) -> int:
         return 0
     planner = Planner(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
                       args.coarse_depth, args.coarse_width, args.balance, coarse_kernel=args.coarse_kernel,
-                      coarse_downsample=args.coarse_downsample)
+                      coarse_downsample=args.coarse_downsample, channels_last=args.channels_last)
     rows = predict(gpus=args.gpus, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
                    driver_segment=args.driver_segment, planner=planner, capacity=args.capacity,
                    coarse_in_actors=args.coarse_in_actors, defer_weights=args.defer_weights)
     meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.gpus,
             "iterations": args.iterations, "driver_segment": args.driver_segment,
-            "coarse_in_actors": args.coarse_in_actors, "defer_weights": args.defer_weights, "link_gbps": link.gbps,
+            "coarse_in_actors": args.coarse_in_actors, "defer_weights": args.defer_weights,
+            "channels_last": args.channels_last, "link_gbps": link.gbps,
             "latency_ms": link.latency_ms, "link_measured": link.measured, "blocks": planner.num_blocks,
             "capacity": args.capacity,
             "sequential_ms": 1e3 * planner.sequential_s()}
@@ -614,7 +619,8 @@ def cmd_plan(args) -> int:
         notes.append(f"stopped at N = {planner.num_blocks}: {args.model} has {planner.num_blocks} blocks")
     console.print(render(rows, f"{args.model} x{args.width_mult}, batch {args.batch}, {args.gpus} device(s), "
                                f"K = {args.iterations}{', F_1 in the driver' if args.driver_segment else ''}"
-                               f"{', the coarse sweep in the actors' if args.coarse_in_actors else ''}",
+                               f"{', the coarse sweep in the actors' if args.coarse_in_actors else ''}"
+                               f"{', channels-last' if args.channels_last else ''}",
                          caption="\n".join(notes) or None))
     console.print(f"sequential step {meta['sequential_ms']:.1f} ms (fwd+bwd+optimizer, one thread, measured now); "
                   f"{link_text}. eff ≤ = speedup / devices in use; raypar needs N + 1 processes "

@@ -185,6 +185,29 @@ def test_against_a_bench_result(planner, tmp_path):
         assert r["speedup_error"] == pytest.approx(r["predicted_speedup"] / r["measured_speedup"] - 1)
 
 
+def test_a_channels_last_plan_profiles_in_channels_last(monkeypatch, tmp_path):
+    """plan --channels-last (and --bench of a channels-last bench) profile every part as such a run computes it."""
+    import raypar.balance as bal
+    seen = []
+    real_profile, real_weights = bal.profile, bal.weight_grad_times
+    monkeypatch.setattr(bal, "profile", lambda *a, **k: (seen.append(("profile", k.get("channels_last"))),
+                                                         real_profile(*a, **k))[1])
+    monkeypatch.setattr(bal, "weight_grad_times", lambda *a, **k: (seen.append(("weights", k.get("channels_last"))),
+                                                                   real_weights(*a, **k))[1])
+    rows = predict(TINY["model"], width_mult=TINY["width_mult"], batch=TINY["batch"], gpus=2, driver_segment=True,
+                   channels_last=True)
+    assert rows[1].speedup > 0 and seen and all(cl for _, cl in seen)
+    assert {kind for kind, _ in seen} == {"profile", "weights"}
+    seen.clear()
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"config": {"model": "vgg11", "width_mult": 0.125, "image_size": 32, "in_channels": 3,
+                                           "num_classes": 10, "batch": 8, "balance": "flops", "channels_last": True},
+                                "environment": {"cpu_cores": 2},
+                                "rows": [{"contender": "original", "step_ms": 100.0, "ratio_vs_original": 1.0}]}))
+    assert against_bench(str(path), Link())[0]["contender"] == "original"
+    assert seen and all(cl for _, cl in seen)
+
+
 # ------------------------------------------------------------------------------------------- the CLI
 def run(*args):
     return subprocess.run([sys.executable, "-m", "raypar.cli", "plan", *args], capture_output=True, text=True,
@@ -198,7 +221,7 @@ def test_cli_json():
     out = json.loads(r.stdout)
     assert out["link_gbps"] == 5 and out["blocks"] == 7
     assert [row["subnets"] for row in out["rows"]] == [1, 2] and out["rows"][0]["speedup"] == 1.0
-    assert out["rows"][1]["split"] == pararealnet(2).split
+    assert out["rows"][1]["split"] == pararealnet(2).split and out["channels_last"] is False
 
 
 @pytest.mark.parametrize("args, message", [
