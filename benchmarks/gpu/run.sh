@@ -20,7 +20,7 @@ nvidia-smi -L 2>/dev/null
 python3 -c 'import sys, torch, ray; print(sys.version.split()[0], "torch", torch.__version__, "ray", ray.__version__,
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")'
 if [ "$DEVICE" = cuda ] && [ "$TESTS" != none ]; then
-    timeout 180 python3 -m pytest -q -p no:cacheprovider --timeout 120 $TESTS 2>&1 | tee "$OUT/test_gpu.log"
+    timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider --timeout 120 $TESTS 2>&1 | tee "$OUT/test_gpu.log"
 fi
 bench() {   # bench <name> <args...>
     local name=$1; shift
