@@ -137,13 +137,14 @@ class FineWorker:
             return grads
         return self.end.reply(du, grad)
 
-    def train_step(self, key, u, grad, replies: tuple, early: bool = True) -> float:
+    def train_step(self, key, u, grad, replies: tuple, early: bool = True, streamed: bool = False) -> float:
         """``p2p`` on CPUs, K = 1: the whole step in one call, made before its tensors exist
         (``DriverEnd.post_step``): receive ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, then :meth:`step`,
         whose result it returns. One Ray call a step instead of three. ``replies``: the shapes and dtypes of ``f`` and
         ``dL/du``. ``early``: post the receive of the next step's input before the weight gradients
-        (``ActorEnd.post_early``). A failure before both are sent sends a ``failed_reply`` in place of the next one
-        (the driver, waiting in its receive, then asks Ray for this call's error) and raises."""
+        (``ActorEnd.post_early``); ``streamed`` (:meth:`train_steps`): the receive of the driver's word after this
+        step too. A failure before both are sent sends a ``failed_reply`` in place of the next one (the driver,
+        waiting in its receive, then asks Ray for this call's error) and raises."""
         sent = 0
         try:
             self.forward(key, u)
@@ -154,7 +155,28 @@ class FineWorker:
             raise
         if early:
             self.end.post_early(u)
+        if streamed:
+            self.end.post_next()
         return self.step()
+
+    def train_steps(self, key, u, grad, replies: tuple) -> int:
+        """``p2p`` on CPUs, K = 1: whole steps (:meth:`train_step`) one after another in one Ray call, for as long as
+        the driver sends them (``DriverEnd.post_step``): no Ray call a step at all. After each step's optimizer step
+        this actor sends the step's compute seconds (``ActorEnd.done``, NaN after a failure, before raising it) and
+        waits for the driver's word (``ActorEnd.next_step``): the next step's number, whose input comes to the early
+        receive, or -1 to return. Returns the number of steps."""
+        step, n = key[0], 0
+        while step >= 0:
+            try:
+                busy = self.train_step((step, 1), u, grad, replies, streamed=True)
+            except BaseException:
+                self.end.done(float("nan"))
+                raise
+            self.end.done(busy)
+            n += 1
+            step = self.end.next_step()
+            u = self.end.early_wire(u)
+        return n
 
     def unscale(self, inv_scale: float) -> bool:
         """``--amp fp16``: divide the gradients by the loss scale; True when any is inf or NaN (the driver sums the

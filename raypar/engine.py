@@ -18,7 +18,8 @@ Backward, per step:
      coarse sweep run beside it (the actor takes the next forward only after it); :meth:`PararealEngine.settle`
      collects the steps' results, before anything else reads the actors' state. Without it, the driver waits for the
      actors' steps at the end of each step. (With ``p2p`` on CPUs, K = 1 and the last step's batch shape, an actor's
-     forward, backward and step are one Ray call, made when the step starts: ``DriverEnd.post_step``.)
+     forward, backward and step are one Ray call, made when the step starts: ``DriverEnd.post_step``; and such
+     steps in a row are one call, streamed, until anything else calls the actors.)
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
   With ``--amp fp16`` the loss is scaled first; each process unscales its own gradients and reports an overflow,
@@ -254,7 +255,6 @@ class PararealEngine:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, StepStats]:
         """One optimizer step on a batch; returns (loss, number correct, timings)."""
-        import ray
         st = StepStats(steps=1)
         t_start = time.perf_counter()
         calls: list[_FineCall] = []
@@ -276,8 +276,8 @@ class PararealEngine:
             self._computed(local)
             st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
+            self.settle()        # the last step's (done before these forwards; its error first, not a wait for ever)
             outs = self.tx.gather(pending)
-            self.settle()                                                # (done: they ran before these forwards)
             st.wait += time.perf_counter() - t0
             fs = [o.requires_grad_(True) for o in outs]
             calls.extend(_FineCall(i, (step, k), u, f) for i, (u, f) in enumerate(zip(inputs[self.offset:], fs)))
@@ -347,7 +347,7 @@ class PararealEngine:
         if self.scaler:                       # one decision for every process: all step, or none
             found = precision.unscale(params, 1 / scale)
             t0 = time.perf_counter()
-            flags = ray.get(step_refs)        # every actor's answer (an actor's error surfaces here)
+            flags = self.tx.results(step_refs)  # every actor's answer (an actor's error surfaces here)
             found = self.all_sum([float(found or any(flags))])[0] > 0
             st.wait += time.perf_counter() - t0
             step_refs = [a.step.remote(found) for a in self.actors]
@@ -363,7 +363,7 @@ class PararealEngine:
             busy, self.late = self.late or [0.0] * len(self.actors), []
         else:
             t0 = time.perf_counter()
-            busy = ray.get(step_refs)         # the actors' optimizer steps ran beside the driver's backward and step
+            busy = self.tx.results(step_refs)   # the actors' optimizer steps ran beside the driver's backward and step
             st.wait += time.perf_counter() - t0
         st.fine_each = tuple(([st.local_fine] if self.offset else []) + list(busy))
         st.fine_max = max([*busy, st.local_fine])
@@ -379,7 +379,7 @@ class PararealEngine:
         counter still advances (it only names the kept graphs): driver and actors stay in lockstep."""
         import ray
         t0 = time.perf_counter()
-        self.settle()
+        self._quiet()
         busy = ray.get([a.discard.remote(step) for a in self.actors])
         st.wait += time.perf_counter() - t0
         with torch.no_grad():
@@ -398,13 +398,17 @@ class PararealEngine:
         actor's error surfaces here); keep their compute seconds for the next step's stats. Every other call to the
         actors queues behind those steps anyway: this is for the errors and the seconds."""
         if self.stepping:
-            import ray
-            busy, self.stepping = ray.get(self.stepping), []
+            busy, self.stepping = self.tx.results(self.stepping), []
             self.late = [a + b for a, b in zip(self.late, busy)] if self.late else list(busy)
+
+    def _quiet(self) -> None:
+        """Before a call to the actors other than a training step's: their last steps done, none streaming."""
+        self.settle()
+        self.tx.stop_streams()
 
     def end_epoch(self) -> None:
         import ray
-        self.settle()
+        self._quiet()
         self.sched.step()
         ray.get([a.end_epoch.remote() for a in self.actors])
 
@@ -504,7 +508,7 @@ class PararealEngine:
     def get_state(self) -> dict:
         """Everything needed to resume: driver weights/optimizer/scheduler/RNG and every actor's, one step."""
         import ray
-        self.settle()
+        self._quiet()
         fine = ray.get([a.get_state.remote() for a in self.actors])
         return to_cpu({"driver": self.driver.state_dict(), "optimizer": self.opt.state_dict(),
                        "scheduler": self.sched.state_dict(), "rng": torch.get_rng_state(),
@@ -527,7 +531,7 @@ class PararealEngine:
         self.step_count = int(state["step"])
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.settle()
+        self._quiet()
         ray.get([a.set_state.remote(s) for a, s in zip(self.actors, state["fine"])])
 
     def state_dict(self) -> dict:
@@ -540,6 +544,7 @@ class PararealEngine:
 
     def actor_pids(self) -> list[int]:
         import ray
+        self._quiet()
         return ray.get([a.pid.remote() for a in self.actors])
 
     def gpu_peaks_mb(self) -> list[float]:
@@ -547,11 +552,13 @@ class PararealEngine:
         import ray
         if self.device.type != "cuda":
             return []
+        self._quiet()
         return [gpu_peak_mb(self.device), *ray.get([a.gpu_peak_mb.remote() for a in self.actors])]
 
     def placement(self) -> dict:
         """The Ray node ids of this driver and of each of its fine actors."""
         import ray
+        self._quiet()
         return {"driver": ray.get_runtime_context().get_node_id(),
                 "actors": ray.get([a.node_id.remote() for a in self.actors])}
 

@@ -12,7 +12,9 @@ drive the actors always go through Ray, the tensors go one of three ways:
                   their tensors: each actor waits in its receive, and Ray's dispatch (1–3 ms a call on a busy 2-core
                   machine) is off the critical path. On CPUs without loss scaling that is one call a step per actor,
                   for the whole step (:meth:`DriverEnd.post_step`), else one per forward and backward
-                  (:meth:`DriverEnd.post_ahead`). NCCL needs each process on its own GPU.
+                  (:meth:`DriverEnd.post_ahead`); and whole steps of one shape in a row are streamed, one call for
+                  all of them, fed by a word a step through the group (:meth:`DriverEnd.stop_stream` ends it before
+                  any other call to the actor). NCCL needs each process on its own GPU.
 ``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
                   sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
 ``auto``          ``p2p`` on CPUs and with a GPU per process; when they all share the driver's GPU, ``cuda-ipc`` for
@@ -46,6 +48,12 @@ IPC_MIN_BYTES = 24 * 2**20
 # tags of the four interface tensors (gloo matches a send to a recv by peer and tag; NCCL by order)
 U, F_OUT, GRAD_F, GRAD_U, EVAL_U, EVAL_OUT = range(6)
 EARLY_U = 6 * 1000            # the tag of a whole step's u that the actor has been waiting for since its last step
+# streamed whole steps (FineWorker.train_steps): the driver's word after a step (the next step's number, or -1), and
+# the actor's compute seconds of a step
+NEXT, DONE = 7 * 1000, 8 * 1000
+# how long a streaming actor waits for the driver's next word: as long as the driver needs between two steps (a
+# receive that times out closes gloo's connection for good)
+NEXT_WAIT = datetime.timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,7 @@ class ActorEnd:
         self.name = "object-store"
         self.group = None
         self.early: tuple | None = None     # p2p: (wire, buffer, work) of the receive posted early (post_early)
+        self.next: tuple | None = None      # streamed steps: (buffer, work) of the receive of the driver's word
 
     def join(self, name: str, addr: str | None = None, port: int | None = None, rank: int = 0, world: int = 1):
         self.name = name
@@ -209,6 +218,30 @@ class ActorEnd:
             buf = torch.empty(u.shape, dtype=u.dtype, device=self.device)
             self.early = (u, buf, self.group.recv([buf], 0, EARLY_U))
 
+    def early_wire(self, u: Wire) -> Wire:
+        """``u`` as the driver sends it to the early receive (:data:`EARLY_U`)."""
+        return replace(u, tag=EARLY_U)
+
+    def post_next(self) -> None:
+        """Streamed steps: post the receive of the driver's word after this step, before the weight gradients."""
+        buf = torch.empty(1, dtype=torch.int64)
+        self.next = (buf, self.group.recv([buf], 0, NEXT))
+
+    def next_step(self) -> int:
+        """The driver's word (:meth:`post_next`): the next step's number, or -1 (no more steps in this call)."""
+        (buf, work), self.next = self.next, None
+        work.wait(NEXT_WAIT)
+        return int(buf[0])
+
+    def done(self, busy: float) -> None:
+        """Streamed steps: tell the driver that this step's optimizer step is done and what it computed (seconds;
+        NaN: the step failed). Best effort after a failure: the group may be what failed."""
+        try:
+            self.group.send([torch.tensor([busy], dtype=torch.float64)], 0, DONE).wait()
+        except Exception:  # noqa: BLE001 - the failure itself is what the driver must see
+            if busy == busy:
+                raise
+
     def unblock(self, call: Wire, reply: tuple[tuple, torch.dtype]) -> None:
         """After a failure in a whole-step call (``FineWorker.train_step``): send a :func:`failed_reply` where the
         driver waits for ``call``'s reply, so that it stops waiting and asks Ray for the error (best effort: the group
@@ -240,6 +273,15 @@ class Pending:
     step: object = None               # p2p: the actor's whole-step call this part of it belongs to (ref None then)
 
 
+@dataclass
+class Streamed:
+    """A whole step of an actor's streamed steps (``FineWorker.train_steps``): the call, and the receive of the
+    step's compute seconds (``ActorEnd.done``)."""
+    ref: object
+    done: torch.Tensor
+    work: object
+
+
 class DriverEnd:
     """The driver's end for ``actors``: ``call`` starts an actor method with a tensor (or None), ``gather`` returns
     the tensors the calls sent back. ``bytes`` counts the interface bytes moved (both directions)."""
@@ -262,6 +304,12 @@ class DriverEnd:
         # NCCL takes them in order (an early receive left unmatched would take the next tensor sent, whatever it is)
         self.early_inputs = device.type == "cpu"
         self.sent_early = 0           # how many inputs went to an early receive
+        # p2p: whole steps streamed, one Ray call (FineWorker.train_steps) for as many steps as come in a row, where
+        # whole steps with early inputs are made (gloo): a Ray call a step cost a 2-core machine ~2 ms a step
+        self.streams = self.whole_steps and self.early_inputs
+        self.streams_on: dict = {}    # j -> (ref, u's wire, dL/df's wire, replies) of actor j's train_steps call
+        self.words: dict = {}         # j -> (tensor, send) of the last word sent to streaming actor j
+        self.streamed = 0             # how many whole steps went on an actor's running stream
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -301,6 +349,7 @@ class DriverEnd:
         key = (j, tuple(u.shape), u.dtype, batch)
         if key not in self.out_shapes:
             import ray
+            self.stop_stream(j)
             self.out_shapes[key] = ray.get(self.actors[j].output_shape.remote(tuple(u.shape), u.dtype, batch))
         return self.out_shapes[key]
 
@@ -309,6 +358,8 @@ class DriverEnd:
         """Start ``actors[j].method(key, <t>, *args)``; ``reply``: the shape and dtype of the tensor it sends back
         (p2p), None when it sends none back; ``with_extra``: the method returns (tensor, something else)."""
         actor = self.actors[j]
+        if (j, method, key) not in self.posted:
+            self.stop_stream(j)              # (a call of its own: the actor must be taking Ray calls)
         if t is None:
             return Pending(getattr(actor, method).remote(key, None, *args), with_extra=with_extra)
         self.bytes += t.numel() * t.element_size()
@@ -344,6 +395,7 @@ class DriverEnd:
         last = self.last.get((j, method, k)) if self.name == "p2p" else None
         if last is None:
             return False
+        self.stop_stream(j)
         self.posted[(j, method, key)] = (*last, getattr(self.actors[j], method).remote(key, last[0]), None,
                                          last[0].tag)
         self.ahead += 1
@@ -364,17 +416,77 @@ class DriverEnd:
         early = self.early_inputs and self.early.get(j) == fw     # the actor's early receive is for this input
         send = replace(fw, tag=EARLY_U) if early else fw
         self.sent_early += early
-        self.steps[j] = self.actors[j].train_step.remote(key, send, bw, (f_reply, u_reply), self.early_inputs)
+        parts = (fw, bw, (f_reply, u_reply))
+        if self.streams:                 # the steps of one train_steps call, as long as their shapes stay
+            stream = self.streams_on.get(j)
+            if stream is not None and (stream[1:] != parts or not early):
+                self.stop_stream(j)
+                stream = None
+            if stream is None:
+                ref = self.actors[j].train_steps.remote(key, send, bw, parts[2])
+                self.streams_on[j] = (ref, *parts)
+            else:
+                ref = stream[0]
+                self._word(j, key[0], ref)
+                self.streamed += 1
+            done = torch.full((1,), float("nan"), dtype=torch.float64)
+            self.steps[j] = Streamed(ref, done, self.group.recv([done], j + 1, DONE))
+        else:
+            ref = self.steps[j] = self.actors[j].train_step.remote(key, send, bw, parts[2], self.early_inputs)
         if self.early_inputs and (early or j not in self.early):    # the actor posts its next early receive,
             self.early[j] = fw                                          # unless it still has one posted
-        self.posted[(j, "forward", key)] = (fw, f_reply, None, self.steps[j], send.tag)
-        self.posted[(j, "backward", key)] = (bw, u_reply, None, self.steps[j], bw.tag)
+        self.posted[(j, "forward", key)] = (fw, f_reply, None, ref, send.tag)
+        self.posted[(j, "backward", key)] = (bw, u_reply, None, ref, bw.tag)
         self.ahead += 1
         return True
 
     def take_step(self, j: int):
-        """The ref of actor j's whole-step call of this step (None if it has none); it returns the step's result."""
+        """Actor j's whole step of this step (None if it has none): the ref of its call, or of a streamed step a
+        :class:`Streamed`; :meth:`results` gives what it returns."""
         return self.steps.pop(j, None)
+
+    def results(self, steps: list) -> list:
+        """What each whole step (:meth:`take_step`) or other call to an actor returned, once done: a streamed step's
+        compute seconds (raising the actor's error where it failed), a call's return value."""
+        import ray
+        refs = [s for s in steps if not isinstance(s, Streamed)]
+        got = iter(ray.get(refs) if refs else [])
+        out = []
+        for s in steps:
+            if not isinstance(s, Streamed):
+                out.append(next(got))
+                continue
+            self._wait(s.work, s.ref)
+            busy = float(s.done[0])
+            if busy != busy:                                 # NaN: the actor's step failed
+                self._failed(s.ref, 60.0)
+                raise RuntimeError("a fine actor's step failed, and Ray has not said why within 60 s")
+            out.append(busy)
+        return out
+
+    def _word(self, j: int, word: int, ref) -> None:
+        """Send a streaming actor its next word (the last word's send done first: the actor took it a step ago)."""
+        last = self.words.pop(j, None)
+        if last is not None:
+            self._wait(last[1], ref)
+        t = torch.tensor([word], dtype=torch.int64)
+        self.words[j] = (t, self.group.send([t], j + 1, NEXT))
+
+    def stop_stream(self, j: int) -> None:
+        """End actor j's streamed steps (:meth:`FineWorker.train_steps`), so that it takes Ray calls again: the word
+        -1 after its last step; raises the actor's error where it failed."""
+        stream = self.streams_on.pop(j, None)
+        if stream is None:
+            return
+        import ray
+        self._word(j, -1, stream[0])
+        self._wait(self.words.pop(j)[1], stream[0])
+        ray.get(stream[0])
+
+    def stop_streams(self) -> None:
+        """:meth:`stop_stream` for every actor: before any call to the actors other than a whole step."""
+        for j in list(self.streams_on):
+            self.stop_stream(j)
 
     def forward(self, j: int, key, u: torch.Tensor, kind: int = U, k: int = 0) -> Pending:
         method = "forward" if kind == U else "eval_forward"
@@ -424,6 +536,8 @@ class DriverEnd:
         self.posted.clear()
         self.steps.clear()
         self.early.clear()
+        self.streams_on.clear()
+        self.words.clear()
         done, _ = ray.wait([step], timeout=timeout_s)
         if done:
             ray.get(done[0])

@@ -335,9 +335,60 @@ def test_p2p_calls_made_ahead_follow_the_batch_shape(ray_local):
         engine.shutdown()
 
 
+def test_p2p_whole_steps_stream_until_anything_else_calls_the_actors(ray_local):
+    """p2p on CPUs, K = 1: whole steps of one shape in a row are one Ray call to each actor (``train_steps``), fed by
+    point-to-point words, until something else must call the actors: a step of another shape, an evaluation, a
+    checkpoint. Every step equals the reference, and the next whole step starts a new stream."""
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.25), 3, balance="flops").double()
+    ref = copy.deepcopy(net).train()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    try:
+        streams = []
+        for i, b in enumerate([8, 8, 8, 8, 8, 5, 5, 8, 8, 8, 8]):
+            x, y = torch.randn(b, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (b,))
+            loss, _, st = engine.train_step(x, y)
+            assert loss == pytest.approx(_reference_step(ref, ref_opt, x, y), rel=1e-6)
+            streams.append(len(engine.tx.streams_on))
+            if i == 3:
+                engine.predict(x)                       # an evaluation ends the streams
+            if i == 8:
+                state = engine.get_state()              # a checkpoint too
+                assert state["step"] == 9
+        # each actor streams from step 2 on; the evaluation after step 4 ends that, step 5 starts another stream; the
+        # first 5-sample step is a call for each part, the second starts a stream; the first 8-sample step after
+        # them a call for each part again, then a stream, ended by the checkpoint after step 9; step 10 starts the
+        # last. Steps 3, 4 and 11 went on a stream; 8 steps were whole steps
+        assert streams == [0, 2, 2, 2, 2, 0, 2, 0, 2, 2, 2]
+        assert engine.tx.streamed == 2 * 3
+        assert engine.tx.ahead == 2 * 8 and not engine.tx.posted and not engine.tx.steps
+        got, want = engine.state_dict(), ref.state_dict()
+        assert not engine.tx.streams_on                 # (state_dict asks the actors)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
+    finally:
+        engine.shutdown()
+
+
 def _tripwire(where: str) -> nn.Module:
-    """A layer that raises in its third training forward (``where="forward"``) or in the backward of that forward.
-    Made in a function, so that Ray pickles its class by value: a fine actor cannot import this test module."""
+    """A layer that raises in its third training forward (``where="forward"``), in the backward of that forward, or
+    in the third computation of its weight's gradient (``"weights"``: deferred to the actor's optimizer step). Made in
+    a function, so that Ray pickles its class by value: a fine actor cannot import this test module."""
+    if where == "weights":
+        class Tripwire(nn.Conv2d):
+            def forward(self, x):
+                if not hasattr(self, "calls"):             # (in the actor: hooks do not travel)
+                    self.calls = 0
+
+                    def hook(g):
+                        self.calls += 1
+                        if self.calls == 3:
+                            raise ValueError("tripped in weights")
+                    self.weight.register_hook(hook)
+                return super().forward(x)
+        return Tripwire(4, 4, 3, padding=1)
+
     class Trip(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
@@ -364,11 +415,12 @@ def _tripwire(where: str) -> nn.Module:
     return Tripwire()
 
 
-@pytest.mark.parametrize("where", ["forward", "backward"])
+@pytest.mark.parametrize("where", ["forward", "backward", "weights"])
 def test_a_failure_inside_a_whole_step_call_raises_the_actors_error(ray_local, where):
-    """p2p, K = 1: from the second step on, each actor's step is one Ray call that the driver feeds by point-to-point
-    sends. An error in the actor's forward or backward reaches the driver as that error, at once: the driver does not
-    wait forever in its receive."""
+    """p2p, K = 1: from the second step on, each actor's steps are one Ray call that the driver feeds by
+    point-to-point sends. An error in the actor's forward or backward reaches the driver as that error, at once; one
+    in its weight gradients (deferred to its optimizer step, which the driver does not wait for) with the next step:
+    the driver does not wait forever in a receive."""
     torch.manual_seed(0)
     c = lambda: nn.Conv2d(4, 4, 3, padding=1)                       # noqa: E731
     seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), c(), nn.ReLU(), c(), nn.ReLU(), _tripwire(where),
@@ -384,6 +436,8 @@ def test_a_failure_inside_a_whole_step_call_raises_the_actors_error(ray_local, w
         t0 = time.perf_counter()
         with pytest.raises(Exception, match=f"tripped in {where}"):
             engine.train_step(x, y)
+            if where == "weights":
+                engine.train_step(x, y)
         assert time.perf_counter() - t0 < 30
     finally:
         engine.shutdown()

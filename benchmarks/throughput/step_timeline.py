@@ -107,6 +107,8 @@ def main() -> None:
         log.append(("C_1 and pre backward", t, time.time()))
     E.PararealEngine._backward_cuts = staticmethod(cut_backward)
     eng.train_step(x, y)
+    eng.settle()
+    eng.tx.stop_streams()                # (a streaming actor takes no Ray call)
     ray.get(eng.actors[0].log.remote())
     for _ in range(2):                  # the timeline's steps follow others, as in a run (not a settled actor)
         eng.train_step(x, y)
@@ -117,6 +119,7 @@ def main() -> None:
         eng.train_step(x, y)
     log.append(("(the last step returns)", time.time(), None))
     eng.settle()
+    eng.tx.stop_streams()
     rows = [(t, "driver", n, e) for n, t, e in log] + [(t, "actor ", n, e) for n, t, e in
                                                        ray.get(eng.actors[0].log.remote())]
     for t, who, name, end in sorted(rows):
