@@ -16,7 +16,8 @@ Backward, per step:
      default) an actor's backward returns ``dL/du`` before it computes its weight gradients, which it computes in its
      ``step()`` (:mod:`raypar.split_backward`), and the driver does not wait for that step: the next step's pre and
      coarse sweep run beside it (the actor takes the next forward only after it); :meth:`PararealEngine.settle`
-     collects the steps' results, before anything else reads the actors' state. Without it, the driver waits for the
+     collects the steps' results, and ``_quiet`` (settle, then end the actors' streamed steps) comes before any other
+     call to the actors. Without it, the driver waits for the
      actors' steps at the end of each step. (With ``p2p`` on CPUs, K = 1 and the last step's batch shape, an actor's
      forward, backward and step are one Ray call, made when the step starts: ``DriverEnd.post_step``; and such
      steps in a row are one call, streamed, until anything else calls the actors.)
@@ -395,8 +396,8 @@ class PararealEngine:
 
     def settle(self) -> None:
         """Wait for the actors' optimizer steps that the last :meth:`train_step` left running (``defer_weights``; an
-        actor's error surfaces here); keep their compute seconds for the next step's stats. Every other call to the
-        actors queues behind those steps anyway: this is for the errors and the seconds."""
+        actor's error surfaces here); keep their compute seconds for the next step's stats. An actor may still be in
+        its streamed steps after this (``p2p`` on CPUs), taking no Ray call: :meth:`_quiet` ends those too."""
         if self.stepping:
             busy, self.stepping = self.tx.results(self.stepping), []
             self.late = [a + b for a, b in zip(self.late, busy)] if self.late else list(busy)

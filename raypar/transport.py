@@ -10,11 +10,11 @@ drive the actors always go through Ray, the tensors go one of three ways:
                   or across nodes — and gloo (TCP) on CPUs. Only a small descriptor (shape, dtype, tag) goes through
                   Ray, and with K = 1 a step whose batch has the last step's shape makes its calls before it has
                   their tensors: each actor waits in its receive, and Ray's dispatch (1–3 ms a call on a busy 2-core
-                  machine) is off the critical path. On CPUs without loss scaling that is one call a step per actor,
-                  for the whole step (:meth:`DriverEnd.post_step`), else one per forward and backward
-                  (:meth:`DriverEnd.post_ahead`); and whole steps of one shape in a row are streamed, one call for
-                  all of them, fed by a word a step through the group (:meth:`DriverEnd.stop_stream` ends it before
-                  any other call to the actor). NCCL needs each process on its own GPU.
+                  machine) is off the critical path. On CPUs without loss scaling the actor's whole steps of one
+                  shape in a row are one call, streamed, fed by a word a step through the group
+                  (:meth:`DriverEnd.post_step`; :meth:`DriverEnd.stop_stream` ends it before any other call to the
+                  actor), else one call per forward and backward (:meth:`DriverEnd.post_ahead`). NCCL needs each
+                  process on its own GPU.
 ``cuda-ipc``      Ray Direct Transport's CUDA IPC transport: the tensors stay in GPU memory and the receiver maps the
                   sender's buffer; for a driver and actors that share one GPU on one node (fractional GPUs).
 ``auto``          ``p2p`` on CPUs and with a GPU per process; when they all share the driver's GPU, ``cuda-ipc`` for
@@ -295,7 +295,7 @@ class DriverEnd:
         # their tensor: ref None for a part of a whole-step call, whole-step call None for a call of its own
         self.posted: dict = {}
         self.ahead = 0                # how many calls were made ahead
-        self.steps: dict = {}         # p2p: j -> actor j's whole-step call (post_step), until take_step
+        self.steps: dict = {}         # p2p: j -> actor j's whole step (post_step: a ref or a Streamed) until take_step
         # p2p: post_step makes whole-step calls; gloo only (False: a call for each part, as before 2026-11-27): an NCCL
         # receive does not fail when its peer dies, and with no Ray call to wait on the driver would wait for ever
         self.whole_steps = device.type == "cpu"
@@ -402,12 +402,13 @@ class DriverEnd:
         return True
 
     def post_step(self, j: int, key) -> bool:
-        """``p2p`` on CPUs, K = 1: start actor j's whole step (``FineWorker.train_step``: forward, backward and
-        optimizer step, one Ray call) for tensors of the shapes its last forward and backward had; the forward's and
-        the backward's :meth:`call` then only move their tensors, and :meth:`take_step` gives the call's ref. False
-        (nothing started) where there were no such calls. The engine must then send both tensors (a backward's, zeros
-        where it has none) before it waits on anything queued behind the call. The input goes to the actor's early
-        receive where it has one for this input (:attr:`early`)."""
+        """``p2p`` on CPUs, K = 1: start actor j's whole step (forward, backward and optimizer step) for tensors of
+        the shapes its last forward and backward had: the next step of its running stream (``FineWorker.train_steps``:
+        the word of this step), a new stream, or, where its input cannot go to the actor's early receive, one Ray call
+        (``FineWorker.train_step``). The forward's and the backward's :meth:`call` then only move their tensors, and
+        :meth:`take_step` gives the step. False (nothing started) where there were no such calls. The engine must then
+        send both tensors (a backward's, zeros where it has none) before it waits on anything queued behind the step.
+        The input goes to the actor's early receive where it has one for this input (:attr:`early`)."""
         parts = [self.last.get((j, m, 1)) if self.name == "p2p" and self.whole_steps else None
                  for m in ("forward", "backward")]
         if None in parts:
@@ -417,11 +418,14 @@ class DriverEnd:
         send = replace(fw, tag=EARLY_U) if early else fw
         self.sent_early += early
         parts = (fw, bw, (f_reply, u_reply))
-        if self.streams:                 # the steps of one train_steps call, as long as their shapes stay
-            stream = self.streams_on.get(j)
-            if stream is not None and (stream[1:] != parts or not early):
-                self.stop_stream(j)
-                stream = None
+        # streamed: the steps of one train_steps call, as long as their shapes stay and their inputs go to the early
+        # receive (an actor that still has one posted for another shape takes a call of its own)
+        streamed = self.streams and self.early_inputs and (early or j not in self.early)
+        stream = self.streams_on.get(j)
+        if stream is not None and not (streamed and early and stream[1:] == parts):
+            self.stop_stream(j)
+            stream = None
+        if streamed:
             if stream is None:
                 ref = self.actors[j].train_steps.remote(key, send, bw, parts[2])
                 self.streams_on[j] = (ref, *parts)
@@ -475,9 +479,11 @@ class DriverEnd:
     def stop_stream(self, j: int) -> None:
         """End actor j's streamed steps (:meth:`FineWorker.train_steps`), so that it takes Ray calls again: the word
         -1 after its last step; raises the actor's error where it failed."""
-        stream = self.streams_on.pop(j, None)
-        if stream is None:
+        if j not in self.streams_on:
             return
+        if any(k[0] == j for k in self.posted):     # (only after a failure: the actor waits in its step)
+            raise RuntimeError(f"actor {j}'s streamed steps cannot end in the middle of a step")
+        stream = self.streams_on.pop(j)
         import ray
         self._word(j, -1, stream[0])
         self._wait(self.words.pop(j)[1], stream[0])

@@ -357,10 +357,11 @@ def test_p2p_whole_steps_stream_until_anything_else_calls_the_actors(ray_local):
                 state = engine.get_state()              # a checkpoint too
                 assert state["step"] == 9
         # each actor streams from step 2 on; the evaluation after step 4 ends that, step 5 starts another stream; the
-        # first 5-sample step is a call for each part, the second starts a stream; the first 8-sample step after
-        # them a call for each part again, then a stream, ended by the checkpoint after step 9; step 10 starts the
-        # last. Steps 3, 4 and 11 went on a stream; 8 steps were whole steps
-        assert streams == [0, 2, 2, 2, 2, 0, 2, 0, 2, 2, 2]
+        # first 5-sample step is a call for each part, the second a whole step of its own (the actor's early receive
+        # is still the one for 8 samples); the first 8-sample step after them a call for each part again, then a
+        # stream, ended by the checkpoint after step 9; step 10 starts the last. Steps 3, 4 and 11 went on a stream;
+        # 8 steps were whole steps
+        assert streams == [0, 2, 2, 2, 2, 0, 0, 0, 2, 2, 2]
         assert engine.tx.streamed == 2 * 3
         assert engine.tx.ahead == 2 * 8 and not engine.tx.posted and not engine.tx.steps
         got, want = engine.state_dict(), ref.state_dict()
