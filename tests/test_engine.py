@@ -306,17 +306,23 @@ def test_engine_with_a_parameter_free_pre(ray_local):
 
 
 
+def _p2p_engine_and_reference():
+    """VGG-11 x0.25 in float64, N = 3 with F_1 in the driver (2 actors), p2p; its in-process twin and SGD."""
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.25), 3, balance="flops").double()
+    ref = copy.deepcopy(net).train()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    return engine, ref, ref_opt
+
+
 def test_p2p_calls_made_ahead_follow_the_batch_shape(ray_local):
     """p2p, K = 1: a step whose batch has the last step's shape is one call to each actor, made before the driver has
     its tensors (the actor waits in its receive); another shape makes a call for each part as it goes. After a whole
     step each actor posts the receive of the next step's input early; only a whole step of that shape sends to it (a
     step of another shape leaves it waiting for the next such step). Every step still equals the reference, and
     nothing stays posted."""
-    torch.manual_seed(0)
-    net = PararealNet(build("vgg11", width_mult=0.25), 3, balance="flops").double()
-    ref = copy.deepcopy(net).train()
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    engine, ref, ref_opt = _p2p_engine_and_reference()
     try:
         for i, b in enumerate([8, 8, 5, 5, 8, 8]):
             x, y = torch.randn(b, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (b,))
@@ -339,11 +345,7 @@ def test_p2p_whole_steps_stream_until_anything_else_calls_the_actors(ray_local):
     """p2p on CPUs, K = 1: whole steps of one shape in a row are one Ray call to each actor (``train_steps``), fed by
     point-to-point words, until something else must call the actors: a step of another shape, an evaluation, a
     checkpoint. Every step equals the reference, and the next whole step starts a new stream."""
-    torch.manual_seed(0)
-    net = PararealNet(build("vgg11", width_mult=0.25), 3, balance="flops").double()
-    ref = copy.deepcopy(net).train()
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    engine, ref, ref_opt = _p2p_engine_and_reference()
     try:
         streams = []
         for i, b in enumerate([8, 8, 8, 8, 8, 5, 5, 8, 8, 8, 8]):
