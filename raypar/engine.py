@@ -17,10 +17,10 @@ Backward, per step:
      ``step()`` (:mod:`raypar.split_backward`), and the driver does not wait for that step: the next step's pre and
      coarse sweep run beside it (the actor takes the next forward only after it); :meth:`PararealEngine.settle`
      collects the steps' results, and ``_quiet`` (settle, then end the actors' streamed steps) comes before any other
-     call to the actors. Without it, the driver waits for the
-     actors' steps at the end of each step. (With ``p2p`` on CPUs, K = 1 and the last step's batch shape, an actor's
-     forward, backward and step are one Ray call, made when the step starts: ``DriverEnd.post_step``; and such
-     steps in a row are one call, streamed, until anything else calls the actors.)
+     call to the actors. Without it, the driver waits for the actors' steps at the end of each step. (With ``p2p`` on
+     CPUs, K = 1 and the last step's batch shape, an actor's forward, backward and step are one Ray call, made when
+     the step starts: ``DriverEnd.post_step``; and such steps in a row are one call, streamed, until anything else
+     calls the actors.)
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
   With ``--amp fp16`` the loss is scaled first; each process unscales its own gradients and reports an overflow,

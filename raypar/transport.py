@@ -306,7 +306,7 @@ class DriverEnd:
         self.sent_early = 0           # how many inputs went to an early receive
         # p2p: whole steps streamed, one Ray call (FineWorker.train_steps) for as many steps as come in a row, where
         # whole steps with early inputs are made (gloo): a Ray call a step cost a 2-core machine ~2 ms a step
-        self.streams = self.whole_steps and self.early_inputs
+        self.streams = True
         self.streams_on: dict = {}    # j -> (ref, u's wire, dL/df's wire, replies) of actor j's train_steps call
         self.words: dict = {}         # j -> (tensor, send) of the last word sent to streaming actor j
         self.streamed = 0             # how many whole steps went on an actor's running stream
@@ -418,9 +418,11 @@ class DriverEnd:
         send = replace(fw, tag=EARLY_U) if early else fw
         self.sent_early += early
         parts = (fw, bw, (f_reply, u_reply))
+        # the actor posts its next early receive after this step, unless it still has one posted (for another shape)
+        posts_early = self.early_inputs and (early or j not in self.early)
         # streamed: the steps of one train_steps call, as long as their shapes stay and their inputs go to the early
         # receive (an actor that still has one posted for another shape takes a call of its own)
-        streamed = self.streams and self.early_inputs and (early or j not in self.early)
+        streamed = self.streams and posts_early
         stream = self.streams_on.get(j)
         if stream is not None and not (streamed and early and stream[1:] == parts):
             self.stop_stream(j)
@@ -437,8 +439,8 @@ class DriverEnd:
             self.steps[j] = Streamed(ref, done, self.group.recv([done], j + 1, DONE))
         else:
             ref = self.steps[j] = self.actors[j].train_step.remote(key, send, bw, parts[2], self.early_inputs)
-        if self.early_inputs and (early or j not in self.early):    # the actor posts its next early receive,
-            self.early[j] = fw                                          # unless it still has one posted
+        if posts_early:
+            self.early[j] = fw
         self.posted[(j, "forward", key)] = (fw, f_reply, None, ref, send.tag)
         self.posted[(j, "backward", key)] = (bw, u_reply, None, ref, bw.tag)
         self.ahead += 1
