@@ -35,21 +35,21 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 class NanOnOneReplica:
-    """Stands in for a :class:`raypar.engine.PararealEngine` that is one of 2 replicas (the torch.distributed group
+    """Stands in for a :class:`raypar.engine.driver.PararealEngine` that is one of 2 replicas (the torch.distributed group
     is up): each step's loss is 1, except replica ``bad_rank``'s at step ``bad_step``, which is NaN."""
 
     def __init__(self, rank: int, bad_rank: int, bad_step: int):
-        from raypar.engine import Replica
+        from raypar.engine.driver import Replica
         self.replica, self.bad, self.steps = Replica(rank, 2), (bad_rank, bad_step), 0
 
     def train_step(self, x, y):
-        from raypar.engine import StepStats
+        from raypar.engine.driver import StepStats
         self.steps += 1
         nan = (self.replica.rank, self.steps) == self.bad
         return float("nan") if nan else 1.0, 0, StepStats(steps=1)
 
     def all_sum(self, values):
-        from raypar import hybrid
+        from raypar.engine import hybrid
         return hybrid.all_sum(values, 2, "cpu")
 
 
@@ -60,7 +60,7 @@ def nan_replica(rank: int, port: int, results) -> None:
 
     import torch.distributed as dist
 
-    from raypar.trainer import _train_epoch
+    from raypar.training.loop import _train_epoch
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank,
                             timeout=datetime.timedelta(seconds=30))
     engine = NanOnOneReplica(rank, bad_rank=1, bad_step=2)

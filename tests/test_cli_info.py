@@ -36,7 +36,7 @@ BAD_INPUT = [
 @pytest.mark.parametrize("args, message", BAD_INPUT)
 def test_info_bad_input_exit_2_one_line(capsys, args, message):
     """In this process (each `raypar` process costs seconds of imports); the next test runs the console script."""
-    from raypar.cli import main
+    from raypar.cli.main import main
     try:
         rc = main(["info", "--width-mult", "0.25", *args])
     except SystemExit as e:                          # argparse's own errors

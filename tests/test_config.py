@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from raypar import recipes
-from raypar.cli import build_parser, config_from_args
-from raypar.config import TrainConfig
+from raypar.training import recipes
+from raypar.cli.main import build_parser, config_from_args
+from raypar.training.config import TrainConfig
 from raypar.errors import UserError
-from raypar.optim import OptimConfig, make_optimizer
+from raypar.engine.optim import OptimConfig, make_optimizer
 
 
 def _cfg(*argv):
@@ -58,7 +58,7 @@ def test_every_recipe_is_valid_and_versioned():
     ("subnets = 20", "--subnets must be between 1 and vgg11's 7 blocks, got 20"),
 ])
 def test_bad_config_file_exit_2_one_line_nothing_written(tmp_path, monkeypatch, capsys, text, message):
-    from raypar.cli import main
+    from raypar.cli.main import main
     (tmp_path / "bad.toml").write_text(text + "\n")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "bad.toml"]) == 2
@@ -133,8 +133,8 @@ def test_amp_option(tmp_path):
 def test_splits_are_checked_before_anything_runs():
     """The block counts come from the model's name alone (models.num_blocks), so a split that cannot fit fails in
     the config, not later in a Ray worker."""
-    from raypar.bench import BenchConfig, _net
-    from raypar.models import build, num_blocks
+    from raypar.tools.bench import BenchConfig, _net
+    from raypar.network.models import build, num_blocks
     for name in ("vgg11", "vgg13", "vgg16", "vgg19", "resnet11", "resnet20"):
         assert num_blocks(name) == len(build(name, width_mult=0.125).blocks), name
     assert TrainConfig(model="vgg16", subnets=3, balance=[4, 4, 4]).validate().balance == [4, 4, 4]
@@ -152,7 +152,7 @@ def test_splits_are_checked_before_anything_runs():
 @pytest.mark.parametrize("command", [["bench", "--contenders", "original", "--subnets", "1"],
                                      ["study", "--epochs", "1"]])
 def test_an_output_folder_that_cannot_be_written_fails_before_any_work(tmp_path, capsys, command):
-    from raypar.cli import main
+    from raypar.cli.main import main
     (tmp_path / "a-file").write_text("")
     out = tmp_path / "a-file" / "out"                   # under a file: no folder can be made there, even as root
     assert main([*command, "--out", str(out)]) == 2

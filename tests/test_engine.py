@@ -9,7 +9,7 @@ from torch import nn
 
 from raypar import PararealNet, build, staged_from
 from raypar import UserError
-from raypar.engine import OptimConfig, PararealEngine, Resources
+from raypar.engine.driver import OptimConfig, PararealEngine, Resources
 
 OPT = OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=3)
 
@@ -128,7 +128,7 @@ def test_transport_choice_on_cpu(ray_local, monkeypatch):
     with nothing left running."""
     import ray
 
-    import raypar.transport as T
+    import raypar.engine.transport as T
     told = []
     choose = T.choose
     monkeypatch.setattr(T, "choose", lambda *a: told.append(a[-1]) or choose(*a))
@@ -175,7 +175,7 @@ def test_transport_choice_on_cpu(ray_local, monkeypatch):
     ("p2p", "cpu", ("A", ()), 0, [("A", (0,), "cuda")], "the driver computes on cpu but a fine actor on cuda"),
     ("auto", "cpu", ("A", ()), 0, [], "object-store")])                                  # no actor: no group
 def test_transport_choice(name, device, here, visible, there, want):
-    from raypar.transport import choose
+    from raypar.engine.transport import choose
     if " " in want:
         with pytest.raises(UserError, match=want):
             choose(name, device, here, visible, there)
@@ -187,7 +187,7 @@ def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store(capsys)
     """CUDA IPC's fixed cost per tensor outweighs the object store's copies at a few MB a step (measured on an H200,
     benchmarks/gpu/README.md): "auto" on one shared GPU takes CUDA IPC from IPC_MIN_BYTES a step, or when the step's
     size is unknown; a transport named outright, and "auto" with a GPU per process, do not depend on the size."""
-    from raypar.transport import IPC_MIN_BYTES, choose
+    from raypar.engine.transport import IPC_MIN_BYTES, choose
     shared = ("cuda", ("A", (0,)), 1, [("A", (0,), "cuda")] * 2)
     own = ("cuda", ("A", (0,)), 1, [("A", (1,), "cuda")])
     assert choose("auto", *shared, IPC_MIN_BYTES - 1) == "object-store"
@@ -195,7 +195,7 @@ def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store(capsys)
     assert choose("auto", *shared, None) == "cuda-ipc"
     assert choose("cuda-ipc", *shared, 1) == "cuda-ipc"
     assert choose("auto", *own, 1) == "p2p"
-    from raypar.cli import build_parser
+    from raypar.cli.main import build_parser
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     assert f"cuda-ipc from {IPC_MIN_BYTES // 2**20} MiB" in " ".join(capsys.readouterr().out.split())   # --help says so
@@ -207,7 +207,7 @@ def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store(capsys)
 def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, transport, coarse_in_actors, defer):
     """--amp: the engine equals the reference network run under the same autocast (and, for fp16, the same loss
     scaling); the interface tensors travel in 16 bits; an fp16 overflow skips the step in every process."""
-    from raypar import precision
+    from raypar.engine import precision
     torch.manual_seed(0)
     net = PararealNet(build("vgg11", width_mult=0.25), n, iterations=k, balance="flops")
     ref = copy.deepcopy(net).train()

@@ -36,7 +36,7 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
     import torch.nn.functional as F
 
     from raypar import PararealNet, build, precision
-    from raypar.engine import OptimConfig, PararealEngine, Resources
+    from raypar.engine.driver import OptimConfig, PararealEngine, Resources
     opt_cfg = OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=3)
     torch.manual_seed(0)
     dtype = torch.float64 if amp == "off" else torch.float32
@@ -133,7 +133,7 @@ def test_nccl_with_a_gpu_per_process_matches_reference(ray_gpu, first_in_driver)
 def test_a_time_balance_for_a_gpu_run_profiles_on_the_gpu():
     """The blocks are timed where they will train (the network itself stays on the CPU); the split covers them."""
     from raypar import PararealNet, build
-    from raypar.balance import weight_grad_times
+    from raypar.network.balance import weight_grad_times
     staged = build("vgg11", width_mult=0.25)
     net = PararealNet(staged, 2, balance="time", profile_batch=32, driver_segment=True, defer_weights=True,
                       profile_device="cuda")

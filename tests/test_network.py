@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 
 from raypar import CoarseSpec, PararealNet, UserError, build, parareal, staged_from
-from raypar.balance import partition, partition_loaded_first, profile
+from raypar.network.balance import partition, partition_loaded_first, profile
 
 
 def _exact(model, n, shape=(3, 32, 32), batch=3, balance="flops"):
@@ -201,8 +201,8 @@ def test_the_profile_times_the_layout_the_run_uses(monkeypatch, channels_last):
     """--channels-last: every block, coarse network and deferred weight gradient is timed in the channels-last layout
     (on CPUs its convolutions cost less, unevenly: VGG-16 x0.25 at [3, 9], one thread, pre and F_1 took 18.7 ms
     instead of 28.7, F_2 24.3 instead of 30.4); the network itself keeps its layout."""
-    import raypar.balance as bal
-    import raypar.split_backward as sb
+    import raypar.network.balance as bal
+    import raypar.network.split_backward as sb
     seen = []
 
     def layout(t):       # (a tensor whose two layouts differ, the channels-last one)
@@ -232,8 +232,8 @@ def test_the_profile_times_parts_as_a_run_runs_them(monkeypatch):
     """pre's backward computes no gradient for the data (its input), as in training; a time profile runs in a process
     that keeps freed memory (as the engine's processes do: each repeat would fault its pages in again) and after one
     whole forward and backward, so the first part timed does not pay every first touch."""
-    import raypar.balance as bal
-    from raypar.balance import measure_part
+    import raypar.network.balance as bal
+    from raypar.network.balance import measure_part
     model = build("vgg11", width_mult=0.25)
     x = torch.randn(4, 3, 32, 32)
     pre_p, _, _ = profile(model, x, "flops")
@@ -252,7 +252,7 @@ def test_the_profile_times_parts_as_a_run_runs_them(monkeypatch):
 @pytest.mark.parametrize("pre", ["identity", "pool", "frozen"])
 def test_a_pre_with_nothing_to_train_is_profiled_and_split(pre):
     """pre without trainable parameters, on the data: its profile has no backward to run (none in a step either)."""
-    from raypar.models import StagedModel
+    from raypar.network.models import StagedModel
     model = build("vgg11", width_mult=0.25)
     first = {"identity": nn.Identity(), "pool": nn.AvgPool2d(1), "frozen": model.pre.requires_grad_(False)}[pre]
     staged = StagedModel(first, [model.pre if pre != "frozen" else nn.Identity(), *model.blocks], model.post,
@@ -276,7 +276,7 @@ def test_explicit_split_and_coarse_options():
 @pytest.mark.parametrize("in_shape, out_shape", [((16, 32, 32), (64, 8, 8)), ((16, 12, 12), (32, 5, 5)),
                                                  ((8, 8, 8), (8, 8, 8)), ((8, 4, 4), (16, 8, 8))])
 def test_coarse_downsampling(downsample, in_shape, out_shape):
-    from raypar.coarse import build_coarse
+    from raypar.network.coarse import build_coarse
     net = build_coarse(in_shape, out_shape, CoarseSpec(depth=2, width=0.5, downsample=downsample))
     x = torch.randn(3, *in_shape, requires_grad=True)
     y = net(x)

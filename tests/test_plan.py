@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from raypar.bench import bytes_minimum
-from raypar.models import build
-from raypar.network import PararealNet
-from raypar.plan import Link, Planner, against_bench, predict
+from raypar.tools.bench import bytes_minimum
+from raypar.network.models import build
+from raypar.network.reference import PararealNet
+from raypar.tools.plan import Link, Planner, against_bench, predict
 
 TINY = dict(model="vgg11", width_mult=0.125, batch=8, balance="flops")       # 7 blocks; the split is deterministic
 
@@ -187,7 +187,7 @@ def test_against_a_bench_result(planner, tmp_path):
 
 def test_a_channels_last_plan_profiles_in_channels_last(monkeypatch, tmp_path):
     """plan --channels-last (and --bench of a channels-last bench) profile every part as such a run computes it."""
-    import raypar.balance as bal
+    import raypar.network.balance as bal
     seen = []
     real_profile, real_weights = bal.profile, bal.weight_grad_times
     monkeypatch.setattr(bal, "profile", lambda *a, **k: (seen.append(("profile", k.get("channels_last"))),
@@ -237,7 +237,7 @@ def test_cli_json():
 ])
 def test_bad_input_exit_2_one_line(args, message, capsys):
     """In process (the same main() the console script runs); the subprocess test below checks the real exit."""
-    from raypar.cli import main
+    from raypar.cli.main import main
     assert main(["plan", "--model", "vgg11", "--width-mult", "0.125", "--batch", "8", *args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines

@@ -12,9 +12,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from procs import free_port, nan_replica, stop_group
 
-from raypar.config import TrainConfig
-from raypar.tracking import checkpoints
-from raypar.trainer import fit
+from raypar.training.config import TrainConfig
+from raypar.training.tracking import checkpoints
+from raypar.training.loop import fit
 
 EPOCHS = 3
 
@@ -121,7 +121,7 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(ray_local, store, uninte
 def test_nan_loss_stops_with_a_clear_error_and_the_run_ends_failed(ray_local, store, capsys):
     """A NaN loss ends the run at once, FAILED with the reason, and is not restarted: a resumed run would repeat the
     same steps bit for bit and meet the same NaN (--max-failures is for lost processes)."""
-    from raypar.cli import main
+    from raypar.cli.main import main
     cfg = _cfg(store, "nan", epochs=2, lr=1e12, max_failures=2)
     assert main(["train", "--model", cfg.model, "--width-mult", str(cfg.width_mult), "--subnets", "2", "--epochs", "2",
                  "--batch-size", "32", "--balance", "flops", "--cpus-per-subnet", "0.5", "--lr", "1e12",
@@ -205,7 +205,7 @@ def test_failure_reason_says_when_the_restarts_ran_out():
     from ray.exceptions import ActorDiedError, RayTaskError
     from ray.train import WorkerGroupError
 
-    from raypar.trainer import failure_reason
+    from raypar.training.loop import failure_reason
     lost = RayTaskError("train_loop", "Traceback (most recent call last): ...", ActorDiedError())
     error = WorkerGroupError("Training failed due to worker errors:", {0: lost})
     assert failure_reason(error, 0).startswith("ActorDiedError: ")
@@ -216,7 +216,7 @@ def test_failure_reason_says_when_the_restarts_ran_out():
 # ------------------------------------------------------------------------------------ --on-nonfinite skip
 def _engine(skip: bool, coarse_in_actors: bool = False):
     from raypar import PararealNet, build
-    from raypar.engine import OptimConfig, PararealEngine, Resources
+    from raypar.engine.driver import OptimConfig, PararealEngine, Resources
     torch.manual_seed(0)
     net = PararealNet(build("vgg11", width_mult=0.125), 2, balance="flops")
     return PararealEngine(net, OptimConfig(lr=0.1, epochs=2),
@@ -237,7 +237,7 @@ def _everything(engine) -> dict:
 
 @pytest.mark.parametrize("coarse_in_actors", [False, True])
 def test_nonfinite_batch_is_skipped_everywhere_and_training_goes_on(ray_local, coarse_in_actors):
-    from raypar.trainer import _train_epoch
+    from raypar.training.loop import _train_epoch
     g = torch.Generator().manual_seed(1)
     b1, b2, b3 = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in "123"]
     bad = (b1[0].clone(), b1[1])
@@ -274,7 +274,7 @@ def test_fixed_cluster_fails_at_once_when_it_can_never_fit_the_run(ray_local):
     resource timeout."""
     import time
 
-    from raypar.trainer import cluster_can_grow, wait_for_resources
+    from raypar.training.loop import cluster_can_grow, wait_for_resources
     from raypar.errors import UserError
     assert cluster_can_grow() is False
     cfg = TrainConfig(subnets=4, cpus_per_subnet=2, resource_timeout_s=120).validate()
@@ -293,12 +293,12 @@ def test_autoscaling_cluster_keeps_waiting(ray_local, monkeypatch):
 
     import ray.experimental.internal_kv as kv
 
-    from raypar.trainer import cluster_can_grow, wait_for_resources
+    from raypar.training.loop import cluster_can_grow, wait_for_resources
     from raypar.errors import UserError
     node = ray_local.get_runtime_context().get_node_id()
     report = {"autoscaler_report": {"node_type_mapping": {"10.0.0.1": "head", "10.0.0.2": "gpu_1x"}}}
     real_get = kv._internal_kv_get
-    monkeypatch.setattr("raypar.trainer._started_by_this_process", lambda: False)    # as if attached to a cluster
+    monkeypatch.setattr("raypar.training.loop._started_by_this_process", lambda: False)    # as if attached to a cluster
     monkeypatch.setattr(kv, "_internal_kv_get", lambda key, *a, **k: json.dumps(report).encode()
                         if key == "__autoscaling_status" else real_get(key, *a, **k))
     assert cluster_can_grow() is True
@@ -392,7 +392,7 @@ def test_storage_a_node_cannot_see_fails_before_anything_is_written(blind_node):
 
 
 def test_storage_that_cannot_be_written_fails_in_one_line(ray_local, tmp_path, capsys):
-    from raypar.cli import main
+    from raypar.cli.main import main
     (tmp_path / "a-file").write_text("")
     storage = tmp_path / "a-file" / "runs"              # under a file: no folder can be made there, even as root
     assert main(["train", "--storage-path", str(storage), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
@@ -406,7 +406,7 @@ def test_mistakes_a_worker_would_meet_are_one_line(ray_local, tmp_path, capsys, 
     from ray.exceptions import RayTaskError
     from ray.train import WorkerGroupError
 
-    from raypar.cli import main
+    from raypar.cli.main import main
     from raypar.errors import UserError
     argv = ["train", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "runs")]
     # cuda-ipc on a cluster with no GPUs: known before anything starts (the session's Ray has none)
@@ -419,13 +419,13 @@ def test_mistakes_a_worker_would_meet_are_one_line(ray_local, tmp_path, capsys, 
     def fails(cfg, events=None):                     # what Ray Train raises for a UserError in rank 1's train_loop
         cause = RayTaskError("train_loop", "Traceback (most recent call last): ...", UserError("the worker's reason"))
         raise WorkerGroupError("Training failed due to worker errors:", {1: cause})
-    monkeypatch.setattr("raypar.trainer.fit", fails)
+    monkeypatch.setattr("raypar.training.loop.fit", fails)
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["raypar: error: the worker's reason"]
 
 
 def test_storage_every_node_sees_passes_and_leaves_nothing(blind_node):
-    from raypar.trainer import check_shared_storage
+    from raypar.training.loop import check_shared_storage
     node, tmp = blind_node
     shared = tmp / "shared" / "runs"
     check_shared_storage(TrainConfig(storage_path=str(shared)).resolved())
@@ -468,7 +468,7 @@ def test_no_credentials_in_mlflow_params_artifacts_or_checkpoints(skip_run, tmp_
 
 
 def test_redact():
-    from raypar.tracking import redact, redact_config
+    from raypar.training.tracking import redact, redact_config
     assert redact("http://user:password@host:5000") == "http://user:***@host:5000"
     assert redact("https://tok3n@host/x") == "https://***@host/x"
     assert (redact("cannot reach ray://u:p%40ss@10.0.0.1:10001: refused")

@@ -1,9 +1,9 @@
-"""The backward in two halves (raypar.split_backward) gives the gradients of one plain backward."""
+"""The backward in two halves (raypar.network.split_backward) gives the gradients of one plain backward."""
 import pytest
 import torch
 from torch import nn
 
-from raypar.split_backward import input_grad
+from raypar.network.split_backward import input_grad
 
 
 class Shared(nn.Module):

@@ -8,9 +8,9 @@ from matplotlib.image import imread
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from raypar.cli import main
-from raypar.compare import rows
-from raypar.recipes import get as get_recipe
+from raypar.cli.main import main
+from raypar.tools.compare import rows
+from raypar.training.recipes import get as get_recipe
 
 DIGITS = get_recipe("digits-cpu").tag      # "digits-cpu@<its version>"
 
@@ -78,7 +78,7 @@ def test_compare_groups_seeds_and_sets_rows_against_the_baseline(tmp_path, capsy
     _fake_run(client, exp, 2, 1, 1, [0.95, 0.87], 160)
     failed = _fake_run(client, exp, 4, 1, 0, [0.1], 1)
     client.set_terminated(failed, "FAILED")                      # not compared
-    from raypar.compare import finished_runs
+    from raypar.tools.compare import finished_runs
     table = rows(finished_runs(uri, "known"))
     assert [(r.n, r.k, r.seeds) for r in table] == [(1, 1, [0, 1]), (2, 1, [0, 1])]
     base, par = table

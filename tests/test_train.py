@@ -8,8 +8,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from raypar.config import TrainConfig
-from raypar.trainer import fit
+from raypar.training.config import TrainConfig
+from raypar.training.loop import fit
 
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "samples_per_s",
            "time_pre_coarse_s", "time_fine_max_s", "time_transfer_s"]
@@ -131,7 +131,7 @@ BAD_INPUT = [
 def test_train_bad_input_exit_2_one_line(tmp_path, monkeypatch, capsys, args, message):
     """Every mistake: exit code 2, one line on stderr, nothing written (in this process, to keep the suite fast;
     the next test checks the same for a real `raypar` process)."""
-    from raypar.cli import main
+    from raypar.cli.main import main
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -162,7 +162,7 @@ def test_the_trainer_ends_its_placement_group_cleaner_at_once(ray_local):
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-    from raypar.trainer import _quick_to_stop
+    from raypar.training.loop import _quick_to_stop
     ours = _quick_to_stop(TorchTrainer)(lambda: None, scaling_config=ScalingConfig(num_workers=1))
     theirs = TorchTrainer(lambda: None, scaling_config=ScalingConfig(num_workers=1))
     got, want = ours._create_default_callbacks(), theirs._create_default_callbacks()

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from raypar.cli import main
-from raypar.tune import candidates
+from raypar.cli.main import main
+from raypar.tools.tune import candidates
 
 
 def test_candidates_move_one_boundary_at_a_time():
@@ -44,7 +44,7 @@ class _Engine:
             raise RuntimeError("actor died")
         self.events.append(("step", self.split))
         _Engine.clock[0] += self.ms[self.split] / 1e3
-        from raypar.engine import StepStats
+        from raypar.engine.driver import StepStats
         return 1.0, 0, StepStats(driver=0.001, wait=0.0, fine_each=(0.001,))
 
     def settle(self):
@@ -55,7 +55,7 @@ class _Engine:
 
 
 def _driver(monkeypatch, ms, fail=(), started=None, events=None):
-    from raypar import tune
+    from raypar.tools import tune
     monkeypatch.setattr(tune, "_clock", lambda: _Engine.clock[0])
 
     def start(net, optim, resources, seed, trial):
@@ -70,7 +70,7 @@ def _driver(monkeypatch, ms, fail=(), started=None, events=None):
 def test_every_candidate_timed_against_the_profiles_split(monkeypatch, gpu):
     """With stand-in engines of known step times, on both paths (CPUs: taking turns in groups; GPUs: each alone,
     twice): each candidate's own time and its ratio to the profile's split; a failing candidate is a row."""
-    from raypar.engine import Resources
+    from raypar.engine.driver import Resources
     ms = {(3, 9): 100.0, (2, 10): 120.0, (4, 8): 80.0, (5, 7): 90.0, (1, 11): 150.0}
     started = []
     driver = _driver(monkeypatch, ms, fail={(1, 11)}, started=started)
@@ -89,7 +89,7 @@ def test_every_candidate_timed_against_the_profiles_split(monkeypatch, gpu):
 def test_taking_turns_each_timed_step_follows_an_untimed_one_and_each_turn_ends_settled(monkeypatch):
     """A timed step starts as in a run, right after another of the same engine (its caches warm; deferred weight
     gradients of the step before still computing), and none of an engine's work runs into the next one's turn."""
-    from raypar.engine import Resources
+    from raypar.engine.driver import Resources
     ms, events = {(3, 9): 100.0, (4, 8): 80.0}, []
     driver = _driver(monkeypatch, ms, events=events)
     trials = driver.run([_Net(list(s)) for s in ms], None, Resources(), 0, [(None, None)] * 3, 1, False)
@@ -101,7 +101,7 @@ def test_taking_turns_each_timed_step_follows_an_untimed_one_and_each_turn_ends_
 
 
 def test_no_candidate_ranked_without_the_profiles_split(monkeypatch):
-    from raypar.engine import Resources
+    from raypar.engine.driver import Resources
     ms = {(3, 9): 100.0, (4, 8): 80.0}
     driver = _driver(monkeypatch, ms, fail={(3, 9)})
     for gpu in (False, True):

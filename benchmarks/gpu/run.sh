@@ -26,7 +26,7 @@ bench() {   # bench <name> <args...>
     local name=$1; shift
     case " $BENCHES " in *" $name "*) ;; *) return ;; esac
     echo "=== bench $name: $*"
-    timeout "${BENCH_TIMEOUT:-120}" python3 -m raypar.bench --device "$DEVICE" --warmup 5 --steps "$STEPS" \
+    timeout "${BENCH_TIMEOUT:-120}" python3 -m raypar.tools.bench --device "$DEVICE" --warmup 5 --steps "$STEPS" \
         --out "$OUT/$name" "$@" 2>&1 | tee "$OUT/$name.log"
 }
 bench small --subnets 1,2 --contenders original,parareal-1proc,raypar,raypar-f1 --transports cuda-ipc,object-store

@@ -1,4 +1,4 @@
-"""Where a short `raypar.trainer.fit` spends its time: start-up, training, and the end of the run.
+"""Where a short `raypar.training.loop.fit` spends its time: start-up, training, and the end of the run.
 
     python benchmarks/startup/fit_phases.py [--runs 2] [--epochs 1]
 
@@ -22,8 +22,8 @@ def main() -> None:
     import ray
     from ray.util.queue import Queue
 
-    from raypar.config import TrainConfig
-    from raypar.trainer import fit
+    from raypar.training.config import TrainConfig
+    from raypar.training.loop import fit
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     folder = tempfile.mkdtemp()
     print(f"{'run':>3s} {'start event':>12s} {'first step':>11s} {'last epoch':>11s} {'fit returned':>13s}")

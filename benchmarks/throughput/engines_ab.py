@@ -53,8 +53,8 @@ def main() -> None:
         def ready(self) -> bool:
             return __import__("torch") is not None
 
-    from raypar.bench import BenchConfig, _net
-    from raypar.engine import TURN_CPUS, PararealEngine, Resources
+    from raypar.tools.bench import BenchConfig, _net
+    from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig(width_mult=args.width_mult, batch=args.batch, channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     idle = [Idle.remote() for _ in range(args.idle)]

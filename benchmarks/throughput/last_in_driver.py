@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 
 def make_layout(ray, turn_cpus: float):
-    from raypar.optim import make_optimizer
+    from raypar.engine.optim import make_optimizer
 
     @ray.remote(num_cpus=turn_cpus)
     class First:
@@ -89,8 +89,8 @@ def make_layout(ray, turn_cpus: float):
 
 
 def check(ray, cfg, layout) -> None:
-    from raypar.bench import BenchConfig, _net, make_batches
-    from raypar.optim import make_optimizer
+    from raypar.tools.bench import BenchConfig, _net, make_batches
+    from raypar.engine.optim import make_optimizer
     torch.set_default_dtype(torch.float64)
     bench = BenchConfig(balance=[4, 8]).validate()
     net = _net(bench, 2).double()
@@ -126,8 +126,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from raypar.bench import BenchConfig, _net
-    from raypar.engine import TURN_CPUS, PararealEngine, Resources
+    from raypar.tools.bench import BenchConfig, _net
+    from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig().validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     layout = make_layout(ray, TURN_CPUS)

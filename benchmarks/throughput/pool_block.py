@@ -19,9 +19,9 @@ def main() -> None:
     from turns import take_turns
 
     from raypar import PararealNet
-    from raypar.bench import BenchConfig, _coarse, _model
-    from raypar.engine import TURN_CPUS, PararealEngine, Resources
-    from raypar.models import StagedModel
+    from raypar.tools.bench import BenchConfig, _coarse, _model
+    from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
+    from raypar.network.models import StagedModel
     cfg = BenchConfig().validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 

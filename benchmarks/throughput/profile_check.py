@@ -22,7 +22,8 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=8, help="whole passes, the first 2 untimed (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    from raypar import balance, models
+    from raypar.network import balance
+    from raypar.network import models
     from raypar.malloc import keep_freed_memory
     keep_freed_memory()
     model = models.build(args.model, width_mult=args.width_mult).train()

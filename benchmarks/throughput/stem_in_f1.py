@@ -23,10 +23,10 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from raypar.bench import BenchConfig, _coarse, _model, _net
-    from raypar.engine import TURN_CPUS, PararealEngine, Resources
-    from raypar.models import StagedModel
-    from raypar.network import PararealNet
+    from raypar.tools.bench import BenchConfig, _coarse, _model, _net
+    from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
+    from raypar.network.models import StagedModel
+    from raypar.network.reference import PararealNet
     cfg = BenchConfig().validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     resources = Resources(0, TURN_CPUS, first_in_driver=True, transport="p2p")

@@ -28,9 +28,9 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    import raypar.engine as E
-    from raypar.actors import FineWorker
-    from raypar.bench import BenchConfig, _net
+    import raypar.engine.driver as E
+    from raypar.engine.actors import FineWorker
+    from raypar.tools.bench import BenchConfig, _net
 
     class Timed(FineWorker):                      # (defined here: Ray ships it by value, with the logging)
         def __init__(self, *a, **k):

@@ -25,8 +25,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from raypar.bench import BenchConfig, _net, make_batches
-    from raypar.engine import PararealEngine, Resources
+    from raypar.tools.bench import BenchConfig, _net, make_batches
+    from raypar.engine.driver import PararealEngine, Resources
     cfg = BenchConfig(balance=[int(v) for v in args.split.split(",")], channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     eng = PararealEngine(_net(cfg, 2, driver_segment=True), cfg.optim,

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 TRANSPORTS = ("auto", "object-store", "p2p", "cuda-ipc")
 # auto on a shared GPU: CUDA IPC from this many interface bytes a step (below it, its fixed cost per tensor outweighs

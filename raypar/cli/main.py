@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
-from .tracking import redact
+from ..errors import UserError
+from ..training.tracking import redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bo
     def shown(name):
         return f"(default: {getattr(d, name)})"
 
-    from .coarse import DOWNSAMPLE
+    from ..network.coarse import DOWNSAMPLE
     g = p.add_argument_group("model and split")
     g.add_argument("--model", default=default("model"),
                    help=f"vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet164, resnet1001) {shown('model')}")
@@ -181,7 +181,7 @@ def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig
+    from ..training.config import TrainConfig
     d = TrainConfig()
     parser = _Parser(prog="raypar", description="Parareal neural networks trained on Ray, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_argument("--show", default=None, metavar="NAME", help="print this recipe's TOML file")
     recipes.set_defaults(func=cmd_recipes)
 
-    from .bench import add_arguments as add_bench_arguments
+    from ..tools.bench import add_arguments as add_bench_arguments
     bench = sub.add_parser("bench", help="training throughput and memory: original vs parareal vs raypar vs DDP vs "
                                          "pipelining",
                            description="Train the same model, batch and threads per process as every contender "
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
-    from .tune import add_arguments as add_tune_arguments
+    from ..tools.tune import add_arguments as add_tune_arguments
     tune = sub.add_parser("tune", help="choose the split by measuring candidate splits on the engine",
                           description="Run the engine with the profile's split and its neighbours (one block "
                                       "boundary moved by up to --radius blocks), on the same synthetic batches, "
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_arguments(tune)
     tune.set_defaults(func=cmd_tune)
 
-    from .plan import add_arguments as add_plan_arguments
+    from ..tools.plan import add_arguments as add_plan_arguments
     plan = sub.add_parser("plan", help="predict step time and speedup for N = 1..G sub-networks, before running",
                           description="Predict, for N = 1..G sub-networks, the training step time and the speedup "
                                       "over the sequential network: Amdahl for the parareal structure (pre + coarse "
@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_study(args) -> int:
-    from .study import run_study
-    from .trainer import fit
+    from ..tools.study import run_study
+    from ..training.loop import fit
     cfg = config_from_args(args, skip=("subnets", "iterations", "name"))
     return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seeds, name=args.name,
                      out=args.out, init_ray=_init_ray, fit=lambda c: _fit_with_progress(c, fit))
@@ -279,7 +279,7 @@ def cmd_study(args) -> int:
 def cmd_compare(args) -> int:
     import os
 
-    from .compare import cmd_compare as run_compare
+    from ..tools.compare import cmd_compare as run_compare
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     return run_compare(uri, args.experiment, args.parent, args.format)
 
@@ -287,10 +287,10 @@ def cmd_compare(args) -> int:
 def cmd_recipes(args) -> int:
     from importlib import resources
 
-    from . import recipes
+    from ..training import recipes
     if args.show:
         recipes.get(args.show)                                  # an unknown name: one line, exit 2
-        print(resources.files("raypar").joinpath("recipes", f"{args.show}.toml").read_text(), end="")
+        print(resources.files("raypar.training").joinpath("recipes", f"{args.show}.toml").read_text(), end="")
         return 0
     for r in recipes.available():
         v = r.values
@@ -302,17 +302,17 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import cmd_bench as run_bench
+    from ..tools.bench import cmd_bench as run_bench
     return run_bench(args)
 
 
 def cmd_tune(args) -> int:
-    from .tune import cmd_tune as run
+    from ..tools.tune import cmd_tune as run
     return run(args)
 
 
 def cmd_plan(args) -> int:
-    from .plan import cmd_plan as run_plan
+    from ..tools.plan import cmd_plan as run_plan
     return run_plan(args)
 
 
@@ -323,9 +323,9 @@ def config_from_args(args, skip: tuple = ()):
     import dataclasses
     import os
 
-    from . import recipes
-    from .balance import parse_balance
-    from .config import TrainConfig, load_file
+    from ..training import recipes
+    from ..network.balance import parse_balance
+    from ..training.config import TrainConfig, load_file
     values: dict = {}
     if args.recipe:
         recipe = recipes.get(args.recipe)
@@ -448,8 +448,9 @@ def cmd_train(args) -> int:
     from rich.console import Console
     from rich.panel import Panel
 
-    from . import data, tracking
-    from .trainer import fit
+    from ..training import data
+    from ..training import tracking
+    from ..training.loop import fit
 
     cfg = config_from_args(args)
     data.load(cfg.dataset, cfg.data_dir, cfg.download)          # a missing data set fails here, before any run
@@ -465,7 +466,7 @@ def cmd_train(args) -> int:
     except Exception as e:  # noqa: BLE001 - an internal error: full traceback, then a clear last line
         import traceback
 
-        from .trainer import root_cause
+        from ..training.loop import root_cause
         cause = root_cause(e)
         if isinstance(cause, UserError):                        # a mistake only a worker could see: one line
             raise UserError(str(cause)) from None
@@ -491,11 +492,11 @@ def cmd_train(args) -> int:
 def cmd_info(args) -> int:
     from rich.console import Console
 
-    from .balance import parse_balance
-    from .coarse import CoarseSpec
-    from .models import build
-    from .network import PararealNet
-    from .report import split_table
+    from ..network.balance import parse_balance
+    from ..network.coarse import CoarseSpec
+    from ..network.models import build
+    from ..network.reference import PararealNet
+    from ..tools.report import split_table
 
     if args.batch < 1 or args.image_size < 1:
         raise UserError("--batch and --image-size must be >= 1")

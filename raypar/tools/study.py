@@ -13,9 +13,10 @@ import dataclasses
 import os
 from typing import Callable
 
-from . import compare, tracking
-from .config import TrainConfig
-from .errors import UserError, make_output_dir
+from . import compare
+from ..training import tracking
+from ..training.config import TrainConfig
+from ..errors import UserError, make_output_dir
 
 STUDY_TAG = "raypar.study_key"
 
@@ -37,8 +38,8 @@ def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: li
 
 def check(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int]) -> None:
     """Every mistake in the study's lists, before anything runs."""
-    from . import data
-    from .models import num_blocks
+    from ..training import data
+    from ..network.models import num_blocks
     if min(subnets) < 1 or min(iterations) < 1:
         raise UserError("--subnets and --iterations must list numbers >= 1")
     if not any(k <= n for n in subnets for k in iterations):
@@ -175,7 +176,7 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
     tracking.check_reachable(base.tracking_uri)
     init_ray(dataclasses.replace(base, subnets=max(subnets)))
     if fit is None:
-        from .trainer import fit
+        from ..training.loop import fit
     parent = open_parent(base, name, subnets, iterations, seeds)
     runs = plan(base, subnets, iterations, seeds, name, parent)
     console = Console()

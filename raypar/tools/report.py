@@ -5,7 +5,7 @@ import math
 
 from rich.table import Table
 
-from .network import PararealNet
+from ..network.reference import PararealNet
 
 
 def _fmt_cost(cost: float, measure: str) -> str:

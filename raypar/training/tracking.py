@@ -11,7 +11,7 @@ import platform
 import re
 import time
 
-from .errors import UserError
+from ..errors import UserError
 
 RUN_KEY_TAG = "raypar.run_key"
 PARENT_TAG = "mlflow.parentRunId"          # MLflow's own nesting tag: the UI shows the runs under their parent

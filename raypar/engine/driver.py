@@ -1,7 +1,7 @@
 """The engine: the driver's side of a distributed parareal network.
 
 ``pre``, the coarse networks and ``post`` live here (in the driver, the Ray Train worker); each fine segment ``F_j``
-lives in a :class:`~raypar.actors.FineWorker` actor. The sweeps are :func:`raypar.parareal.parareal` itself — the
+lives in a :class:`~raypar.engine.actors.FineWorker` actor. The sweeps are :func:`raypar.network.parareal.parareal` itself — the
 engine only supplies a fine map that runs ``F_1..F_N`` remotely: all forwards are launched before any is awaited.
 
 Backward, per step:
@@ -14,7 +14,7 @@ Backward, per step:
      backward (once each: the graph is cut after ``pre`` and after each coarse sweep output, so the loss's pass in 1.
      stops there too), then steps its own optimizer — while the actors step theirs. With ``defer_weights`` (the
      default) an actor's backward returns ``dL/du`` before it computes its weight gradients, which it computes in its
-     ``step()`` (:mod:`raypar.split_backward`), and the driver does not wait for that step: the next step's pre and
+     ``step()`` (:mod:`raypar.network.split_backward`), and the driver does not wait for that step: the next step's pre and
      coarse sweep run beside it (the actor takes the next forward only after it); :meth:`PararealEngine.settle`
      collects the steps' results, and ``_quiet`` (settle, then end the actors' streamed steps) comes before any other
      call to the actors. Without it, the driver waits for the actors' steps at the end of each step. (With ``p2p`` on
@@ -24,12 +24,12 @@ Backward, per step:
   With K > 1 iterations, step 2 repeats from the last iteration to the first: ``dL/df^k`` is complete only after
   the actors' ``dL/du^{k+1}`` has been pushed back through the driver's graph.
   With ``--amp fp16`` the loss is scaled first; each process unscales its own gradients and reports an overflow,
-  and only then do all step, or none (:mod:`raypar.precision`): the actors' steps wait for that decision.
+  and only then do all step, or none (:mod:`raypar.engine.precision`): the actors' steps wait for that decision.
 Per step and iteration that is 4 N interface tensors (u out, f back, dL/df out, dL/du back) and nothing else; how
-they travel (object store, point-to-point gloo/NCCL, CUDA IPC) is :mod:`raypar.transport`'s business.
+they travel (object store, point-to-point gloo/NCCL, CUDA IPC) is :mod:`raypar.engine.transport`'s business.
 
 With ``coarse_in_actors`` (K = 1) each actor computes its own input and coarse term from the batch and returns
-``d_j = f_j - z_j`` (:func:`raypar.parareal.interval`): the batch goes out, d_j comes back, dL/dd_j goes out, and the
+``d_j = f_j - z_j`` (:func:`raypar.network.parareal.interval`): the batch goes out, d_j comes back, dL/dd_j goes out, and the
 actor's backward returns the gradients of its copies of pre and C_1..C_j (a few KB) instead of dL/du; the driver adds
 them to its own and runs only the correction sweep (:meth:`PararealEngine._forward_heads`).
 """
@@ -42,14 +42,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import hybrid, precision
+from . import hybrid
+from . import precision
 from .actors import FineWorker, gpu_peak_mb, to_cpu
-from .errors import UserError
-from .malloc import keep_freed_memory
-from .models import memory_format
-from .network import PararealNet
+from ..errors import UserError
+from ..malloc import keep_freed_memory
+from ..network.models import memory_format
+from ..network.reference import PararealNet
 from .optim import OptimConfig, make_optimizer
-from .parareal import correct, parareal
+from ..network.parareal import correct, parareal
 from .transport import EVAL_U, GRAD_F, U, DriverEnd, check_name, from_numpy, to_numpy
 
 
@@ -100,19 +101,19 @@ class Resources:
     # run F_1 in the driver process, overlapped with the actors' F_2..F_N: N processes instead of N + 1, and no
     # transfers for F_1 (the driver is idle while the actors compute anyway)
     first_in_driver: bool = False
-    transport: str = "object-store"      # how interface tensors travel: see raypar.transport ("auto" resolves it)
+    transport: str = "object-store"      # how interface tensors travel: see raypar.engine.transport ("auto" resolves it)
     channels_last: bool = False          # every part's weights and activations in the channels-last layout
-    amp: str = "off"                     # mixed precision: off, bf16 or fp16 (raypar.precision)
+    amp: str = "off"                     # mixed precision: off, bf16 or fp16 (raypar.engine.precision)
     # K = 1: each fine actor computes its own input and coarse term from the batch (copies of pre and C_1..C_j, the
     # driver's weights sent every step) and sends back d_j = f_j - z_j: the driver neither runs the coarse sweep
-    # before the actors can start nor runs its backward after them (raypar.parareal.interval)
+    # before the actors can start nor runs its backward after them (raypar.network.parareal.interval)
     coarse_in_actors: bool = False
     # each actor's backward returns dL/du before it computes its weight gradients, which it computes in its optimizer
     # step, and the driver does not wait for that step: it runs beside the driver's own backward and the next step's
-    # pre and coarse sweep (raypar.split_backward). The actors' compute seconds then reach the next step's StepStats.
+    # pre and coarse sweep (raypar.network.split_backward). The actors' compute seconds then reach the next step's StepStats.
     defer_weights: bool = True
     # the training batch, when known: with transport "auto" on a GPU that the driver and its actors share, it sizes a
-    # step's transfers, and small ones go through the object store (raypar.transport.IPC_MIN_BYTES)
+    # step's transfers, and small ones go through the object store (raypar.engine.transport.IPC_MIN_BYTES)
     batch: int = 0
 
     @property
@@ -123,7 +124,7 @@ class Resources:
 
 @dataclass
 class Replica:
-    """This engine's place among R data-parallel replicas (see :mod:`raypar.hybrid`)."""
+    """This engine's place among R data-parallel replicas (see :mod:`raypar.engine.hybrid`)."""
     rank: int = 0
     world: int = 1
 
@@ -449,9 +450,9 @@ class PararealEngine:
             return precision.full(self.post(out[-1]))
 
     def _forward_heads(self, x: torch.Tensor, step: int, calls: list, st: StepStats) -> torch.Tensor:
-        """The training forward with the coarse sweep in the actors (K = 1, :func:`raypar.parareal.interval`): the
+        """The training forward with the coarse sweep in the actors (K = 1, :func:`raypar.network.parareal.interval`): the
         batch and the driver's ``pre``/coarse weights go to every actor, ``d_j`` comes back; the driver runs ``F_1``
-        (first_in_driver) meanwhile, then the correction sweep (:func:`raypar.parareal.correct`) and ``post``. The
+        (first_in_driver) meanwhile, then the correction sweep (:func:`raypar.network.parareal.correct`) and ``post``. The
         coarse networks' BatchNorm statistics take the values the last actor's copies reached on the coarse sweep
         before the correction sweep updates them again, as in one process."""
         import ray

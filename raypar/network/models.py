@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class StagedModel(nn.Module):

@@ -1,5 +1,5 @@
 """The run configuration: one dataclass, validated in one place (:meth:`TrainConfig.validate`), and the TOML files
-that hold one (``raypar train --config FILE``, the recipes of :mod:`raypar.recipes`)::
+that hold one (``raypar train --config FILE``, the recipes of :mod:`raypar.training.recipes`)::
 
     [recipe]                      # optional: what this configuration is
     name = "vgg16-cifar10"
@@ -20,10 +20,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .balance import MEASURES, TUNE, check_split
-from .coarse import CoarseSpec
-from .errors import UserError
-from .optim import SCHEDULES, OptimConfig
+from ..network.balance import MEASURES, TUNE, check_split
+from ..network.coarse import CoarseSpec
+from ..errors import UserError
+from ..engine.optim import SCHEDULES, OptimConfig
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist")
 
@@ -65,9 +65,9 @@ class TrainConfig:
     driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
     coarse_in_actors: bool = False           # K = 1: each fine actor runs pre and the coarse sweep up to its interval
     defer_weights: bool = True               # actors answer dL/du first, their weight gradients in their step
-    transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.transport)
+    transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.engine.transport)
     channels_last: bool = False              # weights and activations in the channels-last layout (faster convs)
-    amp: str = "off"                         # mixed precision: off, bf16 or fp16 (raypar.precision)
+    amp: str = "off"                         # mixed precision: off, bf16 or fp16 (raypar.engine.precision)
     address: str | None = None               # None: in-process local Ray (or the cluster of a Ray job)
     resource_timeout_s: float = 300.0        # how long to wait for the cluster (or its autoscaler) to fit the run
     # run bookkeeping
@@ -83,7 +83,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise :class:`UserError` naming the first bad one. Returns self."""
-        from .models import check_name
+        from ..network.models import check_name
         check_name(self.model)
         if self.width_mult <= 0:
             raise UserError(f"--width-mult must be > 0, got {self.width_mult}")
@@ -129,8 +129,8 @@ class TrainConfig:
             raise UserError("--resource-timeout must be > 0 seconds")
         if self.placement not in ("PACK", "SPREAD"):
             raise UserError(f"--placement must be PACK or SPREAD, got {self.placement!r}")
-        from .precision import check_name as check_amp
-        from .transport import check_name
+        from ..engine.precision import check_name as check_amp
+        from ..engine.transport import check_name
         check_name(self.transport)
         check_amp(self.amp)
         if self.transport == "cuda-ipc" and self.gpus_per_subnet == 0:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 from .models import norm_layer
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from . import balance as bal
 from .coarse import CoarseSpec, build_coarse
 from .convert import staged_from
-from .errors import UserError
+from ..errors import UserError
 from .parareal import coarse_work, parareal
 
 
@@ -50,7 +50,7 @@ class PararealNet(nn.Module):
     ``driver_segment``: F_1 will run in the driver, so the balance charges segment 1 with the driver's pre, coarse
     sweeps and post; with ``defer_weights`` too (the engine's ``--defer-weights``) and a time balance, each block's
     weight gradients are timed as well and leave a remote segment's share of the driver's critical path
-    (:func:`raypar.balance.partition_loaded_first`).
+    (:func:`raypar.network.balance.partition_loaded_first`).
 
     ``profile_device``: where the profile runs (a time balance should time the device the network will train on:
     a GPU's block costs are not a CPU's); the network itself stays where it is. ``channels_last``: the profile times
@@ -187,7 +187,7 @@ class PararealNet(nn.Module):
     def ideal_speedup(self) -> float:
         """Sequential cost / (pre + coarse + max fine + post), in the balance measure (forward+backward).
 
-        The coarse cost counts both sweeps (:func:`raypar.parareal.coarse_work`); with K iterations the fine work
+        The coarse cost counts both sweeps (:func:`raypar.network.parareal.coarse_work`); with K iterations the fine work
         is done K times."""
         if self.num_subnets == 1:
             return 1.0

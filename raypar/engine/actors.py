@@ -2,8 +2,8 @@
 
 It owns its segment, optimizer, LR scheduler and RNG. ``forward`` keeps the autograd graph of a step under a key,
 ``backward`` runs it with the gradient shipped by the driver, returns the gradient w.r.t. the input and frees the
-graph, ``step`` applies the optimizer; with ``--amp`` its forwards run under autocast (:mod:`raypar.precision`).
-Tensors arrive and leave by the run's transport (:mod:`raypar.transport`: numpy arrays through Ray's object store,
+graph, ``step`` applies the optimizer; with ``--amp`` its forwards run under autocast (:mod:`raypar.engine.precision`).
+Tensors arrive and leave by the run's transport (:mod:`raypar.engine.transport`: numpy arrays through Ray's object store,
 point-to-point in a gloo/NCCL group, or CUDA IPC); autograd graphs never cross processes.
 """
 from __future__ import annotations
@@ -13,11 +13,13 @@ import time
 import torch
 from torch import nn
 
-from . import hybrid, precision, split_backward
-from .malloc import keep_freed_memory
-from .models import memory_format
+from . import hybrid
+from . import precision
+from ..network import split_backward
+from ..malloc import keep_freed_memory
+from ..network.models import memory_format
 from .optim import OptimConfig, make_optimizer
-from .parareal import interval
+from ..network.parareal import interval
 from .transport import ActorEnd, from_numpy, to_numpy
 
 
@@ -47,7 +49,7 @@ class FineWorker:
         which :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns
         their weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before
         the weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
-        (:mod:`raypar.split_backward`)."""
+        (:mod:`raypar.network.split_backward`)."""
         keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
         self.index = index
         self.amp = amp
@@ -77,7 +79,7 @@ class FineWorker:
             return self.module(memory_format(u, self.cl))
 
     def _run_interval(self, batch: torch.Tensor) -> torch.Tensor:
-        """``d_j`` from a batch, through the head's copies of pre and C_1..C_j (:func:`raypar.parareal.interval`)."""
+        """``d_j`` from a batch, through the head's copies of pre and C_1..C_j (:func:`raypar.network.parareal.interval`)."""
         with precision.autocast(self.device.type, self.amp):
             return interval(memory_format(batch, self.cl), self.head["pre"], self.head["coarse"], self.module,
                             self.index + 1)
@@ -103,7 +105,7 @@ class FineWorker:
 
     def head_forward(self, key, x, state: dict):
         """``--coarse-in-actors``: load the driver's ``pre`` and coarse weights (``state``, numpy arrays by state-dict
-        key), compute ``d_j`` from the batch ``x`` (:func:`raypar.parareal.interval`) and send it back, with the
+        key), compute ``d_j`` from the batch ``x`` (:func:`raypar.network.parareal.interval`) and send it back, with the
         head's buffers (BatchNorm statistics) after this forward."""
         batch = self.end.receive(x)
         t0 = time.perf_counter()
@@ -251,7 +253,7 @@ class FineWorker:
             for p in parts:
                 p.train()
 
-    # ------------------------------------------------------------------ transport (raypar.transport)
+    # ------------------------------------------------------------------ transport (raypar.engine.transport)
     def where(self) -> tuple[str, tuple, str]:
         """This actor's node, the GPUs Ray gave it and the device type it computes on."""
         import ray
@@ -283,7 +285,7 @@ class FineWorker:
         import ray
         return ray.get_runtime_context().get_node_id()
 
-    # ------------------------------------------------------------------ data parallel replicas (raypar.hybrid)
+    # ------------------------------------------------------------------ data parallel replicas (raypar.engine.hybrid)
     def endpoint(self) -> tuple[str, int]:
         """Where this segment's replica group meets (asked of replica 0's actor)."""
         return hybrid.free_endpoint()

@@ -1,6 +1,6 @@
 """Recipes: named, versioned training configurations that ship with raypar (``raypar/recipes/*.toml``).
 
-A recipe is a TOML configuration file (see :mod:`raypar.config`) with a ``[recipe]`` table (``name``, ``version``,
+A recipe is a TOML configuration file (see :mod:`raypar.training.config`) with a ``[recipe]`` table (``name``, ``version``,
 ``description``). ``raypar train --recipe NAME`` and ``raypar study --recipe NAME`` start from it; command-line
 options override it; a run records ``recipe = "NAME@VERSION"`` in MLflow. A recipe's numbers never change under the
 same version: a changed recipe gets a new version.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from .config import values_from_toml
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Recipe:
 
 
 def _files():
-    return sorted((f for f in resources.files("raypar").joinpath("recipes").iterdir() if f.name.endswith(".toml")),
+    return sorted((f for f in resources.files("raypar.training").joinpath("recipes").iterdir() if f.name.endswith(".toml")),
                   key=lambda f: f.name)
 
 

@@ -15,7 +15,7 @@ import os
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from .errors import UserError
+from ..errors import UserError
 
 RECIPE_KEYS = ("model", "width_mult", "norm", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "weight_decay")
 LAYOUT_KEYS = ("num_subnets", "iterations", "replicas", "coarse_depth", "coarse_width", "coarse_kernel",
@@ -82,7 +82,7 @@ def summarize(client, run) -> RunSummary:
 def finished_runs(tracking_uri: str, experiment: str | None = None, parent: str | None = None) -> list[RunSummary]:
     """The FINISHED training runs of ``experiment`` (default ``raypar``), or of the study with parent run ``parent``."""
     from mlflow.tracking import MlflowClient
-    from .tracking import PARENT_TAG
+    from ..training.tracking import PARENT_TAG
     path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else None
     if path is not None and not os.path.exists(path):
         # reading must not create an empty database (and its folders) where a typo points

@@ -12,7 +12,7 @@ is the median over the timed steps after the warm-up steps; samples/s = batch / 
 max RSS of each of its processes (``resource.getrusage`` in the process itself, ``VmHWM`` from ``/proc`` for the
 engine's fine actors; psutil is not needed), next to an idle process's RSS (Python + Ray + torch).
 
-For raypar rows the step is broken down with the engine's own :class:`~raypar.engine.StepStats` (driver, busiest
+For raypar rows the step is broken down with the engine's own :class:`~raypar.engine.driver.StepStats` (driver, busiest
 fine actor, transfer/idle, bytes shipped vs the 4-tensor minimum) and set against its parallel limit, from the split's
 uncontended profile::
 
@@ -38,17 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import precision
-from .actors import gpu_peak_mb
-from .balance import TUNE, check_split
-from .coarse import DOWNSAMPLE, CoarseSpec
-from .engine import TURN_CPUS, PararealEngine, Resources
-from .errors import UserError, make_output_dir
-from .malloc import keep_freed_memory
-from .models import build, memory_format
-from .network import PararealNet
-from .parareal import coarse_work
-from .optim import OptimConfig, make_optimizer
+from ..engine import precision
+from ..engine.actors import gpu_peak_mb
+from ..network.balance import TUNE, check_split
+from ..network.coarse import DOWNSAMPLE, CoarseSpec
+from ..engine.driver import TURN_CPUS, PararealEngine, Resources
+from ..errors import UserError, make_output_dir
+from ..malloc import keep_freed_memory
+from ..network.models import build, memory_format
+from ..network.reference import PararealNet
+from ..network.parareal import coarse_work
+from ..engine.optim import OptimConfig, make_optimizer
 
 CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "raypar-ca", "raypar-f1-ca", "ddp", "pipe")
 # the line-up without --contenders (the -ca ones are slower on CPUs, where they were measured: benchmarks/throughput)
@@ -80,10 +80,10 @@ class BenchConfig:
     lr: float = 0.05
     device: str = "cpu"                      # "cuda": every process on the GPU(s) (fractions of one GPU if one)
     transports: list[str] = field(default_factory=lambda: ["auto"])   # raypar rows, one set per transport (as train's)
-    coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.coarse.CoarseSpec)
+    coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.network.coarse.CoarseSpec)
     channels_last: bool = False              # every contender in the channels-last layout
-    amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.precision)
-    coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.coarse.CoarseSpec)
+    amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.engine.precision)
+    coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.network.coarse.CoarseSpec)
     rounds: int = 1                          # the whole line-up this many times (order reversed every other round)
     interleave: bool = True                  # the contenders take turns step by step (False: each alone)
     defer_weights: bool = True               # raypar's actors compute weight gradients in their step (--defer-weights)
@@ -100,11 +100,11 @@ class BenchConfig:
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
         if unknown or not self.contenders:
             raise UserError(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
-        from .transport import TRANSPORTS
+        from ..engine.transport import TRANSPORTS
         bad = sorted(set(self.transports) - set(TRANSPORTS)) if self.transports else ["(none)"]
         if bad:
             raise UserError(f"unknown transports {bad}; choose from {', '.join(TRANSPORTS)}")
-        from .precision import check_name
+        from ..engine.precision import check_name
         check_name(self.amp)
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
@@ -421,7 +421,7 @@ def _coarse(cfg: BenchConfig) -> CoarseSpec:
 def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print,
                 coarse_in_actors: bool = False) -> PararealNet:
     """A raypar contender's network: with ``--balance tune`` its split is the fastest of the candidates measured on
-    the engine (:mod:`raypar.tune`, over the first of ``--transports``; every transport's rows use it), else the one
+    the engine (:mod:`raypar.tools.tune`, over the first of ``--transports``; every transport's rows use it), else the one
     the balance gives."""
     if cfg.balance != TUNE or n < 2:
         return _net(cfg, n, driver_segment)
@@ -969,7 +969,7 @@ def log_mlflow(rows: list[dict], cfg: BenchConfig, folder: str, tracking_uri: st
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from .tracking import connect
+    from ..training.tracking import connect
     client = MlflowClient(tracking_uri)
     run = client.create_run(connect(tracking_uri, experiment), run_name=f"bench-{cfg.model}-b{cfg.batch}")
     rid, ts = run.info.run_id, int(time.time() * 1000)
@@ -1018,7 +1018,7 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
     console = console or Console(width=None if sys.stdout.isatty() else 150)
     make_output_dir(out)
     if tracking_uri:
-        from .tracking import connect
+        from ..training.tracking import connect
         connect(tracking_uri, experiment)                  # a store that cannot be used fails now, not after the run
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                               # the split is profiled as the processes will run
@@ -1052,7 +1052,7 @@ def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_u
 
 # -------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
-    """The options of ``raypar bench`` (and ``python -m raypar.bench``)."""
+    """The options of ``raypar bench`` (and ``python -m raypar.tools.bench``)."""
     d = BenchConfig()
     p.add_argument("--model", default=d.model, help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s)")
     p.add_argument("--width-mult", type=float, default=d.width_mult, help="(default: %(default)s)")
@@ -1119,7 +1119,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def config_from_args(args) -> BenchConfig:
-    from .balance import parse_balance
+    from ..network.balance import parse_balance
     cfg = BenchConfig(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
                       args.warmup, args.steps, _ints(args.subnets, "--subnets"), args.microbatches,
                       parse_balance(args.balance, tune=True), contenders_of(args),
@@ -1150,9 +1150,9 @@ def cmd_bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m raypar.bench [options]``: the same as ``raypar bench``."""
+    """``python -m raypar.tools.bench [options]``: the same as ``raypar bench``."""
     import argparse
-    p = argparse.ArgumentParser(prog="python -m raypar.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m raypar.tools.bench", description=__doc__.splitlines()[0])
     add_arguments(p)
     try:
         return cmd_bench(p.parse_args(argv))

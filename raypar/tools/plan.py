@@ -2,7 +2,7 @@
 
 The prediction is Amdahl's law for the parareal structure plus the interface transfers, from the measured cost of
 every part (forward + backward + optimizer step, at the planned batch, one thread — one process per device, as
-``raypar bench`` runs) and the interface sizes. The split is :class:`~raypar.network.PararealNet`'s own balanced
+``raypar bench`` runs) and the interface sizes. The split is :class:`~raypar.network.reference.PararealNet`'s own balanced
 partition. For N >= 2 sub-networks and K iterations, with every time in seconds (DESIGN.md §2, §5)::
 
     E        = pre + post                                  the driver's edges
@@ -30,7 +30,7 @@ partition. For N >= 2 sub-networks and K iterations, with every time in seconds 
     slow     = used / cap  (1 for N = 1)                   how much slower each fine segment runs while they all run
 
 ``--defer-weights`` (the default, as in ``raypar train``): a remote F_j's weight gradients and optimizer step (W_j,
-measured per block with :mod:`raypar.split_backward`) run after it has answered the driver, so in ``fine`` each
+measured per block with :mod:`raypar.network.split_backward`) run after it has answered the driver, so in ``fine`` each
 remote F_j counts F_j - W_j; it still has to do all of F_j once per step (``actor``). F_1 in the driver defers nothing,
 and nothing is deferred where processes > devices (the deferred work would take the cores the others wait on).
 
@@ -44,7 +44,7 @@ and nothing is deferred where processes > devices (the deferred work would take 
 Each part's cost includes its share of the optimizer step (measured once, per parameter). ``--driver-segment``:
 F_1 runs in the driver (N processes instead of N + 1), so it ships nothing, and its work adds to the driver's; the
 split is the one PararealNet balances with the driver's work counted in segment 1 (and, with ``--defer-weights``, each
-actor's weight gradients off the driver's path: :func:`raypar.balance.partition_loaded_first`). The efficiency bound is
+actor's weight gradients off the driver's path: :func:`raypar.network.balance.partition_loaded_first`). The efficiency bound is
 speedup / devices in use (min(devices, processes)).
 
 The times are measured on this machine's CPU with one thread: ``--gpus`` counts devices, i.e. cores here, one process
@@ -65,8 +65,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from .errors import UserError
-from .parareal import coarse_work
+from ..errors import UserError
+from ..network.parareal import coarse_work
 
 # driver <-> actor through a local Ray object store (numpy arrays, as the engine ships them), measured with
 # measure_link() on the 2-core development machine (Ray 2.60, Python 3.11), with other work on the machine
@@ -142,9 +142,9 @@ class Planner:
                  coarse_downsample: str = "pool", channels_last: bool = False):
         import torch
 
-        from . import balance as bal
-        from .coarse import CoarseSpec
-        from .models import build
+        from ..network import balance as bal
+        from ..network.coarse import CoarseSpec
+        from ..network.models import build
         if batch < 1 or image_size < 1:
             raise UserError(f"--batch and --image-size must be >= 1, got {batch} and {image_size}")
         if balance not in MEASURES:
@@ -173,7 +173,7 @@ class Planner:
             defer_weights: bool = True):
         """PararealNet's split for N (built, profiled and balanced by PararealNet itself), kept for reuse;
         ``split``: these block counts instead (e.g. the split a bench run used)."""
-        from .network import PararealNet
+        from ..network.reference import PararealNet
         # deferral changes only a time balance with F_1 in the driver: any other net is the same either way
         defer_weights = defer_weights and driver_segment and not split and self.balance == "time"
         key = (n, iterations, driver_segment, tuple(split) if split else None, defer_weights)
@@ -192,7 +192,7 @@ class Planner:
         """Measured seconds of C_1..C_N at the batch (+ their optimizer share)."""
         import torch
 
-        from . import balance as bal
+        from ..network import balance as bal
         net = self.net(n, iterations, driver_segment, split, defer_weights)
         key = (n, iterations, driver_segment, tuple(net.split))         # (measured once per split)
         if key not in self.costs.coarse_s:
@@ -339,7 +339,7 @@ def _optimizer_seconds_per_param(staged) -> float:
     """The optimizer step (raypar's SGD with momentum and weight decay) of the whole model, per parameter."""
     import torch
 
-    from .optim import OptimConfig, make_optimizer
+    from ..engine.optim import OptimConfig, make_optimizer
     model = copy.deepcopy(staged)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
@@ -552,7 +552,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parareal iterations K (capped at N for each row) (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=3, help="kernel size of the coarse convolutions "
                    "(default: %(default)s)")
-    from .coarse import DOWNSAMPLE
+    from ..network.coarse import DOWNSAMPLE
     p.add_argument("--coarse-downsample", default="pool", choices=DOWNSAMPLE,
                    help="how a coarse network shrinks its input (default: %(default)s)")
     p.add_argument("--coarse-depth", type=int, default=1, help="conv/BN/ReLU layers per coarse network "

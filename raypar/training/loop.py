@@ -19,14 +19,15 @@ from dataclasses import dataclass
 import torch
 from ray.train import Checkpoint
 
-from . import data, tracking
-from .balance import TUNE
+from . import data
+from . import tracking
+from ..network.balance import TUNE
 from .config import TrainConfig
-from .errors import UserError
-from . import hybrid
-from .engine import PararealEngine, Replica, Resources, StepStats
-from .models import build
-from .network import PararealNet
+from ..errors import UserError
+from ..engine import hybrid
+from ..engine.driver import PararealEngine, Replica, Resources, StepStats
+from ..network.models import build
+from ..network.reference import PararealNet
 
 
 @dataclass
@@ -45,9 +46,9 @@ def _gpus_per_subnet(cfg: TrainConfig) -> float:
 
 
 def _tuned_split(cfg: TrainConfig, spec, staged, resources: Resources, events, run_id: str) -> list[int]:
-    """``--balance tune``: candidate splits side by side on the engine at the run's batch (:mod:`raypar.tune`); the
+    """``--balance tune``: candidate splits side by side on the engine at the run's batch (:mod:`raypar.tools.tune`); the
     trials go to MLflow (``tuning.json``, tag ``raypar.tuned_split``)."""
-    from .tune import as_json, tune_split
+    from ..tools.tune import as_json, tune_split
     split, trials = tune_split(staged(), cfg.subnets, iterations=cfg.iterations, coarse=cfg.coarse,
                                driver_segment=cfg.driver_segment,
                                input_shape=(spec.in_channels, spec.image_size, spec.image_size),
@@ -525,7 +526,7 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
     trainer = _quick_to_stop(TorchTrainer)(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
         # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica);
-        # gloo for the drivers' group (a CUDA driver adds an NCCL group of its own: raypar.hybrid)
+        # gloo for the drivers' group (a CUDA driver adds an NCCL group of its own: raypar.engine.hybrid)
         scaling_config=ScalingConfig(num_workers=cfg.replicas, use_gpu=gpus > 0,
                                      resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})},
                                      placement_strategy="SPREAD" if cfg.replicas > 1 else "PACK"),

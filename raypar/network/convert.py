@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 from .models import StagedModel
 
 SUPPORTED = "nn.Sequential, torchvision ResNet/ResNeXt/Wide-ResNet, torchvision VGG (with or without BN)"

@@ -20,7 +20,7 @@ import contextlib
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 AMP_MODES = ("off", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import UserError
-from .malloc import keep_freed_memory
+from ..errors import UserError
+from ..malloc import keep_freed_memory
 from .models import StagedModel, memory_format
 
 MEASURES = ("time", "flops", "params")
-TUNE = "tune"            # measured on the engine itself, candidate splits side by side (raypar.tune)
+TUNE = "tune"            # measured on the engine itself, candidate splits side by side (raypar.tools.tune)
 
 
 @dataclass
@@ -223,7 +223,7 @@ def partition_loaded_first(costs: list[float], n: int, first_extra, max_candidat
 def weight_grad_times(staged: StagedModel, x: torch.Tensor, repeats: int = 3,
                       channels_last: bool = False) -> list[float]:
     """Per block: the seconds of its weight gradients alone (the half of its backward that a fine actor defers to
-    its optimizer step, :mod:`raypar.split_backward`), on the batch ``x`` and its device (and layout, as
+    its optimizer step, :mod:`raypar.network.split_backward`), on the batch ``x`` and its device (and layout, as
     :func:`profile`)."""
     from .split_backward import input_grad
     model, x = in_layout(copy.deepcopy(staged).to(x.device).train(), x, channels_last)
