@@ -9,7 +9,7 @@ import sys
 # run the code shipped with --working-dir, not whatever raypar the cluster has installed
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raypar.cli import main  # noqa: E402
+from raypar.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -13,7 +13,8 @@ import torch
 from raypar.tools.bench import bytes_minimum
 from raypar.network.models import build
 from raypar.network.reference import PararealNet
-from raypar.tools.plan import Link, Planner, against_bench, predict
+from raypar.engine.cost import Link, Planner, predict
+from raypar.tools.plan import against_bench
 
 TINY = dict(model="vgg11", width_mult=0.125, batch=8, balance="flops")       # 7 blocks; the split is deterministic
 

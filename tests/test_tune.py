@@ -4,7 +4,7 @@ import json
 import pytest
 
 from raypar.cli.main import main
-from raypar.tools.tune import candidates
+from raypar.engine.tuning import candidates
 
 
 def test_candidates_move_one_boundary_at_a_time():
@@ -55,7 +55,7 @@ class _Engine:
 
 
 def _driver(monkeypatch, ms, fail=(), started=None, events=None):
-    from raypar.tools import tune
+    from raypar.engine import tuning as tune
     monkeypatch.setattr(tune, "_clock", lambda: _Engine.clock[0])
 
     def start(net, optim, resources, seed, trial):

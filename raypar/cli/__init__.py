@@ -1,4 +1,1 @@
-"""The ``raypar`` command (:func:`raypar.cli.main.main`)."""
-from .main import main
-
-__all__ = ["main"]
+"""The ``raypar`` command: :func:`raypar.cli.main.main`; ``python -m raypar.cli`` runs it."""

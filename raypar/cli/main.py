@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..errors import UserError
+from ..training.session import connect
 from ..training.tracking import redact
 
 
@@ -273,7 +274,7 @@ def cmd_study(args) -> int:
     from ..training.loop import fit
     cfg = config_from_args(args, skip=("subnets", "iterations", "name"))
     return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seeds, name=args.name,
-                     out=args.out, init_ray=_init_ray, fit=lambda c: _fit_with_progress(c, fit))
+                     out=args.out, init_ray=connect, fit=lambda c: _fit_with_progress(c, fit))
 
 
 def cmd_compare(args) -> int:
@@ -345,51 +346,6 @@ def config_from_args(args, skip: tuple = ()):
     return TrainConfig(**values).validate()
 
 
-def _check_address(address: str, timeout_s: float = 10.0) -> None:
-    """A quick TCP check of ``host:port`` (also ``ray://host:port``): ray.init would retry for minutes."""
-    import socket
-    if address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-            pass
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot reach the Ray cluster at {redact(address)}: {e}; check --address "
-                        f"(host:port of the head's GCS, default port 6379)") from None
-
-
-def _init_ray(cfg) -> None:
-    import os
-
-    import ray
-    if ray.is_initialized():
-        return
-    if cfg.address:
-        target = cfg.address
-        _check_address(target)
-    elif os.environ.get("RAY_ADDRESS"):
-        target = None                                 # inside `ray job submit`: attach to the job's cluster
-    else:                                             # a private in-process Ray sized for this run
-        import logging
-        need = int(cfg.replicas * (cfg.subnets * cfg.cpus_per_subnet + 1) + 0.999)
-        # no "token authentication is enabled" notice for a cluster that lives and dies inside this process
-        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-        level = auth_log.level
-        auth_log.setLevel(logging.ERROR)
-        try:
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False)
-        finally:
-            auth_log.setLevel(level)
-        return
-    try:
-        ray.init(address=target, configure_logging=False)
-    except ConnectionError as e:
-        raise UserError(f"cannot reach the Ray cluster at {redact(target or os.environ.get('RAY_ADDRESS'))}: "
-                        f"{redact(str(e).splitlines()[0][:200])}") from None
-
-
 def _fit_with_progress(cfg, fit):
     """Run ``fit`` in a thread and show its progress: a bar per epoch on a terminal, a line per epoch otherwise."""
     import queue as queue_mod
@@ -455,7 +411,7 @@ def cmd_train(args) -> int:
     cfg = config_from_args(args)
     data.load(cfg.dataset, cfg.data_dir, cfg.download)          # a missing data set fails here, before any run
     tracking.check_reachable(cfg.tracking_uri)
-    _init_ray(cfg)
+    connect(cfg)
     try:
         result = _fit_with_progress(cfg, fit)
     except UserError:

@@ -44,6 +44,8 @@ from ..network.balance import TUNE, check_split
 from ..network.coarse import DOWNSAMPLE, CoarseSpec
 from ..engine.driver import TURN_CPUS, PararealEngine, Resources
 from ..errors import UserError, make_output_dir
+from ..engine.cost import cpu_cores, parallel_limit
+from ..training.session import start_private
 from ..malloc import keep_freed_memory
 from ..network.models import build, memory_format
 from ..network.reference import PararealNet
@@ -438,21 +440,6 @@ def _engine_net(cfg: BenchConfig, n: int, driver_segment: bool, log=print,
 def _model(cfg: BenchConfig):
     torch.manual_seed(cfg.seed)
     return build(cfg.model, cfg.num_classes, cfg.in_channels, cfg.width_mult, cfg.image_size)
-
-
-def parallel_limit(net: PararealNet, cores: int) -> float:
-    """The best speedup over the sequential network that this split allows on ``cores`` cores, from the split's
-    profile (uncontended forward+backward cost of every part): sequential / max(critical path, total work / cores),
-    the critical path being pre + coarse sweeps + max fine + post (:meth:`PararealNet.ideal_speedup`)."""
-    info, k = net.segment_info, net.iterations
-    edge = net.pre_profile.cost + net.post_profile.cost
-    coarse = coarse_work([s.coarse_cost for s in info], k)
-    fine = sum(s.cost for s in info)
-    return min(net.ideal_speedup(), cores * (edge + fine) / (edge + coarse + k * fine))
-
-
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _core_worker(conn, core: int, cfg: "BenchConfig") -> None:
@@ -985,27 +972,8 @@ def log_mlflow(rows: list[dict], cfg: BenchConfig, folder: str, tracking_uri: st
 
 def _ensure_ray(cfg: BenchConfig) -> bool:
     """Start a private local Ray big enough for the largest contender; True when this call started it."""
-    return start_private_ray(max(max(cfg.subnets) + 1, os.cpu_count() or 1),
-                             torch.cuda.device_count() if cfg.device == "cuda" else 0)
-
-
-def start_private_ray(num_cpus: int, num_gpus: int = 0) -> bool:
-    """Start a private local Ray whose processes compute with one thread each, unless one is running already; True
-    when this call started it (the caller shuts it down)."""
-    import ray
-    if ray.is_initialized():
-        return False
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"                    # inherited by every Ray process started here
-    try:
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 configure_logging=False, log_to_driver=False)
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
-    return True
+    return start_private(max(max(cfg.subnets) + 1, os.cpu_count() or 1),
+                         torch.cuda.device_count() if cfg.device == "cuda" else 0, one_thread=True)
 
 
 def run_bench(cfg: BenchConfig | None = None, out: str = "bench_out", tracking_uri: str | None = None,

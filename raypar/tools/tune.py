@@ -71,11 +71,11 @@ def cmd_tune(args) -> int:
     import ray
     from rich.console import Console
 
-    from .bench import start_private_ray
+    from ..training.session import start_private
     from ..training.config import TrainConfig
     from ..engine.driver import Resources
     from ..network.models import build
-    from .plan import num_threads
+    from ..engine.cost import num_threads
     cfg = TrainConfig(model=args.model, width_mult=args.width_mult, subnets=args.subnets, iterations=args.iterations,
                       driver_segment=args.driver_segment, coarse_in_actors=args.coarse_in_actors,
                       defer_weights=args.defer_weights, batch_size=args.batch, norm=args.norm,
@@ -91,8 +91,8 @@ def cmd_tune(args) -> int:
     if args.gpus_per_subnet > 0 and not torch.cuda.is_available():
         raise UserError("--gpus-per-subnet > 0: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
     console = Console(stderr=args.format == "json")
-    started = start_private_ray(max(2, os.cpu_count() or 1),
-                                torch.cuda.device_count() if args.gpus_per_subnet > 0 else 0)
+    started = start_private(max(2, os.cpu_count() or 1),
+                            torch.cuda.device_count() if args.gpus_per_subnet > 0 else 0, one_thread=True)
     try:
         torch.manual_seed(cfg.seed)
         staged = build(cfg.model, args.num_classes, args.in_channels, cfg.width_mult, args.image_size, norm=cfg.norm)
