@@ -4,15 +4,11 @@ A training step allocates and frees the same large tensors every step: activatio
 a process receives. glibc serves a block above its mmap threshold with a fresh mapping and gives freed memory at the
 top of its heap back to the system once more than its trim threshold lies free there (both start at 128 KiB and rise
 as large blocks come and go). Either way the next step writes to new pages, and each 4 KiB page costs a page fault
-that zeroes it (about 2.8 us on the development VM). Measured there (VGG-16 x0.25, batch 64, N = 2, F_1 in the
-driver; ``benchmarks/throughput/page_faults.py``): 3,000-6,400 page faults a step in the driver, 460-1,610 in the
-actor and 100-2,700 in the original network's process; with the thresholds below, 220-700, 2-86 and 0-130. The
-engine ran at a median 1.47x the original against 1.31x (11 runs each), and driven from a Ray actor, as the bench and
-``raypar train`` drive it, 1.475x against 1.34x (6 runs each); ``raypar bench`` gave 1.46x against 1.35x (medians of
-3 runs each, within its noise of about 0.1: ``benchmarks/throughput/README.md``).
+that zeroes it. Keeping a step's freed memory for the next step removes most of those faults
+(``benchmarks/throughput/page_faults.py``; figures in
+benchmarks/throughput/README.md).
 
-The price: freed memory stays with each process, up to ``TRIM_THRESHOLD`` at the top of each of glibc's heaps (the
-bench's peak RSS moved by 1-3 %). ``RAYPAR_KEEP_FREED_MEMORY=0`` in a process's environment leaves glibc's defaults
+The price: freed memory stays with each process, up to ``TRIM_THRESHOLD`` at the top of each of glibc's heaps (a few per cent of peak RSS). ``RAYPAR_KEEP_FREED_MEMORY=0`` in a process's environment leaves glibc's defaults
 alone there (for a measurement, or a process short of memory). A time profile (``PararealNet(balance="time")``,
 ``raypar plan``) keeps freed memory in its process too, as the run it times will. Each process reads the variable
 from its own environment: for the fine actors on a cluster, set it where ``ray start`` runs or in the job's

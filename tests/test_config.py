@@ -28,11 +28,11 @@ def test_recipe_then_config_file_then_options(tmp_path):
                     'lr_schedule = "step"\nlr_milestones = [0.25]\n')
     cfg = _cfg("--recipe", "resnet164-cifar10", "--config", str(path), "--lr", "0.2", "--seed", "5")
     r = recipes.get("resnet164-cifar10").values
-    assert (cfg.model, cfg.dataset, cfg.weight_decay, cfg.batch_size) == (r["model"], r["dataset"], 1e-4, 128)
-    assert (cfg.epochs, cfg.balance, cfg.lr_milestones) == (7, [13, 13, 14, 14], [0.25])      # the file over the recipe
-    assert cfg.lr == 0.2 and cfg.seed == 5                                           # the options over both
-    assert isinstance(cfg.lr, float) and cfg.recipe == "mine@3"
-    assert _cfg("--recipe", "vgg16-cifar10").recipe == "vgg16-cifar10@2"
+    assert (cfg.model.name, cfg.data.dataset, cfg.optim.weight_decay, cfg.optim.batch_size) == (r["model"], r["dataset"], 1e-4, 128)
+    assert (cfg.optim.epochs, cfg.model.balance, cfg.optim.lr_milestones) == (7, [13, 13, 14, 14], [0.25])      # the file over the recipe
+    assert cfg.optim.lr == 0.2 and cfg.optim.seed == 5                                           # the options over both
+    assert isinstance(cfg.optim.lr, float) and cfg.run.recipe == "mine@3"
+    assert _cfg("--recipe", "vgg16-cifar10").run.recipe == "vgg16-cifar10@2"
 
 
 def test_every_recipe_is_valid_and_versioned():
@@ -41,9 +41,9 @@ def test_every_recipe_is_valid_and_versioned():
     assert {"digits-cpu", "vgg16-cifar10", "vgg16-cifar100", "vgg16-svhn", "resnet164-cifar10",
             "resnet164-cifar100", "resnet1001-cifar10"} <= names
     for r in found:
-        cfg = TrainConfig(**r.values).validate()
+        cfg = TrainConfig.from_flat(**r.values)
         assert r.version >= 1 and r.description
-        assert cfg.momentum == 0.9 and cfg.weight_decay in (5e-4, 1e-4)
+        assert cfg.optim.momentum == 0.9 and cfg.optim.weight_decay in (5e-4, 1e-4)
         # a recipe's numbers never change under one version: it pins every coarse setting whose default has changed
         assert {"coarse_depth", "coarse_width", "coarse_kernel", "coarse_norm", "coarse_downsample"} <= set(r.values)
 
@@ -104,11 +104,12 @@ def test_lr_schedules():
 
 def test_coarse_kernel_and_transport_options():
     cfg = _cfg("--coarse-kernel", "1", "--transport", "p2p")
-    assert cfg.coarse.kernel == 1 and cfg.transport == "p2p"
+    assert cfg.model.coarse.kernel == 1 and cfg.engine.transport == "p2p"
     from raypar import UserError
     with pytest.raises(UserError, match="coarse kernel must be an odd number"):
         _cfg("--coarse-kernel", "2")
-    assert _cfg().coarse.downsample == "pool" and _cfg("--coarse-downsample", "stride").coarse.downsample == "stride"
+    assert _cfg().model.coarse.downsample == "pool"
+    assert _cfg("--coarse-downsample", "stride").model.coarse.downsample == "stride"
 
 
 def test_bad_coarse_downsample_in_a_config_file(tmp_path):
@@ -123,7 +124,7 @@ def test_bad_coarse_downsample_in_a_config_file(tmp_path):
 
 def test_amp_option(tmp_path):
     from raypar import UserError
-    assert _cfg().amp == "off" and _cfg("--amp", "bf16").amp == "bf16"
+    assert _cfg().engine.amp == "off" and _cfg("--amp", "bf16").engine.amp == "bf16"
     path = tmp_path / "mine.toml"
     path.write_text('amp = "fp8"\n')
     with pytest.raises(UserError, match="--amp must be one of off, bf16, fp16, got 'fp8'"):
@@ -133,15 +134,16 @@ def test_amp_option(tmp_path):
 def test_splits_are_checked_before_anything_runs():
     """The block counts come from the model's name alone (models.num_blocks), so a split that cannot fit fails in
     the config, not later in a Ray worker."""
-    from raypar.tools.bench import BenchConfig, _net
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _net
     from raypar.network.models import build, num_blocks
     for name in ("vgg11", "vgg13", "vgg16", "vgg19", "resnet11", "resnet20"):
         assert num_blocks(name) == len(build(name, width_mult=0.125).blocks), name
-    assert TrainConfig(model="vgg16", subnets=3, balance=[4, 4, 4]).validate().balance == [4, 4, 4]
+    assert TrainConfig.from_flat(model="vgg16", subnets=3, balance=[4, 4, 4]).model.balance == [4, 4, 4]
     with pytest.raises(UserError, match=r"explicit split \[4, 4, 5\] must be 3 positive block counts summing to 12"):
-        TrainConfig(model="vgg16", subnets=3, balance=[4, 4, 5]).validate()
+        TrainConfig.from_flat(model="vgg16", subnets=3, balance=[4, 4, 5])
     with pytest.raises(UserError, match="--subnets must be between 1 and resnet20's 6 blocks, got 7"):
-        TrainConfig(model="resnet20", subnets=7).validate()
+        TrainConfig.from_flat(model="resnet20", subnets=7)
     # the bench: an explicit split is for N > 1; N = 1 has its one split
     cfg = BenchConfig(model="vgg11", width_mult=0.125, subnets=[1, 2], balance=[3, 4]).validate()
     assert _net(cfg, 1).split == [7] and _net(cfg, 2).split == [3, 4]

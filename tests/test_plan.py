@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from raypar.tools.bench import bytes_minimum
+from raypar.tools.bench.rows import bytes_minimum
 from raypar.network.models import build
 from raypar.network.reference import PararealNet
 from raypar.engine.cost import Link, Planner, predict
@@ -32,7 +32,7 @@ def pararealnet(n, **kw):
 
 
 def test_one_row_per_n_and_n1_is_the_original(planner):
-    rows = predict(gpus=4, planner=planner)
+    rows = predict(devices=4, planner=planner)
     assert [r.subnets for r in rows] == [1, 2, 3, 4]
     one = rows[0]
     assert one.speedup == 1.0 and one.efficiency == 1.0
@@ -125,7 +125,7 @@ def test_deferred_weight_gradients_leave_the_critical_path_not_the_actor(planner
 
 
 def test_faster_link_never_slower(planner):
-    steps = {gbps: [r.step_ms for r in predict(gpus=3, link_gbps=gbps, latency_ms=0.5, planner=planner)]
+    steps = {gbps: [r.step_ms for r in predict(devices=3, link_gbps=gbps, latency_ms=0.5, planner=planner)]
              for gbps in (0.01, 0.1, 1.0, 10.0, 100.0)}
     slow_to_fast = list(steps.values())
     for a, b in zip(slow_to_fast, slow_to_fast[1:]):
@@ -137,7 +137,7 @@ def test_faster_link_never_slower(planner):
 
 
 def test_devices_bound_and_stop_at_the_number_of_blocks(planner):
-    assert len(predict(gpus=9, planner=planner)) == 7                  # vgg11 has 7 blocks
+    assert len(predict(devices=9, planner=planner)) == 7                  # vgg11 has 7 blocks
     one_device = planner.row(3, 1, Link(1e6, 0.0))
     assert one_device.devices == 1 and one_device.bound == "devices"
     assert one_device.step_ms == pytest.approx(one_device.work_ms)     # every process on one device: all the work
@@ -195,7 +195,7 @@ def test_a_channels_last_plan_profiles_in_channels_last(monkeypatch, tmp_path):
                                                          real_profile(*a, **k))[1])
     monkeypatch.setattr(bal, "weight_grad_times", lambda *a, **k: (seen.append(("weights", k.get("channels_last"))),
                                                                    real_weights(*a, **k))[1])
-    rows = predict(TINY["model"], width_mult=TINY["width_mult"], batch=TINY["batch"], gpus=2, driver_segment=True,
+    rows = predict(TINY["model"], width_mult=TINY["width_mult"], batch=TINY["batch"], devices=2, driver_segment=True,
                    channels_last=True)
     assert rows[1].speedup > 0 and seen and all(cl for _, cl in seen)
     assert {kind for kind, _ in seen} == {"profile", "weights"}
@@ -216,7 +216,7 @@ def run(*args):
 
 
 def test_cli_json():
-    r = run("--model", "vgg11", "--width-mult", "0.125", "--batch", "8", "--balance", "flops", "--gpus", "2",
+    r = run("--model", "vgg11", "--width-mult", "0.125", "--batch", "8", "--balance", "flops", "--devices", "2",
             "--link-gbps", "5", "--format", "json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -227,7 +227,7 @@ def test_cli_json():
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "alexnet"], "unknown model 'alexnet'"),
-    (["--gpus", "0"], "--gpus (devices) must be >= 1, got 0"),
+    (["--devices", "0"], "--devices must be >= 1, got 0"),
     (["--link-gbps", "-1"], "--link-gbps must be a positive number of Gbit/s, got -1.0"),
     (["--latency-ms", "-0.5"], "--latency-ms must be >= 0, got -0.5"),
     (["--iterations", "0"], "--iterations K must be >= 1, got 0"),
@@ -245,7 +245,7 @@ def test_bad_input_exit_2_one_line(args, message, capsys):
 
 
 def test_cli_bad_input_exit_2_one_line():
-    r = run("--model", "vgg11", "--gpus", "0")
+    r = run("--model", "vgg11", "--devices", "0")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--gpus (devices) must be >= 1, got 0" in lines[0], r.stderr
+    assert len(lines) == 1 and "--devices must be >= 1, got 0" in lines[0], r.stderr

@@ -29,7 +29,7 @@ def _cfg(store, name, **kw):
                 storage_path=str(store / "runs"), name=name, cpus_per_subnet=0.5, max_failures=2,
                 tracking_uri=f"sqlite:///{store}/mlflow.db", experiment="reliability")
     base.update(kw)
-    return TrainConfig(**base).validate()
+    return TrainConfig.from_flat(**base)
 
 
 def _train(cfg, kills=()):
@@ -59,13 +59,13 @@ def _train(cfg, kills=()):
 
 
 def _final_weights(cfg, run_id):
-    client = MlflowClient(cfg.tracking_uri)
-    path = client.download_artifacts(run_id, "final_weights.pt", str(cfg.storage_path))
+    client = MlflowClient(cfg.run.tracking_uri)
+    path = client.download_artifacts(run_id, "final_weights.pt", str(cfg.run.storage_path))
     return torch.load(path, weights_only=True)
 
 
 def _assert_complete_record(cfg, run_id):
-    client = MlflowClient(cfg.tracking_uri)
+    client = MlflowClient(cfg.run.tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     for key in ("train_loss", "val_acc", "epoch_time_s", "time_fine_max_s"):
@@ -107,7 +107,7 @@ def test_killed_actor_then_driver_restart_and_end_bit_identical(ray_local, store
 
 def test_torn_checkpoint_falls_back_to_the_previous_one(ray_local, store, uninterrupted):
     cfg, run_id, reference = uninterrupted             # tear the newest checkpoint of the finished reference run
-    newest = checkpoints(cfg.storage_path, cfg.name)[0]
+    newest = checkpoints(cfg.run.storage_path, cfg.run.name)[0]
     state = os.path.join(newest.path, "state.pt")
     with open(state, "r+b") as f:                      # a crash in the middle of writing: truncated
         f.truncate(os.path.getsize(state) // 2)
@@ -123,15 +123,15 @@ def test_nan_loss_stops_with_a_clear_error_and_the_run_ends_failed(ray_local, st
     same steps bit for bit and meet the same NaN (--max-failures is for lost processes)."""
     from raypar.cli.main import main
     cfg = _cfg(store, "nan", epochs=2, lr=1e12, max_failures=2)
-    assert main(["train", "--model", cfg.model, "--width-mult", str(cfg.width_mult), "--subnets", "2", "--epochs", "2",
+    assert main(["train", "--model", cfg.model.name, "--width-mult", str(cfg.model.width_mult), "--subnets", "2", "--epochs", "2",
                  "--batch-size", "32", "--balance", "flops", "--cpus-per-subnet", "0.5", "--lr", "1e12",
-                 "--max-failures", "2", "--storage-path", cfg.storage_path, "--name", "nan",
-                 "--tracking-uri", cfg.tracking_uri, "--experiment", "reliability"]) == 1
+                 "--max-failures", "2", "--storage-path", cfg.run.storage_path, "--name", "nan",
+                 "--tracking-uri", cfg.run.tracking_uri, "--experiment", "reliability"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert re.fullmatch(r"raypar: training stopped: the loss is (nan|inf|-inf) at epoch \d+, step \d+: .*lower --lr.*",
                         err.strip().splitlines()[-1])
-    client = MlflowClient(cfg.tracking_uri)
+    client = MlflowClient(cfg.run.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("reliability").experiment_id],
                               "tags.`raypar.run_key` LIKE '%/nan'")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
@@ -191,7 +191,7 @@ def test_run_out_of_restarts_ends_failed_and_fit_raises(ray_local, store):
     thread.join()
     assert "error" in box and "result" not in box, "fit() must raise when the restarts run out"
     assert [s["restarts"] for s in starts] == [0]
-    client = MlflowClient(cfg.tracking_uri)
+    client = MlflowClient(cfg.run.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("reliability").experiment_id],
                               "tags.`raypar.run_key` LIKE '%/exhausted'")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
@@ -274,10 +274,10 @@ def test_fixed_cluster_fails_at_once_when_it_can_never_fit_the_run(ray_local):
     resource timeout."""
     import time
 
-    from raypar.training.loop import cluster_can_grow, wait_for_resources
+    from raypar.training.preflight import cluster_can_grow, wait_for_resources
     from raypar.errors import UserError
     assert cluster_can_grow() is False
-    cfg = TrainConfig(subnets=4, cpus_per_subnet=2, resource_timeout_s=120).validate()
+    cfg = TrainConfig.from_flat(subnets=4, cpus_per_subnet=2, resource_timeout=120)
     t0 = time.monotonic()
     with pytest.raises(UserError, match=r"can never provide 5 bundles \(driver \+ 4 fine actors: 9 CPU, 0 GPU in all\)"
                                         r": it has 4 CPU, 0 GPU in total on 1 node\(s\) and no autoscaler"):
@@ -293,18 +293,18 @@ def test_autoscaling_cluster_keeps_waiting(ray_local, monkeypatch):
 
     import ray.experimental.internal_kv as kv
 
-    from raypar.training.loop import cluster_can_grow, wait_for_resources
+    from raypar.training.preflight import cluster_can_grow, wait_for_resources
     from raypar.errors import UserError
     node = ray_local.get_runtime_context().get_node_id()
     report = {"autoscaler_report": {"node_type_mapping": {"10.0.0.1": "head", "10.0.0.2": "gpu_1x"}}}
     real_get = kv._internal_kv_get
-    monkeypatch.setattr("raypar.training.loop._started_by_this_process", lambda: False)    # as if attached to a cluster
+    monkeypatch.setattr("raypar.training.ray_compat.started_by_this_process", lambda: False)    # as if attached to a cluster
     monkeypatch.setattr(kv, "_internal_kv_get", lambda key, *a, **k: json.dumps(report).encode()
                         if key == "__autoscaling_status" else real_get(key, *a, **k))
     assert cluster_can_grow() is True
     t0 = time.monotonic()
     with pytest.raises(UserError, match=r"could not provide 3 bundles .* within 2 s"):
-        wait_for_resources(TrainConfig(resource_timeout_s=2).validate(), gpus=1)
+        wait_for_resources(TrainConfig.from_flat(resource_timeout=2), gpus=1)
     assert time.monotonic() - t0 >= 2
     report["autoscaler_report"]["node_type_mapping"] = {node: f"node_{node}"}       # read-only: fixed cluster
     assert cluster_can_grow() is False
@@ -382,8 +382,8 @@ def test_storage_a_node_cannot_see_fails_before_anything_is_written(blind_node):
     from raypar.errors import UserError
     node, tmp = blind_node
     storage = tmp / "hidden" / "runs"                   # on this machine only: the second node sees an empty tmpfs
-    cfg = TrainConfig(model="vgg11", width_mult=0.125, balance="flops", epochs=1, storage_path=str(storage),
-                      name="blind", tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="blind").validate()
+    cfg = TrainConfig.from_flat(model="vgg11", width_mult=0.125, balance="flops", epochs=1, storage_path=str(storage),
+                      name="blind", tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="blind")
     with pytest.raises(UserError, match=rf"--storage-path {storage} is not shared: node \S+ \(node id "
                                         rf"{node['NodeID'][:12]}\) cannot see it; .*use shared storage \(s3://"):
         fit(cfg)
@@ -425,12 +425,12 @@ def test_mistakes_a_worker_would_meet_are_one_line(ray_local, tmp_path, capsys, 
 
 
 def test_storage_every_node_sees_passes_and_leaves_nothing(blind_node):
-    from raypar.training.loop import check_shared_storage
+    from raypar.training.preflight import check_shared_storage
     node, tmp = blind_node
     shared = tmp / "shared" / "runs"
-    check_shared_storage(TrainConfig(storage_path=str(shared)).resolved())
+    check_shared_storage(TrainConfig.from_flat(storage_path=str(shared)).resolved())
     assert not (tmp / "shared").exists()                # the marker and the folders made for it are gone
-    check_shared_storage(TrainConfig(storage_path="s3://bucket/runs").resolved())     # remote URIs: not checked
+    check_shared_storage(TrainConfig.from_flat(storage_path="s3://bucket/runs").resolved())     # remote URIs: not checked
 
 
 # ------------------------------------------------------------------------------------ one run: skip + no secrets
@@ -448,7 +448,7 @@ def skip_run(ray_local, store):
 
 def test_skip_run_goes_on_and_logs_skipped_batches(skip_run):
     cfg, result = skip_run
-    client = MlflowClient(cfg.tracking_uri)
+    client = MlflowClient(cfg.run.tracking_uri)
     assert client.get_run(result.run_id).info.status == "FINISHED"
     (step, skipped), = [(m.step, m.value) for m in client.get_metric_history(result.run_id, "skipped_batches")]
     assert step == 1 and skipped >= 1
@@ -457,13 +457,13 @@ def test_skip_run_goes_on_and_logs_skipped_batches(skip_run):
 
 def test_no_credentials_in_mlflow_params_artifacts_or_checkpoints(skip_run, tmp_path):
     cfg, result = skip_run
-    client = MlflowClient(cfg.tracking_uri)
+    client = MlflowClient(cfg.run.tracking_uri)
     run = client.get_run(result.run_id)
     for key, value in {**run.data.params, **run.data.tags}.items():
         assert SECRET not in value, key
     config = open(client.download_artifacts(result.run_id, "config.json", str(tmp_path))).read()
     assert SECRET not in config and '"address": "ray://alice:***@10.0.0.1:10001"' in config
-    metas = [open(os.path.join(c.path, "raypar_meta.json")).read() for c in checkpoints(cfg.storage_path, cfg.name)]
+    metas = [open(os.path.join(c.path, "raypar_meta.json")).read() for c in checkpoints(cfg.run.storage_path, cfg.run.name)]
     assert metas and all(SECRET not in m and "alice:***@10.0.0.1" in m for m in metas)
 
 

@@ -44,7 +44,7 @@ def test_raypar_train_defaults_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client, run = _run_of(uri, run_id)
     assert run.info.status == "FINISHED"
-    epochs = TrainConfig().epochs
+    epochs = TrainConfig().optim.epochs
     for p in PARAMS:
         assert p in run.data.params, p
     assert run.data.params["num_subnets"] == "2" and run.data.params["dataset"] == "digits"
@@ -62,7 +62,7 @@ def _cfg(tmp_path, **kw):
                 storage_path=str(tmp_path / "runs"), name="resume-test", cpus_per_subnet=0.5,
                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="tests")
     base.update(kw)
-    return TrainConfig(**base).validate()
+    return TrainConfig.from_flat(**base)
 
 
 def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, tmp_path):
@@ -162,7 +162,7 @@ def test_the_trainer_ends_its_placement_group_cleaner_at_once(ray_local):
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-    from raypar.training.loop import _quick_to_stop
+    from raypar.training.ray_compat import quick_to_stop as _quick_to_stop
     ours = _quick_to_stop(TorchTrainer)(lambda: None, scaling_config=ScalingConfig(num_workers=1))
     theirs = TorchTrainer(lambda: None, scaling_config=ScalingConfig(num_workers=1))
     got, want = ours._create_default_callbacks(), theirs._create_default_callbacks()

@@ -16,7 +16,7 @@ def test_candidates_move_one_boundary_at_a_time():
 
 
 def test_tune_command_measures_every_candidate(ray_local, capsys):
-    code = main(["tune", "--model", "vgg11", "--width-mult", "0.125", "--batch", "16", "--radius", "1",
+    code = main(["tune", "--model", "vgg11", "--width-mult", "0.125", "--batch-size", "16", "--radius", "1",
                  "--warmup", "1", "--steps", "2", "--driver-segment", "--coarse-in-actors", "--channels-last",
                  "--format", "json"])
     assert code == 0

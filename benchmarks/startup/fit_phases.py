@@ -28,9 +28,9 @@ def main() -> None:
     folder = tempfile.mkdtemp()
     print(f"{'run':>3s} {'start event':>12s} {'first step':>11s} {'last epoch':>11s} {'fit returned':>13s}")
     for run in range(args.runs):
-        cfg = TrainConfig(model="vgg11", width_mult=0.125, subnets=2, epochs=args.epochs, batch_size=32,
+        cfg = TrainConfig.from_flat(model="vgg11", width_mult=0.125, subnets=2, epochs=args.epochs, batch_size=32,
                           balance="flops", cpus_per_subnet=0.5, storage_path=f"{folder}/runs", name=f"run{run}",
-                          tracking_uri=f"sqlite:///{folder}/mlflow.db").validate()
+                          tracking_uri=f"sqlite:///{folder}/mlflow.db")
         events, marks = Queue(actor_options={"num_cpus": 0}), {}
         t0 = time.time()
         thread = threading.Thread(target=fit, args=(cfg, events))

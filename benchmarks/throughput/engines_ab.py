@@ -6,10 +6,7 @@ Every engine (one per split and mode) and the original network are built first; 
 for every i (the order reversed every other step), each timed by the wall clock here. Modes: ``plain`` (the driver and
 N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``), each
 also with ``-dw`` (deferred weight gradients, ``--defer-weights``). ``--transport``: every engine's (the object store by
-default, as before 2026-11-26; ``p2p`` or ``auto`` as ``raypar train`` now).
-``--three-calls`` (p2p) adds each engine once more, making three Ray calls per actor and step as before 2026-11-27;
-``--late-inputs`` (p2p) once more with its actors posting the receive of a step's input only when the step's call
-starts, as before 2026-11-27.
+default; ``p2p`` or ``auto`` as ``raypar train``).
 ``--idle K`` starts K idle Ray actors first (``raypar bench --all-together`` keeps every other contender's
 processes up).
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
@@ -31,16 +28,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="steps of each, the first 3 untimed (default: %(default)s)")
     p.add_argument("--transport", default="object-store", choices=["object-store", "p2p", "auto"],
                    help="every engine's (default: %(default)s)")
-    p.add_argument("--three-calls", action="store_true",
-                   help="p2p: each engine also as before 2026-11-27, three Ray calls per actor and step (forward, "
-                        "backward, step) instead of one for the whole step")
     p.add_argument("--width-mult", type=float, default=0.25, help="VGG-16's width (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--channels-last", action="store_true",
                    help="every engine and the original in the channels-last layout (a time balance profiles in it too)")
-    p.add_argument("--late-inputs", action="store_true",
-                   help="p2p: each engine also as before 2026-11-27, its actors posting the receive of a step's input "
-                        "when the step's call starts instead of at the end of the step before")
     p.add_argument("--idle", type=int, default=0,
                    help="start this many idle Ray actors (torch imported, as a benchmark process) first, as raypar "
                         "bench --all-together has every other contender's processes up (default: %(default)s)")
@@ -53,28 +44,23 @@ def main() -> None:
         def ready(self) -> bool:
             return __import__("torch") is not None
 
-    from raypar.tools.bench import BenchConfig, _net
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _net
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig(width_mult=args.width_mult, batch=args.batch, channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     idle = [Idle.remote() for _ in range(args.idle)]
     ray.get([a.ready.remote() for a in idle])
-    variants = [("", {})] + ([(" 3 calls", {"whole_steps": False})] if args.three_calls else []) + \
-        ([(" late inputs", {"early_inputs": False})] if args.late_inputs else [])
     names, steps = [], []
     for split in args.splits:
         for mode in args.modes:
             f1, ca, dw = mode.startswith("f1"), mode.removesuffix("-dw").endswith("ca"), mode.endswith("-dw")
-            for suffix, switches in variants:
-                net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2,
-                           driver_segment=f1)
-                engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
-                                                                      defer_weights=dw, transport=args.transport,
-                                                                      channels_last=args.channels_last))
-                for attr, value in switches.items():
-                    setattr(engine.tx, attr, value)
-                names.append(f"[{split}] {mode}{suffix}")
-                steps.append(engine.train_step)
+            net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=f1)
+            engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
+                                                              defer_weights=dw, transport=args.transport,
+                                                              channels_last=args.channels_last))
+            names.append(f"[{split}] {mode}")
+            steps.append(engine.train_step)
     take_turns(names, steps, cfg, args.steps)
     ray.shutdown()
 

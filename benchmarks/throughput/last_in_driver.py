@@ -89,7 +89,8 @@ def make_layout(ray, turn_cpus: float):
 
 
 def check(ray, cfg, layout) -> None:
-    from raypar.tools.bench import BenchConfig, _net, make_batches
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _net, make_batches
     from raypar.engine.optim import make_optimizer
     torch.set_default_dtype(torch.float64)
     bench = BenchConfig(balance=[4, 8]).validate()
@@ -126,7 +127,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from raypar.tools.bench import BenchConfig, _net
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _net
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig().validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -26,7 +26,8 @@ def measure(split: list[int], steps: int) -> str:
     import ray
     import torch
     torch.set_num_threads(1)
-    from raypar.tools.bench import BenchConfig, _model, _net, make_batches, optimizer, sgd_step
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _model, _net, make_batches, optimizer, sgd_step
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig().validate()
     net = _net(BenchConfig(balance=split).validate(), 2, driver_segment=True)

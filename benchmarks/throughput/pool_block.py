@@ -19,7 +19,8 @@ def main() -> None:
     from turns import take_turns
 
     from raypar import PararealNet
-    from raypar.tools.bench import BenchConfig, _coarse, _model
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _coarse, _model
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     from raypar.network.models import StagedModel
     cfg = BenchConfig().validate()

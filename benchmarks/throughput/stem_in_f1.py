@@ -23,7 +23,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from raypar.tools.bench import BenchConfig, _coarse, _model, _net
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _coarse, _model, _net
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     from raypar.network.models import StagedModel
     from raypar.network.reference import PararealNet

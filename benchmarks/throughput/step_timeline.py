@@ -30,7 +30,8 @@ def main() -> None:
 
     import raypar.engine.driver as E
     from raypar.engine.actors import FineWorker
-    from raypar.tools.bench import BenchConfig, _net
+    from raypar.tools.bench.config import BenchConfig
+    from raypar.tools.bench.workload import _net
 
     class Timed(FineWorker):                      # (defined here: Ray ships it by value, with the logging)
         def __init__(self, *a, **k):
@@ -99,13 +100,9 @@ def main() -> None:
     for meth in ("forward", "gather", "call"):
         timed(eng.tx, meth, f"transport {meth}")
     timed(eng.opt, "step", "optimizer step")
-    timed(E.torch.autograd, "backward", "backward from dL/du")
-    cuts = E.PararealEngine._backward_cuts
-    def cut_backward(c):
-        t = time.time()
-        cuts(c)
-        log.append(("C_1 and pre backward", t, time.time()))
-    E.PararealEngine._backward_cuts = staticmethod(cut_backward)
+    # every backward pass goes through torch.autograd.backward: the loss's, each iteration's from dL/du, then one for
+    # each cut (the coarse sweep's outputs and pre's, last first)
+    timed(torch.autograd, "backward", "backward (the loss's, from dL/du, then C_j's and pre's)")
     eng.train_step(x, y)
     eng.settle()
     eng.tx.stop_streams()                # (a streaming actor takes no Ray call)

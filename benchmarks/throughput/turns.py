@@ -10,7 +10,7 @@ def take_turns(names: list[str], steps: list, cfg, count: int, untimed: int = 3)
     turn on the bench's batches, for i < ``count`` (the order reversed every other i), each turn an untimed step and
     then the one timed by the wall clock here (after the first ``untimed`` turns); print each one's median and its
     ratio to the original's."""
-    from raypar.tools.bench import _model, make_batches, optimizer, sgd_step
+    from raypar.tools.bench.workload import _model, make_batches, optimizer, sgd_step
     model = _model(cfg).train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

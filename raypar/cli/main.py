@@ -10,7 +10,9 @@ import argparse
 import sys
 
 from ..errors import UserError
+from ..training.config import TrainConfig
 from ..training.session import connect
+from .options import add_settings, given_settings
 from ..training.tracking import redact
 
 
@@ -19,178 +21,42 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas like 1,2,4, got {text!r}")
-    return values
-
-
-def _add_model_args(p: argparse.ArgumentParser, d, fixed: bool = True, study: bool = False) -> None:
-    """The model/split options. ``fixed``: real defaults (``info``); otherwise every default is None so that a
-    recipe or config file can fill what the command line leaves out (``train``, ``study``: see config_from_args)."""
-    def default(name):
-        return getattr(d, name) if fixed else None
-
-    def shown(name):
-        return f"(default: {getattr(d, name)})"
-
-    from ..network.coarse import DOWNSAMPLE
-    g = p.add_argument_group("model and split")
-    g.add_argument("--model", default=default("model"),
-                   help=f"vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet164, resnet1001) {shown('model')}")
-    g.add_argument("--width-mult", type=float, default=default("width_mult"),
-                   help=f"scale every channel count {shown('width_mult')}")
-    if study:
-        g.add_argument("--subnets", "-n", type=_int_list, default=[1, 2, 4],
-                       help="the numbers N of fine sub-networks to train; N = 1 is the original network, run in one "
-                            "process (default: 1,2,4)")
-        g.add_argument("--iterations", "-k", type=_int_list, default=[1],
-                       help="the parareal iterations K to train for each N (only K <= N is run) (default: 1)")
-    else:
-        g.add_argument("--subnets", "-n", type=int, default=default("subnets"),
-                       help=f"number N of fine sub-networks {shown('subnets')}")
-        g.add_argument("--iterations", "-k", type=int, default=default("iterations"),
-                       help=f"parareal iterations K, 1..N; K = N reproduces the sequential network "
-                            f"{shown('iterations')}")
-    g.add_argument("--balance", default=default("balance"),
-                   help=f"split by measured 'time', 'flops', 'params', or block counts like 5,7"
-                        f"{'' if fixed else '; tune: run candidate splits on the engine first and keep the fastest'} "
-                        f"{shown('balance')}")
-    g.add_argument("--coarse-depth", type=int, default=default("coarse_depth"),
-                   help=f"conv/BN/ReLU layers per coarse network {shown('coarse_depth')}")
-    g.add_argument("--coarse-width", type=float, default=default("coarse_width"),
-                   help=f"hidden channels of a coarse network relative to its output {shown('coarse_width')}")
-    g.add_argument("--coarse-kernel", type=int, default=default("coarse_kernel"),
-                   help=f"kernel size of the coarse convolutions (odd; 1 is cheapest) {shown('coarse_kernel')}")
-    g.add_argument("--coarse-norm", default=default("coarse_norm"), choices=["group", "batch"],
-                   help=f"the coarse networks' normalisation; BatchNorm's running statistics blend the coarse and "
-                        f"correction sweeps' inputs and cost accuracy at evaluation (see raypar/coarse.py) "
-                        f"{shown('coarse_norm')}")
-    g.add_argument("--coarse-downsample", default=default("coarse_downsample"), choices=DOWNSAMPLE,
-                   help=f"how a coarse network shrinks its input: average-pool to the output's size, then convolve "
-                        f"(cheaper), or a strided convolution {shown('coarse_downsample')}")
-    g.add_argument("--norm", default=default("norm"), choices=["batch", "group"],
-                   help=f"normalisation layers of the built-in models: BatchNorm, or GroupNorm "
-                        f"(independent of the batch: replicas compute exactly what one process would on the "
-                        f"combined batch) {shown('norm')}")
-
-
-def _add_train_args(p: argparse.ArgumentParser, d, study: bool = False) -> None:
-    """Every option of a training run (``train``; ``study`` takes lists of N, K and seeds instead)."""
-    def shown(name):
-        return f"(default: {getattr(d, name)})"
-
+def _add_train_args(p: argparse.ArgumentParser, study: bool = False) -> None:
+    """Every setting of a training run (``train``; ``study`` takes lists of N, K and seeds, and names the study)."""
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", default=None,
                    help="start from a named recipe (`raypar recipes` lists them); options given here override it")
     g.add_argument("--config", default=None, metavar="FILE",
                    help="start from a TOML file of settings (the recipe format: keys are the option names with "
                         "'_' for '-', e.g. lr_schedule = \"step\"); applied after --recipe, before the options here")
-    _add_model_args(p, d, fixed=False, study=study)
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=None,
-                   help=f"digits (offline), cifar10, cifar100, svhn, mnist, imagefolder:PATH {shown('dataset')}")
-    g.add_argument("--data-dir", default=None, help="where torchvision data sets are (or are downloaded to)")
-    g.add_argument("--download", action="store_true", default=None,
-                   help="download the data set into --data-dir (needs internet)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help=shown("epochs"))
-    g.add_argument("--batch-size", type=int, default=None, help=shown("batch_size"))
-    g.add_argument("--lr", type=float, default=None, help=f"SGD learning rate {shown('lr')}")
-    g.add_argument("--lr-schedule", default=None, choices=["cosine", "step"],
-                   help=f"per-epoch LR schedule: cosine to 0, or x --lr-gamma at 50%% and 75%% of the epochs "
-                        f"(lr_milestones in a config file) {shown('lr_schedule')}")
-    g.add_argument("--lr-gamma", type=float, default=None, help=f"the step schedule's factor {shown('lr_gamma')}")
-    g.add_argument("--momentum", type=float, default=None, help=shown("momentum"))
-    g.add_argument("--weight-decay", type=float, default=None, help=shown("weight_decay"))
-    g.add_argument("--on-nonfinite", default=None, choices=["stop", "skip"],
-                   help=f"a NaN/inf loss: stop the run (the last good checkpoint stays), or skip that batch with no "
-                        f"update anywhere, counted in the metric skipped_batches {shown('on_nonfinite')}")
+    lists = None
+    skip: tuple = ("recipe",)
     if study:
-        g.add_argument("--seeds", type=_int_list, default=[0], help="seeds, one run each per configuration "
-                                                                    "(default: 0)")
-    else:
-        g.add_argument("--seed", type=int, default=None, help=shown("seed"))
-    g = p.add_argument_group("resources")
-    g.add_argument("--gpus-per-subnet", type=float, default=None,
-                   help="GPUs per fine actor, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
-    g.add_argument("--cpus-per-subnet", type=float, default=None, help=shown("cpus_per_subnet"))
-    g.add_argument("--replicas", "-r", type=int, default=None,
-                   help=f"R data-parallel replicas of the whole parareal network: R drivers x N fine actors, the "
-                        f"data split between them, every part's gradients averaged before each step; --batch-size "
-                        f"is per replica {shown('replicas')}")
-    g.add_argument("--driver-segment", action="store_true", default=None,
-                   help="run the first fine sub-network in the driver, overlapped with the actors: N processes "
-                        "instead of N + 1 (faster when processes outnumber cores; see benchmarks/throughput)")
-    g.add_argument("--coarse-in-actors", action="store_true", default=None,
-                   help="K = 1 only: each fine actor computes its own input and coarse term from the batch (copies "
-                        "of pre and the coarse networks, updated every step) and sends back their difference, so "
-                        "that no actor waits for the driver's coarse sweep and the driver runs no coarse backward "
-                        "after them; the same network and numbers (see benchmarks/throughput)")
-    g.add_argument("--defer-weights", action=argparse.BooleanOptionalAction, default=None,
-                   help="each fine actor sends dL/du back before it computes its weight gradients, which it computes "
-                        "in its optimizer step while the driver goes on (its own backward, the next step's coarse "
-                        "sweep); the same numbers (see benchmarks/throughput) (default: on)")
-    g.add_argument("--channels-last", action="store_true", default=None,
-                   help="keep weights and activations in the channels-last layout: faster convolutions on recent "
-                        "CPUs and on GPUs; the results match the default layout up to rounding; a time balance "
-                        "profiles in it (its split can differ: --balance tune measures it)")
-    g.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"],
-                   help="mixed precision in the driver and every fine actor: bf16 autocast (GPUs from Ampere on), or "
-                        "fp16 autocast with a dynamic loss scale shared by every process; weights stay float32 "
-                        f"(slow on CPUs without bfloat16/float16 instructions) {shown('amp')}")
-    g.add_argument("--placement", default=None, choices=["PACK", "SPREAD"],
-                   help=f"placement group strategy for the fine actors {shown('placement')}")
-    g.add_argument("--transport", default=None, choices=["auto", "object-store", "p2p", "cuda-ipc"],
-                   help="how interface tensors travel: object-store (numpy through Ray's object store), p2p "
-                        "(send/recv in a NCCL group between GPUs, gloo on CPUs), cuda-ipc (Ray Direct Transport, "
-                        f"driver and actors sharing one GPU); auto: p2p on CPUs and with a GPU per process; on one "
-                        f"shared GPU cuda-ipc from 24 MiB of interface tensors a step, the object store below; "
-                        f"else the object store {shown('transport')}")
-    g.add_argument("--address", default=None,
-                   help="Ray cluster address (default: the job's cluster inside `ray job submit`, else an "
-                        "in-process local Ray)")
-    g.add_argument("--resource-timeout", dest="resource_timeout_s", type=float, default=None,
-                   help=f"seconds to wait for the cluster (and its autoscaler) to provide the driver and every "
-                        f"fine actor before failing with what was asked {shown('resource_timeout_s')}")
-    g = p.add_argument_group("run bookkeeping")
-    g.add_argument("--storage-path", default=None,
-                   help=f"where Ray Train keeps checkpoints; shared storage (s3://, NFS) on multi-node clusters "
-                        f"{shown('storage_path')}")
+        lists = {"subnets": ("--subnets", "the numbers N of fine sub-networks to train; N = 1 is the original network, run in "
+                             "one process (default: 1,2,4)", [1, 2, 4]),
+                 "iterations": ("--iterations", "the parareal iterations K to train for each N (only K <= N is run) (default: 1)",
+                                [1]),
+                 "seed": ("--seeds", "seeds, one run each per configuration (default: 0)", [0])}
+        skip += ("name", "run_name")
+    add_settings(p, ["model", "data", "optim", "engine", "run"], lists=lists, skip=skip)
     if study:
+        g = p.add_argument_group("study")
         g.add_argument("--name", default=None,
                        help="the study's name: its MLflow parent run and the prefix of every run's name; the same "
                             "command again resumes the study (default: <recipe or model>-<dataset>)")
-        g.add_argument("--out", default=None,
-                       help="folder for the report and plots (default: studies/<name>)")
-    else:
-        g.add_argument("--name", default=None,
-                       help="run name; a run with the same name and storage path resumes from its last checkpoint "
-                            "(default: derived from model, data set, N, K and seed)")
-    g.add_argument("--max-failures", type=int, default=None,
-                   help=f"restarts from the last checkpoint after a lost worker or actor {shown('max_failures')}")
-    g.add_argument("--num-to-keep", type=int, default=None, help=f"checkpoints kept {shown('num_to_keep')}")
-    g.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    g.add_argument("--experiment", default=None, help=f"MLflow experiment {shown('experiment')}")
-    if not study:
-        g.add_argument("--run-name", default=None, help="MLflow run name (default: --name)")
+        g.add_argument("--out", default=None, help="folder for the report and plots (default: studies/<name>)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..training.config import TrainConfig
-    d = TrainConfig()
     parser = _Parser(prog="raypar", description="Parareal neural networks trained on Ray, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     info = sub.add_parser("info", help="show how a model splits into sub-networks",
                           description="Print the split of a model into N sub-networks: blocks, parameters, "
                                       "cost, interface tensors, coarse/fine cost and the ideal speedup.")
-    _add_model_args(info, TrainConfig(model="resnet164", width_mult=1.0, subnets=4))
+    add_settings(info, ["model"], defaults=TrainConfig(), skip=("balance",))
+    info.add_argument("--balance", default="time",
+                      help="split by measured 'time', 'flops', 'params', or block counts like 5,7 (default: time)")
     info.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: %(default)s)")
     info.add_argument("--in-channels", type=int, default=3, help="input channels (default: %(default)s)")
     info.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
@@ -203,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "trains a small VGG-11 on the offline digits data set with 2 sub-networks "
                                        "on an in-process Ray. Settings come from the defaults shown, replaced by "
                                        "--recipe, then by --config, then by the options given.")
-    _add_train_args(train, d)
+    _add_train_args(train)
     train.set_defaults(func=cmd_train)
 
     study = sub.add_parser("study", help="train the original network and its parareal versions side by side",
@@ -212,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "MLflow runs under one parent run; print a table as it goes; write a Markdown "
                                        "report and PNG plots into --out and onto the parent run. The same command "
                                        "again resumes an interrupted study (finished runs are not retrained).")
-    _add_train_args(study, d, study=True)
+    _add_train_args(study, study=True)
     study.set_defaults(func=cmd_study)
 
     compare = sub.add_parser("compare", help="compare the runs of an MLflow experiment or study, one row per "
@@ -247,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
-    from ..tools.tune import add_arguments as add_tune_arguments
+    from .tune import add_arguments as add_tune_arguments
     tune = sub.add_parser("tune", help="choose the split by measuring candidate splits on the engine",
                           description="Run the engine with the profile's split and its neighbours (one block "
                                       "boundary moved by up to --radius blocks), on the same synthetic batches, "
@@ -272,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_study(args) -> int:
     from ..tools.study import run_study
     from ..training.loop import fit
-    cfg = config_from_args(args, skip=("subnets", "iterations", "name"))
-    return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seeds, name=args.name,
+    cfg = config_from_args(args, skip=("subnets", "iterations", "seed", "name"))
+    return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seed, name=args.name,
                      out=args.out, init_ray=connect, fit=lambda c: _fit_with_progress(c, fit))
 
 
@@ -308,7 +174,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from ..tools.tune import cmd_tune as run
+    from .tune import cmd_tune as run
     return run(args)
 
 
@@ -317,16 +183,15 @@ def cmd_plan(args) -> int:
     return run_plan(args)
 
 
-def config_from_args(args, skip: tuple = ()):
+def config_from_args(args, skip: tuple = ()) -> TrainConfig:
     """The validated :class:`TrainConfig` of parsed ``train`` (or ``study``) arguments: the defaults, replaced by
     ``--recipe``, then by ``--config``, then by every option given on the command line (``skip``: options that are
-    not TrainConfig values here, like a study's lists of N and K)."""
-    import dataclasses
+    not settings of one run here, like a study's lists of N and K)."""
     import os
 
-    from ..training import recipes
     from ..network.balance import parse_balance
-    from ..training.config import TrainConfig, load_file
+    from ..training import recipes
+    from ..training.config import load_file
     values: dict = {}
     if args.recipe:
         recipe = recipes.get(args.recipe)
@@ -336,14 +201,13 @@ def config_from_args(args, skip: tuple = ()):
         values.update(from_file)
         if meta.get("name"):
             values["recipe"] = f"{meta['name']}@{meta.get('version', 0)}"
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(skip) - {"recipe"}   # --recipe: a name
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    given = given_settings(args, skip=(*skip, "recipe"))             # --recipe is a name, not the setting
     if "balance" in given:
         given["balance"] = parse_balance(given["balance"], tune=True)
     values.update(given)
     if "tracking_uri" not in values:
         values["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    return TrainConfig(**values).validate()
+    return TrainConfig.from_flat(**values)
 
 
 def _fit_with_progress(cfg, fit):
@@ -384,7 +248,7 @@ def _fit_with_progress(cfg, fit):
                     console.print(f"restarted (restart {ev['restarts']}) from the checkpoint of epoch {epoch}")
                 continue
             if epoch not in tasks:
-                tasks[epoch] = bars.add_task(f"epoch {epoch}/{cfg.epochs}", total=ev.get("total", 1), info="")
+                tasks[epoch] = bars.add_task(f"epoch {epoch}/{cfg.optim.epochs}", total=ev.get("total", 1), info="")
             if ev["kind"] == "step":
                 bars.update(tasks[epoch], completed=ev["done"], total=ev["total"])
             else:
@@ -393,7 +257,7 @@ def _fit_with_progress(cfg, fit):
                         f"{m['samples_per_s']:.0f} samples/s")
                 bars.update(tasks[epoch], info=info, completed=bars.tasks[tasks[epoch]].total)
                 if not console.is_terminal:
-                    print(f"epoch {epoch}/{cfg.epochs}: {info}", flush=True)
+                    print(f"epoch {epoch}/{cfg.optim.epochs}: {info}", flush=True)
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
@@ -409,8 +273,8 @@ def cmd_train(args) -> int:
     from ..training.loop import fit
 
     cfg = config_from_args(args)
-    data.load(cfg.dataset, cfg.data_dir, cfg.download)          # a missing data set fails here, before any run
-    tracking.check_reachable(cfg.tracking_uri)
+    data.load(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)          # a missing data set fails here, before any run
+    tracking.check_reachable(cfg.run.tracking_uri)
     connect(cfg)
     try:
         result = _fit_with_progress(cfg, fit)
@@ -432,14 +296,14 @@ def cmd_train(args) -> int:
         return 1
     m = result.metrics
     cfg = cfg.resolved()
-    ui = (f"mlflow ui --backend-store-uri {cfg.tracking_uri}" if cfg.tracking_uri.startswith("sqlite")
-          else f"open {redact(cfg.tracking_uri)}")
-    lines = [f"model {cfg.model} x{cfg.width_mult} on {cfg.dataset}, N = {cfg.subnets}, K = {cfg.iterations}",
-             (f"final val accuracy [bold]{m['val_acc']:.2%}[/bold] after epoch {m['epoch']}/{cfg.epochs}, "
+    ui = (f"mlflow ui --backend-store-uri {cfg.run.tracking_uri}" if cfg.run.tracking_uri.startswith("sqlite")
+          else f"open {redact(cfg.run.tracking_uri)}")
+    lines = [f"model {cfg.model.name} x{cfg.model.width_mult} on {cfg.data.dataset}, N = {cfg.model.subnets}, K = {cfg.model.iterations}",
+             (f"final val accuracy [bold]{m['val_acc']:.2%}[/bold] after epoch {m['epoch']}/{cfg.optim.epochs}, "
               f"{m['samples_per_s']:.0f} samples/s, {m['epoch_time_s']:.1f} s/epoch" if "val_acc" in m
-              else f"nothing to train: the checkpoint of {cfg.name!r} is already at epoch {cfg.epochs}"),
-             f"MLflow run {result.run_id} (experiment {cfg.experiment!r}){' — resumed' if result.resumed else ''}",
-             f"checkpoints: {redact(cfg.storage_path)}/{cfg.name}", f"open the UI: {ui}"]
+              else f"nothing to train: the checkpoint of {cfg.run.name!r} is already at epoch {cfg.optim.epochs}"),
+             f"MLflow run {result.run_id} (experiment {cfg.run.experiment!r}){' — resumed' if result.resumed else ''}",
+             f"checkpoints: {redact(cfg.run.storage_path)}/{cfg.run.name}", f"open the UI: {ui}"]
     Console().print(Panel("\n".join(lines), title="raypar train", expand=False))
     print(f"raypar: training finished: run {result.run_id}")
     return 0

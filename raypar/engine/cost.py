@@ -48,9 +48,9 @@ split is the one PararealNet balances with the driver's work counted in segment 
 actor's weight gradients off the driver's path: :func:`raypar.network.balance.partition_loaded_first`). The efficiency bound is
 speedup / devices in use (min(devices, processes)).
 
-The times are measured on this machine's CPU with one thread: ``--gpus`` counts devices, i.e. cores here, one process
-each. The default link is :data:`LINK_GBPS` and :data:`CALL_LATENCY_MS`, measured on the 2-core development machine
-(a local Ray object store, driver <-> actor, :func:`measure_link`); ``--measure-link`` measures this machine's.
+The times are measured on this machine's CPU with one thread: ``--devices`` counts devices, i.e. cores here, one process
+each. The default link is :data:`LINK_GBPS` and :data:`CALL_LATENCY_MS`, a local Ray object store driver <-> actor
+(``raypar plan --measure-link`` measures this machine's).
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ from ..errors import UserError
 from ..network.parareal import coarse_work
 from ..network.balance import MEASURES
 
-# driver <-> actor through a local Ray object store (numpy arrays, as the engine ships them), measured with
-# measure_link() on the 2-core development machine (Ray 2.60, Python 3.11), with other work on the machine
+# driver <-> actor through a local Ray object store (numpy arrays, as the engine ships them), as
+# raypar.tools.plan.measure_link measures it on a small CPU machine
 LINK_GBPS = 3.5
 CALL_LATENCY_MS = 1.5
 
@@ -353,12 +353,12 @@ def _optimizer_seconds_per_param(staged) -> float:
 
 
 # -------------------------------------------------------------------------------------------- predict
-def check_inputs(gpus: int, link_gbps: float | None, latency_ms: float | None, iterations: int,
+def check_inputs(devices: int, link_gbps: float | None, latency_ms: float | None, iterations: int,
                  capacity: float | None = None) -> None:
     if capacity is not None and not (capacity >= 1 and math.isfinite(capacity)):
         raise UserError(f"--capacity must be >= 1 (devices' worth, in units of one alone), got {capacity}")
-    if not isinstance(gpus, int) or gpus < 1:
-        raise UserError(f"--gpus (devices) must be >= 1, got {gpus}")
+    if not isinstance(devices, int) or devices < 1:
+        raise UserError(f"--devices must be >= 1, got {devices}")
     if link_gbps is not None and not (link_gbps > 0 and math.isfinite(link_gbps)):
         raise UserError(f"--link-gbps must be a positive number of Gbit/s, got {link_gbps}")
     if latency_ms is not None and not (latency_ms >= 0 and math.isfinite(latency_ms)):
@@ -367,25 +367,25 @@ def check_inputs(gpus: int, link_gbps: float | None, latency_ms: float | None, i
         raise UserError(f"--iterations K must be >= 1, got {iterations}")
 
 
-def predict(model: str = "vgg16", *, width_mult: float = 0.25, gpus: int = 2, link_gbps: float | None = None,
+def predict(model: str = "vgg16", *, width_mult: float = 0.25, devices: int = 2, link_gbps: float | None = None,
             latency_ms: float | None = None, batch: int = 64, image_size: int = 32, in_channels: int = 3,
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,
             coarse_kernel: int = 3, coarse_downsample: str = "pool", capacity: float | None = None,
             coarse_in_actors: bool = False, defer_weights: bool = True, channels_last: bool = False) -> list[PlanRow]:
-    """One :class:`PlanRow` per N = 1..min(gpus, blocks). ``planner``: reuse the measurements of an earlier call
+    """One :class:`PlanRow` per N = 1..min(devices, blocks). ``planner``: reuse the measurements of an earlier call
     (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,
     :data:`CALL_LATENCY_MS`; ``capacity``: what the devices together are worth (see :meth:`Planner.row`)."""
-    check_inputs(gpus, link_gbps, latency_ms, iterations, capacity)
+    check_inputs(devices, link_gbps, latency_ms, iterations, capacity)
     planner = planner or Planner(model, width_mult, image_size, in_channels, num_classes, batch, coarse_depth,
                                  coarse_width, balance, coarse_kernel=coarse_kernel,
                                  coarse_downsample=coarse_downsample, channels_last=channels_last)
     link = Link(LINK_GBPS if link_gbps is None else link_gbps, CALL_LATENCY_MS if latency_ms is None else latency_ms)
     if coarse_in_actors and iterations != 1:
         raise UserError(f"--coarse-in-actors needs --iterations 1, got {iterations}")
-    return [planner.row(n, gpus, link, iterations, driver_segment, capacity=capacity,
+    return [planner.row(n, devices, link, iterations, driver_segment, capacity=capacity,
                         coarse_in_actors=coarse_in_actors, defer_weights=defer_weights)
-            for n in range(1, min(gpus, planner.num_blocks) + 1)]
+            for n in range(1, min(devices, planner.num_blocks) + 1)]
 
 
 def cpu_cores() -> int:

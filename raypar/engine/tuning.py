@@ -4,9 +4,8 @@ fastest (``--balance tune``; ``raypar tune`` prints it).
 A profile balances the fine segments by their cost measured one block at a time, alone. The engine's real step
 depends on more: the driver's own work (pre, the coarse networks, post, and with ``--driver-segment`` F_1), which
 overlaps some of the actors' work and not the rest, each block's forward and backward falling into different
-windows, the transfers, and how much the processes slow each other down on shared cores. On the 2-core development
-machine the profile's split of VGG-16 x0.25 with F_1 in the driver was [3, 9] or [4, 8]; the engine ran [5, 7]
-1.07-1.10x faster (benchmarks/throughput/README.md). Tuning measures instead of modelling.
+windows, the transfers, and how much the processes slow each other down on shared cores, so the profile's split is
+not always the fastest (benchmarks/throughput/README.md). Tuning measures instead of modelling.
 
 Candidates: the profile's split and every split one block boundary away from it by up to ``radius`` blocks. Every
 candidate gets its own engine (on a deep copy of the network: tuning trains nothing the run keeps). On CPUs the

@@ -96,9 +96,7 @@ def check_measure(measure: str) -> None:
 
 def in_layout(part: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
     """``part`` (converted in place) and ``x`` in the layout a run will use: a profile must time the convolutions the
-    run makes, and on CPUs channels-last ones cost far less than the default layout's, unevenly across the blocks
-    (VGG-16 x0.25, batch 64, one thread: 43 against 59 ms a step; pre and the first 3 blocks 35 % less, the other 9
-    20 % less)."""
+    run makes, and on CPUs channels-last ones cost far less than the default layout's, unevenly across the blocks."""
     if channels_last:
         part.to(memory_format=torch.channels_last)
     return part, memory_format(x, channels_last)
@@ -108,9 +106,7 @@ def _as_in_a_run(model: nn.Module, x: torch.Tensor) -> None:
     """Time a part as a training step runs it: in a process that keeps freed memory (as the engine's do,
     :mod:`raypar.malloc`, from now on in this process too; with glibc's defaults each repeat faults its activations'
     pages in again), after one whole forward and backward (the first part timed would pay every first touch:
-    allocations, kernels). VGG-16 x0.25's pre, forward and backward on a batch of 64, profiled at 4.7-7.8 ms before,
-    3.2-6.1 ms now, and took 2.7-4.3 ms inside a whole pass (``benchmarks/throughput/profile_check.py``). On a GPU the
-    whole pass holds the whole network's activations at the profile's batch once, as a training step does."""
+    allocations, kernels; checked by ``benchmarks/throughput/profile_check.py``). On a GPU the whole pass holds the whole network's activations at the profile's batch once, as a training step does."""
     keep_freed_memory()
     out = model(x)
     if out.requires_grad:

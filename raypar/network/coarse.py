@@ -5,20 +5,16 @@ chosen to match the shapes) + GroupNorm + ReLU at the output's resolution. ``dep
 layers, ``width`` scales the hidden channels (relative to the output channels). Flat (B, D) interfaces get Linear +
 norm + ReLU instead.
 
-Why pool first (``downsample="pool"``) and not a strided convolution (``downsample="stride"``, the design before
-2026-11-26): the convolution's arithmetic is the same, but a strided convolution's backward writes its input's
-gradient through a transposed convolution at the full input resolution, and with stride 4 a 1x1 kernel reads only one
-input pixel in 16. Measured for VGG-16 x0.25's first interface (16x32x32 -> 64x8x8, batch 64, one CPU thread,
-forward + backward): 30 ms for the stride-4 3x3 convolution + GroupNorm + ReLU, 9 ms for 4x4 average pooling and the
-same 3x3 convolution at 8x8. Every input pixel counts, as in ResNet-D's pooled shortcuts.
+Why pool first (``downsample="pool"``) and not a strided convolution (``downsample="stride"``): the arithmetic is
+the same, but a strided convolution's backward writes its input's gradient at the full input resolution, and with a
+large stride a small kernel reads only a fraction of the input pixels; pooling first is cheaper and every input pixel
+counts, as in ResNet-D's pooled shortcuts.
 
-Why GroupNorm and not BatchNorm (``norm="batch"``): a coarse network runs on two different kinds of input every
-step — the coarse sweep's ``z`` and the correction sweep's ``l`` — so a BatchNorm's running statistics blend the two
-distributions, and at evaluation (which uses the running statistics) both paths are normalised with the blend,
-unlike in training. Measured on digits (VGG-11 x0.25, N = 2, K = 1, 6 epochs, seed 0): 94.4 % val accuracy with
-BatchNorm coarse networks, 98.05 % when the same network is evaluated with batch statistics, 98.6 % with GroupNorm
-coarse networks, against 98.3 % for the original network. GroupNorm has no running statistics: training and
-evaluation agree, and the result does not depend on the batch.
+Why GroupNorm and not BatchNorm (``norm="batch"``): a coarse network sees two kinds of input every step — the coarse
+sweep's ``z`` and the correction sweep's ``l`` — so BatchNorm's running statistics blend the two distributions, and
+evaluation (which uses them) normalises both paths with the blend, unlike training. GroupNorm has no running
+statistics: training and evaluation agree. Both choices are measured in benchmarks/accuracy/README.md and
+benchmarks/throughput/README.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The parareal equations of DESIGN.md §2, in one place. Both the in-process reference network and the
+"""The parareal equations of docs/design.md §2, in one place. Both the in-process reference network and the
 distributed engine call :func:`parareal`; they differ only in how the fine propagators run.
 
 With coarse networks ``C_1..C_N``, fine propagators ``F_1..F_N`` and ``x0 = pre(x)``:

@@ -41,7 +41,7 @@ class SegmentInfo:
 
 
 class PararealNet(nn.Module):
-    """A network torn into ``num_subnets`` fine segments glued by coarse networks (DESIGN.md §2).
+    """A network torn into ``num_subnets`` fine segments glued by coarse networks (docs/design.md §2).
 
     Pieces, for the distributed engine to reuse rather than rebuild: ``pre``, ``segments`` (``F_1..F_N``, each an
     ``nn.Sequential`` of the original blocks, sharing their parameters), ``coarse`` (``C_1..C_N``; empty for N = 1)

@@ -1,26 +1,22 @@
 """``raypar plan``: predict the training step time and speedup of N = 1..G sub-networks before running anything.
 
-The model and its formulas are :mod:`raypar.engine.cost`'s. ``--gpus`` counts devices; on a CPU machine, cores (one
-process each). The default link is :data:`~raypar.engine.cost.LINK_GBPS` and
+The model and its formulas are :mod:`raypar.engine.cost`'s. ``--devices`` counts devices: GPUs, or on a CPU machine
+cores (one process each). The default link is :data:`~raypar.engine.cost.LINK_GBPS` and
 :data:`~raypar.engine.cost.CALL_LATENCY_MS`; ``--measure-link`` measures this machine's (:func:`measure_link`).
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import itertools
 import json
-import math
 import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from ..errors import UserError
 from ..engine.cost import (CALL_LATENCY_MS, LINK_GBPS, Link, Planner, PlanRow, check_inputs, cpu_cores,
-                           num_threads, predict)
+                           predict)
 from ..network.balance import MEASURES
 
 def measure_link(size_bytes: int = 4 << 20, repeats: int = 15) -> Link:
@@ -154,19 +150,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``raypar plan``."""
     p.add_argument("--model", default="vgg16", help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s)")
     p.add_argument("--width-mult", type=float, default=0.25, help="scale every channel count (default: %(default)s)")
-    p.add_argument("--gpus", type=int, default=cpu_cores(),
+    p.add_argument("--devices", type=int, default=cpu_cores(),
                    help="devices to plan for, one process per device: GPUs, or on a CPU-only machine cores (each "
                         "process computes with one thread). Rows go N = 1..G; plain raypar needs N + 1 processes "
                         "(the driver too), N with --driver-segment. The step times are measured on this machine's "
                         "CPU with one thread (default: this machine's cores, %(default)s)")
     p.add_argument("--link-gbps", type=float, default=None,
                    help=f"bandwidth of the driver's link in Gbit/s; every interface tensor goes through it (default: "
-                        f"{LINK_GBPS:g}, a local Ray object store measured on a 2-core machine; see --measure-link)")
+                        f"{LINK_GBPS:g}, a local Ray object store; --measure-link measures this machine's)")
     p.add_argument("--latency-ms", type=float, default=None,
                    help=f"round trip of one remote call; 2 per iteration are on the critical path (the forward "
                         f"trips, then the backward trips) (default: {CALL_LATENCY_MS:g}, measured with the link)")
     p.add_argument("--capacity", type=float, default=None,
-                   help="what the devices together are worth in units of one alone (default: --gpus, i.e. equal, "
+                   help="what the devices together are worth in units of one alone (default: --devices, i.e. equal, "
                         "independent devices); on a shared CPU machine less: `raypar bench` measures it (the "
                         "cores' capacity it prints), and --bench reads it from bench.json unless this is given")
     p.add_argument("--measure-link", action="store_true",
@@ -206,7 +202,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args) -> int:
-    check_inputs(args.gpus, args.link_gbps, args.latency_ms, args.iterations, args.capacity)
+    check_inputs(args.devices, args.link_gbps, args.latency_ms, args.iterations, args.capacity)
     from rich.console import Console
     console = Console(width=None if sys.stdout.isatty() else 150)
     link = measure_link() if args.measure_link else Link()
@@ -229,10 +225,10 @@ def cmd_plan(args) -> int:
     planner = Planner(args.model, args.width_mult, args.image_size, args.in_channels, args.num_classes, args.batch,
                       args.coarse_depth, args.coarse_width, args.balance, coarse_kernel=args.coarse_kernel,
                       coarse_downsample=args.coarse_downsample, channels_last=args.channels_last)
-    rows = predict(gpus=args.gpus, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
+    rows = predict(devices=args.devices, link_gbps=link.gbps, latency_ms=link.latency_ms, iterations=args.iterations,
                    driver_segment=args.driver_segment, planner=planner, capacity=args.capacity,
                    coarse_in_actors=args.coarse_in_actors, defer_weights=args.defer_weights)
-    meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.gpus,
+    meta = {"model": args.model, "width_mult": args.width_mult, "batch": args.batch, "devices": args.devices,
             "iterations": args.iterations, "driver_segment": args.driver_segment,
             "coarse_in_actors": args.coarse_in_actors, "defer_weights": args.defer_weights,
             "channels_last": args.channels_last, "link_gbps": link.gbps,
@@ -243,9 +239,9 @@ def cmd_plan(args) -> int:
         print(to_json(rows, meta))
         return 0
     notes = []
-    if args.gpus > planner.num_blocks:
+    if args.devices > planner.num_blocks:
         notes.append(f"stopped at N = {planner.num_blocks}: {args.model} has {planner.num_blocks} blocks")
-    console.print(render(rows, f"{args.model} x{args.width_mult}, batch {args.batch}, {args.gpus} device(s), "
+    console.print(render(rows, f"{args.model} x{args.width_mult}, batch {args.batch}, {args.devices} device(s), "
                                f"K = {args.iterations}{', F_1 in the driver' if args.driver_segment else ''}"
                                f"{', the coarse sweep in the actors' if args.coarse_in_actors else ''}"
                                f"{', channels-last' if args.channels_last else ''}",

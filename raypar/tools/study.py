@@ -9,7 +9,6 @@ not retrain a finished one.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Callable
 
@@ -29,10 +28,9 @@ def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: li
     for n, k in layouts:
         for seed in seeds:
             run = f"{name}-n{n}-k{k}-s{seed}"
-            runs.append(dataclasses.replace(
-                base, subnets=n, iterations=k, seed=seed, name=run, run_name=run,
-                driver_segment=True if n == 1 else base.driver_segment,
-                extra=dict(base.extra, parent_run_id=parent_run_id)).validate())
+            runs.append(base.replace(subnets=n, iterations=k, seed=seed, name=run, run_name=run,
+                                     driver_segment=True if n == 1 else base.engine.driver_segment,
+                                     extra=dict(base.extra, parent_run_id=parent_run_id)))
     return runs
 
 
@@ -46,31 +44,31 @@ def check(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: l
         raise UserError(f"no (N, K) pair with K <= N in --subnets {subnets} and --iterations {iterations}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds lists a seed twice: {seeds}")
-    data.load(base.dataset, base.data_dir, base.download)          # a missing data set fails here
-    blocks = num_blocks(base.model)                                 # counted from the name: nothing is built
+    data.load(base.data.dataset, base.data.data_dir, base.data.download)          # a missing data set fails here
+    blocks = num_blocks(base.model.name)                                 # counted from the name: nothing is built
     if max(subnets) > blocks:
-        raise UserError(f"--subnets {max(subnets)} is more than {base.model}'s {blocks} blocks")
+        raise UserError(f"--subnets {max(subnets)} is more than {base.model.name}'s {blocks} blocks")
 
 
 def open_parent(base: TrainConfig, name: str, subnets, iterations, seeds) -> str:
     """The study's parent MLflow run (found again by its key when the study is resumed)."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
-    exp_id = tracking.connect(base.tracking_uri, base.experiment)
-    client = MlflowClient(base.tracking_uri)
-    key = tracking.redact(f"{base.storage_path}/{name}")
+    exp_id = tracking.connect(base.run.tracking_uri, base.run.experiment)
+    client = MlflowClient(base.run.tracking_uri)
+    key = tracking.redact(f"{base.run.storage_path}/{name}")
     found = client.search_runs([exp_id], f"tags.`{STUDY_TAG}` = '{key}'", max_results=1)
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     run = client.create_run(exp_id, run_name=name, tags={STUDY_TAG: key, "raypar.kind": "study"})
-    params = {"study": name, "recipe": base.recipe or "-", "model": base.model, "width_mult": base.width_mult,
-              "dataset": base.dataset, "subnets": ",".join(map(str, subnets)),
+    params = {"study": name, "recipe": base.run.recipe or "-", "model": base.model.name, "width_mult": base.model.width_mult,
+              "dataset": base.data.dataset, "subnets": ",".join(map(str, subnets)),
               "iterations": ",".join(map(str, iterations)), "seeds": ",".join(map(str, seeds)),
-              "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "lr_schedule": base.lr_schedule,
-              "weight_decay": base.weight_decay, "coarse_depth": base.coarse_depth, "coarse_norm": base.coarse_norm,
-              "coarse_width": base.coarse_width, "coarse_kernel": base.coarse_kernel,
-              "coarse_downsample": base.coarse_downsample}
+              "epochs": base.optim.epochs, "batch_size": base.optim.batch_size, "lr": base.optim.lr, "lr_schedule": base.optim.lr_schedule,
+              "weight_decay": base.optim.weight_decay, "coarse_depth": base.model.coarse_depth, "coarse_norm": base.model.coarse_norm,
+              "coarse_width": base.model.coarse_width, "coarse_kernel": base.model.coarse_kernel,
+              "coarse_downsample": base.model.coarse_downsample}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
 
@@ -143,13 +141,13 @@ def plots(runs: list[compare.RunSummary], out: str, title: str) -> list[str]:
 
 def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id: str, seeds: list[int]) -> str:
     lines = [f"# raypar study `{name}`", "",
-             f"Recipe `{base.recipe or 'custom'}`: {base.model} x{base.width_mult} on {base.dataset}, "
-             f"{base.epochs} epochs, batch {base.batch_size}, SGD lr {base.lr} ({base.lr_schedule}), weight decay "
-             f"{base.weight_decay}, coarse depth {base.coarse_depth} width {base.coarse_width} kernel "
-             f"{base.coarse_kernel} norm "
-             f"{base.coarse_norm} downsample {base.coarse_downsample}; seeds "
+             f"Recipe `{base.run.recipe or 'custom'}`: {base.model.name} x{base.model.width_mult} on {base.data.dataset}, "
+             f"{base.optim.epochs} epochs, batch {base.optim.batch_size}, SGD lr {base.optim.lr} ({base.optim.lr_schedule}), weight decay "
+             f"{base.optim.weight_decay}, coarse depth {base.model.coarse_depth} width {base.model.coarse_width} kernel "
+             f"{base.model.coarse_kernel} norm "
+             f"{base.model.coarse_norm} downsample {base.model.coarse_downsample}; seeds "
              f"{', '.join(map(str, seeds))}. MLflow parent run `{parent_run_id}` (experiment "
-             f"`{base.experiment}`).", "",
+             f"`{base.run.experiment}`).", "",
              "N = 1 is the original network trained in one process. Accuracies are in %, mean ± standard deviation "
              "over the seeds; *speedup* is training samples/s over the N = 1 baseline's; *acc delta* is the mean "
              "final val accuracy minus the baseline's, in points.", "",
@@ -169,40 +167,40 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
 
     check(base, subnets, iterations, seeds)
     base = base.resolved()
-    name = name or f"{(base.recipe or base.model).split('@')[0]}-{base.dataset.split(':')[0]}"
+    name = name or f"{(base.run.recipe or base.model.name).split('@')[0]}-{base.data.dataset.split(':')[0]}"
     out = os.path.abspath(out or os.path.join("studies", name))
     plan(base, subnets, iterations, seeds, name)                 # every run's settings are valid
     make_output_dir(out)
-    tracking.check_reachable(base.tracking_uri)
-    init_ray(dataclasses.replace(base, subnets=max(subnets)))
+    tracking.check_reachable(base.run.tracking_uri)
+    init_ray(base.replace(subnets=max(subnets)))
     if fit is None:
         from ..training.loop import fit
     parent = open_parent(base, name, subnets, iterations, seeds)
     runs = plan(base, subnets, iterations, seeds, name, parent)
     console = Console()
-    console.print(f"study {name!r}: {len(runs)} runs (MLflow parent run {parent}, experiment {base.experiment!r})")
+    console.print(f"study {name!r}: {len(runs)} runs (MLflow parent run {parent}, experiment {base.run.experiment!r})")
     print(f"{'run':28s} {'N':>2s} {'K':>2s} {'seed':>4s} {'final val acc':>14s} {'best':>7s} {'s/epoch':>8s} "
           f"{'samples/s':>10s}", flush=True)
-    client = MlflowClient(base.tracking_uri)
+    client = MlflowClient(base.run.tracking_uri)
     try:
         for cfg in runs:
             result = fit(cfg)
             s = compare.summarize(client, client.get_run(result.run_id))
-            print(f"{cfg.name:28s} {cfg.subnets:2d} {cfg.iterations:2d} {cfg.seed:4d} {100 * s.final_val_acc:13.2f}% "
+            print(f"{cfg.run.name:28s} {cfg.model.subnets:2d} {cfg.model.iterations:2d} {cfg.optim.seed:4d} {100 * s.final_val_acc:13.2f}% "
                   f"{100 * s.best_val_acc:6.2f}% {s.epoch_time_s:8.1f} {s.samples_per_s:10.0f}", flush=True)
-        summaries = compare.finished_runs(base.tracking_uri, parent=parent)
+        summaries = compare.finished_runs(base.run.tracking_uri, parent=parent)
         table = compare.rows(summaries)
         os.makedirs(out, exist_ok=True)
-        plots(summaries, out, f"{name}: {base.model} x{base.width_mult} on {base.dataset}")
+        plots(summaries, out, f"{name}: {base.model.name} x{base.model.width_mult} on {base.data.dataset}")
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write(report(table, base, name, parent, seeds))
         with open(os.path.join(out, "results.json"), "w") as f:
             f.write(compare.render(table, "json"))
-        tracking.log_artifacts(base.tracking_uri, parent, out)
+        tracking.log_artifacts(base.run.tracking_uri, parent, out)
     except BaseException as e:
-        tracking.close_run(base.tracking_uri, parent, e)
+        tracking.close_run(base.run.tracking_uri, parent, e)
         raise
-    tracking.close_run(base.tracking_uri, parent)
+    tracking.close_run(base.run.tracking_uri, parent)
     Console(width=200).print(compare.rich_table(table, f"study {name}: accuracy in %, speedup vs N = 1"))
     console.print(f"report: {os.path.join(out, 'report.md')} (plots beside it; also on MLflow run {parent})")
     print(f"raypar: study finished: parent run {parent}")

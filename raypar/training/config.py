@@ -1,18 +1,27 @@
-"""The run configuration: one dataclass, validated in one place (:meth:`TrainConfig.validate`), and the TOML files
-that hold one (``raypar train --config FILE``, the recipes of :mod:`raypar.training.recipes`)::
+"""A training run's settings: one dataclass per concern, each field documented and validated where it is made.
+
+:class:`TrainConfig` groups :class:`ModelConfig` (the network and its split), :class:`DataConfig`,
+:class:`OptimConfig` (the recipe), :class:`EngineConfig` (where and how the parts run) and :class:`RunConfig`
+(names, storage, tracking). Every field's ``metadata["help"]`` is its documentation: the command line
+(:mod:`raypar.cli.options`) makes its options from it, so ``train``, ``study``, ``tune`` and ``info`` cannot drift.
+
+A setting has one flat *key* everywhere — the option ``--key-name``, the TOML key ``key_name``, the MLflow param —
+the field's name unless its metadata says otherwise (``ModelConfig.name`` is ``model``). TOML files (``raypar train
+--config FILE``, the recipes of :mod:`raypar.training.recipes`) hold flat keys::
 
     [recipe]                      # optional: what this configuration is
     name = "vgg16-cifar10"
     version = 1
     description = "..."
 
-    [train]                       # TrainConfig fields (the keys may also stand at the top level)
+    [train]                       # settings by key (the keys may also stand at the top level)
     model = "vgg16"
     lr = 0.05
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -20,158 +29,280 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from ..network.balance import MEASURES, TUNE, check_split
-from ..network.coarse import CoarseSpec
+from ..engine import optim as engine_optim
+from ..engine.precision import AMP_MODES
+from ..engine.transport import TRANSPORTS
 from ..errors import UserError
-from ..engine.optim import SCHEDULES, OptimConfig
+from ..network.balance import MEASURES, TUNE, check_split
+from ..network.coarse import DOWNSAMPLE, CoarseSpec
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist")
 
 
-@dataclass
-class TrainConfig:
-    # model and split
-    model: str = "vgg11"
-    width_mult: float = 0.25
-    subnets: int = 2
-    iterations: int = 1
-    balance: str | list = "time"
-    coarse_depth: int = 1
-    coarse_width: float = 1.0
-    coarse_kernel: int = 3                   # kernel size of the coarse convolutions (1: a 1x1 conv, cheaper)
-    coarse_norm: str = "group"               # the coarse networks' normalisation (see raypar/coarse.py)
-    coarse_downsample: str = "pool"          # "pool" then convolve, or a strided convolution (see raypar/coarse.py)
-    norm: str = "batch"                      # "batch" (BatchNorm, per replica) or "group" (GroupNorm: batch-free)
-    # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    # optimisation
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"              # "cosine" or "step" (x lr_gamma at each of lr_milestones)
-    lr_milestones: list = field(default_factory=lambda: [0.5, 0.75])   # fractions of the epochs
-    lr_gamma: float = 0.1
-    seed: int = 0
-    on_nonfinite: str = "stop"               # a NaN/inf loss: "stop" the run, or "skip" the batch (no update)
-    # resources
-    gpus_per_subnet: float | None = None     # None: 1 when the cluster has GPUs, else 0
-    cpus_per_subnet: float = 1.0
-    replicas: int = 1                        # R data-parallel replicas of the whole parareal network (R x N actors)
-    placement: str = "PACK"
-    driver_segment: bool = False             # run F_1 in the driver: N processes (and GPUs) instead of N + 1
-    coarse_in_actors: bool = False           # K = 1: each fine actor runs pre and the coarse sweep up to its interval
-    defer_weights: bool = True               # actors answer dL/du first, their weight gradients in their step
-    transport: str = "auto"                  # interface tensors: auto, object-store, p2p, cuda-ipc (raypar.engine.transport)
-    channels_last: bool = False              # weights and activations in the channels-last layout (faster convs)
-    amp: str = "off"                         # mixed precision: off, bf16 or fp16 (raypar.engine.precision)
-    address: str | None = None               # None: in-process local Ray (or the cluster of a Ray job)
-    resource_timeout_s: float = 300.0        # how long to wait for the cluster (or its autoscaler) to fit the run
-    # run bookkeeping
-    storage_path: str = "raypar_runs"
-    name: str | None = None                  # Ray Train run name; None: derived from the settings
-    max_failures: int = 0
-    num_to_keep: int = 2
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = "raypar"
-    run_name: str | None = None
-    recipe: str | None = None                # "name@version" of the recipe or config file this run came from
-    extra: dict = field(default_factory=dict)
+def setting(default=dataclasses.MISSING, help: str = "", *, key: str | None = None, short: str | None = None,
+            choices: tuple | None = None, factory=None):
+    """A documented field: ``help`` is its one-line documentation (and its ``--help`` text); ``key`` its flat name
+    where it differs from the field's; ``short`` a one-letter option; ``choices`` the values it takes."""
+    meta = {"help": help, "key": key, "short": short, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
-    def validate(self) -> "TrainConfig":
-        """Check every field; raise :class:`UserError` naming the first bad one. Returns self."""
+
+def _at_least(name: str, value, lo) -> None:
+    if not (isinstance(value, (int, float)) and value >= lo):
+        raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {value}")
+
+
+def _positive(name: str, value) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UserError(f"--{name.replace('_', '-')} must be a number > 0, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """The network and how it is torn into sub-networks."""
+    name: str = setting("vgg11", "vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet56, resnet164, resnet1001)",
+                        key="model")
+    width_mult: float = setting(0.25, "scale every channel count")
+    subnets: int = setting(2, "number N of fine sub-networks; 1 is the original network in one process", short="n")
+    iterations: int = setting(1, "parareal iterations K, 1..N; K = N computes exactly the original network",
+                              short="k")
+    balance: str | list = setting("time", "split by measured 'time', 'flops', 'params', block counts like 5,7, or "
+                                          "'tune': candidate splits measured on the engine first, the fastest kept")
+    coarse_depth: int = setting(1, "conv/GroupNorm/ReLU layers per coarse network")
+    coarse_width: float = setting(1.0, "hidden channels of a coarse network relative to its output")
+    coarse_kernel: int = setting(3, "kernel size of the coarse convolutions (odd; 1 is cheapest)")
+    coarse_norm: str = setting("group", "the coarse networks' normalisation; BatchNorm's running statistics blend "
+                                        "the coarse and correction sweeps' inputs and cost accuracy",
+                               choices=("group", "batch"))
+    coarse_downsample: str = setting("pool", "how a coarse network shrinks its input: average-pool to the output's "
+                                             "size then convolve, or a strided convolution", choices=DOWNSAMPLE)
+    norm: str = setting("batch", "normalisation of the built-in models: BatchNorm, or GroupNorm (independent of the "
+                                 "batch: replicas compute exactly what one process would)", choices=("batch", "group"))
+
+    def __post_init__(self):
         from ..network.models import check_name
-        check_name(self.model)
-        if self.width_mult <= 0:
-            raise UserError(f"--width-mult must be > 0, got {self.width_mult}")
-        if self.subnets < 1:
-            raise UserError(f"--subnets must be >= 1, got {self.subnets}")
-        if not 1 <= self.iterations <= self.subnets:
+        check_name(self.name)
+        _positive("width_mult", self.width_mult)
+        _at_least("subnets", self.subnets, 1)
+        if not (isinstance(self.iterations, int) and 1 <= self.iterations <= self.subnets):
             raise UserError(f"--iterations must be between 1 and --subnets ({self.subnets}), got {self.iterations}")
         if isinstance(self.balance, str) and self.balance not in (*MEASURES, TUNE):
             raise UserError(f"--balance must be one of {', '.join(MEASURES)}, {TUNE} or block counts like 5,7")
-        check_split(self.model, self.subnets, self.balance)
-        self.coarse                                          # checks depth, width, norm and downsample
+        check_split(self.name, self.subnets, self.balance)
+        self.coarse                                          # checks depth, width, kernel, norm and downsample
         if self.norm not in ("batch", "group"):
             raise UserError(f"--norm must be batch or group, got {self.norm!r}")
-        if self.coarse_in_actors and self.iterations != 1:
-            raise UserError(f"--coarse-in-actors needs --iterations 1, got {self.iterations}")
-        if self.replicas < 1:
-            raise UserError(f"--replicas must be >= 1, got {self.replicas}")
-        ds = self.dataset
-        if ds not in DATASETS and not ds.startswith("imagefolder:"):
-            raise UserError(f"unknown dataset {ds!r}; available: {', '.join(DATASETS)}, imagefolder:PATH")
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("num_to_keep", 1)):
-            if getattr(self, name) < lo:
-                raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
-        if self.lr_schedule not in SCHEDULES:
-            raise UserError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        if not isinstance(self.lr_milestones, list) or not all(
-                isinstance(m, (int, float)) and 0 < m < 1 for m in self.lr_milestones):
-            raise UserError(f"lr_milestones must be fractions of the epochs between 0 and 1, "
-                            f"got {self.lr_milestones}")
-        if not 0 < self.lr_gamma <= 1:
-            raise UserError(f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise UserError(f"--on-nonfinite must be stop or skip, got {self.on_nonfinite!r}")
-        if self.max_failures < -1:
-            raise UserError("--max-failures must be >= 0 (or -1 for unlimited)")
-        if self.gpus_per_subnet is not None and self.gpus_per_subnet < 0:
-            raise UserError("--gpus-per-subnet must be >= 0")
-        if self.cpus_per_subnet < 0:
-            raise UserError("--cpus-per-subnet must be >= 0")
-        if self.resource_timeout_s <= 0:
-            raise UserError("--resource-timeout must be > 0 seconds")
-        if self.placement not in ("PACK", "SPREAD"):
-            raise UserError(f"--placement must be PACK or SPREAD, got {self.placement!r}")
-        from ..engine.precision import check_name as check_amp
-        from ..engine.transport import check_name
-        check_name(self.transport)
-        check_amp(self.amp)
-        if self.transport == "cuda-ipc" and self.gpus_per_subnet == 0:
-            raise UserError("--transport cuda-ipc needs GPUs: give --gpus-per-subnet a fraction of a GPU")
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
-            raise UserError(f"--name may use letters, digits, '.', '_' and '-' only, got {self.name!r}")
-        return self
 
     @property
     def coarse(self) -> CoarseSpec:
+        """The coarse networks' design."""
         return CoarseSpec(self.coarse_depth, self.coarse_width, self.coarse_kernel, norm=self.coarse_norm,
                           downsample=self.coarse_downsample)
 
+
+@dataclass
+class DataConfig:
+    """The data set."""
+    dataset: str = setting("digits", "digits (offline), cifar10, cifar100, svhn, mnist, imagefolder:PATH")
+    data_dir: str | None = setting(None, "where torchvision data sets are (or are downloaded to)")
+    download: bool = setting(False, "download the data set into --data-dir (needs internet)")
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS and not self.dataset.startswith("imagefolder:"):
+            raise UserError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}, imagefolder:PATH")
+
+
+@dataclass
+class OptimConfig:
+    """The training recipe: epochs, batch, SGD and its LR schedule, seed."""
+    epochs: int = setting(6, "epochs to train")
+    batch_size: int = setting(64, "samples per step (per replica)")
+    lr: float = setting(0.05, "SGD learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "SGD weight decay")
+    lr_schedule: str = setting("cosine", "per-epoch LR schedule: cosine to 0, or x --lr-gamma at each of "
+                                         "lr_milestones (fractions of the epochs, in a config file)",
+                               choices=engine_optim.SCHEDULES)
+    lr_milestones: list = setting(help="fractions of the epochs where the step schedule multiplies the LR",
+                                  factory=lambda: [0.5, 0.75])
+    lr_gamma: float = setting(0.1, "the step schedule's factor")
+    seed: int = setting(0, "seed of the initial weights, the data order and every process's RNG")
+    on_nonfinite: str = setting("stop", "a NaN/inf loss: stop the run (the last good checkpoint stays), or skip "
+                                        "that batch with no update anywhere", choices=("stop", "skip"))
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            _at_least(name, getattr(self, name), 1)
+        _positive("lr", self.lr)
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.lr_schedule not in engine_optim.SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {', '.join(engine_optim.SCHEDULES)}, "
+                            f"got {self.lr_schedule!r}")
+        if not isinstance(self.lr_milestones, list) or not all(
+                isinstance(m, (int, float)) and 0 < m < 1 for m in self.lr_milestones):
+            raise UserError(f"lr_milestones must be fractions of the epochs between 0 and 1, got {self.lr_milestones}")
+        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise UserError(f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise UserError(f"--on-nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+
     @property
-    def optim(self) -> OptimConfig:
-        return OptimConfig(self.lr, self.momentum, self.weight_decay, self.epochs, self.lr_schedule,
-                           list(self.lr_milestones), self.lr_gamma)
+    def sgd(self) -> engine_optim.OptimConfig:
+        """What every part's optimizer and scheduler are made from."""
+        return engine_optim.OptimConfig(self.lr, self.momentum, self.weight_decay, self.epochs, self.lr_schedule,
+                                        list(self.lr_milestones), self.lr_gamma)
+
+
+@dataclass
+class EngineConfig:
+    """Where the parts run and how they talk."""
+    gpus_per_subnet: float | None = setting(None, "GPUs per fine actor, fractions allowed (default: 1 if the "
+                                                  "cluster has GPUs, else 0)")
+    cpus_per_subnet: float = setting(1.0, "CPUs per fine actor")
+    replicas: int = setting(1, "R data-parallel replicas of the whole parareal network (R drivers x N fine actors, "
+                               "gradients averaged; --batch-size is per replica)", short="r")
+    placement: str = setting("PACK", "placement group strategy for the fine actors", choices=("PACK", "SPREAD"))
+    driver_segment: bool = setting(False, "run the first fine sub-network in the driver, overlapped with the "
+                                          "actors: N processes instead of N + 1")
+    coarse_in_actors: bool = setting(False, "K = 1 only: each fine actor computes its own input from the batch "
+                                            "(copies of pre and the coarse networks), so no actor waits for the "
+                                            "driver's coarse sweep; the same network and numbers")
+    defer_weights: bool = setting(True, "each fine actor answers dL/du first and computes its weight gradients in "
+                                        "its optimizer step, while the driver goes on; the same numbers")
+    transport: str = setting("auto", "how interface tensors travel: object-store, p2p (NCCL between GPUs, gloo on "
+                                     "CPUs), cuda-ipc (one shared GPU); auto picks by hardware", choices=TRANSPORTS)
+    channels_last: bool = setting(False, "weights and activations in the channels-last layout (faster convolutions "
+                                         "on recent CPUs and GPUs; the same results up to rounding)")
+    amp: str = setting("off", "mixed precision in every process: bf16 autocast, or fp16 with one dynamic loss "
+                              "scale; weights stay float32", choices=AMP_MODES)
+    address: str | None = setting(None, "Ray cluster address (default: the job's cluster inside `ray job submit`, "
+                                        "else a private local Ray)")
+    resource_timeout_s: float = setting(300.0, "seconds to wait for the cluster (and its autoscaler) to provide the "
+                                               "driver and every fine actor", key="resource_timeout")
+
+    def __post_init__(self):
+        if self.gpus_per_subnet is not None and not self.gpus_per_subnet >= 0:
+            raise UserError("--gpus-per-subnet must be >= 0")
+        if not self.cpus_per_subnet >= 0:
+            raise UserError("--cpus-per-subnet must be >= 0")
+        _at_least("replicas", self.replicas, 1)
+        _positive("resource_timeout", self.resource_timeout_s)
+        if self.placement not in ("PACK", "SPREAD"):
+            raise UserError(f"--placement must be PACK or SPREAD, got {self.placement!r}")
+        if self.transport not in TRANSPORTS:
+            raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if self.amp not in AMP_MODES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.transport == "cuda-ipc" and self.gpus_per_subnet == 0:
+            raise UserError("--transport cuda-ipc needs GPUs: give --gpus-per-subnet a fraction of a GPU")
+
+
+@dataclass
+class RunConfig:
+    """The run's name, where its checkpoints go, how it is tracked."""
+    storage_path: str = setting("raypar_runs", "where checkpoints are kept (shared storage such as s3:// or NFS on "
+                                               "multi-node clusters)")
+    name: str | None = setting(None, "run name; a run with the same name and storage path resumes from its last "
+                                     "checkpoint (default: derived from model, data set, N, K and seed)")
+    max_failures: int = setting(0, "restarts from the last checkpoint after a lost worker or actor (-1: no limit)")
+    num_to_keep: int = setting(2, "checkpoints kept")
+    tracking_uri: str = setting("sqlite:///mlflow.db", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                                       "sqlite:///mlflow.db here)")
+    experiment: str = setting("raypar", "MLflow experiment")
+    run_name: str | None = setting(None, "MLflow run name (default: --name)")
+    recipe: str | None = setting(None, "name@version of the recipe or config file the run came from")
+
+    def __post_init__(self):
+        if not (isinstance(self.max_failures, int) and self.max_failures >= -1):
+            raise UserError("--max-failures must be >= 0 (or -1 for unlimited)")
+        _at_least("num_to_keep", self.num_to_keep, 1)
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
+            raise UserError(f"--name may use letters, digits, '.', '_' and '-' only, got {self.name!r}")
+
+
+GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "engine": EngineConfig, "run": RunConfig}
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """A field's flat key (option, TOML key, MLflow param)."""
+    return f.metadata.get("key") or f.name
+
+
+# flat key -> (group, field)
+KEYS: dict[str, tuple[str, dataclasses.Field]] = {
+    key_of(f): (group, f) for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class TrainConfig:
+    """One training run: every setting, by concern. ``TrainConfig.from_flat(model="vgg16", subnets=4)`` makes one
+    from flat keys; each group is validated when it is made, and the groups together here."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    extra: dict = field(default_factory=dict)            # what the system adds (the MLflow run id, a study's parent)
+
+    def __post_init__(self):
+        for group, cls in GROUPS.items():
+            if isinstance(getattr(self, group), dict):   # from to_dict()
+                setattr(self, group, cls(**getattr(self, group)))
+        if self.engine.coarse_in_actors and self.model.iterations != 1:
+            raise UserError(f"--coarse-in-actors needs --iterations 1, got {self.model.iterations}")
+
+    @classmethod
+    def from_flat(cls, **values) -> "TrainConfig":
+        """A configuration from flat keys (``model``, ``subnets``, ``lr``, ...); unknown keys raise a
+        :class:`UserError`."""
+        groups: dict = {g: {} for g in GROUPS}
+        extra = values.pop("extra", {})
+        for key, value in values.items():
+            if key not in KEYS:
+                raise UserError(f"unknown setting {key!r}; known: {', '.join(sorted(KEYS))}")
+            group, f = KEYS[key]
+            groups[group][f.name] = value
+        return cls(**{g: GROUPS[g](**v) for g, v in groups.items()}, extra=dict(extra))
+
+    def flat(self) -> dict:
+        """Every setting by flat key."""
+        return {key: getattr(getattr(self, group), f.name) for key, (group, f) in KEYS.items()}
+
+    def replace(self, **values) -> "TrainConfig":
+        """A copy with some settings changed, by flat key (``extra`` too); validated as a new one is."""
+        extra = values.pop("extra", self.extra)
+        return TrainConfig.from_flat(**dict(self.flat(), **values), extra=extra)
 
     def resolved(self) -> "TrainConfig":
         """A copy with paths made absolute and a run name chosen, as the workers will see it."""
-        c = dataclasses.replace(self)
-        if "://" not in c.storage_path:
-            c.storage_path = os.path.abspath(c.storage_path)
-        if c.tracking_uri.startswith("sqlite:///") and not c.tracking_uri.startswith("sqlite:////"):
-            c.tracking_uri = "sqlite:///" + os.path.abspath(c.tracking_uri[len("sqlite:///"):])
-        if c.data_dir:
-            c.data_dir = os.path.abspath(c.data_dir)
-        if c.name is None:
-            c.name = f"{c.model}-{c.dataset.split(':')[0]}-n{c.subnets}-k{c.iterations}-s{c.seed}"
-        return c
+        run, data = self.run, self.data
+        changes: dict = {}
+        if "://" not in run.storage_path:
+            changes["storage_path"] = os.path.abspath(run.storage_path)
+        uri = run.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            changes["tracking_uri"] = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        if data.data_dir:
+            changes["data_dir"] = os.path.abspath(data.data_dir)
+        if run.name is None:
+            m = self.model
+            changes["name"] = (f"{m.name}-{data.dataset.split(':')[0]}-n{m.subnets}-k{m.iterations}"
+                               f"-s{self.optim.seed}")
+        return self.replace(**changes)
 
     def to_dict(self) -> dict:
+        """The configuration as plain data, by group (``TrainConfig(**d)`` makes it again)."""
         return dataclasses.asdict(self)
 
 
 # ------------------------------------------------------------------------------------------- configuration files
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
-
-
 def _accepts(tp, value) -> bool:
-    """Whether a TOML value fits a TrainConfig field's annotation (``int | None``, ``str | list``, ``float``...)."""
+    """Whether a TOML value fits a field's annotation (``int | None``, ``str | list``, ``float``...)."""
     if isinstance(tp, str):
         tp = eval(tp, vars(sys.modules[__name__]))          # the annotations are strings (postponed evaluation)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
@@ -186,7 +317,7 @@ def _accepts(tp, value) -> bool:
 
 
 def values_from_toml(doc: dict, source: str) -> tuple[dict, dict]:
-    """``(TrainConfig values, [recipe] table)`` of a parsed TOML document; unknown keys or wrong types raise a
+    """``(settings by flat key, [recipe] table)`` of a parsed TOML document; unknown keys or wrong types raise a
     :class:`UserError` naming ``source`` and the key."""
     meta = doc.get("recipe", {})
     train = doc.get("train", {})
@@ -197,9 +328,9 @@ def values_from_toml(doc: dict, source: str) -> tuple[dict, dict]:
     out = {}
     for key, value in values.items():
         name = key.replace("-", "_")
-        f = _FIELDS.get(name)
-        if f is None:
-            raise UserError(f"{source}: unknown setting {key!r}; known: {', '.join(sorted(_FIELDS))}")
+        if name not in KEYS:
+            raise UserError(f"{source}: unknown setting {key!r}; known: {', '.join(sorted(KEYS))}")
+        f = KEYS[name][1]
         if not _accepts(f.type, value):
             raise UserError(f"{source}: {key} = {value!r} has the wrong type (expected {f.type})")
         out[name] = float(value) if f.type.startswith("float") and isinstance(value, int) else value
@@ -207,7 +338,7 @@ def values_from_toml(doc: dict, source: str) -> tuple[dict, dict]:
 
 
 def load_file(path: str) -> tuple[dict, dict]:
-    """``(values, recipe meta)`` of a TOML configuration file; any problem is a one-line :class:`UserError`."""
+    """``(settings, recipe meta)`` of a TOML configuration file; any problem is a one-line :class:`UserError`."""
     import tomllib
     try:
         with open(path, "rb") as f:

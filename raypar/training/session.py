@@ -73,7 +73,7 @@ def check_address(address: str, timeout_s: float = 10.0) -> None:
 
 
 def connect(cfg) -> None:
-    """Make Ray ready for the run ``cfg`` (a :class:`~raypar.training.config.TrainConfig`): ``cfg.address`` if
+    """Make Ray ready for the run ``cfg`` (a :class:`~raypar.training.config.TrainConfig`): ``cfg.engine.address`` if
     given; else the job's cluster inside ``ray job submit``; else a private local Ray with a CPU for the driver and
     each fine actor of every replica (at least this machine's cores).
 
@@ -83,13 +83,13 @@ def connect(cfg) -> None:
     import ray
     if ray.is_initialized():
         return
-    if cfg.address:
-        target = cfg.address
+    if cfg.engine.address:
+        target = cfg.engine.address
         check_address(target)
     elif os.environ.get("RAY_ADDRESS"):
         target = None                                       # inside `ray job submit`: attach to the job's cluster
     else:
-        need = int(cfg.replicas * (cfg.subnets * cfg.cpus_per_subnet + 1) + 0.999)
+        need = int(cfg.engine.replicas * (cfg.model.subnets * cfg.engine.cpus_per_subnet + 1) + 0.999)
         with _quiet_auth_notice():
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False)
         return

@@ -117,7 +117,7 @@ def connect(tracking_uri: str, experiment: str):
 def params_of(cfg) -> dict:
     import ray
     import torch
-    p = {k: v for k, v in redact_config(cfg.to_dict()).items() if k not in ("extra", "tracking_uri", "address")}
+    p = {k: v for k, v in redact_config(cfg.flat()).items() if k not in ("tracking_uri", "address")}
     p["num_subnets"] = p.pop("subnets")
     p["balance"] = ",".join(map(str, p["balance"])) if isinstance(p["balance"], list) else p["balance"]
     p.update(torch_version=torch.__version__, ray_version=ray.__version__,
@@ -128,19 +128,19 @@ def params_of(cfg) -> dict:
 def open_run(cfg) -> tuple[str, bool]:
     """Create the MLflow run for ``cfg`` or, when resuming from a checkpoint, reopen its run. Returns (id, resumed)."""
     from mlflow.tracking import MlflowClient
-    exp_id = connect(cfg.tracking_uri, cfg.experiment)
-    client = MlflowClient(cfg.tracking_uri)
-    meta = latest_meta(cfg.storage_path, cfg.name)
+    exp_id = connect(cfg.run.tracking_uri, cfg.run.experiment)
+    client = MlflowClient(cfg.run.tracking_uri)
+    meta = latest_meta(cfg.run.storage_path, cfg.run.name)
     if meta and meta.get("mlflow_run_id"):
         try:
             client.update_run(meta["mlflow_run_id"], status="RUNNING")
             return meta["mlflow_run_id"], True
         except Exception:  # noqa: BLE001 - the old run is gone from this store: start a fresh one
             pass
-    tags = {RUN_KEY_TAG: redact(f"{cfg.storage_path}/{cfg.name}")}
+    tags = {RUN_KEY_TAG: redact(f"{cfg.run.storage_path}/{cfg.run.name}")}
     if cfg.extra.get("parent_run_id"):                  # a run of a study: nested under the study's parent run
         tags[PARENT_TAG] = cfg.extra["parent_run_id"]
-    run = client.create_run(exp_id, run_name=cfg.run_name or cfg.name, tags=tags)
+    run = client.create_run(exp_id, run_name=cfg.run.run_name or cfg.run.name, tags=tags)
     from mlflow.entities import Param
     params = [Param(k, str(v)) for k, v in params_of(cfg).items()]
     client.log_batch(run.info.run_id, params=params)

@@ -1,0 +1,84 @@
+"""Command-line options made from the documented fields of :mod:`raypar.training.config`: every command that takes
+a setting takes it with the same flag, type, choices and help."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from ..training.config import GROUPS, TrainConfig, key_of
+
+
+def int_list(text: str) -> list[int]:
+    """``1,2,4`` as a list of ints (an argparse type)."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas like 1,2,4, got {text!r}")
+    return values
+
+
+def _kind(f: dataclasses.Field):
+    """The argparse type of a field: bool, int, float or str (``str | list``: str; a plain list: not an option)."""
+    tp = f.type if not isinstance(f.type, str) else f.type
+    text = str(tp)
+    if text.startswith("bool"):
+        return bool
+    if text.startswith("list"):
+        return None
+    if text.startswith("int"):
+        return int
+    if text.startswith("float"):
+        return float
+    return str
+
+
+def add_settings(parser: argparse.ArgumentParser, groups: typing.Iterable[str], *, defaults: TrainConfig | None = None,
+                 only: typing.Collection[str] | None = None, skip: typing.Collection[str] = (),
+                 lists: dict | None = None) -> None:
+    """Add an option per setting of ``groups`` (names of :data:`~raypar.training.config.GROUPS`), in one argument
+    group each.
+
+    Args:
+        defaults: the defaults the options take; None: every option defaults to None (so that a recipe or config
+            file can fill what the command line leaves out), and the help shows TrainConfig's defaults.
+        only: the flat keys to add (default: all of the groups'); ``skip``: keys left out.
+        lists: flat key -> (option, help, default) for settings that this command takes as a list (``1,2,4``).
+    """
+    shown_from = defaults or TrainConfig()
+    lists = lists or {}
+    for group in groups:
+        cls = GROUPS[group]
+        g = parser.add_argument_group(cls.__doc__.splitlines()[0].rstrip("."))
+        for f in dataclasses.fields(cls):
+            key = key_of(f)
+            if (only is not None and key not in only) or key in skip:
+                continue
+            meta = f.metadata
+            names = [f"--{key.replace('_', '-')}"] + ([f"-{meta['short']}"] if meta.get("short") else [])
+            if key in lists:
+                flag, help_, default = lists[key]
+                g.add_argument(flag, *names[1:], dest=key, type=int_list, default=default, help=help_)
+                continue
+            kind = _kind(f)
+            if kind is None:
+                continue
+            shown = getattr(getattr(shown_from, group), f.name)
+            default = shown if defaults is not None else None
+            help_ = f"{meta['help']} (default: {shown})".replace("%", "%%")
+            kw: dict = {"dest": key, "default": default, "help": help_}
+            if kind is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["type"] = kind
+                if meta.get("choices"):
+                    kw["choices"] = list(meta["choices"])
+            g.add_argument(*names, **kw)
+
+
+def given_settings(args: argparse.Namespace, skip: typing.Collection[str] = ()) -> dict:
+    """The settings given on the command line (options left at None are not given), by flat key."""
+    from ..training.config import KEYS
+    return {k: v for k, v in vars(args).items() if k in KEYS and k not in skip and v is not None}

@@ -1,0 +1,114 @@
+"""Every use of Ray's private API, in one place: each shim says what it relies on and falls back when Ray's
+internals are not as expected."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+
+def quiet_train_logs() -> None:
+    """Ray Train's per-report log lines at WARNING only, in this process (the progress bar says how the run goes).
+    Ray Train V2 names one of its loggers by its file."""
+    names = ["ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.train")]]
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+        names.append(train_context.__file__)
+    except ImportError:
+        pass
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def started_by_this_process() -> bool:
+    """Whether ``ray.init()`` in this process started the cluster (a private local Ray: ``ray.init`` cannot be given
+    an autoscaling config, so such a cluster never grows)."""
+    import ray._private.worker
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(node is not None and getattr(node, "head", False))
+
+
+def cluster_can_grow(wait_s: float = 5.0) -> bool | None:
+    """Whether an autoscaler can add nodes to the current Ray cluster: True, False (a fixed cluster: a private local
+    Ray, or nodes started by hand with ``ray start``), or None when the cluster does not say (then assume it can).
+
+    A cluster that ``ray.init()`` started in this process cannot grow. Otherwise, read what Ray's autoscaler itself
+    publishes in the GCS:
+      - a cluster config (``ReportClusterConfig``, e.g. KubeRay / managed clusters): it can grow when a node group
+        has ``max_count`` above its ``min_count`` (the rule Ray Data uses, ``is_autoscaling_enabled``);
+      - otherwise the v1 monitor's status report (``__autoscaling_status``, what ``ray status`` shows). A cluster
+        started without ``--autoscaling-config`` runs a read-only autoscaler that names every node's type after the
+        node itself (``node_<id>``) and never launches one; with a cluster-launcher config (``ray up``) the types are
+        the config's (``gpu_1x``, ...). The report is written every few seconds: wait up to ``wait_s`` for it.
+    The v2 autoscaler publishes neither: None."""
+    import ray._private.ray_constants as ray_constants
+    import ray._private.state
+    from ray.experimental.internal_kv import _internal_kv_get
+    if started_by_this_process():
+        return False
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: any failure means "not known"
+        config = None
+    if config is not None and config.node_group_configs:
+        return any(g.max_count == -1 or g.max_count > g.min_count
+                   for g in config.node_group_configs if g.resources and g.max_count != 0)
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+        if is_autoscaler_v2(fetch_from_server=True):
+            return None
+    except Exception:  # noqa: BLE001
+        pass
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        except Exception:  # noqa: BLE001
+            return None
+        if raw or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    try:
+        mapping = (json.loads(raw).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if not mapping:
+        return None
+    return not all(node_type == f"node_{node}" for node, node_type in mapping.items())
+
+
+def quick_to_stop(trainer_cls):
+    """``trainer_cls`` whose controller ends its placement-group cleaner at once at the end of a run.
+
+    Ray Train (2.60) starts a detached cleaner actor that polls the State API to see whether the controller still
+    lives, so that it can remove the run's placement group if the controller dies without cleaning up. At the end of
+    every run the controller asks it to stop and waits up to 12 s for its poll to return. Where the State API finds
+    no answer — no dashboard, or a stale ``/tmp/ray/ray_current_cluster`` left by an earlier ``ray start`` on the
+    machine — the poll hangs (40 s here): every run ended with a 12 s wait after its last epoch and a
+    ``GetTimeoutError`` traceback from the controller on the console. At a clean stop (or the controller's own
+    abort, which removes the placement group itself) the cleaner has nothing left to do, so it is killed instead,
+    which is what its ``stop`` ends in; while the run lives it works as before. Private API: where Ray's classes
+    are not as expected, ``trainer_cls`` itself."""
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return trainer_cls
+    if not (hasattr(trainer_cls, "_create_default_callbacks")
+            and hasattr(PlacementGroupCleanerCallback, "_stop_cleaner")):
+        return trainer_cls
+
+    class KillCleanerAtStop(PlacementGroupCleanerCallback):
+        def _stop_cleaner(self):
+            import ray
+            cleaner, self._cleaner = getattr(self, "_cleaner", None), None
+            if cleaner is not None:
+                try:
+                    ray.kill(cleaner)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+
+    class QuickToStop(trainer_cls):
+        def _create_default_callbacks(self):
+            return [KillCleanerAtStop() if isinstance(c, PlacementGroupCleanerCallback) else c
+                    for c in super()._create_default_callbacks()]
+    return QuickToStop
