@@ -10,7 +10,8 @@ import math
 import pytest
 
 from raypar import PararealNet, build
-from raypar.tools.bench import BenchConfig, run_bench
+from raypar.tools.bench.cli import run_bench
+from raypar.tools.bench.config import BenchConfig
 
 CFG = dict(model="vgg11", width_mult=0.125, batch=16, warmup=1, steps=2, subnets=[1, 2], balance="flops",
            contenders=["original", "raypar", "raypar-f1", "raypar-f1-ca", "ddp", "pipe"])
@@ -63,7 +64,7 @@ def test_each_contender_takes_turns_with_the_original_pair_after_pair(bench):
 
 def test_all_together_every_contender_takes_turns_step_by_step(ray_local):
     """``--all-together``: every contender's processes up at once, step i of each in turn."""
-    from raypar.tools.bench import measure
+    from raypar.tools.bench.schedule import measure
     said = []
     names = ["original", "parareal-1proc", "raypar-N1"]
     rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "parareal-1proc", "raypar"],
@@ -108,7 +109,7 @@ def test_json_png_and_mlflow_written(bench):
 
 
 def test_rounds_merge_into_the_median_round_and_the_median_of_paired_ratios():
-    from raypar.tools.bench import finish_rows, merge_rounds
+    from raypar.tools.bench.rows import finish_rows, merge_rounds
 
     def one(orig_ms, mine_ms, fail=False):
         rows = [{"contender": "original", "samples_per_s": 64e3 / orig_ms, "step_ms": orig_ms},
@@ -131,7 +132,7 @@ def test_rounds_merge_into_the_median_round_and_the_median_of_paired_ratios():
 
 @pytest.mark.parametrize("contenders", [["original"], ["original", "ddp"], ["pipe", "raypar-f1"]])
 def test_plan_builds_only_what_is_asked(contenders):
-    from raypar.tools.bench import plan
+    from raypar.tools.bench.contenders import plan
     got = [c.name for c in plan(BenchConfig(**{**CFG, "subnets": [2], "contenders": contenders}))]
     assert got == {"original": ["original"], "ddp": ["original", "ddp-2"]}.get(contenders[-1], ["raypar-N2-f1", "pipe-2"])
 
@@ -140,7 +141,7 @@ def test_a_turn_times_the_step_after_an_untimed_one_and_leaves_the_engine_settle
     """Taking turns, a contender's timed step starts as in a run, right after another (warm caches; a deferred
     engine's actors still on the weight gradients of the step before), and its engine's actors are done before the
     next contender's turn. The step function and engine here are stand-ins that log what runs."""
-    from raypar.tools.bench import Runner
+    from raypar.tools.bench.runner import Runner
     events = []
 
     class Engine:
@@ -162,13 +163,13 @@ def test_a_turn_times_the_step_after_an_untimed_one_and_leaves_the_engine_settle
 
 
 def test_core_speeds_that_cannot_run_leave_the_bench_going(capsys):
-    from raypar.tools.bench import core_speeds
+    from raypar.tools.bench.cores import core_speeds
     assert core_speeds(BenchConfig(**{**CFG, "model": "no-such-model"}), timeout_s=120) is None   # its workers die
     assert "could not time the cores" in capsys.readouterr().err
 
 
 def test_rounds_alternate_the_order(ray_local):
-    from raypar.tools.bench import measure
+    from raypar.tools.bench.schedule import measure
     said = []
     rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "raypar"], "rounds": 2,
                                   "interleave": False}), log=said.append)        # --one-at-a-time
@@ -193,7 +194,7 @@ def test_bad_bench_settings_are_one_line_errors(kw, message):
 def test_an_unusable_tracking_store_fails_in_one_line_before_measuring(tmp_path, capsys, monkeypatch):
     """A file path as the tracking URI (MLflow 3 refuses its old file store) stops the bench at once with a one-line
     error; ``none`` means no MLflow run."""
-    from raypar.tools import bench
+    from raypar.tools.bench import cli as bench
     measured = []
     monkeypatch.setattr(bench, "measure", lambda *a, **k: measured.append(1) or [])
     args = ["--out", str(tmp_path / "out"), "--tracking-uri", str(tmp_path / "runs")]
@@ -205,7 +206,8 @@ def test_an_unusable_tracking_store_fails_in_one_line_before_measuring(tmp_path,
 
 def test_gpu_memory_is_a_column_only_where_a_process_held_some():
     """On GPUs each process's peak of PyTorch's GPU allocator comes beside its RSS; CPU rows have none."""
-    from raypar.tools.bench import table, to_row
+    from raypar.tools.bench.output import table
+    from raypar.tools.bench.rows import to_row
     base = {"times": [0.1, 0.3, 0.2], "rss": [100.0, None], "idle": 50.0, "processes": 2}
     gpu_row = to_row("gpu", {**base, "gpu": [10.0, None, 30.0]}, 64)
     cpu_row = to_row("cpu", dict(base), 64)
@@ -219,7 +221,8 @@ def test_gpu_memory_is_a_column_only_where_a_process_held_some():
 
 
 def test_the_default_line_up_on_gpus_leaves_out_what_runs_on_cpus_only():
-    from raypar.tools.bench import DEFAULT_CONTENDERS, contenders_of
+    from raypar.tools.bench.cli import contenders_of
+    from raypar.tools.bench.config import DEFAULT_CONTENDERS
     ns = __import__("argparse").Namespace
     assert contenders_of(ns(contenders=None, device="cpu")) == list(DEFAULT_CONTENDERS)
     assert contenders_of(ns(contenders=None, device="cuda")) == ["original", "parareal-1proc", "raypar", "raypar-f1"]
