@@ -275,7 +275,7 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
             assert engine.get_state()["scaler"]["scale"] == 2.0 ** 39
         if transport == "p2p" and k == 1:        # fp16: the actors' steps wait for the overflow decision, so steps 2
             # and 3 make a call ahead for each part of each actor's step, never one for the whole step
-            assert engine.tx.ahead == 2 * 2 * (n - first_in_driver) and not engine.tx.steps
+            assert engine.tx.ahead == 2 * 2 * (n - first_in_driver) and engine.tx.idle
             assert engine.tx.sent_early == 0
     finally:
         engine.shutdown()
@@ -332,7 +332,7 @@ def test_p2p_calls_made_ahead_follow_the_batch_shape(ray_local):
                 engine.predict(x)                       # an evaluation between steps changes nothing
         # steps 2, 4 and 6, one call to each of 2 actors for its whole step; step 4 (5 samples) leaves the early
         # receive of step 2 (8 samples) posted, and step 6 sends to it
-        assert engine.tx.ahead == 3 * 2 and not engine.tx.posted and not engine.tx.steps
+        assert engine.tx.ahead == 3 * 2 and engine.tx.idle
         assert engine.tx.sent_early == 2
         got, want = engine.state_dict(), ref.state_dict()
         for key in want:
@@ -352,7 +352,7 @@ def test_p2p_whole_steps_stream_until_anything_else_calls_the_actors(ray_local):
             x, y = torch.randn(b, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (b,))
             loss, _, st = engine.train_step(x, y)
             assert loss == pytest.approx(_reference_step(ref, ref_opt, x, y), rel=1e-6)
-            streams.append(len(engine.tx.streams_on))
+            streams.append(engine.tx.streaming)
             if i == 3:
                 engine.predict(x)                       # an evaluation ends the streams
             if i == 8:
@@ -365,9 +365,9 @@ def test_p2p_whole_steps_stream_until_anything_else_calls_the_actors(ray_local):
         # 8 steps were whole steps
         assert streams == [0, 2, 2, 2, 2, 0, 0, 0, 2, 2, 2]
         assert engine.tx.streamed == 2 * 3
-        assert engine.tx.ahead == 2 * 8 and not engine.tx.posted and not engine.tx.steps
+        assert engine.tx.ahead == 2 * 8 and engine.tx.idle
         got, want = engine.state_dict(), ref.state_dict()
-        assert not engine.tx.streams_on                 # (state_dict asks the actors)
+        assert engine.tx.streaming == 0                 # (state_dict asks the actors)
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
     finally:

@@ -2,9 +2,10 @@
 
 It owns its segment, optimizer, LR scheduler and RNG. ``forward`` keeps the autograd graph of a step under a key,
 ``backward`` runs it with the gradient shipped by the driver, returns the gradient w.r.t. the input and frees the
-graph, ``step`` applies the optimizer; with ``--amp`` its forwards run under autocast (:mod:`raypar.engine.precision`).
-Tensors arrive and leave by the run's transport (:mod:`raypar.engine.transport`: numpy arrays through Ray's object store,
-point-to-point in a gloo/NCCL group, or CUDA IPC); autograd graphs never cross processes.
+graph, ``step`` applies the optimizer; with ``--amp`` its forwards run under autocast
+(:mod:`raypar.engine.precision`). Tensors arrive and leave by the run's transport (:mod:`raypar.engine.transport`:
+numpy arrays through Ray's object store, point-to-point in a gloo/NCCL group, or CUDA IPC); autograd graphs never
+cross processes.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ class FineWorker:
             return self.module(memory_format(u, self.cl))
 
     def _run_interval(self, batch: torch.Tensor) -> torch.Tensor:
-        """``d_j`` from a batch, through the head's copies of pre and C_1..C_j (:func:`raypar.network.parareal.interval`)."""
+        """``d_j`` from a batch, through the head's copies of pre and C_1..C_j
+        (:func:`raypar.network.parareal.interval`)."""
         with precision.autocast(self.device.type, self.amp):
             return interval(memory_format(batch, self.cl), self.head["pre"], self.head["coarse"], self.module,
                             self.index + 1)
@@ -139,14 +141,14 @@ class FineWorker:
             return grads
         return self.end.reply(du, grad)
 
-    def train_step(self, key, u, grad, replies: tuple, early: bool = True, streamed: bool = False) -> float:
+    def train_step(self, key, u, grad, replies: tuple, streamed: bool = False) -> float:
         """``p2p`` on CPUs, K = 1: the whole step in one call, made before its tensors exist
-        (``DriverEnd.post_step``): receive ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, then :meth:`step`,
-        whose result it returns. One Ray call a step instead of three. ``replies``: the shapes and dtypes of ``f`` and
-        ``dL/du``. ``early``: post the receive of the next step's input before the weight gradients
-        (``ActorEnd.post_early``); ``streamed`` (:meth:`train_steps`): the receive of the driver's word after this
-        step too. A failure before both are sent sends a ``failed_reply`` in place of the next one (the driver,
-        waiting in its receive, then asks Ray for this call's error) and raises."""
+        (``GlooEnd.post_step``): receive ``u``, send ``f``, receive ``dL/df``, send ``dL/du``, post the receive of the
+        next step's input (``ActorEnd.post_early``), then :meth:`step`, whose result it returns. One Ray call a step
+        instead of three. ``replies``: the shapes and dtypes of ``f`` and ``dL/du``; ``streamed``
+        (:meth:`train_steps`): post the receive of the driver's word after this step too. A failure before both are
+        sent sends a ``failed_reply`` in place of the next one (the driver, waiting in its receive, then asks Ray for
+        this call's error) and raises."""
         sent = 0
         try:
             self.forward(key, u)
@@ -155,15 +157,14 @@ class FineWorker:
         except BaseException:
             self.end.unblock((u, grad)[sent], replies[sent])
             raise
-        if early:
-            self.end.post_early(u)
+        self.end.post_early(u)
         if streamed:
             self.end.post_next()
         return self.step()
 
     def train_steps(self, key, u, grad, replies: tuple) -> int:
         """``p2p`` on CPUs, K = 1: whole steps (:meth:`train_step`) one after another in one Ray call, for as long as
-        the driver sends them (``DriverEnd.post_step``): no Ray call a step at all. After each step's optimizer step
+        the driver sends them (``GlooEnd.post_step``): no Ray call a step at all. After each step's optimizer step
         this actor sends the step's compute seconds (``ActorEnd.done``, NaN after a failure, before raising it) and
         waits for the driver's word (``ActorEnd.next_step``): the next step's number, whose input comes to the early
         receive, or -1 to return. Returns the number of steps."""

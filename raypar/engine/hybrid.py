@@ -1,4 +1,4 @@
-"""Data parallel on top of parareal (DESIGN §3, "hybrid"): R replicas of the whole parareal network — R drivers
+"""Data parallel on top of parareal (docs/design.md §3.5): R replicas of the whole parareal network — R drivers
 (the Ray Train workers) x N fine actors — each training on its own shard of every batch, with the gradients of every
 part averaged over the replicas before each optimizer step:
 
