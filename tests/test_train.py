@@ -66,7 +66,7 @@ def _cfg(tmp_path, **kw):
 
 
 def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, tmp_path):
-    """A second fit with more epochs resumes: nothing lost, nothing repeated. The run uses --balance tune (F_1 in the
+    """A second fit with --resume and more epochs trains the finished run further: nothing lost, nothing repeated. The run uses --balance tune (F_1 in the
     driver): it measures candidate splits on the engine before it starts, trains with the fastest, records it (tag,
     tuning.json, config.json), and the resumed run keeps it without tuning again."""
     import json
@@ -78,7 +78,7 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
     measured = [t for t in trials if not t["error"]]
     assert len(trials) >= 2 and measured and all(t["step_ms"] > 0 for t in measured)
     assert split == max(measured, key=lambda t: t["vs_profiled"])["split"] and sum(t["profiled"] for t in trials) == 1
-    second = fit(_cfg(tmp_path, epochs=2, balance="tune", driver_segment=True))
+    second = fit(_cfg(tmp_path, epochs=2, balance="tune", driver_segment=True), resume=True)   # more epochs
     assert second.resumed and second.run_id == first.run_id
     assert second.metrics["epoch"] == 2
     assert json.load(open(os.path.join(second.checkpoint_path, "raypar_meta.json")))["split"] == split

@@ -37,7 +37,7 @@ def _add_train_args(p: argparse.ArgumentParser, study: bool = False) -> None:
                  "iterations": ("--iterations", "the parareal iterations K to train for each N (only K <= N is run) (default: 1)",
                                 [1]),
                  "seed": ("--seeds", "seeds, one run each per configuration (default: 0)", [0])}
-        skip += ("name", "run_name")
+        skip += ("name",)
     add_settings(p, ["model", "data", "optim", "engine", "run"], lists=lists, skip=skip)
     if study:
         g = p.add_argument_group("study")
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "on an in-process Ray. Settings come from the defaults shown, replaced by "
                                        "--recipe, then by --config, then by the options given.")
     _add_train_args(train)
+    train.add_argument("--resume", action="store_true",
+                       help="resume the run named by --name, or else the newest unfinished run with these settings; "
+                            "with more --epochs, train a finished run further")
     train.set_defaults(func=cmd_train)
 
     study = sub.add_parser("study", help="train the original network and its parareal versions side by side",
@@ -136,11 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_study(args) -> int:
+    from rich.console import Console
+
     from ..tools.study import run_study
+    from .train import fit_with_progress
     from ..training.loop import fit
     cfg = config_from_args(args, skip=("subnets", "iterations", "seed", "name"))
     return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seed, name=args.name,
-                     out=args.out, init_ray=connect, fit=lambda c: _fit_with_progress(c, fit))
+                     out=args.out, init_ray=connect, fit=lambda c: fit_with_progress(c, fit, Console()))
 
 
 def cmd_compare(args) -> int:
@@ -210,103 +216,9 @@ def config_from_args(args, skip: tuple = ()) -> TrainConfig:
     return TrainConfig.from_flat(**values)
 
 
-def _fit_with_progress(cfg, fit):
-    """Run ``fit`` in a thread and show its progress: a bar per epoch on a terminal, a line per epoch otherwise."""
-    import queue as queue_mod
-    import threading
-
-    from ray.util.queue import Queue
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    events = Queue(actor_options={"num_cpus": 0})
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["result"] = fit(cfg, events)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    console = Console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, disable=not console.is_terminal) as bars:
-        tasks: dict = {}
-        while thread.is_alive() or not events.empty():
-            try:
-                ev = events.get(timeout=0.5)
-            except queue_mod.Empty:
-                continue
-            if ev["kind"] == "note":
-                console.print(ev["text"])
-                continue
-            epoch = ev["epoch"]
-            if ev["kind"] == "start":
-                if ev["restarts"]:
-                    console.print(f"restarted (restart {ev['restarts']}) from the checkpoint of epoch {epoch}")
-                continue
-            if epoch not in tasks:
-                tasks[epoch] = bars.add_task(f"epoch {epoch}/{cfg.optim.epochs}", total=ev.get("total", 1), info="")
-            if ev["kind"] == "step":
-                bars.update(tasks[epoch], completed=ev["done"], total=ev["total"])
-            else:
-                m = ev["metrics"]
-                info = (f"train loss {m['train_loss']:.3f}  val acc {m['val_acc']:.2%}  "
-                        f"{m['samples_per_s']:.0f} samples/s")
-                bars.update(tasks[epoch], info=info, completed=bars.tasks[tasks[epoch]].total)
-                if not console.is_terminal:
-                    print(f"epoch {epoch}/{cfg.optim.epochs}: {info}", flush=True)
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
 def cmd_train(args) -> int:
-    from rich.console import Console
-    from rich.panel import Panel
-
-    from ..training import data
-    from ..training import tracking
-    from ..training.loop import fit
-
-    cfg = config_from_args(args)
-    data.load(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)          # a missing data set fails here, before any run
-    tracking.check_reachable(cfg.run.tracking_uri)
-    connect(cfg)
-    try:
-        result = _fit_with_progress(cfg, fit)
-    except UserError:
-        raise
-    except FloatingPointError as e:                             # a non-finite loss: what to change, in one line
-        print(redact(f"raypar: training stopped: {e}"), file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - an internal error: full traceback, then a clear last line
-        import traceback
-
-        from ..training.loop import root_cause
-        cause = root_cause(e)
-        if isinstance(cause, UserError):                        # a mistake only a worker could see: one line
-            raise UserError(str(cause)) from None
-        print(redact(traceback.format_exc()), end="", file=sys.stderr)
-        print(redact(f"raypar: training failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"),
-              file=sys.stderr)
-        return 1
-    m = result.metrics
-    cfg = cfg.resolved()
-    ui = (f"mlflow ui --backend-store-uri {cfg.run.tracking_uri}" if cfg.run.tracking_uri.startswith("sqlite")
-          else f"open {redact(cfg.run.tracking_uri)}")
-    lines = [f"model {cfg.model.name} x{cfg.model.width_mult} on {cfg.data.dataset}, N = {cfg.model.subnets}, K = {cfg.model.iterations}",
-             (f"final val accuracy [bold]{m['val_acc']:.2%}[/bold] after epoch {m['epoch']}/{cfg.optim.epochs}, "
-              f"{m['samples_per_s']:.0f} samples/s, {m['epoch_time_s']:.1f} s/epoch" if "val_acc" in m
-              else f"nothing to train: the checkpoint of {cfg.run.name!r} is already at epoch {cfg.optim.epochs}"),
-             f"MLflow run {result.run_id} (experiment {cfg.run.experiment!r}){' — resumed' if result.resumed else ''}",
-             f"checkpoints: {redact(cfg.run.storage_path)}/{cfg.run.name}", f"open the UI: {ui}"]
-    Console().print(Panel("\n".join(lines), title="raypar train", expand=False))
-    print(f"raypar: training finished: run {result.run_id}")
-    return 0
+    from .train import cmd_train as run
+    return run(args)
 
 
 def cmd_info(args) -> int:

@@ -19,7 +19,7 @@ from . import precision
 from ..network import split_backward
 from ..malloc import keep_freed_memory
 from ..network.models import memory_format
-from .optim import OptimConfig, make_optimizer
+from .optim import OptimConfig, make_optimizer, restore_scheduler
 from ..network.parareal import interval
 from .transport import ActorEnd, from_numpy, to_numpy
 
@@ -60,6 +60,7 @@ class FineWorker:
         self.module = module.to(self.device).train()
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
+        self.optim = optim
         self.opt, self.sched = make_optimizer(self.module.parameters(), optim)
         self.head = head.to(self.device).train() if head is not None else None
         if self.head is not None and channels_last:
@@ -271,7 +272,7 @@ class FineWorker:
     def set_state(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        self.sched = restore_scheduler(self.opt, self.optim, state["scheduler"])
         torch.set_rng_state(state["rng"])
 
     def pid(self) -> int:

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..malloc import keep_freed_memory
 from ..network.models import memory_format
 from ..network.reference import PararealNet
-from .optim import OptimConfig, make_optimizer
+from .optim import OptimConfig, make_optimizer, restore_scheduler
 from ..network.parareal import parareal
 from .step import StepStats, TrainingStep
 from .transport import EVAL_U, check_name, connect
@@ -64,6 +64,9 @@ class Resources:
     # the training batch, when known: with transport "auto" on a GPU that the driver and its actors share, it sizes a
     # step's transfers, and small ones go through the object store (raypar.engine.transport.IPC_MIN_BYTES)
     batch: int = 0
+    # a name for the fine actors' placement group, unique to the run and replica: a restarted driver removes the group
+    # its lost predecessor left (a killed driver's actors die with it, its placement group does not)
+    group_name: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -123,6 +126,7 @@ class PararealEngine(TrainingStep):
         self.named_params = dict(self.driver.named_parameters())
         self.local = list(self.driver["segments"]) if self.offset else []
         remote = list(net.segments)[self.offset:]
+        self.optim = optim
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
         check_name(resources.transport)                      # before any actor starts
         precision.check_name(resources.amp)
@@ -183,13 +187,19 @@ class PararealEngine(TrainingStep):
         driver's node if they fit there, else all on one other node (``STRICT_PACK`` aimed at this node), else packed
         as tightly as the cluster allows (``PACK``); ``SPREAD``: across nodes."""
         import ray
-        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import get_placement_group, placement_group
+        if resources.group_name:
+            try:
+                ray.util.remove_placement_group(get_placement_group(resources.group_name))
+            except ValueError:                                 # none left behind
+                pass
         tries = [(resources.placement, None, resources.timeout_s)]
         if resources.placement == "PACK":
             here = ray.get_runtime_context().get_node_id()
             tries.insert(0, ("STRICT_PACK", here, min(first_try_s, resources.timeout_s)))
         for strategy, target, wait_s in tries:
-            pg = placement_group(bundles, strategy=strategy, _soft_target_node_id=target)
+            pg = placement_group(bundles, strategy=strategy, name=resources.group_name,
+                                 _soft_target_node_id=target)
             ready, _ = ray.wait([pg.ready()], timeout=wait_s)
             if ready:
                 return pg
@@ -296,7 +306,7 @@ class PararealEngine(TrainingStep):
                             f"checkpoint whose coarse networks downsample by a strided convolution needs "
                             f"--coarse-downsample stride: {str(e).splitlines()[0][:200]}") from None
         self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        self.sched = restore_scheduler(self.opt, self.optim, state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.step_count = int(state["step"])
         if self.scaler and "scaler" in state:

@@ -28,8 +28,28 @@ class OptimConfig:
 def make_optimizer(params, o: OptimConfig):
     """``(optimizer, scheduler)``; the scheduler is stepped once at the end of every epoch."""
     opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return opt, _scheduler(opt, o)
+
+
+def restore_scheduler(opt, o: OptimConfig, state: dict):
+    """The scheduler of ``o`` at the epoch a saved scheduler (``state``) had reached, with ``opt``'s LR set to it.
+
+    The schedule is the one ``o`` describes now: a resumed run with more epochs than when it was saved follows the
+    longer schedule from where it stands. With the same epochs the LRs are the saved run's, bit for bit (the same
+    steps from the same start)."""
+    import warnings
+    for group in opt.param_groups:
+        group["lr"] = o.lr
+        group.pop("initial_lr", None)
+    sched = _scheduler(opt, o)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)          # "scheduler.step() before optimizer.step()"
+        for _ in range(int(state["last_epoch"])):
+            sched.step()
+    return sched
+
+
+def _scheduler(opt, o: OptimConfig):
     if o.schedule == "step":
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.step_epochs(), gamma=o.gamma)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, o.epochs))
-    return opt, sched
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.step_epochs(), gamma=o.gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, o.epochs))

@@ -28,7 +28,7 @@ def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: li
     for n, k in layouts:
         for seed in seeds:
             run = f"{name}-n{n}-k{k}-s{seed}"
-            runs.append(base.replace(subnets=n, iterations=k, seed=seed, name=run, run_name=run,
+            runs.append(base.replace(subnets=n, iterations=k, seed=seed, name=run,
                                      driver_segment=True if n == 1 else base.engine.driver_segment,
                                      extra=dict(base.extra, parent_run_id=parent_run_id)))
     return runs

@@ -61,3 +61,18 @@ def load_latest(cfg: TrainConfig) -> tuple[dict | None, dict | None]:
         except Exception as e:  # noqa: BLE001 - any damage means: fall back to an older checkpoint
             print(f"raypar: warning: skipping unreadable checkpoint {ckpt.path}: {e}", file=sys.stderr)
     return None, None
+
+
+def newest_readable_meta(storage_path: str, name: str) -> dict | None:
+    """The metadata of the newest checkpoint of run ``name`` whose state matches its hash, or None (no checkpoint,
+    or every one torn)."""
+    for ckpt in tracking.checkpoints(storage_path, name):
+        try:
+            with ckpt.as_directory() as folder:
+                with open(os.path.join(folder, tracking.META_FILE)) as f:
+                    meta = json.load(f)
+                if sha256(os.path.join(folder, tracking.STATE_FILE)) == meta.get("state_sha256"):
+                    return meta
+        except Exception:  # noqa: BLE001 - a torn checkpoint: try the one before
+            continue
+    return None

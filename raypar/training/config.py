@@ -175,7 +175,9 @@ class EngineConfig:
     defer_weights: bool = setting(True, "each fine actor answers dL/du first and computes its weight gradients in "
                                         "its optimizer step, while the driver goes on; the same numbers")
     transport: str = setting("auto", "how interface tensors travel: object-store, p2p (NCCL between GPUs, gloo on "
-                                     "CPUs), cuda-ipc (one shared GPU); auto picks by hardware", choices=TRANSPORTS)
+                                     "CPUs), cuda-ipc (one shared GPU); auto: p2p on CPUs and with a GPU per "
+                                     "process; on one shared GPU cuda-ipc from 24 MiB of interface tensors a step, "
+                                     "the object store below; else the object store", choices=TRANSPORTS)
     channels_last: bool = setting(False, "weights and activations in the channels-last layout (faster convolutions "
                                          "on recent CPUs and GPUs; the same results up to rounding)")
     amp: str = setting("off", "mixed precision in every process: bf16 autocast, or fp16 with one dynamic loss "
@@ -207,14 +209,13 @@ class RunConfig:
     """The run's name, where its checkpoints go, how it is tracked."""
     storage_path: str = setting("raypar_runs", "where checkpoints are kept (shared storage such as s3:// or NFS on "
                                                "multi-node clusters)")
-    name: str | None = setting(None, "run name; a run with the same name and storage path resumes from its last "
-                                     "checkpoint (default: derived from model, data set, N, K and seed)")
+    name: str | None = setting(None, "the run's name: its checkpoint folder and MLflow run; the name of an "
+                                     "interrupted run resumes it (default: a new, unique name)")
     max_failures: int = setting(0, "restarts from the last checkpoint after a lost worker or actor (-1: no limit)")
     num_to_keep: int = setting(2, "checkpoints kept")
     tracking_uri: str = setting("sqlite:///mlflow.db", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                        "sqlite:///mlflow.db here)")
     experiment: str = setting("raypar", "MLflow experiment")
-    run_name: str | None = setting(None, "MLflow run name (default: --name)")
     recipe: str | None = setting(None, "name@version of the recipe or config file the run came from")
 
     def __post_init__(self):
@@ -279,7 +280,7 @@ class TrainConfig:
         return TrainConfig.from_flat(**dict(self.flat(), **values), extra=extra)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with paths made absolute and a run name chosen, as the workers will see it."""
+        """A copy with paths made absolute, as the workers will see it."""
         run, data = self.run, self.data
         changes: dict = {}
         if "://" not in run.storage_path:
@@ -289,10 +290,6 @@ class TrainConfig:
             changes["tracking_uri"] = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
         if data.data_dir:
             changes["data_dir"] = os.path.abspath(data.data_dir)
-        if run.name is None:
-            m = self.model
-            changes["name"] = (f"{m.name}-{data.dataset.split(':')[0]}-n{m.subnets}-k{m.iterations}"
-                               f"-s{self.optim.seed}")
         return self.replace(**changes)
 
     def to_dict(self) -> dict:

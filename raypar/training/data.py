@@ -84,13 +84,32 @@ def _imagefolder(path: str) -> DataSpec:
     if not (os.path.isdir(train_dir) and os.path.isdir(val_dir)):
         raise UserError(f"imagefolder:{path} needs the subfolders train/ and val/, one folder per class in each")
     norm = [T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
-    tr = torchvision.datasets.ImageFolder(train_dir, T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
-                                                                + norm))
-    va = torchvision.datasets.ImageFolder(val_dir, T.Compose([T.Resize(256), T.CenterCrop(224)] + norm))
+    try:
+        tr = torchvision.datasets.ImageFolder(train_dir, T.Compose([T.RandomResizedCrop(224),
+                                                                    T.RandomHorizontalFlip()] + norm))
+        va = torchvision.datasets.ImageFolder(val_dir, T.Compose([T.Resize(256), T.CenterCrop(224)] + norm))
+    except FileNotFoundError as e:                  # no class folders, or no image file in them
+        raise UserError(f"imagefolder:{path}: {str(e).splitlines()[0]} (train/ and val/ need one folder per class "
+                        f"holding images)") from None
+    if tr.classes != va.classes:
+        raise UserError(f"imagefolder:{path}: train/ and val/ have different class folders")
+    for split, ds in (("train", tr), ("val", va)):
+        try:
+            ds[0]                                   # an image that cannot be read fails here, not in a worker
+        except Exception as e:  # noqa: BLE001 - PIL raises several kinds
+            raise UserError(f"imagefolder:{path}: {ds.samples[0][0]} in {split}/ is not a readable image "
+                            f"({type(e).__name__})") from None
     return DataSpec(tr, va, len(tr.classes), 3, 224)
 
 
 def load(name: str, data_dir: str | None = None, download: bool = False) -> DataSpec:
+    """The data set ``name``.
+
+    Raises:
+        UserError: an unknown name, a ``data_dir`` that is not a folder, data that is missing or unreadable.
+    """
+    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} is a file, not a folder")
     if name == "digits":
         return digits()
     if name in _MEAN_STD:
@@ -116,3 +135,9 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: in
     workers = 0 if isinstance(ds, TensorDataset) else min(4, os.cpu_count() or 1)
     return DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False,
                       num_workers=workers, drop_last=shuffle and len(idx) >= 2 * batch_size)
+
+
+def fitted_batch(spec: DataSpec, batch_size: int, replicas: int = 1) -> int:
+    """``batch_size``, or the training set's share per replica where that is smaller: a step never holds more samples
+    than there are (a larger batch would only size buffers and profiles for data that does not exist)."""
+    return max(1, min(batch_size, len(spec.train) // max(1, replicas)))

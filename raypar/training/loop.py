@@ -34,6 +34,8 @@ class TrainResult:
     run_id: str
     resumed: bool
     checkpoint_path: str | None
+    name: str = ""                     # the run's name (checkpoint folder and MLflow run)
+    split: list | None = None          # the blocks per sub-network it trained with
 
 
 def _tuned_split(cfg: TrainConfig, spec, staged, resources: Resources, events, run_id: str) -> list[int]:
@@ -89,8 +91,8 @@ def train_loop(config: dict) -> None:
     """Runs in the Ray Train worker (the driver of one parareal network).
 
     ``config`` holds the run's ``cfg`` (a :class:`TrainConfig` as a dict) and ``events``: a ``ray.util.queue.Queue``
-    (or None) that receives progress events (dicts with ``kind`` = ``note`` (a line of text), ``start``, ``step`` or
-    ``epoch``)."""
+    (or None) that receives progress events (dicts with ``kind`` = ``phase`` (a start-up phase begins: ``text``),
+    ``note`` (a line of text), ``start``, ``step`` or ``epoch``)."""
     import ray.train
 
     quiet_train_logs()
@@ -101,6 +103,8 @@ def train_loop(config: dict) -> None:
     events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
     spec = data.load(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    if data.fitted_batch(spec, cfg.optim.batch_size, replica.world) != cfg.optim.batch_size:
+        cfg = cfg.replace(batch_size=data.fitted_batch(spec, cfg.optim.batch_size, replica.world))
 
     meta, state = checkpoints.load_latest(cfg)
 
@@ -113,22 +117,25 @@ def train_loop(config: dict) -> None:
     resources = Resources(gpus, cfg.engine.cpus_per_subnet, cfg.engine.placement, first_in_driver=cfg.engine.driver_segment,
                           transport=cfg.engine.transport, channels_last=cfg.engine.channels_last, amp=cfg.engine.amp,
                           coarse_in_actors=cfg.engine.coarse_in_actors, defer_weights=cfg.engine.defer_weights,
-                          batch=cfg.optim.batch_size)
+                          batch=cfg.optim.batch_size, group_name=f"raypar-{cfg.run.name}-r{replica.rank}")
 
     def network(balance) -> PararealNet:
-        # a time balance times the blocks at the run's batch (at 8 samples, VGG-16 x0.25's profile took [4, 8] or
-        # [3, 9] by chance; at 64, [3, 9], the fastest on the engine, every time)
+        # a time balance times the blocks at the run's batch, as the run computes them
         return PararealNet(staged(), cfg.model.subnets, cfg.model.iterations, cfg.model.coarse, balance, profile_batch=cfg.optim.batch_size,
                            driver_segment=cfg.engine.driver_segment, defer_weights=cfg.engine.defer_weights,
                            profile_device=resources.device, channels_last=cfg.engine.channels_last)
     # a resumed run keeps the split it started with (a measured balance could choose another one)
     balance = meta["split"] if meta else cfg.model.balance
+    _emit(events, kind="phase", text=("measuring candidate splits" if balance == TUNE else
+                                      "profiling the split" if isinstance(balance, str) else "building the network"))
     if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split
         balance = _tuned_split(cfg, spec, staged, resources, events, run_id) if rank0 else "flops"
     net = network(balance)
     split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
     if split != net.split:
         net = network(split)
+    _emit(events, kind="phase", text=f"starting {len(net.split) - int(cfg.engine.driver_segment)} fine actors "
+                                     f"(split {','.join(map(str, net.split))})")
     engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed, skip_nonfinite=cfg.optim.on_nonfinite == "skip",
                             replica=replica)
     start = 0
@@ -143,7 +150,7 @@ def train_loop(config: dict) -> None:
             tracking.log_metrics(cfg.run.tracking_uri, run_id, meta["metrics"], step=start)   # if never logged
         restarts = tracking.count_start(cfg.run.tracking_uri, run_id)
     _emit(events, kind="start", epoch=start, restarts=restarts, driver_pid=os.getpid(),
-          actor_pids=engine.actor_pids())
+          actor_pids=engine.actor_pids(), split=net.split, metrics=meta["metrics"] if meta else None)
     where = engine.placement()
     if replica.world > 1:
         import torch.distributed as dist
@@ -232,22 +239,41 @@ def failure_reason(error: BaseException, max_failures: int = 0) -> str:
     return reason[:1000]
 
 
-def fit(cfg: TrainConfig, events=None) -> TrainResult:
-    """Run (or resume) training of ``cfg`` with a ``TorchTrainer`` on the current Ray cluster.
+def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None = None) -> TrainResult:
+    """Train ``cfg`` with a ``TorchTrainer`` on the current Ray cluster: a new run, or an unfinished one resumed,
+    by the rule of :mod:`raypar.training.runs`.
 
-    ``events``: an optional ``ray.util.queue.Queue`` that receives progress events (see :func:`train_loop`)."""
+    Args:
+        events: an optional ``ray.util.queue.Queue`` that receives progress events (see :func:`train_loop`).
+        resume: ``--resume``: resume the newest unfinished run with these settings, or train a finished run
+            further (more epochs).
+        opened: filled with ``run_id`` (and ``tracking_uri``) as soon as the MLflow run is open, so that a caller
+            can close it as KILLED when the user interrupts.
+    Raises:
+        UserError: a finished run named without ``--resume`` (see :func:`raypar.training.runs.decide`), or a
+            mistake found before training.
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg = cfg.resolved()
+    from .runs import decide
+    decision = decide(cfg.resolved(), resume)
+    cfg = decision.cfg
     gpus = gpus_per_subnet(cfg)
     if cfg.engine.transport == "cuda-ipc" and not gpus:
         raise UserError("--transport cuda-ipc needs GPUs, and this Ray cluster has none: use another --transport, "
                         "or a cluster with GPUs")
+    _emit(events, kind="phase", text="checking the cluster's resources and storage")
     check_shared_storage(cfg)
     wait_for_resources(cfg, gpus)
-    run_id, resumed = tracking.open_run(cfg)
+    run_id, resumed = tracking.open_run(cfg, checkpoints.newest_readable_meta(cfg.run.storage_path, cfg.run.name))
+    if opened is not None:
+        opened.update(run_id=run_id, tracking_uri=cfg.run.tracking_uri)
+    if decision.epochs_before is not None:               # a finished run trained further: say so in the run
+        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.epochs",
+                         f"{cfg.optim.epochs} (was {decision.epochs_before}; extended at epoch {decision.epoch})")
     cfg = cfg.replace(extra=dict(cfg.extra, mlflow_run_id=run_id))
+    _emit(events, kind="phase", text="starting the driver (a Ray Train worker)")
     trainer = quick_to_stop(TorchTrainer)(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
         # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica);
@@ -269,9 +295,13 @@ def fit(cfg: TrainConfig, events=None) -> TrainResult:
         stopped = tracking.get_tag(cfg.run.tracking_uri, run_id, STOPPED_TAG)
         if stopped:
             raise FloatingPointError(stopped)
+    except (KeyboardInterrupt, SystemExit) as e:
+        tracking.close_run(cfg.run.tracking_uri, run_id, e, reason=tracking.INTERRUPTED)
+        raise
     except BaseException as e:
         tracking.close_run(cfg.run.tracking_uri, run_id, e, reason=failure_reason(e, cfg.run.max_failures))
         raise
     tracking.close_run(cfg.run.tracking_uri, run_id)
+    meta = tracking.latest_meta(cfg.run.storage_path, cfg.run.name) or {}
     return TrainResult(dict(result.metrics or {}), run_id, resumed,
-                       result.checkpoint.path if result.checkpoint else None)
+                       result.checkpoint.path if result.checkpoint else None, cfg.run.name, meta.get("split"))

@@ -2,9 +2,28 @@
 internals are not as expected."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+
+
+@contextlib.contextmanager
+def loopback_node():
+    """Inside, ``ray.init(address="local", _node_ip_address="127.0.0.1")`` starts a node that listens on the
+    loopback interface only: Ray turns a loopback node address into the host's address
+    (``services.resolve_ip_for_localhost``), and every server of a node whose address is loopback binds to loopback.
+    Where Ray has no such function, nothing changes."""
+    import ray._private.services as services
+    original = getattr(services, "resolve_ip_for_localhost", None)
+    if original is None:
+        yield
+        return
+    services.resolve_ip_for_localhost = lambda host: host if host == "127.0.0.1" else original(host)
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = original
 
 
 def quiet_train_logs() -> None:
@@ -98,6 +117,25 @@ def quick_to_stop(trainer_cls):
         return trainer_cls
 
     class KillCleanerAtStop(PlacementGroupCleanerCallback):
+        def after_controller_start(self, train_run_context):
+            """The cleaner as Ray starts it, told its own cluster's address: with several Ray instances on one
+            machine its State API client would otherwise pick another one ("Found multiple active Ray
+            instances")."""
+            import ray
+            try:
+                from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+                from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
+                context = ray.get_runtime_context()
+                self._controller_actor_id = context.get_actor_id()
+                self._cleaner = ray.remote(num_cpus=0)(PlacementGroupCleaner).options(
+                    lifetime="detached", get_if_exists=False, resources={HEAD_NODE_RESOURCE_NAME: 0.001},
+                    runtime_env={"env_vars": {"RAY_ADDRESS": context.gcs_address}},
+                ).remote(controller_actor_id=self._controller_actor_id, check_interval_s=self._check_interval_s,
+                         get_actor_timeout_s=self._get_actor_timeout_s, stop_timeout=self._stop_timeout)
+            except Exception:  # noqa: BLE001 - Ray's internals moved: start it as Ray does
+                return super().after_controller_start(train_run_context)
+            self._cleaner.start_monitoring.remote()
+
         def _stop_cleaner(self):
             import ray
             cleaner, self._cleaner = getattr(self, "_cleaner", None), None

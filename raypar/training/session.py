@@ -1,7 +1,8 @@
 """Starting Ray, or attaching to a cluster: the one place that calls ``ray.init``.
 
-:func:`start_private` starts a private local Ray that lives and dies with this process; :func:`connect` picks
-between that, the cluster of a Ray job (``ray job submit`` sets ``RAY_ADDRESS``) and an explicit ``--address``.
+:func:`start_private` starts a private local Ray that lives and dies with this process, listening on the loopback
+interface only; :func:`connect` picks between that, the cluster of a Ray job (``ray job submit`` sets
+``RAY_ADDRESS``) and an explicit ``--address``. Worker processes' output is not copied to this console.
 """
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import os
 import socket
 
 from ..errors import UserError
+from .ray_compat import loopback_node
 from .tracking import redact
+
+LOOPBACK = "127.0.0.1"          # a private local Ray listens here only: it is reachable from this machine alone
 
 
 @contextlib.contextmanager
@@ -43,9 +47,9 @@ def start_private(num_cpus: int, num_gpus: int | None = None, *, one_thread: boo
     if one_thread:
         os.environ["OMP_NUM_THREADS"] = "1"                  # inherited by every Ray process started here
     try:
-        with _quiet_auth_notice():
+        with _quiet_auth_notice(), loopback_node():
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                     configure_logging=False, log_to_driver=False)
+                     configure_logging=False, log_to_driver=False, _node_ip_address=LOOPBACK)
     finally:
         if one_thread:
             if saved is None:
@@ -90,11 +94,12 @@ def connect(cfg) -> None:
         target = None                                       # inside `ray job submit`: attach to the job's cluster
     else:
         need = int(cfg.engine.replicas * (cfg.model.subnets * cfg.engine.cpus_per_subnet + 1) + 0.999)
-        with _quiet_auth_notice():
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False)
+        with _quiet_auth_notice(), loopback_node():
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False,
+                     log_to_driver=False, _node_ip_address=LOOPBACK)
         return
     try:
-        ray.init(address=target, configure_logging=False)
+        ray.init(address=target, configure_logging=False, log_to_driver=False)
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray cluster at {redact(target or os.environ.get('RAY_ADDRESS'))}: "
                         f"{redact(str(e).splitlines()[0][:200])}") from None

@@ -15,7 +15,12 @@ from ..errors import UserError
 
 RUN_KEY_TAG = "raypar.run_key"
 PARENT_TAG = "mlflow.parentRunId"          # MLflow's own nesting tag: the UI shows the runs under their parent
+# MLflow prints "View run ... at: <tracking URI>" (a password in the URI included) when a run against a tracking
+# server ends: never in this process or a worker that logs
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 META_FILE = "raypar_meta.json"
+STARTED_OVER_TAG = "raypar.started_over_from"   # a run whose checkpoints were all torn: the MLflow run it replaces
+INTERRUPTED = "interrupted"
 STATE_FILE = "state.pt"
 
 # scheme://user:password@host -> scheme://user:***@host (scheme://token@host -> scheme://***@host), and the values of
@@ -125,12 +130,13 @@ def params_of(cfg) -> dict:
     return p
 
 
-def open_run(cfg) -> tuple[str, bool]:
-    """Create the MLflow run for ``cfg`` or, when resuming from a checkpoint, reopen its run. Returns (id, resumed)."""
+def open_run(cfg, meta: dict | None = None) -> tuple[str, bool]:
+    """Create the MLflow run for ``cfg`` or, when ``meta`` (the run's newest readable checkpoint's metadata) names
+    one, reopen it. A run whose checkpoints are all torn starts over in a new MLflow run, tagged with the old one's
+    id: the two histories never mix. Returns (id, resumed)."""
     from mlflow.tracking import MlflowClient
     exp_id = connect(cfg.run.tracking_uri, cfg.run.experiment)
     client = MlflowClient(cfg.run.tracking_uri)
-    meta = latest_meta(cfg.run.storage_path, cfg.run.name)
     if meta and meta.get("mlflow_run_id"):
         try:
             client.update_run(meta["mlflow_run_id"], status="RUNNING")
@@ -138,9 +144,12 @@ def open_run(cfg) -> tuple[str, bool]:
         except Exception:  # noqa: BLE001 - the old run is gone from this store: start a fresh one
             pass
     tags = {RUN_KEY_TAG: redact(f"{cfg.run.storage_path}/{cfg.run.name}")}
+    torn = latest_meta(cfg.run.storage_path, cfg.run.name)
+    if torn and torn.get("mlflow_run_id"):
+        tags[STARTED_OVER_TAG] = torn["mlflow_run_id"]
     if cfg.extra.get("parent_run_id"):                  # a run of a study: nested under the study's parent run
         tags[PARENT_TAG] = cfg.extra["parent_run_id"]
-    run = client.create_run(exp_id, run_name=cfg.run.run_name or cfg.run.name, tags=tags)
+    run = client.create_run(exp_id, run_name=cfg.run.name, tags=tags)
     from mlflow.entities import Param
     params = [Param(k, str(v)) for k, v in params_of(cfg).items()]
     client.log_batch(run.info.run_id, params=params)
@@ -186,13 +195,23 @@ def log_artifacts(tracking_uri: str, run_id: str, folder: str) -> None:
 
 
 def close_run(tracking_uri: str, run_id: str, error: BaseException | None = None, reason: str | None = None) -> None:
-    """End the run: FINISHED, or FAILED with the tag ``raypar.error`` = ``reason`` (one line) and the error's text."""
+    """End the run: FINISHED (with no error tag left from an earlier attempt); KILLED with the tag ``raypar.error``
+    = "interrupted" when ``reason`` is :data:`INTERRUPTED`; else FAILED with ``raypar.error`` = ``reason`` (one
+    line) and the error's text."""
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri)
-    if error is not None:
-        text = f"{type(error).__name__}: {error}"
-        client.set_tag(run_id, "raypar.error", redact(f"{reason}\n\n{text}" if reason else text)[:4000])
-    client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
+    if error is None and reason is None:
+        if "raypar.error" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "raypar.error")
+        client.set_terminated(run_id, status="FINISHED")
+        return
+    if reason == INTERRUPTED:
+        client.set_tag(run_id, "raypar.error", INTERRUPTED)
+        client.set_terminated(run_id, status="KILLED")
+        return
+    text = f"{type(error).__name__}: {error}"
+    client.set_tag(run_id, "raypar.error", redact(f"{reason}\n\n{text}" if reason else text)[:4000])
+    client.set_terminated(run_id, status="FAILED")
 
 
 def write_meta(folder: str, meta: dict) -> None:
