@@ -108,10 +108,17 @@ class DataConfig:
     dataset: str = setting("digits", "digits (offline), cifar10, cifar100, svhn, mnist, imagefolder:PATH")
     data_dir: str | None = setting(None, "where torchvision data sets are (or are downloaded to)")
     download: bool = setting(False, "download the data set into --data-dir (needs internet)")
+    folds: int = setting(0, "cross-validation: split the training pool into this many stratified folds, one of "
+                            "which (--fold) validates; 0: the data set's own validation split")
+    fold: int = setting(0, "with --folds: the fold that validates, 0..folds-1")
 
     def __post_init__(self):
         if self.dataset not in DATASETS and not self.dataset.startswith("imagefolder:"):
             raise UserError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASETS)}, imagefolder:PATH")
+        if not (isinstance(self.folds, int) and (self.folds == 0 or self.folds >= 2)):
+            raise UserError(f"--folds must be 0 (no cross-validation) or >= 2, got {self.folds}")
+        if not (isinstance(self.fold, int) and 0 <= self.fold < max(1, self.folds)):
+            raise UserError(f"--fold must be between 0 and --folds - 1 ({max(1, self.folds) - 1}), got {self.fold}")
 
 
 @dataclass
