@@ -122,7 +122,34 @@ BAD_INPUT = [
     (["--model", "vgg99"], "unknown model 'vgg99'"),
     (["--model", "resnet21"], "invalid ResNet depth 21"),
     (["--dataset", "cifar10", "--data-dir", "d", "--download"], "cifar10 could not be downloaded into"),
+    (["--lr", "nan"], "--lr must be a number > 0, got nan"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file, not a folder"),
+    (["--folds", "1"], "--folds must be 0 (no cross-validation) or >= 2"),
 ]
+
+
+def _imagefolder(root, kind):
+    for split in ("train", "val"):
+        folder = root / split / "cat"
+        folder.mkdir(parents=True)
+        if kind == "text":
+            (folder / "a.txt").write_text("not an image")
+        elif kind == "broken":
+            (folder / "a.png").write_bytes(b"not a png")
+
+
+@pytest.mark.parametrize("kind, message", [("empty", "Found no valid file"), ("text", "Found no valid file"),
+                                           ("broken", "is not a readable image")])
+def test_imagefolder_mistakes_exit_2_one_line(tmp_path, monkeypatch, capsys, kind, message):
+    from raypar.cli.main import main
+    _imagefolder(tmp_path / "data", kind)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["train", "--dataset", f"imagefolder:{tmp_path / 'data'}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
 
 
 # --address is checked only where raypar starts Ray, which a fresh `raypar` process always does, but this test session

@@ -12,7 +12,7 @@ import sys
 from ..errors import UserError
 from ..training.config import TrainConfig
 from ..training.session import connect
-from .options import add_settings, given_settings
+from .options import add_settings, config_from_args
 from ..training.tracking import redact
 
 
@@ -187,33 +187,6 @@ def cmd_tune(args) -> int:
 def cmd_plan(args) -> int:
     from ..tools.plan import cmd_plan as run_plan
     return run_plan(args)
-
-
-def config_from_args(args, skip: tuple = ()) -> TrainConfig:
-    """The validated :class:`TrainConfig` of parsed ``train`` (or ``study``) arguments: the defaults, replaced by
-    ``--recipe``, then by ``--config``, then by every option given on the command line (``skip``: options that are
-    not settings of one run here, like a study's lists of N and K)."""
-    import os
-
-    from ..network.balance import parse_balance
-    from ..training import recipes
-    from ..training.config import load_file
-    values: dict = {}
-    if args.recipe:
-        recipe = recipes.get(args.recipe)
-        values.update(recipe.values, recipe=recipe.tag)
-    if args.config:
-        from_file, meta = load_file(args.config)
-        values.update(from_file)
-        if meta.get("name"):
-            values["recipe"] = f"{meta['name']}@{meta.get('version', 0)}"
-    given = given_settings(args, skip=(*skip, "recipe"))             # --recipe is a name, not the setting
-    if "balance" in given:
-        given["balance"] = parse_balance(given["balance"], tune=True)
-    values.update(given)
-    if "tracking_uri" not in values:
-        values["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    return TrainConfig.from_flat(**values)
 
 
 def cmd_train(args) -> int:

@@ -145,12 +145,12 @@ def cmd_train(args) -> int:
     from ..training import data, tracking
     from ..training.loop import fit, root_cause
     from ..training.runs import decide
-    from ..training.session import connect
-    from .main import config_from_args
+    from ..training.session import check_address, connect
+    from .options import config_from_args
 
     console = Console(highlight=False)
     cfg = config_from_args(args)
-    spec = data.load(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)     # a missing data set fails here
+    spec = data.load_for(cfg)                                 # a missing data set (or a bad --folds) fails here
     batch = data.fitted_batch(spec, cfg.optim.batch_size, cfg.engine.replicas)
     if batch != cfg.optim.batch_size:
         print(f"raypar train: --batch-size {cfg.optim.batch_size} is more than the {len(spec.train)} training "
@@ -159,17 +159,20 @@ def cmd_train(args) -> int:
     tracking.check_reachable(cfg.run.tracking_uri)
     decision = decide(cfg.resolved(), args.resume)
     cfg = decision.cfg
-    log_path = None
-    if "://" not in cfg.run.storage_path:
+    if cfg.engine.address:
+        check_address(cfg.engine.address)
+    made = None if "://" in cfg.run.storage_path or os.path.exists(cfg.run.storage_path) else cfg.run.storage_path
+    log_path = None if "://" in cfg.run.storage_path else os.path.join(cfg.run.storage_path, f"{cfg.run.name}.log")
+    if log_path:
         os.makedirs(cfg.run.storage_path, exist_ok=True)
-        log_path = os.path.join(cfg.run.storage_path, f"{cfg.run.name}.log")
     quiet_console(log_path)
     console.print(f"[{clock():5.1f} s] {decision.line()}")
-    console.print(f"[{clock():5.1f} s] starting Ray")
-    connect(cfg)
     try:
+        console.print(f"[{clock():5.1f} s] starting Ray")
+        connect(cfg)
         result = fit_with_progress(cfg, fit, console, clock, resume=args.resume)
     except UserError:
+        _forget(log_path, made, cfg)                    # a mistake found before training leaves nothing behind
         raise
     except FloatingPointError as e:                             # a non-finite loss: what to change, in one line
         print(redact(f"raypar: training stopped: {e}"), file=sys.stderr)
@@ -204,6 +207,20 @@ def cmd_train(args) -> int:
     print(f"open the MLflow UI with:\n  {ui}")
     print(f"raypar: training finished: run {result.run_id}")
     return 0
+
+
+def _forget(log_path: str | None, made: str | None, cfg) -> None:
+    """Remove the log file, and the storage folder if this command made it, when nothing was trained."""
+    from ..training import tracking
+    if tracking.checkpoints(cfg.run.storage_path, cfg.run.name):
+        return
+    for h in list(logging.getLogger("ray").handlers):
+        if isinstance(h, logging.FileHandler):
+            h.close()
+    if log_path and os.path.exists(log_path):
+        os.remove(log_path)
+    if made and os.path.isdir(made) and not os.listdir(made):
+        os.rmdir(made)
 
 
 def failure_line(error: BaseException, max_failures: int) -> str:

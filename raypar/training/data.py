@@ -4,6 +4,12 @@
 32x32 so CIFAR-style models apply unchanged, with a fixed train/val split (the same on every machine). The
 torchvision sets are read from ``--data-dir`` (downloaded there with ``--download`` where the machine has
 internet); when absent, a one-line error says how to get them.
+
+Cross-validation (``--folds F``, ``--fold f``): the data set's *training pool* is dealt into F stratified folds
+(:func:`fold_indices`, determined by the seed alone); fold f validates, the other folds train. The pool of
+``digits`` is all 1797 samples (so across the folds every sample is validated once per seed); the pool of a
+torchvision set or an image folder is its official training split, and its official test split (``val/`` of an
+image folder) stays the test set (:attr:`DataSpec.test`), untouched by the folds and never used in training.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import UserError
 
@@ -25,27 +31,110 @@ _MEAN_STD = {
 
 @dataclass
 class DataSpec:
+    """A data set ready to train: what trains, what validates (every epoch), and the official test split where
+    cross-validation took the validation set from the training pool instead (else None: ``val`` is the data
+    set's own validation split)."""
     train: Dataset
     val: Dataset
     num_classes: int
     in_channels: int
     image_size: int
+    test: Dataset | None = None
 
 
-def digits(val_fraction: float = 0.2) -> DataSpec:
+# mixed into the seed of the folds' shuffles, so that they do not repeat the data order of the same seed
+_FOLD_SALT = 0x5EEDF01D
+
+
+def fold_indices(labels, folds: int, seed: int = 0) -> list[torch.Tensor]:
+    """The training pool's samples dealt into ``folds`` stratified folds, the same for a seed on every machine.
+
+    Each class's samples (classes in increasing order) are shuffled by one ``torch.Generator`` seeded from
+    ``seed``, then dealt round-robin into the folds, the dealing carrying on from class to class: the folds are
+    disjoint, cover the pool, and any two differ by at most one sample of each class (and at most one in all).
+
+    Args:
+        labels: the class of every sample of the pool (a sequence of ints, a tensor or an array).
+        folds: the number of folds, >= 2 and at most the pool's size.
+        seed: the seed of the shuffles.
+    Returns:
+        ``folds`` sorted int64 tensors of sample indices.
+    Raises:
+        UserError: fewer than 2 folds, or more folds than samples.
+    """
+    y = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if folds < 2 or folds > len(y):
+        raise UserError(f"--folds must be between 2 and the {len(y)} samples of the training pool, got {folds}")
+    g = torch.Generator().manual_seed(seed + _FOLD_SALT)
+    parts: list[list[torch.Tensor]] = [[] for _ in range(folds)]
+    start = 0                                          # the fold that the next class's first sample goes to
+    for c in torch.unique(y).tolist():                 # sorted
+        members = torch.nonzero(y == c).flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        for f in range(folds):
+            parts[f].append(members[(f - start) % folds::folds])
+        start = (start + len(members)) % folds
+    return [torch.sort(torch.cat(p))[0] for p in parts]
+
+
+def fold_split(labels, folds: int, fold: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)`` sample indices of the pool: fold ``fold`` of :func:`fold_indices` validates, the other
+    folds (sorted indices) train.
+
+    Raises:
+        UserError: a bad number of folds (see :func:`fold_indices`), or ``fold`` not in ``0..folds-1``.
+    """
+    if not 0 <= fold < folds:
+        raise UserError(f"--fold must be between 0 and --folds - 1 ({folds - 1}), got {fold}")
+    parts = fold_indices(labels, folds, seed)
+    train = torch.sort(torch.cat([p for i, p in enumerate(parts) if i != fold]))[0]
+    return train, parts[fold]
+
+
+def _labels(ds: Dataset) -> torch.Tensor:
+    """The class of every sample of a torchvision data set, read without loading an image."""
+    for attr in ("targets", "labels"):                 # CIFAR, MNIST, ImageFolder: targets; SVHN: labels
+        if getattr(ds, attr, None) is not None:
+            return torch.as_tensor(getattr(ds, attr), dtype=torch.long)
+    raise UserError(f"cannot split {type(ds).__name__} into folds: it does not list its samples' classes")
+
+
+def digits(val_fraction: float = 0.2, folds: int = 0, fold: int = 0, seed: int = 0) -> DataSpec:
+    """scikit-learn's handwritten digits at 32x32, one channel, 10 classes.
+
+    Args:
+        val_fraction: with ``folds`` 0, the share of the fixed validation split (the same on every machine).
+        folds: >= 2: all 1797 samples are the pool of :func:`fold_split`, ``fold`` validates; 0: the fixed split.
+        fold, seed: the validating fold, and the seed of the folds.
+    Raises:
+        UserError: a bad ``folds`` or ``fold``.
+    """
     from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0          # (1797, 1, 8, 8) in [0, 1]
     x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
     x = (x - 0.3) / 0.4
     y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))   # the fixed split
-    n_val = int(len(x) * val_fraction)
-    val, train = perm[:n_val], perm[n_val:]
+    if folds:
+        train, val = fold_split(y, folds, fold, seed)
+    else:
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))   # the fixed split
+        n_val = int(len(x) * val_fraction)
+        val, train = perm[:n_val], perm[n_val:]
     return DataSpec(TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), 10, 1, 32)
 
 
-def _torchvision(name: str, data_dir: str | None, download: bool) -> DataSpec:
+def _cross_validated(spec: DataSpec, pool_for_val: Dataset, folds: int, fold: int, seed: int) -> DataSpec:
+    """``spec`` with its training split cut into folds: the other folds train (with the training transform), fold
+    ``fold`` validates (the same samples through ``pool_for_val``, the training split with the validation
+    transform), the official test split becomes ``test``."""
+    train, val = fold_split(_labels(spec.train), folds, fold, seed)
+    return DataSpec(Subset(spec.train, train.tolist()), Subset(pool_for_val, val.tolist()), spec.num_classes,
+                    spec.in_channels, spec.image_size, test=spec.val)
+
+
+def _torchvision(name: str, data_dir: str | None, download: bool, folds: int = 0, fold: int = 0,
+                 seed: int = 0) -> DataSpec:
     import torchvision
     from torchvision import transforms as T
     if not data_dir:
@@ -62,11 +151,13 @@ def _torchvision(name: str, data_dir: str | None, download: bool) -> DataSpec:
         if name == "svhn":
             tr = torchvision.datasets.SVHN(data_dir, split="train", transform=train_tf, download=download)
             va = torchvision.datasets.SVHN(data_dir, split="test", transform=val_tf, download=download)
+            pool_val = torchvision.datasets.SVHN(data_dir, split="train", transform=val_tf) if folds else None
         else:
             cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
                    "mnist": torchvision.datasets.MNIST}[name]
             tr = cls(data_dir, train=True, transform=train_tf, download=download)
             va = cls(data_dir, train=False, transform=val_tf, download=download)
+            pool_val = cls(data_dir, train=True, transform=val_tf) if folds else None
     except (RuntimeError, OSError) as e:            # OSError: urllib's URLError when a download cannot connect
         what = "could not be downloaded into" if isinstance(e, OSError) else "not found or corrupt in"
         hint = ("add --download on a machine with internet" if not download else
@@ -74,10 +165,11 @@ def _torchvision(name: str, data_dir: str | None, download: bool) -> DataSpec:
         raise UserError(f"{name} {what} {data_dir} ({str(e).splitlines()[0]}); {hint}, "
                         f"or use the offline --dataset digits") from None
     classes = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10}[name]
-    return DataSpec(tr, va, classes, 1 if name == "mnist" else 3, 32)
+    spec = DataSpec(tr, va, classes, 1 if name == "mnist" else 3, 32)
+    return _cross_validated(spec, pool_val, folds, fold, seed) if folds else spec
 
 
-def _imagefolder(path: str) -> DataSpec:
+def _imagefolder(path: str, folds: int = 0, fold: int = 0, seed: int = 0) -> DataSpec:
     import torchvision
     from torchvision import transforms as T
     train_dir, val_dir = os.path.join(path, "train"), os.path.join(path, "val")
@@ -99,24 +191,51 @@ def _imagefolder(path: str) -> DataSpec:
         except Exception as e:  # noqa: BLE001 - PIL raises several kinds
             raise UserError(f"imagefolder:{path}: {ds.samples[0][0]} in {split}/ is not a readable image "
                             f"({type(e).__name__})") from None
-    return DataSpec(tr, va, len(tr.classes), 3, 224)
+    spec = DataSpec(tr, va, len(tr.classes), 3, 224)
+    if not folds:
+        return spec
+    pool_val = torchvision.datasets.ImageFolder(train_dir, va.transform)
+    return _cross_validated(spec, pool_val, folds, fold, seed)
 
 
-def load(name: str, data_dir: str | None = None, download: bool = False) -> DataSpec:
+def load(name: str, data_dir: str | None = None, download: bool = False, folds: int = 0, fold: int = 0,
+         seed: int = 0) -> DataSpec:
     """The data set ``name``.
 
+    Args:
+        data_dir, download: where a torchvision set is, and whether to download it there.
+        folds: 0: the data set's own split (digits: the fixed 80/20 split; a torchvision set or an image folder:
+            its official training split trains, its test split validates). >= 2: cross-validation on the training
+            pool (see the module's docstring): fold ``fold`` of the pool validates, the other folds train, the
+            official test split (if any) is :attr:`DataSpec.test`.
+        fold: the validating fold, ``0..folds-1`` (ignored with ``folds`` 0).
+        seed: the seed the folds are dealt from (:func:`fold_indices`).
     Raises:
-        UserError: an unknown name, a ``data_dir`` that is not a folder, data that is missing or unreadable.
+        UserError: an unknown name, a ``data_dir`` that is not a folder, data that is missing or unreadable, a bad
+            ``folds`` or ``fold``.
     """
     if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f"--data-dir {data_dir} is a file, not a folder")
+    if folds and not 0 <= fold < folds:
+        raise UserError(f"--fold must be between 0 and --folds - 1 ({folds - 1}), got {fold}")
     if name == "digits":
-        return digits()
+        return digits(folds=folds, fold=fold, seed=seed)
     if name in _MEAN_STD:
-        return _torchvision(name, data_dir, download)
+        return _torchvision(name, data_dir, download, folds, fold, seed)
     if name.startswith("imagefolder:"):
-        return _imagefolder(name.split(":", 1)[1])
+        return _imagefolder(name.split(":", 1)[1], folds, fold, seed)
     raise UserError(f"unknown dataset {name!r}; available: digits, cifar10, cifar100, svhn, mnist, imagefolder:PATH")
+
+
+def load_for(cfg) -> DataSpec:
+    """The data set of a run (a :class:`~raypar.training.config.TrainConfig`): :func:`load` with its data
+    settings, the folds dealt from its seed.
+
+    Raises:
+        UserError: as :func:`load`.
+    """
+    d = cfg.data
+    return load(d.dataset, d.data_dir, d.download, folds=d.folds, fold=d.fold, seed=cfg.optim.seed)
 
 
 def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,

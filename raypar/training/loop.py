@@ -102,7 +102,7 @@ def train_loop(config: dict) -> None:
     rank0 = replica.rank == 0
     events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
-    spec = data.load(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    spec = data.load_for(cfg)
     if data.fitted_batch(spec, cfg.optim.batch_size, replica.world) != cfg.optim.batch_size:
         cfg = cfg.replace(batch_size=data.fitted_batch(spec, cfg.optim.batch_size, replica.world))
 
@@ -269,9 +269,9 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     run_id, resumed = tracking.open_run(cfg, checkpoints.newest_readable_meta(cfg.run.storage_path, cfg.run.name))
     if opened is not None:
         opened.update(run_id=run_id, tracking_uri=cfg.run.tracking_uri)
-    if decision.epochs_before is not None:               # a finished run trained further: say so in the run
+    if decision.epochs_before is not None:               # resumed with other --epochs: say so in the run
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.epochs",
-                         f"{cfg.optim.epochs} (was {decision.epochs_before}; extended at epoch {decision.epoch})")
+                         f"{cfg.optim.epochs} (was {decision.epochs_before}; changed at epoch {decision.epoch})")
     cfg = cfg.replace(extra=dict(cfg.extra, mlflow_run_id=run_id))
     _emit(events, kind="phase", text="starting the driver (a Ray Train worker)")
     trainer = quick_to_stop(TorchTrainer)(

@@ -34,15 +34,15 @@ class Decision:
     cfg: TrainConfig
     resumed: bool
     epoch: int = 0                    # the epoch of the checkpoint it resumes from (0: a new run)
-    epochs_before: int | None = None  # a finished run trained further: the epochs it had
+    epochs_before: int | None = None  # a run resumed with other --epochs: the epochs it had
 
     def line(self) -> str:
         """The start line that says which run this is."""
         if not self.resumed:
             return f"new run {self.cfg.run.name}"
         if self.epochs_before is not None:
-            return (f"run {self.cfg.run.name}: training further from epoch {self.epoch} to {self.cfg.optim.epochs} "
-                    f"(it had {self.epochs_before})")
+            return (f"resuming run {self.cfg.run.name} from the checkpoint of epoch {self.epoch}, now for "
+                    f"{self.cfg.optim.epochs} epochs (it had {self.epochs_before})")
         return f"resuming run {self.cfg.run.name} from the checkpoint of epoch {self.epoch}"
 
 
@@ -98,7 +98,9 @@ def decide(cfg: TrainConfig, resume: bool = False) -> Decision:
         for name in _run_names(run.storage_path):
             meta = newest_readable_meta(run.storage_path, name)
             if meta and meta["epoch"] < _epochs_of(meta) and _settings_of(meta) == wanted:
-                return Decision(cfg.replace(name=name), resumed=True, epoch=meta["epoch"])
+                had = _epochs_of(meta)
+                return Decision(cfg.replace(name=name), resumed=True, epoch=meta["epoch"],
+                                epochs_before=had if had != cfg.optim.epochs else None)
         raise UserError(f"--resume: no unfinished run with these settings in {tracking.redact(run.storage_path)}; "
                         f"name one with --name, or leave out --resume to start a new run")
     meta = newest_readable_meta(run.storage_path, run.name)
@@ -108,7 +110,7 @@ def decide(cfg: TrainConfig, resume: bool = False) -> Decision:
         return Decision(cfg, resumed=False)
     done, had = meta["epoch"], _epochs_of(meta)
     if done < had:
-        return Decision(cfg, resumed=True, epoch=done)
+        return Decision(cfg, resumed=True, epoch=done, epochs_before=had if had != cfg.optim.epochs else None)
     if resume and cfg.optim.epochs > done:
         return Decision(cfg, resumed=True, epoch=done, epochs_before=had)
     raise UserError(f"run {run.name!r} already finished ({done} of {had} epochs): give --resume with more --epochs "
