@@ -11,25 +11,22 @@ The names a user needs::
     raypar.parareal         the parareal equations (coarse sweep, fine map, correction sweep)
     raypar.UserError        what every user mistake raises
 
-``TrainConfig`` and ``fit`` load Ray and MLflow on first use; no tool (bench, plan, tune, study) is loaded.
+Each name loads its module on first use; none loads a tool (bench, plan, tune, study).
 """
 from .errors import UserError
-from .network.coarse import CoarseSpec
-from .network.convert import staged_from
-from .network.models import StagedModel, build
-from .network.parareal import parareal
-from .network.reference import PararealNet
 
 __all__ = ["CoarseSpec", "PararealNet", "StagedModel", "TrainConfig", "UserError", "build", "fit", "parareal",
            "staged_from"]
 __version__ = "0.1.0"
 
+# every name but UserError loads on first use: `import raypar` (and the `raypar` command's start) stays quick
+_LAZY = {"CoarseSpec": "network.coarse", "staged_from": "network.convert", "StagedModel": "network.models",
+         "build": "network.models", "parareal": "network.parareal", "PararealNet": "network.reference",
+         "TrainConfig": "training.config", "fit": "training.loop"}
+
 
 def __getattr__(name: str):
-    if name == "TrainConfig":
-        from .training.config import TrainConfig
-        return TrainConfig
-    if name == "fit":
-        from .training.loop import fit
-        return fit
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'raypar' has no attribute {name!r}")

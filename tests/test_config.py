@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from raypar.training import recipes
-from raypar.cli.main import build_parser, config_from_args
+from raypar.cli.main import build_parser
+from raypar.cli.options import config_from_args
 from raypar.training.config import TrainConfig
 from raypar.errors import UserError
 from raypar.engine.optim import OptimConfig, make_optimizer
@@ -32,7 +33,7 @@ def test_recipe_then_config_file_then_options(tmp_path):
     assert (cfg.optim.epochs, cfg.model.balance, cfg.optim.lr_milestones) == (7, [13, 13, 14, 14], [0.25])      # the file over the recipe
     assert cfg.optim.lr == 0.2 and cfg.optim.seed == 5                                           # the options over both
     assert isinstance(cfg.optim.lr, float) and cfg.run.recipe == "mine@3"
-    assert _cfg("--recipe", "vgg16-cifar10").run.recipe == "vgg16-cifar10@2"
+    assert _cfg("--recipe", "vgg16-cifar10").run.recipe == "vgg16-cifar10@3"
 
 
 def test_every_recipe_is_valid_and_versioned():
@@ -45,7 +46,8 @@ def test_every_recipe_is_valid_and_versioned():
         assert r.version >= 1 and r.description
         assert cfg.optim.momentum == 0.9 and cfg.optim.weight_decay in (5e-4, 1e-4)
         # a recipe's numbers never change under one version: it pins every coarse setting whose default has changed
-        assert {"coarse_depth", "coarse_width", "coarse_kernel", "coarse_norm", "coarse_downsample"} <= set(r.values)
+        assert {"balance", "coarse_depth", "coarse_width", "coarse_kernel", "coarse_norm",
+                "coarse_downsample"} <= set(r.values) and r.values["balance"] == "flops"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -98,3 +98,10 @@ def test_the_facade_loads_no_tool():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+def test_the_command_starts_without_loading_torch_or_ray():
+    """`raypar train` prints its first line before the seconds that torch and Ray take to load."""
+    code = "import sys, raypar, raypar.cli.main; print(sorted({'torch', 'ray', 'mlflow'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -47,7 +47,7 @@ def main() -> None:
     from raypar.tools.bench.config import BenchConfig
     from raypar.tools.bench.workload import _net
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
-    cfg = BenchConfig(width_mult=args.width_mult, batch=args.batch, channels_last=args.channels_last).validate()
+    cfg = BenchConfig(model="vgg16", width_mult=args.width_mult, batch=args.batch, channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     idle = [Idle.remote() for _ in range(args.idle)]
     ray.get([a.ready.remote() for a in idle])

@@ -93,7 +93,7 @@ def check(ray, cfg, layout) -> None:
     from raypar.tools.bench.workload import _net, make_batches
     from raypar.engine.optim import make_optimizer
     torch.set_default_dtype(torch.float64)
-    bench = BenchConfig(balance=[4, 8]).validate()
+    bench = BenchConfig(model="vgg16", balance=[4, 8]).validate()
     net = _net(bench, 2).double()
     ref = copy.deepcopy(net)
     driver, opt = layout(net, cfg.optim), make_optimizer(ref.parameters(), cfg.optim)[0]
@@ -130,7 +130,7 @@ def main() -> None:
     from raypar.tools.bench.config import BenchConfig
     from raypar.tools.bench.workload import _net
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
-    cfg = BenchConfig().validate()
+    cfg = BenchConfig(model="vgg16").validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     layout = make_layout(ray, TURN_CPUS)
     if args.check:
@@ -138,11 +138,11 @@ def main() -> None:
         return
     names, steps = [], []
     for split in args.f1_splits:
-        net = _net(BenchConfig(balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=True)
+        net = _net(BenchConfig(model="vgg16", balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=True)
         steps.append(PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=True)).train_step)
         names.append(f"[{split}] f1")
     for split in args.splits:
-        net = _net(BenchConfig(balance=[int(v) for v in split.split(",")]).validate(), 2)
+        net = _net(BenchConfig(model="vgg16", balance=[int(v) for v in split.split(",")]).validate(), 2)
         steps.append(layout(net, cfg.optim).train_step)
         names.append(f"[{split}] fN")
     take_turns(names, steps, cfg, args.steps)

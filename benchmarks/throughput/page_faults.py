@@ -29,8 +29,8 @@ def measure(split: list[int], steps: int) -> str:
     from raypar.tools.bench.config import BenchConfig
     from raypar.tools.bench.workload import _model, _net, make_batches, optimizer, sgd_step
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
-    cfg = BenchConfig().validate()
-    net = _net(BenchConfig(balance=split).validate(), 2, driver_segment=True)
+    cfg = BenchConfig(model="vgg16").validate()
+    net = _net(BenchConfig(model="vgg16", balance=split).validate(), 2, driver_segment=True)
     engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=True, transport="p2p"))
     try:
         actor = ray.get(engine.actors[0].pid.remote())

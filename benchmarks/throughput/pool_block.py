@@ -23,7 +23,7 @@ def main() -> None:
     from raypar.tools.bench.workload import _coarse, _model
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     from raypar.network.models import StagedModel
-    cfg = BenchConfig().validate()
+    cfg = BenchConfig(model="vgg16").validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
     def pool_apart(j: int) -> StagedModel:

@@ -28,7 +28,7 @@ def main() -> None:
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     from raypar.network.models import StagedModel
     from raypar.network.reference import PararealNet
-    cfg = BenchConfig().validate()
+    cfg = BenchConfig(model="vgg16").validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     resources = Resources(0, TURN_CPUS, first_in_driver=True, transport="p2p")
     names = ["[3, 9] stem as pre"]

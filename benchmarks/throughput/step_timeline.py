@@ -61,7 +61,7 @@ def main() -> None:
             return out
     E.FineWorker = Timed
     split = [int(v) for v in args.split.split(",")]
-    cfg = BenchConfig(balance=split, channels_last=args.channels_last).validate()
+    cfg = BenchConfig(model="vgg16", balance=split, channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     eng = E.PararealEngine(_net(cfg, 2, driver_segment=True), cfg.optim,
                            E.Resources(0, 1.0, first_in_driver=True, transport=args.transport,

@@ -10,9 +10,6 @@ import argparse
 import sys
 
 from ..errors import UserError
-from ..training.config import TrainConfig
-from ..training.session import connect
-from .options import add_settings, config_from_args
 from ..training.tracking import redact
 
 
@@ -29,6 +26,7 @@ def _add_train_args(p: argparse.ArgumentParser, study: bool = False) -> None:
     g.add_argument("--config", default=None, metavar="FILE",
                    help="start from a TOML file of settings (the recipe format: keys are the option names with "
                         "'_' for '-', e.g. lr_schedule = \"step\"); applied after --recipe, before the options here")
+    from .options import add_settings
     lists = None
     skip: tuple = ("recipe",)
     if study:
@@ -54,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show how a model splits into sub-networks",
                           description="Print the split of a model into N sub-networks: blocks, parameters, "
                                       "cost, interface tensors, coarse/fine cost and the ideal speedup.")
+    from ..training.config import TrainConfig
+    from .options import add_settings
     add_settings(info, ["model"], defaults=TrainConfig(), skip=("balance",))
     info.add_argument("--balance", default="time",
                       help="split by measured 'time', 'flops', 'params', or block counts like 5,7 (default: time)")
@@ -144,6 +144,8 @@ def cmd_study(args) -> int:
     from ..tools.study import run_study
     from .train import fit_with_progress
     from ..training.loop import fit
+    from ..training.session import connect
+    from .options import config_from_args
     cfg = config_from_args(args, skip=("subnets", "iterations", "seed", "name"))
     return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seed, name=args.name,
                      out=args.out, init_ray=connect, fit=lambda c: fit_with_progress(c, fit, Console()))
@@ -220,6 +222,9 @@ def cmd_info(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv):
+        print("raypar train: checking the settings", flush=True)      # at once: torch and Ray take seconds to load
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -138,7 +138,6 @@ def cmd_train(args) -> int:
     """``raypar train``: see the module's docstring. Exit 0 when training finished, 1 when it stopped or failed,
     2 for a user mistake, 130 when interrupted."""
     clock = Clock()
-    print("raypar train: checking the settings", flush=True)
     from rich.console import Console
     from rich.panel import Panel
 

@@ -148,7 +148,7 @@ def render_against(rows: list[dict], title: str):
 # -------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``raypar plan``."""
-    p.add_argument("--model", default="vgg16", help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s)")
+    p.add_argument("--model", default="vgg11", help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s, as train)")
     p.add_argument("--width-mult", type=float, default=0.25, help="scale every channel count (default: %(default)s)")
     p.add_argument("--devices", type=int, default=cpu_cores(),
                    help="devices to plan for, one process per device: GPUs, or on a CPU-only machine cores (each "
@@ -179,7 +179,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..network.coarse import DOWNSAMPLE
     p.add_argument("--coarse-downsample", default="pool", choices=DOWNSAMPLE,
                    help="how a coarse network shrinks its input (default: %(default)s)")
-    p.add_argument("--coarse-depth", type=int, default=1, help="conv/BN/ReLU layers per coarse network "
+    p.add_argument("--coarse-depth", type=int, default=1, help="conv/GroupNorm/ReLU layers per coarse network "
                                                                "(default: %(default)s)")
     p.add_argument("--coarse-width", type=float, default=1.0, help="hidden channels of a coarse network relative to "
                                                                    "its output (default: %(default)s)")

@@ -4,8 +4,11 @@ PNG plots (validation accuracy per epoch, time per epoch, accuracy vs wall-clock
 
 N = 1 is the original network ``post(B_L(...B_1(pre(x))))`` trained in one process (the driver, no actor, no coarse
 network), so its time per epoch is the honest baseline. Every run is an ordinary raypar run named
-``<study>-n<N>-k<K>-s<seed>``: running the same study again resumes an interrupted run from its checkpoint and does
-not retrain a finished one.
+``<study>-n<N>-k<K>-s<seed>``, and with ``--folds F`` (cross-validation) one run per fold,
+``<study>-n<N>-k<K>-s<seed>-f<fold>``: each (N, K) trains on the same folds and seeds as the original, so that
+``raypar compare`` pairs them. Each run records ``num_subnets``, ``iterations``, ``seed``, ``folds`` and ``fold`` as
+MLflow params and ``val_acc`` per epoch: the study can be re-read from MLflow alone. Running the same study again
+resumes an interrupted run from its checkpoint and does not retrain a finished one.
 """
 from __future__ import annotations
 
@@ -20,17 +23,32 @@ from ..errors import UserError, make_output_dir
 STUDY_TAG = "raypar.study_key"
 
 
+def run_name(study: str, n: int, k: int, seed: int, folds: int = 0, fold: int = 0) -> str:
+    """The name of a study's run: ``<study>-n<N>-k<K>-s<seed>``, and ``-f<fold>`` with cross-validation."""
+    return f"{study}-n{n}-k{k}-s{seed}" + (f"-f{fold}" if folds else "")
+
+
 def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int], name: str,
          parent_run_id: str = "") -> list[TrainConfig]:
-    """The study's runs: every N with every K <= N (N = 1 once, with K = 1), for every seed."""
+    """The study's runs: every N with every K <= N (N = 1 once, with K = 1), for every seed and, with
+    ``base.data.folds`` F >= 2, every fold 0..F-1 (else one run per seed, on the data set's own split).
+
+    Returns:
+        The runs' configurations, by (N, K), then seed, then fold; each named by :func:`run_name` and nested under
+        ``parent_run_id``.
+    Raises:
+        UserError: a run's settings are invalid.
+    """
     layouts = sorted({(n, k if n > 1 else 1) for n in subnets for k in iterations if k <= n or n == 1})
+    folds = base.data.folds
     runs = []
     for n, k in layouts:
         for seed in seeds:
-            run = f"{name}-n{n}-k{k}-s{seed}"
-            runs.append(base.replace(subnets=n, iterations=k, seed=seed, name=run,
-                                     driver_segment=True if n == 1 else base.engine.driver_segment,
-                                     extra=dict(base.extra, parent_run_id=parent_run_id)))
+            for fold in range(folds) if folds else [0]:
+                runs.append(base.replace(subnets=n, iterations=k, seed=seed, fold=fold,
+                                         name=run_name(name, n, k, seed, folds, fold),
+                                         driver_segment=True if n == 1 else base.engine.driver_segment,
+                                         extra=dict(base.extra, parent_run_id=parent_run_id)))
     return runs
 
 
@@ -44,7 +62,8 @@ def check(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: l
         raise UserError(f"no (N, K) pair with K <= N in --subnets {subnets} and --iterations {iterations}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds lists a seed twice: {seeds}")
-    data.load(base.data.dataset, base.data.data_dir, base.data.download)          # a missing data set fails here
+    # a missing data set, or more folds than samples, fails here
+    data.load(base.data.dataset, base.data.data_dir, base.data.download, base.data.folds, 0, seeds[0])
     blocks = num_blocks(base.model.name)                                 # counted from the name: nothing is built
     if max(subnets) > blocks:
         raise UserError(f"--subnets {max(subnets)} is more than {base.model.name}'s {blocks} blocks")
@@ -63,7 +82,7 @@ def open_parent(base: TrainConfig, name: str, subnets, iterations, seeds) -> str
         return found[0].info.run_id
     run = client.create_run(exp_id, run_name=name, tags={STUDY_TAG: key, "raypar.kind": "study"})
     params = {"study": name, "recipe": base.run.recipe or "-", "model": base.model.name, "width_mult": base.model.width_mult,
-              "dataset": base.data.dataset, "subnets": ",".join(map(str, subnets)),
+              "dataset": base.data.dataset, "folds": base.data.folds, "subnets": ",".join(map(str, subnets)),
               "iterations": ",".join(map(str, iterations)), "seeds": ",".join(map(str, seeds)),
               "epochs": base.optim.epochs, "batch_size": base.optim.batch_size, "lr": base.optim.lr, "lr_schedule": base.optim.lr_schedule,
               "weight_decay": base.optim.weight_decay, "coarse_depth": base.model.coarse_depth, "coarse_norm": base.model.coarse_norm,
@@ -86,10 +105,9 @@ def _label(n: int, k: int) -> str:
 
 
 def _mean_curve(runs, key) -> tuple[list[int], list[float]]:
-    """Mean over seeds of a per-epoch metric, over the epochs every run has."""
-    epochs = sorted(set.intersection(*[{e for e, _ in r.history[key]} for r in runs]))
-    values = [sum(dict(r.history[key])[e] for r in runs) / len(runs) for e in epochs]
-    return epochs, values
+    """Mean over seeds (and folds) of a per-epoch metric, over the epochs every run has: (epochs, values)."""
+    curve = compare.mean_curve(runs, key)
+    return [e for e, _ in curve], [v for _, v in curve]
 
 
 def plots(runs: list[compare.RunSummary], out: str, title: str) -> list[str]:
@@ -112,7 +130,7 @@ def plots(runs: list[compare.RunSummary], out: str, title: str) -> list[str]:
     for (n, k), rs in groups.items():
         e, v = _mean_curve(rs, "val_acc")
         ax.plot(e, [100 * x for x in v], marker="o", label=_label(n, k))
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%), mean over seeds")
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%), mean over runs")
     ax.grid(alpha=0.3)
     ax.legend()
     save(fig, "val_acc.png")
@@ -132,26 +150,59 @@ def plots(runs: list[compare.RunSummary], out: str, title: str) -> list[str]:
         _, t = _mean_curve(rs, "epoch_time_s")
         clock = [sum(t[:i + 1]) for i in range(len(t))]
         ax.plot(clock[:len(acc)], [100 * x for x in acc[:len(clock)]], marker="o", label=_label(n, k))
-    ax.set(xlabel="wall-clock training time (s), mean over seeds", ylabel="validation accuracy (%)")
+    ax.set(xlabel="wall-clock training time (s), mean over runs", ylabel="validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
     save(fig, "acc_vs_time.png")
     return paths
 
 
+def evaluation_note(base: TrainConfig) -> str:
+    """What the study's accuracies measure: which samples validate, and what happens to an official test split."""
+    dataset, folds = base.data.dataset, base.data.folds
+    official = dataset != "digits"                 # torchvision sets and image folders have an official test split
+    if folds:
+        pool = ("the official training split" if official else "all 1797 samples of digits (every sample is "
+                                                                 "validated once per seed)")
+        test = ("The official test split is the test set, untouched: no run trains, validates or is chosen on it."
+                if official else "digits has no official test split.")
+        return (f"Accuracies are **validation accuracy on the held-out fold**: {folds}-fold stratified "
+                f"cross-validation of {pool}, the folds dealt from the seed; each run trains on the other "
+                f"{folds - 1} folds. {test}")
+    if official:
+        return ("Accuracies are validation accuracy on the data set's own validation split (a torchvision set's "
+                "official test split; an image folder's `val/`); with `--folds` the study validates on held-out "
+                "folds of the training split instead and leaves the test split untouched.")
+    return ("Accuracies are validation accuracy on digits' fixed 20 % validation split (the same on every "
+            "machine); `--folds` cross-validates on all 1797 samples instead.")
+
+
 def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id: str, seeds: list[int]) -> str:
+    """The study's Markdown report: the recipe, what the accuracies measure, the table of :mod:`compare`, the
+    paired comparison against the original network, and the plots (PNG files beside it)."""
+    folds = base.data.folds
+    pairs = "fold and seed" if folds else "seed"
     lines = [f"# raypar study `{name}`", "",
              f"Recipe `{base.run.recipe or 'custom'}`: {base.model.name} x{base.model.width_mult} on {base.data.dataset}, "
              f"{base.optim.epochs} epochs, batch {base.optim.batch_size}, SGD lr {base.optim.lr} ({base.optim.lr_schedule}), weight decay "
              f"{base.optim.weight_decay}, coarse depth {base.model.coarse_depth} width {base.model.coarse_width} kernel "
              f"{base.model.coarse_kernel} norm "
              f"{base.model.coarse_norm} downsample {base.model.coarse_downsample}; seeds "
-             f"{', '.join(map(str, seeds))}. MLflow parent run `{parent_run_id}` (experiment "
-             f"`{base.run.experiment}`).", "",
+             f"{', '.join(map(str, seeds))}" + (f"; {folds} folds" if folds else "") +
+             f". MLflow parent run `{parent_run_id}` (experiment `{base.run.experiment}`).", "",
+             evaluation_note(base), "",
              "N = 1 is the original network trained in one process. Accuracies are in %, mean ± standard deviation "
-             "over the seeds; *speedup* is training samples/s over the N = 1 baseline's; *acc delta* is the mean "
-             "final val accuracy minus the baseline's, in points.", "",
+             f"over the runs (seeds{' x folds' if folds else ''}); *speedup* is training samples/s over the N = 1 "
+             "baseline's; *acc delta* is the mean final val accuracy minus the baseline's, in points.", "",
              compare.markdown(table),
+             "## Accuracy against the original network", "",
+             f"*paired diff*: each run's final validation accuracy minus the original network's (N = 1) on the same "
+             f"{pairs}, in points: mean ± standard deviation over the *pairs*, and the 95 % confidence interval of "
+             f"the mean by Student t (an interval that holds 0 finds no difference). *original acc*: the original's "
+             f"mean final accuracy. *time to base acc*: the training seconds (cumulative time per epoch, mean "
+             f"curve over the runs) until the mean validation accuracy first reaches the original's mean final "
+             f"accuracy, or never.", "",
+             compare.paired_markdown(table),
              "![validation accuracy per epoch](val_acc.png)", "",
              "![time per epoch](epoch_time.png)", "",
              "![accuracy vs wall-clock time](acc_vs_time.png)", "",
@@ -160,6 +211,44 @@ def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id
 
 
 # ----------------------------------------------------------------------------------------------- the study
+def finished_run_id(cfg: TrainConfig, client) -> str | None:
+    """The MLflow run id of study run ``cfg`` (paths resolved) if it already finished, else None (no checkpoint yet,
+    or an unfinished run that ``fit`` resumes).
+
+    A run is finished when its newest readable checkpoint is at epoch ``cfg.optim.epochs``. A finished run whose
+    MLflow run did not end FINISHED (the process died after its last checkpoint) gets its last epoch's metrics
+    logged (where missing) and is ended FINISHED.
+
+    Raises:
+        UserError: the run trained, or was started for, another number of epochs (the study's name was used with
+            another recipe), or its MLflow run is not in this tracking store.
+    """
+    from ..training.checkpoints import newest_readable_meta
+    meta = newest_readable_meta(cfg.run.storage_path, cfg.run.name)
+    if meta is None:
+        return None
+    done = int(meta.get("epoch", 0))
+    had = int(((meta.get("config") or {}).get("optim") or {}).get("epochs", 0))
+    epochs = cfg.optim.epochs
+    if done < had == epochs:
+        return None                                         # interrupted: fit resumes it
+    if done != epochs or had != epochs:
+        raise UserError(f"run {cfg.run.name!r} of this study was {'trained' if done >= had else 'started'} for "
+                        f"{had} epochs (it has {done}), and the study asks for {epochs}: give the study another "
+                        f"--name, or the epochs it had")
+    run_id = meta.get("mlflow_run_id")
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - no such run in this store
+        raise UserError(f"run {cfg.run.name!r} finished, but its MLflow run {run_id} is not in "
+                        f"{tracking.redact(cfg.run.tracking_uri)}: give the --tracking-uri it was trained with, or "
+                        f"the study another --name") from None
+    if run.info.status != "FINISHED":
+        tracking.log_metrics(cfg.run.tracking_uri, run_id, meta.get("metrics") or {}, step=done)
+        tracking.close_run(cfg.run.tracking_uri, run_id)
+    return run_id
+
+
 def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int], name: str | None,
               out: str | None, init_ray: Callable, fit: Callable | None = None) -> int:
     from mlflow.tracking import MlflowClient
@@ -179,15 +268,21 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
     runs = plan(base, subnets, iterations, seeds, name, parent)
     console = Console()
     console.print(f"study {name!r}: {len(runs)} runs (MLflow parent run {parent}, experiment {base.run.experiment!r})")
-    print(f"{'run':28s} {'N':>2s} {'K':>2s} {'seed':>4s} {'final val acc':>14s} {'best':>7s} {'s/epoch':>8s} "
-          f"{'samples/s':>10s}", flush=True)
+    width = max(28, *(len(cfg.run.name) for cfg in runs))
+    print(f"{'run':{width}s} {'N':>2s} {'K':>2s} {'seed':>4s} {'fold':>4s} {'final val acc':>14s} {'best':>7s} "
+          f"{'s/epoch':>8s} {'samples/s':>10s}", flush=True)
     client = MlflowClient(base.run.tracking_uri)
     try:
         for cfg in runs:
-            result = fit(cfg)
-            s = compare.summarize(client, client.get_run(result.run_id))
-            print(f"{cfg.run.name:28s} {cfg.model.subnets:2d} {cfg.model.iterations:2d} {cfg.optim.seed:4d} {100 * s.final_val_acc:13.2f}% "
-                  f"{100 * s.best_val_acc:6.2f}% {s.epoch_time_s:8.1f} {s.samples_per_s:10.0f}", flush=True)
+            run_id = finished_run_id(cfg, client)
+            reused = run_id is not None                     # finished before: not trained again
+            if not reused:
+                run_id = fit(cfg).run_id
+            s = compare.summarize(client, client.get_run(run_id))
+            fold = str(cfg.data.fold) if cfg.data.folds else "-"
+            print(f"{cfg.run.name:{width}s} {cfg.model.subnets:2d} {cfg.model.iterations:2d} {cfg.optim.seed:4d} "
+                  f"{fold:>4s} {100 * s.final_val_acc:13.2f}% {100 * s.best_val_acc:6.2f}% {s.epoch_time_s:8.1f} "
+                  f"{s.samples_per_s:10.0f}" + ("  (finished before)" if reused else ""), flush=True)
         summaries = compare.finished_runs(base.run.tracking_uri, parent=parent)
         table = compare.rows(summaries)
         os.makedirs(out, exist_ok=True)

@@ -22,7 +22,7 @@ ENGINES = {"raypar": (False, False), "raypar-f1": (True, False), "raypar-ca": (F
 
 @dataclass
 class BenchConfig:
-    model: str = "vgg16"
+    model: str = "vgg11"                     # the same default model as raypar train
     width_mult: float = 0.25
     image_size: int = 32
     in_channels: int = 3
