@@ -16,11 +16,14 @@ DIGITS = get_recipe("digits-cpu").tag      # "digits-cpu@<its version>"
 
 
 def test_study_writes_nested_runs_report_and_plots(ray_local, tmp_path, monkeypatch, capsys):
+    """Two folds of one seed for N = 1 and N = 2 (one epoch each): four nested runs named by their fold, the params
+    that re-read the study from MLflow alone, the paired table; the same command again retrains nothing."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    rc = main(["study", "--recipe", "digits-cpu", "--width-mult", "0.125", "--epochs", "2", "--subnets", "1,2",
-               "--seeds", "0", "--balance", "flops", "--cpus-per-subnet", "0.5", "--name", "tiny",
-               "--tracking-uri", uri, "--experiment", "study-test"])
+    argv = ["study", "--recipe", "digits-cpu", "--width-mult", "0.125", "--epochs", "1", "--subnets", "1,2",
+            "--seeds", "0", "--folds", "2", "--balance", "flops", "--cpus-per-subnet", "0.5", "--name", "tiny",
+            "--tracking-uri", uri, "--experiment", "study-test"]
+    rc = main(argv)
     assert rc == 0
     out = capsys.readouterr().out
     parent_id = out.strip().splitlines()[-1].split("parent run ")[-1]
@@ -28,29 +31,48 @@ def test_study_writes_nested_runs_report_and_plots(ray_local, tmp_path, monkeypa
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["raypar.kind"] == "study"
     assert parent.data.params["recipe"] == DIGITS and parent.data.params["subnets"] == "1,2"
+    assert parent.data.params["folds"] == "2"
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    assert sorted(r.data.params["num_subnets"] for r in children) == ["1", "2"]   # N = 1 trains too
-    for r in children:
-        assert r.info.status == "FINISHED" and r.data.params["recipe"] == DIGITS
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
+    names = {r.info.run_name: r for r in children}
+    assert sorted(names) == ["tiny-n1-k1-s0-f0", "tiny-n1-k1-s0-f1", "tiny-n2-k1-s0-f0", "tiny-n2-k1-s0-f1"]
+    for name, r in names.items():                     # N = 1 trains too, on every fold
+        p = r.data.params
+        assert r.info.status == "FINISHED" and p["recipe"] == DIGITS
+        assert (p["num_subnets"], p["iterations"], p["seed"], p["folds"], p["fold"]) == (
+            name[6], "1", "0", "2", name[-1])
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1]
     # the table printed as it went: one line per run
-    assert "tiny-n1-k1-s0" in out and "tiny-n2-k1-s0" in out
+    assert all(name in out for name in names)
 
     folder = tmp_path / "studies" / "tiny"
     report = (folder / "report.md").read_text()
-    assert f"| vgg11 | digits | 1 | 1 | 1 | {DIGITS} | 0 |" in report
-    assert f"| vgg11 | digits | 2 | 1 | 1 | {DIGITS} | 0 |" in report
+    assert f"| vgg11 | digits | 1 | 1 | 1 | {DIGITS} | 0 | 2 |" in report
+    assert f"| vgg11 | digits | 2 | 1 | 1 | {DIGITS} | 0 | 2 |" in report
+    assert "validation accuracy on the held-out fold" in report and "test set stays untouched" in report
+    assert "## Accuracy against the original network" in report
+    assert f"| vgg11 | digits | 2 | 1 | 1 | {DIGITS} | 2 |" in report          # its row of the paired table
     for name in ("val_acc.png", "epoch_time.png", "acc_vs_time.png"):
         assert imread(folder / name).shape[:2] == (500, 800), name
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"report.md", "val_acc.png", "epoch_time.png", "acc_vs_time.png", "results.json"} <= artifacts
+    results = json.loads((folder / "results.json").read_text())
+    assert [(r["n"], r["folds"], r["runs"], r["pairs"]) for r in results] == [(1, 2, 2, None), (2, 2, 2, 2)]
 
     assert main(["compare", "--parent", parent_id, "--tracking-uri", uri, "--format", "json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert [(r["n"], r["k"], r["seeds"]) for r in table] == [(1, 1, [0]), (2, 1, [0])]
     assert table[0]["speedup"] == 1.0 and table[0]["acc_delta"] == 0.0
-    by_n = {r.data.params["num_subnets"]: r for r in children}
-    assert table[1]["final_val_acc"] == pytest.approx(by_n["2"].data.metrics["val_acc"])
+    acc = {(r.data.params["num_subnets"], r.data.params["fold"]): r.data.metrics["val_acc"] for r in children}
+    assert table[1]["final_val_acc"] == pytest.approx((acc["2", "0"] + acc["2", "1"]) / 2)
+    assert table[1]["pair_mean"] == pytest.approx((acc["2", "0"] - acc["1", "0"] + acc["2", "1"] - acc["1", "1"]) / 2)
+    assert table[0]["base_val_acc"] == pytest.approx((acc["1", "0"] + acc["1", "1"]) / 2)
+
+    # the same command again: every run finished, none is trained again; the same four runs, the same numbers
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert again.count("(finished before)") == 4 and "epoch 1/1" not in again
+    assert len(client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")) == 4
+    assert json.loads((folder / "results.json").read_text()) == results
 
 
 def _fake_run(client, exp, n, k, seed, accs, sps, recipe="r@1"):
@@ -88,9 +110,10 @@ def test_compare_groups_seeds_and_sets_rows_against_the_baseline(tmp_path, capsy
     assert par.speedup == pytest.approx(1.7) and par.acc_delta == pytest.approx(-0.03)
     assert main(["compare", "--experiment", "known", "--tracking-uri", uri, "--format", "markdown"]) == 0
     md = capsys.readouterr().out.splitlines()
-    assert md[2] == ("| vgg11 | digits | 1 | 1 | 1 | r@1 | 0,1 | 91.00 ± 1.41 | 91.00 ± 1.41 | 10.0 | 100 | 1.00x "
-                     "| +0.00 |")
-    assert md[3].endswith("| 1.70x | -3.00 |")
+    assert md[2] == ("| vgg11 | digits | 1 | 1 | 1 | r@1 | 0,1 | - | 91.00 ± 1.41 | 91.00 ± 1.41 | 10.0 | 100 "
+                     "| 1.00x | +0.00 | - | - | - | 20.0 s |")
+    # runs without fold params pair by seed: diffs -0.01 and -0.05; the mean curve never reaches 91 %
+    assert md[3].endswith("| 1.70x | -3.00 | 2 | -3.00 ± 2.83 | [-28.41, +22.41] | never |")
     assert main(["compare", "--experiment", "known", "--tracking-uri", uri, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("model,dataset,n,k,replicas,recipe,seeds")
     assert main(["compare", "--experiment", "absent", "--tracking-uri", uri]) == 2
@@ -101,3 +124,42 @@ def test_compare_groups_seeds_and_sets_rows_against_the_baseline(tmp_path, capsy
                                                f"({typo}): check --tracking-uri / MLFLOW_TRACKING_URI, or train a "
                                                f"run first")
     assert not (tmp_path / "no").exists()
+
+
+def _checkpoint(storage, name, epoch, epochs, run_id):
+    """A readable checkpoint of run ``name`` at ``epoch`` of ``epochs``, as the training loop writes one."""
+    import torch
+
+    from raypar.training import checkpoints, tracking
+    from raypar.training.config import TrainConfig
+    folder = storage / name / f"checkpoint_{epoch:06d}"
+    folder.mkdir(parents=True)
+    torch.save({}, folder / tracking.STATE_FILE)
+    config = TrainConfig.from_flat(epochs=epochs).to_dict()
+    digest = checkpoints.sha256(folder / tracking.STATE_FILE)
+    tracking.write_meta(str(folder), {"epoch": epoch, "mlflow_run_id": run_id, "metrics": {"val_acc": 0.5},
+                                      "config": config, "state_sha256": digest})
+
+
+def test_a_resumed_study_reuses_finished_runs_and_refuses_other_epochs(tmp_path):
+    from raypar.errors import UserError
+    from raypar.tools.study import finished_run_id
+    from raypar.training.config import TrainConfig
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("resume")
+    died = client.create_run(exp).info.run_id                # the process died after its last checkpoint
+    _checkpoint(tmp_path / "runs", "s-n1-k1-s0-f0", 2, 2, died)
+    _checkpoint(tmp_path / "runs", "s-n2-k1-s0-f0", 1, 2, "unused")
+
+    def cfg(name, epochs=2):
+        return TrainConfig.from_flat(name=name, epochs=epochs, storage_path=str(tmp_path / "runs"), tracking_uri=uri)
+    assert finished_run_id(cfg("s-n1-k1-s0-f0"), client) == died
+    run = client.get_run(died)
+    assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] == 0.5       # logged, ended FINISHED
+    assert finished_run_id(cfg("s-n2-k1-s0-f0"), client) is None                      # interrupted: fit resumes it
+    assert finished_run_id(cfg("s-n4-k1-s0-f0"), client) is None                      # never started
+    with pytest.raises(UserError, match="trained for 2 epochs .* the study asks for 3"):
+        finished_run_id(cfg("s-n1-k1-s0-f0", epochs=3), client)
+    with pytest.raises(UserError, match="started for 2 epochs"):
+        finished_run_id(cfg("s-n2-k1-s0-f0", epochs=3), client)

@@ -35,7 +35,7 @@ def _add_train_args(p: argparse.ArgumentParser, study: bool = False) -> None:
                  "iterations": ("--iterations", "the parareal iterations K to train for each N (only K <= N is run) (default: 1)",
                                 [1]),
                  "seed": ("--seeds", "seeds, one run each per configuration (default: 0)", [0])}
-        skip += ("name",)
+        skip += ("name", "folds", "fold")                # the study runs every fold: --folds is the study's own
     add_settings(p, ["model", "data", "optim", "engine", "run"], lists=lists, skip=skip)
     if study:
         g = p.add_argument_group("study")
@@ -43,6 +43,11 @@ def _add_train_args(p: argparse.ArgumentParser, study: bool = False) -> None:
                        help="the study's name: its MLflow parent run and the prefix of every run's name; the same "
                             "command again resumes the study (default: <recipe or model>-<dataset>)")
         g.add_argument("--out", default=None, help="folder for the report and plots (default: studies/<name>)")
+        g.add_argument("--folds", type=int, default=None, metavar="F",
+                       help="cross-validation: deal the training pool (digits: all samples; other data sets: the "
+                            "official training split, the test split untouched) into F >= 2 stratified folds from "
+                            "each seed, and train every N, K and seed once per fold, validated on that fold; 0: one "
+                            "run per seed on the data set's own validation split (default: the recipe's, else 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,7 +82,8 @@ def open_parent(base: TrainConfig, name: str, subnets, iterations, seeds) -> str
         return found[0].info.run_id
     run = client.create_run(exp_id, run_name=name, tags={STUDY_TAG: key, "raypar.kind": "study"})
     params = {"study": name, "recipe": base.run.recipe or "-", "model": base.model.name, "width_mult": base.model.width_mult,
-              "dataset": base.data.dataset, "folds": base.data.folds, "subnets": ",".join(map(str, subnets)),
+              "dataset": base.data.dataset, "folds": base.data.folds,
+              "subnets": ",".join(map(str, subnets)),
               "iterations": ",".join(map(str, iterations)), "seeds": ",".join(map(str, seeds)),
               "epochs": base.optim.epochs, "batch_size": base.optim.batch_size, "lr": base.optim.lr, "lr_schedule": base.optim.lr_schedule,
               "weight_decay": base.optim.weight_decay, "coarse_depth": base.model.coarse_depth, "coarse_norm": base.model.coarse_norm,
@@ -165,10 +166,12 @@ def evaluation_note(base: TrainConfig) -> str:
         pool = ("the official training split" if official else "all 1797 samples of digits (every sample is "
                                                                  "validated once per seed)")
         test = ("The official test split is the test set, untouched: no run trains, validates or is chosen on it."
-                if official else "digits has no official test split.")
+                if official else "digits has no official test split; with a data set that has one (CIFAR, SVHN, "
+                                 "MNIST, an image folder's `val/`) the folds split its training split and the test "
+                                 "set stays untouched.")
         return (f"Accuracies are **validation accuracy on the held-out fold**: {folds}-fold stratified "
                 f"cross-validation of {pool}, the folds dealt from the seed; each run trains on the other "
-                f"{folds - 1} folds. {test}")
+                f"{'fold' if folds == 2 else f'{folds - 1} folds'}. {test}")
     if official:
         return ("Accuracies are validation accuracy on the data set's own validation split (a torchvision set's "
                 "official test split; an image folder's `val/`); with `--folds` the study validates on held-out "

@@ -255,6 +255,7 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from .runs import decide
     decision = decide(cfg.resolved(), resume)
@@ -274,14 +275,16 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
                          f"{cfg.optim.epochs} (was {decision.epochs_before}; changed at epoch {decision.epoch})")
     cfg = cfg.replace(extra=dict(cfg.extra, mlflow_run_id=run_id))
     _emit(events, kind="phase", text="starting the driver (a Ray Train worker)")
-    trainer = quick_to_stop(TorchTrainer)(
+    # R drivers share a torch.distributed group (gloo; a CUDA driver adds an NCCL group of its own:
+    # raypar.engine.hybrid); one driver needs none, and starts no rendezvous server
+    group = {"torch_config": TorchConfig(backend="gloo")} if cfg.engine.replicas > 1 else {}
+    trainer = quick_to_stop(TorchTrainer if group else DataParallelTrainer)(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
-        # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica);
-        # gloo for the drivers' group (a CUDA driver adds an NCCL group of its own: raypar.engine.hybrid)
+        # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica)
         scaling_config=ScalingConfig(num_workers=cfg.engine.replicas, use_gpu=gpus > 0,
                                      resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})},
                                      placement_strategy="SPREAD" if cfg.engine.replicas > 1 else "PACK"),
-        torch_config=TorchConfig(backend="gloo"),
+        **group,
         run_config=RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),

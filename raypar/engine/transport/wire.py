@@ -89,11 +89,27 @@ def is_failed_reply(t: torch.Tensor) -> bool:
 
 def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0):
     """A process group that is not the default one: its own store, its own gloo/NCCL backend object (a driver that
-    is one of R replicas already has the replicas' group as its default one)."""
+    is one of R replicas already has the replicas' group as its default one). Rank 0's store and every gloo
+    endpoint listen on ``addr`` only (the node's address; loopback for a local run), not on every interface."""
+    import socket
+
     import torch.distributed as dist
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False)
+    listener = None
+    if rank == 0:
+        listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        listener.bind((addr, port))
+        listener.listen()
+    try:
+        store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False,
+                              master_listen_fd=listener.fileno() if listener else None)
+    finally:
+        if listener is not None:
+            listener.detach()                          # the store owns the socket now
     store = dist.PrefixStore("raypar-transport", store)
     if backend == "nccl":
         return dist.ProcessGroupNCCL(store, rank, world)
-    return dist.ProcessGroupGloo(store, rank, world, timeout)
+    options = dist.ProcessGroupGloo._Options()
+    options._devices = [dist.ProcessGroupGloo.create_device(hostname=addr)]
+    options._timeout = timeout
+    return dist.ProcessGroupGloo(store, rank, world, options)
