@@ -489,3 +489,16 @@ def test_cli_messages_never_show_a_password(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the MLflow tracking server http://alice:***@127.0.0.1:1" in lines[0]
     assert SECRET not in r.stdout + r.stderr
+
+
+def test_mlflow_never_prints_a_tracking_uri_with_its_password(capsys, monkeypatch):
+    """MLflow prints "View run ... at: <URI>" when a run against a tracking server ends; in a raypar process it does
+    not (the URI would carry the password): the call returns before it even asks the server."""
+    import raypar.training.tracking  # noqa: F401 - importing it is what switches the line off
+    from mlflow.tracking import MlflowClient
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # with the line on: fail fast, not retry for minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    client = MlflowClient(f"http://alice:{SECRET}@127.0.0.1:1")
+    client._tracking_client._log_url("0" * 32)          # with the line on, this asks the (absent) server for the run
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err and "View run" not in out
