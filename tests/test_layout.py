@@ -105,3 +105,12 @@ def test_the_command_starts_without_loading_torch_or_ray():
     code = "import sys, raypar, raypar.cli.main; print(sorted({'torch', 'ray', 'mlflow'} & set(sys.modules)))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_raypar_train_loads_no_tool():
+    """`raypar train` (and `jobs/train.py`) make only train's options: no bench, plan, tune or study module loads."""
+    code = ("import sys; from raypar.cli.main import build_parser; "
+            "build_parser('train').parse_args(['train', '--epochs', '2']); "
+            "print(sorted(m for m in sys.modules if m.startswith('raypar.tools')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

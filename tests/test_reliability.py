@@ -416,7 +416,7 @@ def test_mistakes_a_worker_would_meet_are_one_line(ray_local, tmp_path, capsys, 
         "or a cluster with GPUs"]
     assert not (tmp_path / "mlflow.db").exists()
 
-    def fails(cfg, events=None):                     # what Ray Train raises for a UserError in rank 1's train_loop
+    def fails(cfg, events=None, **options):          # what Ray Train raises for a UserError in rank 1's train_loop
         cause = RayTaskError("train_loop", "Traceback (most recent call last): ...", UserError("the worker's reason"))
         raise WorkerGroupError("Training failed due to worker errors:", {1: cause})
     monkeypatch.setattr("raypar.training.loop.fit", fails)
@@ -502,3 +502,29 @@ def test_mlflow_never_prints_a_tracking_uri_with_its_password(capsys, monkeypatc
     client._tracking_client._log_url("0" * 32)          # with the line on, this asks the (absent) server for the run
     out, err = capsys.readouterr()
     assert SECRET not in out + err and "View run" not in out
+
+
+def test_an_unreachable_tracking_store_is_waited_out_then_stops_the_run_in_one_line(tmp_path, monkeypatch):
+    """A tracking server that drops out mid-run loses no metric: each write is tried again until it goes through;
+    one that stays away stops the run with one line (the checkpoint stays, so nothing is lost silently)."""
+    from mlflow.tracking import MlflowClient
+
+    from raypar import UserError
+    from raypar.training import tracking
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("outage")).info.run_id
+    real, failures = MlflowClient.log_batch, [3]
+
+    def flaky(self, *args, **kwargs):
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("connection refused")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    tracking.log_metrics(uri, run_id, {"val_acc": 0.5}, step=1)
+    assert failures == [0] and [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1]
+    failures[0] = 10**6
+    with pytest.raises(UserError, match="unreachable for 0 s.*--resume"):
+        tracking.patiently(MlflowClient(uri).log_batch, run_id, outage_s=0)

@@ -50,13 +50,7 @@ def _add_train_args(p: argparse.ArgumentParser, study: bool = False) -> None:
                             "run per seed on the data set's own validation split (default: the recipe's, else 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="raypar", description="Parareal neural networks trained on Ray, tracked in MLflow.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    info = sub.add_parser("info", help="show how a model splits into sub-networks",
-                          description="Print the split of a model into N sub-networks: blocks, parameters, "
-                                      "cost, interface tensors, coarse/fine cost and the ideal speedup.")
+def _info_args(info: argparse.ArgumentParser) -> None:
     from ..training.config import TrainConfig
     from .options import add_settings
     add_settings(info, ["model"], defaults=TrainConfig(), skip=("balance",))
@@ -66,35 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--in-channels", type=int, default=3, help="input channels (default: %(default)s)")
     info.add_argument("--image-size", type=int, default=32, help="input height = width (default: %(default)s)")
     info.add_argument("--batch", type=int, default=8, help="batch size of the profiling run (default: %(default)s)")
-    info.set_defaults(func=cmd_info)
 
-    train = sub.add_parser("train", help="train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
-                           description="Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post "
-                                       "in the Ray Train driver, every run recorded in MLflow. With no arguments it "
-                                       "trains a small VGG-11 on the offline digits data set with 2 sub-networks "
-                                       "on an in-process Ray. Settings come from the defaults shown, replaced by "
-                                       "--recipe, then by --config, then by the options given.")
+
+def _train_only_args(train: argparse.ArgumentParser) -> None:
     _add_train_args(train)
     train.add_argument("--resume", action="store_true",
                        help="resume the run named by --name, or else the newest unfinished run with these settings; "
                             "with more --epochs, train a finished run further")
-    train.set_defaults(func=cmd_train)
 
-    study = sub.add_parser("study", help="train the original network and its parareal versions side by side",
-                           description="Train, with one recipe and seed list, the original network (N = 1, in one "
-                                       "process) and its parareal versions for every N and K asked for, as nested "
-                                       "MLflow runs under one parent run; print a table as it goes; write a Markdown "
-                                       "report and PNG plots into --out and onto the parent run. The same command "
-                                       "again resumes an interrupted study (finished runs are not retrained).")
-    _add_train_args(study, study=True)
-    study.set_defaults(func=cmd_study)
 
-    compare = sub.add_parser("compare", help="compare the runs of an MLflow experiment or study, one row per "
-                                             "configuration",
-                             description="Read finished runs from MLflow and print one row per configuration "
-                                         "(model, data set, N, K, replicas, recipe): seeds, best and final val "
-                                         "accuracy (mean ± std over seeds), time per epoch, samples/s, speedup and "
-                                         "accuracy delta vs the N = 1 baseline of the same model and recipe.")
+def _compare_args(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--experiment", default=None, help="the MLflow experiment to read (default: raypar)")
     compare.add_argument("--parent", default=None, metavar="RUN_ID",
                          help="only the runs of one study (its parent run id)")
@@ -102,44 +77,79 @@ def build_parser() -> argparse.ArgumentParser:
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     compare.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json"],
                          help="output format (default: %(default)s)")
-    compare.set_defaults(func=cmd_compare)
 
-    recipes = sub.add_parser("recipes", help="list the built-in recipes",
-                             description="List the recipes that ship with raypar (name@version and what they "
-                                         "train); `--show NAME` prints one as a TOML file to start your own from.")
+
+def _recipes_args(recipes: argparse.ArgumentParser) -> None:
     recipes.add_argument("--show", default=None, metavar="NAME", help="print this recipe's TOML file")
-    recipes.set_defaults(func=cmd_recipes)
 
-    from ..tools.bench import add_arguments as add_bench_arguments
-    bench = sub.add_parser("bench", help="training throughput and memory: original vs parareal vs raypar vs DDP vs "
-                                         "pipelining",
-                           description="Train the same model, batch and threads per process as every contender "
-                                       "(original, parareal-1proc, raypar-N on Ray, DDP, torch pipelining), taking turns step "
-                                       "by step, and compare samples/s and peak memory per process; writes "
-                                       "bench.json and bench.png into --out and logs an MLflow run with "
-                                       "--tracking-uri.")
-    add_bench_arguments(bench)
-    bench.set_defaults(func=cmd_bench)
 
-    from .tune import add_arguments as add_tune_arguments
-    tune = sub.add_parser("tune", help="choose the split by measuring candidate splits on the engine",
-                          description="Run the engine with the profile's split and its neighbours (one block "
-                                      "boundary moved by up to --radius blocks), on the same synthetic batches, "
-                                      "taking turns step by step on CPUs (one after the other on GPUs), and print "
-                                      "each one's step time; the fastest is what `train --balance tune` would "
-                                      "use with the same settings.")
-    add_tune_arguments(tune)
-    tune.set_defaults(func=cmd_tune)
+def _bench_args(bench: argparse.ArgumentParser) -> None:
+    from ..tools.bench import add_arguments
+    add_arguments(bench)
 
-    from ..tools.plan import add_arguments as add_plan_arguments
-    plan = sub.add_parser("plan", help="predict step time and speedup for N = 1..G sub-networks, before running",
-                          description="Predict, for N = 1..G sub-networks, the training step time and the speedup "
-                                      "over the sequential network: Amdahl for the parareal structure (pre + coarse "
-                                      "sweeps + K x max fine + post on the critical path) plus the interface "
-                                      "transfers over --link-gbps, from per-part costs measured on this machine "
-                                      "(one thread per process) and PararealNet's balanced split.")
-    add_plan_arguments(plan)
-    plan.set_defaults(func=cmd_plan)
+
+def _tune_args(tune: argparse.ArgumentParser) -> None:
+    from .tune import add_arguments
+    add_arguments(tune)
+
+
+def _plan_args(plan: argparse.ArgumentParser) -> None:
+    from ..tools.plan import add_arguments
+    add_arguments(plan)
+
+
+# name -> (one-line help, description, what adds its options, what runs it)
+COMMANDS = {
+    "info": ("show how a model splits into sub-networks",
+             "Print the split of a model into N sub-networks: blocks, parameters, cost, interface tensors, "
+             "coarse/fine cost and the ideal speedup.", _info_args, "cmd_info"),
+    "train": ("train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
+              "Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post in the Ray Train driver, "
+              "every run recorded in MLflow. With no arguments it trains a small VGG-11 on the offline digits data "
+              "set with 2 sub-networks on an in-process Ray. Settings come from the defaults shown, replaced by "
+              "--recipe, then by --config, then by the options given.", _train_only_args, "cmd_train"),
+    "study": ("train the original network and its parareal versions side by side",
+              "Train, with one recipe and seed list, the original network (N = 1, in one process) and its parareal "
+              "versions for every N and K asked for, as nested MLflow runs under one parent run; print a table as "
+              "it goes; write a Markdown report and PNG plots into --out and onto the parent run. The same command "
+              "again resumes an interrupted study (finished runs are not retrained).",
+              lambda p: _add_train_args(p, study=True), "cmd_study"),
+    "compare": ("compare the runs of an MLflow experiment or study, one row per configuration",
+                "Read finished runs from MLflow and print one row per configuration (model, data set, N, K, "
+                "replicas, recipe): seeds, best and final val accuracy (mean ± std over seeds), time per epoch, "
+                "samples/s, speedup and accuracy delta vs the N = 1 baseline of the same model and recipe.",
+                _compare_args, "cmd_compare"),
+    "recipes": ("list the built-in recipes",
+                "List the recipes that ship with raypar (name@version and what they train); `--show NAME` prints "
+                "one as a TOML file to start your own from.", _recipes_args, "cmd_recipes"),
+    "bench": ("training throughput and memory: original vs parareal vs raypar vs DDP vs pipelining",
+              "Train the same model, batch and threads per process as every contender (original, parareal-1proc, "
+              "raypar-N on Ray, DDP, torch pipelining), taking turns step by step, and compare samples/s and peak "
+              "memory per process; writes bench.json and bench.png into --out and logs an MLflow run with "
+              "--tracking-uri.", _bench_args, "cmd_bench"),
+    "tune": ("choose the split by measuring candidate splits on the engine",
+             "Run the engine with the profile's split and its neighbours (one block boundary moved by up to "
+             "--radius blocks), on the same synthetic batches, taking turns step by step on CPUs (one after the "
+             "other on GPUs), and print each one's step time; the fastest is what `train --balance tune` would use "
+             "with the same settings.", _tune_args, "cmd_tune"),
+    "plan": ("predict step time and speedup for N = 1..G sub-networks, before running",
+             "Predict, for N = 1..G sub-networks, the training step time and the speedup over the sequential "
+             "network: Amdahl for the parareal structure (pre + coarse sweeps + K x max fine + post on the critical "
+             "path) plus the interface transfers over --link-gbps, from per-part costs measured on this machine "
+             "(one thread per process) and PararealNet's balanced split.", _plan_args, "cmd_plan"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``raypar`` parser. ``only``: the command about to run; only its options are made (each command's options
+    load that command's modules: ``raypar train`` loads no tool)."""
+    parser = _Parser(prog="raypar", description="Parareal neural networks trained on Ray, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help_, description, add_args, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=description)
+        if only in (None, name):
+            add_args(p)
+        p.set_defaults(func=globals()[func])
     return parser
 
 
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv):
         print("raypar train: checking the settings", flush=True)      # at once: torch and Ray take seconds to load
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

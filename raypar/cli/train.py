@@ -163,7 +163,11 @@ def cmd_train(args) -> int:
     made = None if "://" in cfg.run.storage_path or os.path.exists(cfg.run.storage_path) else cfg.run.storage_path
     log_path = None if "://" in cfg.run.storage_path else os.path.join(cfg.run.storage_path, f"{cfg.run.name}.log")
     if log_path:
-        os.makedirs(cfg.run.storage_path, exist_ok=True)
+        try:
+            os.makedirs(cfg.run.storage_path, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--storage-path {redact(cfg.run.storage_path)} cannot be written: "
+                            f"{e.strerror or e}") from None
     quiet_console(log_path)
     console.print(f"[{clock():5.1f} s] {decision.line()}")
     try:

@@ -88,7 +88,8 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
     if n < 2:
         return [len(staged.blocks)], []
     check_effort(warmup, steps, radius)
-    resources = replace(resources or Resources(), first_in_driver=driver_segment, batch=batch)
+    # the candidates run side by side, each with placement groups of its own: none takes the run's group name
+    resources = replace(resources or Resources(), first_in_driver=driver_segment, batch=batch, group_name="")
     with torch.random.fork_rng(devices=[]):    # coarse networks from the seed; the caller's RNG untouched
         torch.manual_seed(seed)
         base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,

@@ -239,6 +239,15 @@ def failure_reason(error: BaseException, max_failures: int = 0) -> str:
     return reason[:1000]
 
 
+def _close_quietly(tracking_uri: str, run_id: str, error: BaseException, reason: str) -> None:
+    """End a run that failed; where the store cannot be reached either, the run's own error is what the caller
+    sees (the MLflow run stays open and a resume reopens it)."""
+    try:
+        tracking.close_run(tracking_uri, run_id, error, reason=reason)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None = None) -> TrainResult:
     """Train ``cfg`` with a ``TorchTrainer`` on the current Ray cluster: a new run, or an unfinished one resumed,
     by the rule of :mod:`raypar.training.runs`.
@@ -299,10 +308,10 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
         if stopped:
             raise FloatingPointError(stopped)
     except (KeyboardInterrupt, SystemExit) as e:
-        tracking.close_run(cfg.run.tracking_uri, run_id, e, reason=tracking.INTERRUPTED)
+        _close_quietly(cfg.run.tracking_uri, run_id, e, reason=tracking.INTERRUPTED)
         raise
     except BaseException as e:
-        tracking.close_run(cfg.run.tracking_uri, run_id, e, reason=failure_reason(e, cfg.run.max_failures))
+        _close_quietly(cfg.run.tracking_uri, run_id, e, reason=failure_reason(e, cfg.run.max_failures))
         raise
     tracking.close_run(cfg.run.tracking_uri, run_id)
     meta = tracking.latest_meta(cfg.run.storage_path, cfg.run.name) or {}

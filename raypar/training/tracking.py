@@ -156,17 +156,45 @@ def open_run(cfg, meta: dict | None = None) -> tuple[str, bool]:
     return run.info.run_id, False
 
 
+OUTAGE_S = 180.0          # how long the training loop waits out an unreachable tracking store before it stops
+
+
+def patiently(call, *args, outage_s: float = OUTAGE_S, **kwargs):
+    """``call(*args, **kwargs)``, tried again with growing pauses while the tracking store cannot be reached, for up
+    to ``outage_s`` seconds: a tracking server that restarts or drops out for a minute loses no metric.
+
+    Raises:
+        UserError: the store stayed unreachable (the run stops; its last checkpoint is kept and a resume logs
+            the checkpoint's metrics).
+    """
+    deadline, pause = time.monotonic() + outage_s, 1.0
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - MLflow wraps connection errors in several types
+            if time.monotonic() + pause > deadline:
+                raise UserError(f"the MLflow tracking store was unreachable for {outage_s:.0f} s: "
+                                f"{redact(str(e).splitlines()[0][:200])}; the last checkpoint is kept: resume the "
+                                f"run with --resume once the store is back") from None
+            time.sleep(pause)
+            pause = min(2 * pause, 15.0)
+
+
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict, step: int) -> None:
     """Log ``metrics`` at ``step``, skipping any already logged there: a run resumed from an older checkpoint (or
-    after a crash between checkpoint and logging) never logs a step twice."""
+    after a crash between checkpoint and logging) never logs a step twice. Waits out an unreachable store
+    (:func:`patiently`)."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri)
     ts = int(time.time() * 1000)
-    todo = [Metric(k, float(v), ts, step) for k, v in metrics.items()
-            if step not in {m.step for m in client.get_metric_history(run_id, k)}]
-    if todo:
-        client.log_batch(run_id, metrics=todo)
+
+    def log():
+        todo = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                if step not in {m.step for m in client.get_metric_history(run_id, k)}]
+        if todo:
+            client.log_batch(run_id, metrics=todo)
+    patiently(log)
 
 
 def count_start(tracking_uri: str, run_id: str) -> int:
@@ -180,8 +208,9 @@ def count_start(tracking_uri: str, run_id: str) -> int:
 
 
 def set_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:
+    """Set a tag of the run, waiting out an unreachable store (:func:`patiently`)."""
     from mlflow.tracking import MlflowClient
-    MlflowClient(tracking_uri).set_tag(run_id, key, value)
+    patiently(MlflowClient(tracking_uri).set_tag, run_id, key, value)
 
 
 def get_tag(tracking_uri: str, run_id: str, key: str) -> str | None:
@@ -190,8 +219,9 @@ def get_tag(tracking_uri: str, run_id: str, key: str) -> str | None:
 
 
 def log_artifacts(tracking_uri: str, run_id: str, folder: str) -> None:
+    """Upload a folder's files as the run's artifacts, waiting out an unreachable store (:func:`patiently`)."""
     from mlflow.tracking import MlflowClient
-    MlflowClient(tracking_uri).log_artifacts(run_id, folder)
+    patiently(MlflowClient(tracking_uri).log_artifacts, run_id, folder)
 
 
 def close_run(tracking_uri: str, run_id: str, error: BaseException | None = None, reason: str | None = None) -> None:
