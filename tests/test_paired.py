@@ -126,7 +126,7 @@ def test_the_paired_columns_in_every_format():
     paired_md = compare.paired_markdown(table).splitlines()
     assert paired_md[0] == ("| model | dataset | N | K | R | recipe | folds | original acc | final val acc | pairs | "
                             "paired diff | 95% CI | s/epoch | time to base acc |")
-    assert paired_md[3] == ("| vgg11 | digits | 2 | 1 | 1 | r@1 | 2 | 87.50 | 89.25 ± 8.30 | 4 | +1.75 ± 2.99 | "
+    assert paired_md[3] == ("| vgg11 x0.25 | digits | 2 | 1 | 1 | r@1 | 2 | 87.50 | 89.25 ± 8.30 | 4 | +1.75 ± 2.99 | "
                             "[-3.00, +6.50] | 1.0 | 2.0 s |")
     data = json.loads(compare.render(table, "json"))
     assert data[1]["pairs"] == 4 and data[1]["pair_mean"] == pytest.approx(0.0175)
@@ -145,6 +145,6 @@ def test_the_study_report_says_what_the_accuracy_measures(dataset, says):
     text = study.report(rows(BASE + PAR), base, "st", "parent-id", [0, 1])
     assert "validation accuracy on the held-out fold" in text and says in text
     assert "## Accuracy against the original network" in text
-    assert "| vgg11 | digits | 2 | 1 | 1 | r@1 | 2 | 87.50 | 89.25 ± 8.30 | 4 | +1.75 ± 2.99 |" in text
+    assert "| vgg11 x0.25 | digits | 2 | 1 | 1 | r@1 | 2 | 87.50 | 89.25 ± 8.30 | 4 | +1.75 ± 2.99 |" in text
     plain = study.report(rows(BASE + PAR), TrainConfig.from_flat(dataset=dataset), "st", "p", [0])
     assert "accuracy on the held-out fold" not in plain and "validation split" in plain

@@ -46,11 +46,11 @@ def test_study_writes_nested_runs_report_and_plots(ray_local, tmp_path, monkeypa
 
     folder = tmp_path / "studies" / "tiny"
     report = (folder / "report.md").read_text()
-    assert f"| vgg11 | digits | 1 | 1 | 1 | {DIGITS} | 0 | 2 |" in report
-    assert f"| vgg11 | digits | 2 | 1 | 1 | {DIGITS} | 0 | 2 |" in report
+    assert f"| vgg11 x0.125 | digits | 1 | 1 | 1 | {DIGITS} | 0 | 2 |" in report
+    assert f"| vgg11 x0.125 | digits | 2 | 1 | 1 | {DIGITS} | 0 | 2 |" in report
     assert "validation accuracy on the held-out fold" in report and "test set stays untouched" in report
     assert "## Accuracy against the original network" in report
-    assert f"| vgg11 | digits | 2 | 1 | 1 | {DIGITS} | 2 |" in report          # its row of the paired table
+    assert f"| vgg11 x0.125 | digits | 2 | 1 | 1 | {DIGITS} | 2 |" in report          # its row of the paired table
     for name in ("val_acc.png", "epoch_time.png", "acc_vs_time.png"):
         assert imread(folder / name).shape[:2] == (500, 800), name
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
@@ -110,7 +110,7 @@ def test_compare_groups_seeds_and_sets_rows_against_the_baseline(tmp_path, capsy
     assert par.speedup == pytest.approx(1.7) and par.acc_delta == pytest.approx(-0.03)
     assert main(["compare", "--experiment", "known", "--tracking-uri", uri, "--format", "markdown"]) == 0
     md = capsys.readouterr().out.splitlines()
-    assert md[2] == ("| vgg11 | digits | 1 | 1 | 1 | r@1 | 0,1 | - | 91.00 ± 1.41 | 91.00 ± 1.41 | 10.0 | 100 "
+    assert md[2] == ("| vgg11 x0.25 | digits | 1 | 1 | 1 | r@1 | 0,1 | - | 91.00 ± 1.41 | 91.00 ± 1.41 | 10.0 | 100 "
                      "| 1.00x | +0.00 | - | - | - | 20.0 s |")
     # runs without fold params pair by seed: diffs -0.01 and -0.05; the mean curve never reaches 91 %
     assert md[3].endswith("| 1.70x | -3.00 | 2 | -3.00 ± 2.83 | [-28.41, +22.41] | never |")

@@ -50,6 +50,9 @@ def test_the_same_command_twice_makes_two_runs_and_the_console_is_raypars(tmp_pa
     for r in (first, second):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert r.stdout.splitlines()[0] == "raypar train: checking the settings"
+        phases = [ln for ln in r.stdout.splitlines() if re.match(r"\[ *\d+\.\d s\] ", ln)]
+        for phase in ("new run", "starting Ray", "starting the driver", "starting 2 fine actors", "first step"):
+            assert any(phase in ln for ln in phases), (phase, phases)          # a line per start-up phase
         strangers = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip() and not OURS.match(ln)]
         assert not strangers, strangers
     client, runs = _runs(tmp_path)

@@ -143,7 +143,7 @@ class Row:
     Accuracies are fractions, not points. The ``pair_*`` fields are None for the baseline itself, without a
     baseline, or where no run has a baseline run of the same (fold, seed); ``pair_std``, ``pair_lo`` and
     ``pair_hi`` are None with a single pair."""
-    model: str
+    model: str                      # the model and its width, e.g. "vgg11 x0.25"
     dataset: str
     n: int
     k: int
@@ -253,7 +253,8 @@ def rows(runs: list[RunSummary]) -> list[Row]:
         final, final_sd = _mean_std([r.final_val_acc for r in rs])
         sps = statistics.fmean(r.samples_per_s for r in rs)
         b = base.get(rs[0].recipe_key)
-        row = Row(p.get("model", "?"), p.get("dataset", "?"), int(p["num_subnets"]),
+        model = p.get("model", "?") + (f" x{float(p['width_mult']):g}" if p.get("width_mult") else "")
+        row = Row(model, p.get("dataset", "?"), int(p["num_subnets"]),
                   int(p.get("iterations", 1)), int(p.get("replicas", 1)),
                   p["recipe"] if p.get("recipe") not in (None, "", "None") else "-",
                   sorted({r.seed for r in rs}), best, best_sd, final, final_sd,
