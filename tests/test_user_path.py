@@ -44,25 +44,47 @@ def _steps(client, run_id, key="val_acc"):
 
 def test_the_same_command_twice_makes_two_runs_and_the_console_is_raypars(tmp_path):
     """Two identical commands: two FINISHED runs, each its own name, checkpoint folder and log; every console line is
-    raypar's, the first one at once. The name of a finished run is refused in one line."""
-    first = _train(tmp_path, "--epochs", "1")
-    second = _train(tmp_path, "--epochs", "1")
-    for r in (first, second):
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        assert r.stdout.splitlines()[0] == "raypar train: checking the settings"
-        phases = [ln for ln in r.stdout.splitlines() if re.match(r"\[ *\d+\.\d s\] ", ln)]
+    raypar's, the first one at once, then a line per start-up phase. The commands ask for a batch larger than the
+    data: it is clipped to the training set with a line, and no process grows past 2 GB. The name of a finished run is
+    refused in one line."""
+    from raypar.training import data
+    n = len(data.load("digits").train)
+    outs, peaks = [], []
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "raypar.cli", "train", *TINY, "--epochs", "1",
+                                 "--batch-size", "100000"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                peak = max([peak, *(p.memory_info().rss for p in tree if p.is_running())])
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+        out, err = proc.communicate()
+        assert proc.returncode == 0, out[-2000:] + err[-2000:]
+        outs.append((out, err))
+        peaks.append(peak)
+    for out, err in outs:
+        lines = out.splitlines()
+        assert lines[0] == "raypar train: checking the settings"
+        assert f"raypar train: --batch-size 100000 is more than the {n} training samples: using {n}" in lines
+        phases = [ln for ln in lines if re.match(r"\[ *\d+\.\d s\] ", ln)]
         for phase in ("new run", "starting Ray", "starting the driver", "starting 2 fine actors", "first step"):
             assert any(phase in ln for ln in phases), (phase, phases)          # a line per start-up phase
-        strangers = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip() and not OURS.match(ln)]
+        strangers = [ln for ln in (out + err).splitlines() if ln.strip() and not OURS.match(ln)]
         assert not strangers, strangers
+        assert "split 3,4" in out                                              # the summary shows the split
+    assert max(peaks) < 2 * 2**30, peaks
     client, runs = _runs(tmp_path)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["batch_size"] for r in runs} == {str(n)}
     names = {r.info.run_name for r in runs}
     assert len(names) == 2
     assert names == {d for d in os.listdir(tmp_path / "raypar_runs") if not d.endswith(".log")}
-    assert all((tmp_path / "raypar_runs" / f"{n}.log").exists() for n in names)
-    assert all("split 3,4" in r.stdout for r in (first, second))      # the summary shows the split
-    again = _train(tmp_path, "--epochs", "1", "--name", sorted(names)[0], timeout=120)
+    assert all((tmp_path / "raypar_runs" / f"{name}.log").exists() for name in names)
+    again = _train(tmp_path, "--epochs", "1", "--batch-size", "100000", "--name", sorted(names)[0], timeout=120)
     assert again.returncode == 2
     lines = again.stderr.strip().splitlines()
     assert len(lines) == 1 and "already finished (1 of 1 epochs)" in lines[0], again.stderr
@@ -122,29 +144,6 @@ def test_ctrl_c_kills_the_run_and_resume_finishes_it_with_the_longer_schedule(tm
     resumed_at = min(s for s in done if s > 1 and f"epoch {s}/4" in r.stdout)
     for epoch in range(resumed_at, 5):                 # the 4-epoch cosine, from where the run stood
         assert done[epoch] == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 4)) / 2, abs=1e-9), done
-
-
-def test_a_batch_larger_than_the_data_is_clipped(tmp_path):
-    """--batch-size 100000 on digits trains with the training set as its batch, and no process grows past 2 GB."""
-    proc = subprocess.Popen([sys.executable, "-m", "raypar.cli", "train", *TINY, "--epochs", "1",
-                             "--batch-size", "100000"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            peak = max([peak, *(p.memory_info().rss for p in tree if p.is_running())])
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    out = proc.stdout.read()
-    assert proc.returncode == 0, out[-3000:]
-    from raypar.training import data
-    n = len(data.load("digits").train)
-    assert f"--batch-size 100000 is more than the {n} training samples: using {n}" in out
-    _, (run,) = _runs(tmp_path)
-    assert run.data.params["batch_size"] == str(n)
-    assert peak < 2 * 2**30, peak
 
 
 def _weights(tmp_path, run_id):

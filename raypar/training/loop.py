@@ -200,7 +200,7 @@ def train_loop(config: dict) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(engine.state_dict(), os.path.join(folder, "final_weights.pt"))
                 with open(os.path.join(folder, "config.json"), "w") as f:
-                    json.dump(dict(tracking.redact_config(cfg.to_dict()), split=net.split, gpus_per_subnet=gpus),
+                    json.dump(dict(tracking.redact_config(cfg.flat()), split=net.split, gpus_per_subnet=gpus),
                               f, indent=2)
                 tracking.log_artifacts(cfg.run.tracking_uri, run_id, folder)
     except FloatingPointError as e:

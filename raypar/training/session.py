@@ -96,7 +96,7 @@ def connect(cfg) -> None:
         need = int(cfg.engine.replicas * (cfg.model.subnets * cfg.engine.cpus_per_subnet + 1) + 0.999)
         with _quiet_auth_notice(), loopback_node():
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False,
-                     log_to_driver=False, _node_ip_address=LOOPBACK)
+                     log_to_driver=False, include_dashboard=False, _node_ip_address=LOOPBACK)
         return
     try:
         ray.init(address=target, configure_logging=False, log_to_driver=False)
