@@ -162,3 +162,18 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_work(tmp_path,
     assert main([*command, "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"raypar: error: --out {out} cannot be written: "
                                                             f"Not a directory"]
+
+
+def test_every_command_defaults_to_the_same_model_width_and_n():
+    """info, train, tune, plan and bench: the same model, width and N unless the command is told otherwise."""
+    from raypar.cli.main import build_parser
+    from raypar.tools.bench.config import BenchConfig
+    want = ("vgg11", 0.25)
+    for command in ("info", "tune", "plan", "bench"):
+        args = build_parser(command).parse_args([command])
+        assert (args.model, args.width_mult) == want, command
+    assert (args.model, args.width_mult) == (BenchConfig().model, BenchConfig().width_mult)
+    cfg = _cfg()
+    assert (cfg.model.name, cfg.model.width_mult, cfg.model.subnets) == (*want, 2)
+    assert build_parser("info").parse_args(["info"]).subnets == 2
+    assert build_parser("tune").parse_args(["tune"]).subnets == 2
