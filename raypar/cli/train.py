@@ -121,6 +121,7 @@ def fit_with_progress(cfg, fit, console, clock: Clock | None = None, resume: boo
                     show(events.get_nowait())
                 except Exception:  # noqa: BLE001 - empty, or the queue's actor is gone
                     break
+            opened["interrupted"] = True                 # fit's own ending, still to come, must not say FAILED
             if opened.get("run_id"):
                 from ..training import tracking
                 try:

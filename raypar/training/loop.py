@@ -103,8 +103,9 @@ def train_loop(config: dict) -> None:
     events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
     spec = data.load_for(cfg)
-    if data.fitted_batch(spec, cfg.optim.batch_size, replica.world) != cfg.optim.batch_size:
-        cfg = cfg.replace(batch_size=data.fitted_batch(spec, cfg.optim.batch_size, replica.world))
+    batch = data.fitted_batch(spec, cfg.optim.batch_size, replica.world)
+    if batch != cfg.optim.batch_size:
+        cfg = cfg.replace(batch_size=batch)
 
     meta, state = checkpoints.load_latest(cfg)
 
@@ -257,7 +258,8 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
         resume: ``--resume``: resume the newest unfinished run with these settings, or train a finished run
             further (more epochs).
         opened: filled with ``run_id`` (and ``tracking_uri``) as soon as the MLflow run is open, so that a caller
-            can close it as KILLED when the user interrupts.
+            can close it as KILLED when the user interrupts; a caller that sets ``opened["interrupted"]`` makes a
+            failure that follows end the run KILLED too.
     Raises:
         UserError: a finished run named without ``--resume`` (see :func:`raypar.training.runs.decide`), or a
             mistake found before training.
@@ -276,7 +278,7 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     _emit(events, kind="phase", text="checking the cluster's resources and storage")
     check_shared_storage(cfg)
     wait_for_resources(cfg, gpus)
-    run_id, resumed = tracking.open_run(cfg, checkpoints.newest_readable_meta(cfg.run.storage_path, cfg.run.name))
+    run_id, resumed = tracking.open_run(cfg, decision.meta)
     if opened is not None:
         opened.update(run_id=run_id, tracking_uri=cfg.run.tracking_uri)
     if decision.epochs_before is not None:               # resumed with other --epochs: say so in the run
@@ -310,8 +312,10 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     except (KeyboardInterrupt, SystemExit) as e:
         _close_quietly(cfg.run.tracking_uri, run_id, e, reason=tracking.INTERRUPTED)
         raise
-    except BaseException as e:
-        _close_quietly(cfg.run.tracking_uri, run_id, e, reason=failure_reason(e, cfg.run.max_failures))
+    except BaseException as e:                            # after Ctrl-C, Ray's shutdown fails the run: still KILLED
+        interrupted = opened is not None and opened.get("interrupted")
+        _close_quietly(cfg.run.tracking_uri, run_id, e,
+                       reason=tracking.INTERRUPTED if interrupted else failure_reason(e, cfg.run.max_failures))
         raise
     tracking.close_run(cfg.run.tracking_uri, run_id)
     meta = tracking.latest_meta(cfg.run.storage_path, cfg.run.name) or {}

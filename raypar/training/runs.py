@@ -35,6 +35,7 @@ class Decision:
     resumed: bool
     epoch: int = 0                    # the epoch of the checkpoint it resumes from (0: a new run)
     epochs_before: int | None = None  # a run resumed with other --epochs: the epochs it had
+    meta: dict | None = None          # the metadata of the checkpoint it resumes from (read and hash-checked once)
 
     def line(self) -> str:
         """The start line that says which run this is."""
@@ -100,7 +101,7 @@ def decide(cfg: TrainConfig, resume: bool = False) -> Decision:
             if meta and meta["epoch"] < _epochs_of(meta) and _settings_of(meta) == wanted:
                 had = _epochs_of(meta)
                 return Decision(cfg.replace(name=name), resumed=True, epoch=meta["epoch"],
-                                epochs_before=had if had != cfg.optim.epochs else None)
+                                epochs_before=had if had != cfg.optim.epochs else None, meta=meta)
         raise UserError(f"--resume: no unfinished run with these settings in {tracking.redact(run.storage_path)}; "
                         f"name one with --name, or leave out --resume to start a new run")
     meta = newest_readable_meta(run.storage_path, run.name)
@@ -110,8 +111,9 @@ def decide(cfg: TrainConfig, resume: bool = False) -> Decision:
         return Decision(cfg, resumed=False)
     done, had = meta["epoch"], _epochs_of(meta)
     if done < had:
-        return Decision(cfg, resumed=True, epoch=done, epochs_before=had if had != cfg.optim.epochs else None)
+        return Decision(cfg, resumed=True, epoch=done, epochs_before=had if had != cfg.optim.epochs else None,
+                        meta=meta)
     if resume and cfg.optim.epochs > done:
-        return Decision(cfg, resumed=True, epoch=done, epochs_before=had)
+        return Decision(cfg, resumed=True, epoch=done, epochs_before=had, meta=meta)
     raise UserError(f"run {run.name!r} already finished ({done} of {had} epochs): give --resume with more --epochs "
                     f"to train it further, or another --name (or none) for a new run")
