@@ -40,6 +40,32 @@ def test_k_equals_n_reproduces_torchvision_vgg(n):
     assert sum(net.split) == 5
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_k_equals_n_trains_the_original_network(n):
+    """Training in float64: K = N steps leave the weights and the BatchNorm running statistics where the original
+    network's steps do (only the last iteration's fine forward moves the statistics), so evaluation agrees too."""
+    import copy
+    torch.manual_seed(0)
+    model = build("vgg11", width_mult=0.25).double()
+    net = PararealNet(model, n, iterations=n, balance="flops", input_shape=(3, 32, 32)).double()
+    twin = copy.deepcopy(net)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (net, twin)]
+    for step in range(3):
+        x, y = torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+        for m, run, opt in ((net, net, opts[0]), (twin, twin.sequential, opts[1])):
+            m.train()
+            opt.zero_grad()
+            nn.functional.cross_entropy(run(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(net.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
+    net.eval()
+    twin.eval()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), twin.sequential(x), rtol=1e-9, atol=1e-9)
+
+
 def test_converted_models_compute_the_original():
     torch.manual_seed(0)
     for model in (torchvision.models.resnet18(num_classes=7).eval(),

@@ -20,7 +20,7 @@ from ..network import split_backward
 from ..malloc import keep_freed_memory
 from ..network.models import memory_format
 from .optim import OptimConfig, make_optimizer, restore_scheduler
-from ..network.parareal import interval
+from ..network.parareal import interval, running_stats_frozen
 from .transport import ActorEnd, from_numpy, to_numpy
 
 
@@ -45,14 +45,16 @@ class FineWorker:
 
     def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
                  channels_last: bool = False, amp: str = "off", head: nn.ModuleDict | None = None,
-                 defer_weights: bool = False):
-        """``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
+                 defer_weights: bool = False, iterations: int = 1):
+        """``iterations``: the network's K; the forwards of iterations 1..K-1 leave the BatchNorm statistics alone
+        (:func:`raypar.network.parareal.running_stats_frozen`). ``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
         which :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns
         their weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before
         the weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
         (:mod:`raypar.network.split_backward`)."""
         keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
         self.index = index
+        self.iterations = iterations
         self.amp = amp
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         torch.manual_seed(seed)
@@ -101,7 +103,8 @@ class FineWorker:
         u = self.end.receive(x).requires_grad_(True)
         t0 = time.perf_counter()
         self._keep_buffers(key[0])
-        out = self._run(u)
+        with running_stats_frozen([self.module], key[1] < self.iterations):
+            out = self._run(u)
         self.graphs[key] = (u, out)
         self._done(t0)
         return self.end.reply(out, x)

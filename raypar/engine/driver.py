@@ -153,7 +153,7 @@ class PararealEngine(TrainingStep):
                 actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
                                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
                          .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp, heads[i],
-                                 resources.defer_weights)
+                                 resources.defer_weights, net.iterations)
                 for i, seg in enumerate(remote)]
             ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
             # (at most: under --amp an interface tensor may be 16-bit or, after a normalization, float32)

@@ -30,7 +30,8 @@ network's ``F_N(...F_1(x0))`` up to the rounding inside the fine segments themse
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -41,6 +42,25 @@ FineMap = Callable[[int, list[torch.Tensor], Callable[[], None]], list[torch.Ten
 # cut(z) -> the tensor every later use of z sees instead (the same values; the engine's leaf that stops backward passes
 # there, see PararealEngine._forward)
 Cut = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def running_stats_frozen(modules: Iterable[torch.nn.Module], frozen: bool = True):
+    """Within it (when ``frozen``) no BatchNorm in ``modules`` updates its running statistics; outputs and gradients
+    are unchanged (training mode normalises with the batch's own statistics either way).
+
+    With K > 1 the fine propagators of iterations 1..K-1 run on inputs that the last iteration replaces; only the
+    last iteration's inputs are the network's, so only its forward may move the statistics that evaluation uses.
+    With K = N that makes the running statistics the sequential network's, as the forward already is."""
+    norms = [m for net in modules for m in net.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats] if frozen else []
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
 
 
 def coarse_work(costs: Sequence[float], iterations: int) -> float:

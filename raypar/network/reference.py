@@ -13,7 +13,7 @@ from . import balance as bal
 from .coarse import CoarseSpec, build_coarse
 from .convert import staged_from
 from ..errors import UserError
-from .parareal import coarse_work, parareal
+from .parareal import coarse_work, parareal, running_stats_frozen
 
 
 @dataclass
@@ -150,7 +150,8 @@ class PararealNet(nn.Module):
 
     def fine_local(self, k: int, inputs: list[torch.Tensor], meanwhile=lambda: None) -> list[torch.Tensor]:
         meanwhile()
-        return [seg(u) for seg, u in zip(self.segments, inputs)]
+        with running_stats_frozen(self.segments, k < self.iterations):    # only the last iteration's inputs count
+            return [seg(u) for seg, u in zip(self.segments, inputs)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = self.pre(x)
