@@ -25,15 +25,15 @@ def test_no_options_give_the_defaults(monkeypatch):
 
 def test_recipe_then_config_file_then_options(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('[recipe]\nname = "mine"\nversion = 3\n\n[train]\nepochs = 7\nlr = 1\nbalance = [13, 13, 14, 14]\n'
+    path.write_text('[recipe]\nname = "mine"\nversion = 4\n\n[train]\nepochs = 7\nlr = 1\nbalance = [13, 13, 14, 14]\n'
                     'lr_schedule = "step"\nlr_milestones = [0.25]\n')
     cfg = _cfg("--recipe", "resnet164-cifar10", "--config", str(path), "--lr", "0.2", "--seed", "5")
     r = recipes.get("resnet164-cifar10").values
     assert (cfg.model.name, cfg.data.dataset, cfg.optim.weight_decay, cfg.optim.batch_size) == (r["model"], r["dataset"], 1e-4, 128)
     assert (cfg.optim.epochs, cfg.model.balance, cfg.optim.lr_milestones) == (7, [13, 13, 14, 14], [0.25])      # the file over the recipe
     assert cfg.optim.lr == 0.2 and cfg.optim.seed == 5                                           # the options over both
-    assert isinstance(cfg.optim.lr, float) and cfg.run.recipe == "mine@3"
-    assert _cfg("--recipe", "vgg16-cifar10").run.recipe == "vgg16-cifar10@3"
+    assert isinstance(cfg.optim.lr, float) and cfg.run.recipe == "mine@4"
+    assert _cfg("--recipe", "vgg16-cifar10").run.recipe == "vgg16-cifar10@4"
 
 
 def test_every_recipe_is_valid_and_versioned():

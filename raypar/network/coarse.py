@@ -1,14 +1,17 @@
 """Coarse networks ``C_j``: cheap maps from ``F_j``'s input shape to ``F_j``'s output shape.
 
-Default: where the output is smaller, an average pooling down to its size, then one 3x3 convolution (channels
-chosen to match the shapes) + GroupNorm + ReLU at the output's resolution. ``depth`` adds more 3x3 conv/norm/ReLU
-layers, ``width`` scales the hidden channels (relative to the output channels). Flat (B, D) interfaces get Linear +
-norm + ReLU instead.
+Default (``downsample="patch"``): where the output is smaller by an integer stride s, one s x s convolution with
+stride s (each output pixel a learned map of its own s x s patch of the input, channels chosen to match the shapes)
++ GroupNorm + ReLU; where the sizes are equal, a 3x3 convolution instead. ``depth`` adds more 3x3 conv/norm/ReLU
+layers at the output's resolution, ``width`` scales the hidden channels (relative to the output channels). Flat
+(B, D) interfaces get Linear + norm + ReLU instead.
 
-Why pool first (``downsample="pool"``) and not a strided convolution (``downsample="stride"``): the arithmetic is
-the same, but a strided convolution's backward writes its input's gradient at the full input resolution, and with a
-large stride a small kernel reads only a fraction of the input pixels; pooling first is cheaper and every input pixel
-counts, as in ResNet-D's pooled shortcuts.
+Why patches: with K = 1 every path from the input to the output passes through one fine segment, and the others'
+places are taken by coarse networks, so what a coarse network throws away no later segment sees. Averaging a patch
+first (``downsample="pool"``, then a 3x3 convolution at the output's resolution) throws away the patch's detail; a
+strided 3x3 convolution (``downsample="stride"``) reads only part of the input when s > 3. A patch convolution keeps
+every pixel and costs s^2/9 of the pooled design's convolution (less for s = 2). Measured in
+benchmarks/accuracy/README.md.
 
 Why GroupNorm and not BatchNorm (``norm="batch"``): a coarse network sees two kinds of input every step — the coarse
 sweep's ``z`` and the correction sweep's ``l`` — so BatchNorm's running statistics blend the two distributions, and
@@ -26,7 +29,7 @@ from ..errors import UserError
 from .models import norm_layer
 
 
-DOWNSAMPLE = ("pool", "stride")
+DOWNSAMPLE = ("pool", "stride", "patch")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class CoarseSpec:
     width: float = 1.0      # hidden channels = width * output channels (only used when depth > 1)
     kernel: int = 3
     norm: str = "group"     # "group" (GroupNorm, the default) or "batch" (BatchNorm): see the module docstring
-    downsample: str = "pool"  # "pool": average-pool to the output's size, then convolve; "stride": a strided conv
+    downsample: str = "patch"  # "patch": an s x s convolution of stride s; "pool": average-pool to the output's size,
+    #                            then convolve; "stride": a strided convolution
 
     def __post_init__(self):
         if self.norm not in ("batch", "group"):
@@ -75,13 +79,20 @@ def build_coarse(in_shape: tuple, out_shape: tuple, spec: CoarseSpec = CoarseSpe
     stride = h_in // h_out if exact else 1
     hidden = max(1, int(round(spec.width * c_out)))
     layers = []
-    pool_first = spec.downsample == "pool" and h_out <= h_in and w_out <= w_in and (h_in, w_in) != (h_out, w_out)
+    smaller = h_out <= h_in and w_out <= w_in and (h_in, w_in) != (h_out, w_out)
+    patch = spec.downsample == "patch" and exact and stride > 1
+    pool_first = spec.downsample in ("pool", "patch") and smaller and not patch    # (patch: where s is no integer)
     if pool_first:                     # then every convolution runs at the output's resolution, stride 1
         layers.append(nn.AvgPool2d(stride) if exact else nn.AdaptiveAvgPool2d((h_out, w_out)))
         stride = 1
     for i in range(spec.depth):
         last = i == spec.depth - 1
-        layers += _layer(c_in, c_out if last else hidden, spec.kernel, stride if i == 0 else 1, spec.norm)
+        if i == 0 and patch:
+            # one convolution per stride x stride patch: every input pixel counts with its own weight
+            layers += [nn.Conv2d(c_in, c_out if last else hidden, stride, stride=stride, bias=False),
+                       norm_layer(spec.norm, c_out if last else hidden), nn.ReLU(inplace=True)]
+        else:
+            layers += _layer(c_in, c_out if last else hidden, spec.kernel, stride if i == 0 else 1, spec.norm)
         c_in = hidden
     if not exact and not pool_first:
         layers.append(nn.AdaptiveAvgPool2d((h_out, w_out)))

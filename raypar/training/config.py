@@ -76,8 +76,10 @@ class ModelConfig:
     coarse_norm: str = setting("group", "the coarse networks' normalisation; BatchNorm's running statistics blend "
                                         "the coarse and correction sweeps' inputs and cost accuracy",
                                choices=("group", "batch"))
-    coarse_downsample: str = setting("pool", "how a coarse network shrinks its input: average-pool to the output's "
-                                             "size then convolve, or a strided convolution", choices=DOWNSAMPLE)
+    coarse_downsample: str = setting("patch", "how a coarse network shrinks its input: one convolution per "
+                                              "stride x stride patch (every input pixel its own weight), average-pool "
+                                              "to the output's size then convolve, or a strided convolution",
+                                     choices=DOWNSAMPLE)
     norm: str = setting("batch", "normalisation of the built-in models: BatchNorm, or GroupNorm (independent of the "
                                  "batch: replicas compute exactly what one process would)", choices=("batch", "group"))
 
@@ -174,8 +176,9 @@ class EngineConfig:
     replicas: int = setting(1, "R data-parallel replicas of the whole parareal network (R drivers x N fine actors, "
                                "gradients averaged; --batch-size is per replica)", short="r")
     placement: str = setting("PACK", "placement group strategy for the fine actors", choices=("PACK", "SPREAD"))
-    driver_segment: bool = setting(False, "run the first fine sub-network in the driver, overlapped with the "
-                                          "actors: N processes instead of N + 1")
+    driver_segment: bool = setting(True, "run the first fine sub-network in the driver, overlapped with the "
+                                         "actors: N processes instead of N + 1 (--no-driver-segment: every fine "
+                                         "sub-network in an actor of its own)")
     coarse_in_actors: bool = setting(False, "K = 1 only: each fine actor computes its own input from the batch "
                                             "(copies of pre and the coarse networks), so no actor waits for the "
                                             "driver's coarse sweep; the same network and numbers")

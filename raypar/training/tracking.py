@@ -227,13 +227,16 @@ def log_artifacts(tracking_uri: str, run_id: str, folder: str) -> None:
 def close_run(tracking_uri: str, run_id: str, error: BaseException | None = None, reason: str | None = None) -> None:
     """End the run: FINISHED (with no error tag left from an earlier attempt); KILLED with the tag ``raypar.error``
     = "interrupted" when ``reason`` is :data:`INTERRUPTED`; else FAILED with ``raypar.error`` = ``reason`` (one
-    line) and the error's text."""
+    line) and the error's text. A finished run waits out an unreachable store (:func:`patiently`): its training is
+    done and only its status is missing."""
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri)
     if error is None and reason is None:
-        if "raypar.error" in client.get_run(run_id).data.tags:
-            client.delete_tag(run_id, "raypar.error")
-        client.set_terminated(run_id, status="FINISHED")
+        def finish():
+            if "raypar.error" in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, "raypar.error")
+            client.set_terminated(run_id, status="FINISHED")
+        patiently(finish)
         return
     if reason == INTERRUPTED:
         client.set_tag(run_id, "raypar.error", INTERRUPTED)
