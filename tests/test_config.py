@@ -110,7 +110,7 @@ def test_coarse_kernel_and_transport_options():
     from raypar import UserError
     with pytest.raises(UserError, match="coarse kernel must be an odd number"):
         _cfg("--coarse-kernel", "2")
-    assert _cfg().model.coarse.downsample == "pool"
+    assert _cfg().model.coarse.downsample == "patch"
     assert _cfg("--coarse-downsample", "stride").model.coarse.downsample == "stride"
 
 
@@ -118,7 +118,7 @@ def test_bad_coarse_downsample_in_a_config_file(tmp_path):
     from raypar import UserError
     path = tmp_path / "mine.toml"
     path.write_text('coarse_downsample = "max"\n')
-    with pytest.raises(UserError, match="coarse downsample must be pool or stride, got 'max'"):
+    with pytest.raises(UserError, match="coarse downsample must be patch, pool or stride, got 'max'"):
         _cfg("--config", str(path))
     with pytest.raises(UserError, match="cuda-ipc needs GPUs"):
         _cfg("--transport", "cuda-ipc", "--gpus-per-subnet", "0")

@@ -137,7 +137,7 @@ class Planner:
     def __init__(self, model: str = "vgg11", width_mult: float = 0.25, image_size: int = 32, in_channels: int = 3,
                  num_classes: int = 10, batch: int = 64, coarse_depth: int = 1, coarse_width: float = 1.0,
                  balance: str = "time", threads: int = 1, repeats: int = 5, seed: int = 0, coarse_kernel: int = 3,
-                 coarse_downsample: str = "pool", channels_last: bool = False):
+                 coarse_downsample: str = "patch", channels_last: bool = False):
         import torch
 
         from ..network import balance as bal
@@ -371,7 +371,7 @@ def predict(model: str = "vgg11", *, width_mult: float = 0.25, devices: int = 2,
             latency_ms: float | None = None, batch: int = 64, image_size: int = 32, in_channels: int = 3,
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,
-            coarse_kernel: int = 3, coarse_downsample: str = "pool", capacity: float | None = None,
+            coarse_kernel: int = 3, coarse_downsample: str = "patch", capacity: float | None = None,
             coarse_in_actors: bool = False, defer_weights: bool = True, channels_last: bool = False) -> list[PlanRow]:
     """One :class:`PlanRow` per N = 1..min(devices, blocks). ``planner``: reuse the measurements of an earlier call
     (its model options win over the ones given here); the link defaults to :data:`LINK_GBPS`,

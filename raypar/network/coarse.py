@@ -29,7 +29,7 @@ from ..errors import UserError
 from .models import norm_layer
 
 
-DOWNSAMPLE = ("pool", "stride", "patch")
+DOWNSAMPLE = ("patch", "pool", "stride")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class CoarseSpec:
         if self.norm not in ("batch", "group"):
             raise UserError(f"coarse norm must be batch or group, got {self.norm!r}")
         if self.downsample not in DOWNSAMPLE:
-            raise UserError(f"coarse downsample must be {' or '.join(DOWNSAMPLE)}, got {self.downsample!r}")
+            raise UserError(f"coarse downsample must be {', '.join(DOWNSAMPLE[:-1])} or {DOWNSAMPLE[-1]}, "
+                            f"got {self.downsample!r}")
         if self.depth < 1:
             raise UserError(f"coarse depth must be >= 1, got {self.depth}")
         if self.width <= 0:

@@ -177,7 +177,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coarse-kernel", type=int, default=3, help="kernel size of the coarse convolutions "
                    "(default: %(default)s)")
     from ..network.coarse import DOWNSAMPLE
-    p.add_argument("--coarse-downsample", default="pool", choices=DOWNSAMPLE,
+    p.add_argument("--coarse-downsample", default="patch", choices=DOWNSAMPLE,
                    help="how a coarse network shrinks its input (default: %(default)s)")
     p.add_argument("--coarse-depth", type=int, default=1, help="conv/GroupNorm/ReLU layers per coarse network "
                                                                "(default: %(default)s)")

@@ -41,7 +41,7 @@ class BenchConfig:
     coarse_kernel: int = 3                   # the coarse convolutions' kernel (raypar.network.coarse.CoarseSpec)
     channels_last: bool = False              # every contender in the channels-last layout
     amp: str = "off"                         # every contender under autocast: off, bf16 or fp16 (raypar.engine.precision)
-    coarse_downsample: str = "pool"          # how the coarse networks shrink their input (raypar.network.coarse.CoarseSpec)
+    coarse_downsample: str = "patch"         # how the coarse networks shrink their input (raypar.network.coarse.CoarseSpec)
     rounds: int = 1                          # the whole line-up this many times (order reversed every other round)
     interleave: bool = True                  # the contenders take turns step by step (False: each alone)
     defer_weights: bool = True               # raypar's actors compute weight gradients in their step (--defer-weights)

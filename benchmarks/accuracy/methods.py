@@ -1,0 +1,190 @@
+"""Candidate fixes for K = 1's accuracy, each paired with the original network on the same folds and seeds.
+
+Trains raypar's in-process reference network (:class:`raypar.PararealNet`, the numbers the distributed engine
+computes: the engine-vs-reference tests hold that) on scikit-learn's digits by stratified k-fold cross-validation,
+with the recipe ``digits-cpu``'s settings (6 epochs, batch 64, SGD 0.05, momentum 0.9, weight decay 5e-4, cosine),
+one process per core. It runs methods that only change the coarse networks, the loss or the optimizer in ways the
+product exposes no option for (yet), so it trains in one process rather than through ``raypar study``; a method that
+wins becomes an option and is measured again with ``raypar study``.
+
+Usage::
+
+    python benchmarks/accuracy/methods.py --model vgg11 --methods original,pool,patch,patch-n4 \\
+        --folds 5 --seeds 0,1 --out results.jsonl
+
+Each method is a name from :data:`METHODS`. Prints one JSON line per run and, at the end, a markdown table of the
+paired differences (points) against ``original``: mean ± standard deviation, 95 % Student-t interval.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from raypar.engine.optim import OptimConfig, make_optimizer
+from raypar.network.coarse import CoarseSpec
+from raypar.network.models import build
+from raypar.network.parareal import coarse_sweep
+from raypar.network.reference import PararealNet
+from raypar.tools.compare import paired
+from raypar.training import data
+
+# name -> settings: n (sub-networks), k (iterations), downsample, depth (coarse layers), consistency (weight of
+# sum_j mse(z_j, l_j.detach()): the coarse sweep trained toward the fine states), coarse_lr (factor on the coarse
+# networks' LR), epochs, lr
+METHODS = {
+    "original": dict(n=1),
+    "pool": dict(n=2, downsample="pool"),
+    "stride": dict(n=2, downsample="stride"),
+    "patch": dict(n=2, downsample="patch"),
+    "pool-depth2": dict(n=2, downsample="pool", depth=2),
+    "patch-depth2": dict(n=2, downsample="patch", depth=2),
+    "pool-kernel1": dict(n=2, downsample="pool", kernel=1),
+    "pool-consistency0.1": dict(n=2, downsample="pool", consistency=0.1),
+    "pool-consistency1": dict(n=2, downsample="pool", consistency=1.0),
+    "pool-consistency10": dict(n=2, downsample="pool", consistency=10.0),
+    "patch-consistency1": dict(n=2, downsample="patch", consistency=1.0),
+    "patch-coarse-lr3": dict(n=2, downsample="patch", coarse_lr=3.0),
+    "patch-coarse-lr0.3": dict(n=2, downsample="patch", coarse_lr=0.3),
+    "pool-lr0.1": dict(n=2, downsample="pool", lr=0.1),
+    "pool-lr0.02": dict(n=2, downsample="pool", lr=0.02),
+    "original-12epochs": dict(n=1, epochs=12),
+    "pool-12epochs": dict(n=2, downsample="pool", epochs=12),
+    "patch-k2": dict(n=2, k=2, downsample="patch"),
+    "pool-n4": dict(n=4, downsample="pool"),
+    "patch-n4": dict(n=4, downsample="patch"),
+    "patch-n4-depth2": dict(n=4, downsample="patch", depth=2),
+    "patch-n4-consistency1": dict(n=4, downsample="patch", consistency=1.0),
+    "patch-n4-coarse-lr3": dict(n=4, downsample="patch", coarse_lr=3.0),
+    "patch-n4-k2": dict(n=4, k=2, downsample="patch"),
+}
+
+
+def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float):
+    opt, sched = make_optimizer(net.parameters(), OptimConfig(lr=lr, epochs=epochs))
+    if coarse_lr != 1.0:
+        coarse = {id(p) for p in net.coarse.parameters()}
+        rest = [p for p in net.parameters() if id(p) not in coarse]
+        opt.param_groups.clear()
+        opt.add_param_group({"params": rest, "lr": lr, "initial_lr": lr})
+        opt.add_param_group({"params": list(net.coarse.parameters()), "lr": lr * coarse_lr,
+                             "initial_lr": lr * coarse_lr})
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    return opt, sched
+
+
+def _k1_with_states(net: PararealNet, x0: torch.Tensor):
+    """K = 1 written out (:func:`raypar.network.parareal.parareal`'s sums), keeping the coarse and fine states."""
+    z = coarse_sweep(net.coarse, x0)                       # z_1 .. z_N
+    f = [seg(u) for seg, u in zip(net.segments, [x0] + z[:-1])]
+    l = [f[0]]
+    for j in range(1, net.num_subnets):
+        l.append(f[j] + net.coarse[j](l[-1]) - z[j])
+    return z, l
+
+
+def train_one(model: str, width: float, method: str, fold: int, folds: int, seed: int) -> dict:
+    """Train one method on one fold and seed; returns its validation accuracy (%) and seconds."""
+    torch.set_num_threads(1)
+    m = dict(METHODS[method])
+    n, k = m.get("n", 2), m.get("k", 1)
+    epochs, lr = m.get("epochs", 6), m.get("lr", 0.05)
+    t0 = time.time()
+    spec = data.digits(folds=folds, fold=fold, seed=seed)
+    torch.manual_seed(seed)
+    staged = build(model, num_classes=10, in_channels=1, width_mult=width, image_size=32)
+    coarse = CoarseSpec(depth=m.get("depth", 1), kernel=m.get("kernel", 3), downsample=m.get("downsample", "patch"))
+    net = PararealNet(staged, n, k, coarse, "flops", input_shape=(1, 32, 32), profile_batch=64)
+    opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0))
+    weight = m.get("consistency", 0.0)
+    for epoch in range(1, epochs + 1):
+        net.train()
+        for x, y in data.loader(spec.train, 64, True, seed, epoch):
+            extra = 0.0
+            if n == 1:
+                out = net.sequential(x)
+            elif k > 1 or not weight:
+                out = net(x)
+            else:
+                z, l = _k1_with_states(net, net.pre(x))
+                out = net.post(l[-1])
+                extra = weight * sum(F.mse_loss(z[j], l[j].detach()) for j in range(n - 1))
+            loss = F.cross_entropy(out, y) + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    net.eval()
+    right = seen = 0
+    with torch.no_grad():
+        for x, y in data.loader(spec.val, 256, False):
+            out = net(x) if n > 1 else net.sequential(x)
+            right += int((out.argmax(1) == y).sum())
+            seen += len(y)
+    return {"model": model, "width": width, "method": method, "fold": fold, "seed": seed,
+            "acc": 100.0 * right / seen, "seconds": round(time.time() - t0, 1)}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per method, its accuracy and the paired difference against ``original`` on the same fold/seed."""
+    base = {(r["fold"], r["seed"]): r["acc"] for r in rows if r["method"] == "original"}
+    out = ["| method | val acc (%) | paired difference (points) | 95 % interval | pairs |", "|---|---:|---:|---|---:|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        these = [r for r in rows if r["method"] == method]
+        accs = [r["acc"] for r in these]
+        mean = sum(accs) / len(accs)
+        if method == "original":
+            out.append(f"| original | {mean:.2f} | | | |")
+            continue
+        count, diff, std, lo, hi = paired([r["acc"] - base[(r["fold"], r["seed"])] for r in these
+                                           if (r["fold"], r["seed"]) in base])
+        interval = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None else ""
+        out.append(f"| {method} | {mean:.2f} | {diff:+.2f} ± {std or 0:.2f} | {interval} | {count} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vgg11")
+    p.add_argument("--width-mult", type=float, default=0.25)
+    p.add_argument("--methods", default="original,pool,patch", help=f"comma-separated, of: {', '.join(METHODS)}")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--processes", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--out", default=None, help="append every run as a JSON line here (and read it back: a run "
+                                               "already there is not trained again)")
+    a = p.parse_args(argv)
+    methods = a.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(f"methods.py: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    done = []
+    if a.out:
+        try:
+            with open(a.out) as f:
+                done = [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            pass
+    have = {(r["model"], r["width"], r["method"], r["fold"], r["seed"]) for r in done}
+    todo = [(a.model, a.width_mult, m, fold, a.folds, int(s)) for s in a.seeds.split(",") for fold in range(a.folds)
+            for m in methods if (a.model, a.width_mult, m, fold, int(s)) not in have]
+    rows = [r for r in done if r["model"] == a.model and r["width"] == a.width_mult and r["method"] in methods]
+    with mp.get_context("spawn").Pool(a.processes) as pool:
+        for r in pool.starmap(train_one, todo, chunksize=1) if todo else []:
+            rows.append(r)
+            if a.out:
+                with open(a.out, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    print(f"{a.model} x{a.width_mult}, {a.folds} folds, seeds {a.seeds}\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
