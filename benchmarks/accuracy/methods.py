@@ -36,7 +36,9 @@ from raypar.training import data
 
 # name -> settings: n (sub-networks), k (iterations), downsample, depth (coarse layers), consistency (weight of
 # sum_j mse(z_j, l_j.detach()): the coarse sweep trained toward the fine states), coarse_lr (factor on the coarse
-# networks' LR), epochs, lr
+# networks' LR), epochs, lr; sequential_eval (evaluate the original network on the trained weights),
+# sequential_last / sequential_first (train the original network in the last / first epochs, the parareal one
+# otherwise; distill: meanwhile each C_j is trained toward F_j's output with this weight)
 METHODS = {
     "original": dict(n=1),
     "pool": dict(n=2, downsample="pool"),
@@ -62,6 +64,10 @@ METHODS = {
     "patch-n4-consistency1": dict(n=4, downsample="patch", consistency=1.0),
     "patch-n4-coarse-lr3": dict(n=4, downsample="patch", coarse_lr=3.0),
     "patch-n4-k2": dict(n=4, k=2, downsample="patch"),
+    "pool-consistency1-sequential-eval": dict(n=2, downsample="pool", consistency=1.0, sequential_eval=True),
+    "pool-sequential-last-epoch": dict(n=2, downsample="pool", sequential_last=1),
+    "pool-sequential-first-epoch": dict(n=2, downsample="pool", sequential_first=1, distill=1.0),
+    "pool-sequential-first-2-epochs": dict(n=2, downsample="pool", sequential_first=2, distill=1.0),
 }
 
 
@@ -106,14 +112,21 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
         net.train()
         for x, y in data.loader(spec.train, 64, True, seed, epoch):
             extra = 0.0
-            if n == 1:
-                out = net.sequential(x)
-            elif k > 1 or not weight:
+            if n == 1 or epoch > epochs - m.get("sequential_last", 0) or epoch <= m.get("sequential_first", 0):
+                h = net.pre(x)
+                for j, seg in enumerate(net.segments):
+                    after = seg(h)
+                    if m.get("distill") and j < n - 1:      # C_j toward F_j on the same input
+                        extra = extra + m["distill"] * F.mse_loss(net.coarse[j](h.detach()), after.detach())
+                    h = after
+                out = net.post(h)
+            elif k > 1:
                 out = net(x)
             else:
                 z, l = _k1_with_states(net, net.pre(x))
                 out = net.post(l[-1])
-                extra = weight * sum(F.mse_loss(z[j], l[j].detach()) for j in range(n - 1))
+                if weight:
+                    extra = weight * sum(F.mse_loss(z[j], l[j].detach()) for j in range(n - 1))
             loss = F.cross_entropy(out, y) + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,7 +136,8 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
     right = seen = 0
     with torch.no_grad():
         for x, y in data.loader(spec.val, 256, False):
-            out = net(x) if n > 1 else net.sequential(x)
+            sequential = n == 1 or m.get("sequential_eval") or m.get("sequential_last")
+            out = net.sequential(x) if sequential else net(x)
             right += int((out.argmax(1) == y).sum())
             seen += len(y)
     return {"model": model, "width": width, "method": method, "fold": fold, "seed": seed,
@@ -144,7 +158,8 @@ def table(rows: list[dict]) -> str:
         count, diff, std, lo, hi = paired([r["acc"] - base[(r["fold"], r["seed"])] for r in these
                                            if (r["fold"], r["seed"]) in base])
         interval = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None else ""
-        out.append(f"| {method} | {mean:.2f} | {diff:+.2f} ± {std or 0:.2f} | {interval} | {count} |")
+        spread = f" ± {std:.2f}" if std is not None else ""
+        out.append(f"| {method} | {mean:.2f} | {diff:+.2f}{spread} | {interval} | {count} |")
     return "\n".join(out)
 
 

@@ -20,14 +20,26 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def _kind(f: dataclasses.Field):
-    """The argparse type of a field: bool, int, float or str (``str | list``: str; a plain list: not an option)."""
+def int_or_word(text: str) -> int | str:
+    """A number, or a word kept as it is (``--subnets auto``; the setting's own validation judges the word): an
+    argparse type."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _kind(f: dataclasses.Field, words: bool = False):
+    """The argparse type of a field: bool, int, float or str (``str | list``: str; a plain list: not an option;
+    ``int | str``: :func:`int_or_word` where ``words``, else int)."""
     tp = f.type if not isinstance(f.type, str) else f.type
     text = str(tp)
     if text.startswith("bool"):
         return bool
     if text.startswith("list"):
         return None
+    if text.replace(" ", "").startswith("int|str"):
+        return int_or_word if words else int
     if text.startswith("int"):
         return int
     if text.startswith("float"):
@@ -43,7 +55,9 @@ def add_settings(parser: argparse.ArgumentParser, groups: typing.Iterable[str], 
 
     Args:
         defaults: the defaults the options take; None: every option defaults to None (so that a recipe or config
-            file can fill what the command line leaves out), and the help shows TrainConfig's defaults.
+            file can fill what the command line leaves out), and the help shows TrainConfig's defaults. Only then
+            (the values become a run's TrainConfig, which resolves them: ``--subnets auto``) does a number setting
+            that also takes a word (``int | str``) take words; commands that read the numbers get numbers.
         only: the flat keys to add (default: all of the groups'); ``skip``: keys left out.
         lists: flat key -> (option, help, default) for settings that this command takes as a list (``1,2,4``).
     """
@@ -62,7 +76,7 @@ def add_settings(parser: argparse.ArgumentParser, groups: typing.Iterable[str], 
                 flag, help_, default = lists[key]
                 g.add_argument(flag, *names[1:], dest=key, type=int_list, default=default, help=help_)
                 continue
-            kind = _kind(f)
+            kind = _kind(f, words=defaults is None)
             if kind is None:
                 continue
             shown = getattr(getattr(shown_from, group), f.name)

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from ..engine.auto import AUTO
 from ..errors import UserError
 from ..training.tracking import redact
 
@@ -86,8 +87,8 @@ def fit_with_progress(cfg, fit, console, clock: Clock | None = None, resume: boo
         def show(ev):
             if ev["kind"] == "phase":
                 console.print(f"[{clock():5.1f} s] {ev['text']}", highlight=False)
-            elif ev["kind"] == "note":
-                console.print(ev["text"], highlight=False)
+            elif ev["kind"] == "note":                     # one line, however narrow the console
+                console.print(ev["text"], highlight=False, soft_wrap=True)
             elif ev["kind"] == "start":
                 if ev.get("metrics") and ev["epoch"] not in shown and tasks:    # saved, but its line was lost
                     console.print(f"epoch {ev['epoch']}/{epochs}: {epoch_line(ev['epoch'], ev['metrics'])}",
@@ -157,6 +158,10 @@ def cmd_train(args) -> int:
               f"samples{' per replica' if cfg.engine.replicas > 1 else ''}: using {batch}", flush=True)
         cfg = cfg.replace(batch_size=batch)
     tracking.check_reachable(cfg.run.tracking_uri)
+    if cfg.model.subnets == AUTO:                             # a number before the run's name and resources
+        from ..training.subnets import resolve_subnets
+        cfg, line = resolve_subnets(cfg, spec)
+        console.print(f"[{clock():5.1f} s] {line}", soft_wrap=True)
     decision = decide(cfg.resolved(), args.resume)
     cfg = decision.cfg
     if cfg.engine.address:

@@ -30,6 +30,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..engine import optim as engine_optim
+from ..engine.auto import AUTO
 from ..engine.precision import AMP_MODES
 from ..engine.transport import TRANSPORTS
 from ..errors import UserError
@@ -65,7 +66,9 @@ class ModelConfig:
     name: str = setting("vgg11", "vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet56, resnet164, resnet1001)",
                         key="model")
     width_mult: float = setting(0.25, "scale every channel count")
-    subnets: int = setting(2, "number N of fine sub-networks; 1 is the original network in one process", short="n")
+    subnets: int | str = setting(2, "number N of fine sub-networks; 1 is the original network in one process; "
+                                    "'auto' (raypar train): the N with the best predicted speedup on this machine's "
+                                    "cores or GPUs, 1 when none reaches 1.1x", short="n")
     iterations: int = setting(1, "parareal iterations K, 1..N; K = N computes exactly the original network",
                               short="k")
     balance: str | list = setting("time", "split by measured 'time', 'flops', 'params', block counts like 5,7, or "
@@ -87,12 +90,23 @@ class ModelConfig:
         from ..network.models import check_name
         check_name(self.name)
         _positive("width_mult", self.width_mult)
-        _at_least("subnets", self.subnets, 1)
-        if not (isinstance(self.iterations, int) and 1 <= self.iterations <= self.subnets):
-            raise UserError(f"--iterations must be between 1 and --subnets ({self.subnets}), got {self.iterations}")
+        if self.subnets == AUTO:                             # resolved to a number before a run starts
+            if not (isinstance(self.iterations, int) and self.iterations >= 1):
+                raise UserError(f"--iterations must be >= 1, got {self.iterations}")
+            if isinstance(self.balance, list):
+                raise UserError("--subnets auto picks N: give a measured --balance (time, flops, params or tune), "
+                                "not block counts")
+        else:
+            if isinstance(self.subnets, (str, bool)):
+                raise UserError(f"--subnets must be a number >= 1 or {AUTO}, got {self.subnets!r}")
+            _at_least("subnets", self.subnets, 1)
+            if not (isinstance(self.iterations, int) and 1 <= self.iterations <= self.subnets):
+                raise UserError(f"--iterations must be between 1 and --subnets ({self.subnets}), "
+                                f"got {self.iterations}")
         if isinstance(self.balance, str) and self.balance not in (*MEASURES, TUNE):
             raise UserError(f"--balance must be one of {', '.join(MEASURES)}, {TUNE} or block counts like 5,7")
-        check_split(self.name, self.subnets, self.balance)
+        if self.subnets != AUTO:
+            check_split(self.name, self.subnets, self.balance)
         self.coarse                                          # checks depth, width, kernel, norm and downsample
         if self.norm not in ("batch", "group"):
             raise UserError(f"--norm must be batch or group, got {self.norm!r}")

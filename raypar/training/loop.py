@@ -135,6 +135,14 @@ def train_loop(config: dict) -> None:
     split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
     if split != net.split:
         net = network(split)
+    if rank0 and net.num_subnets > 1:      # honest about N: the speedup this split predicts, from net's own profile
+        from ..engine.auto import run_prediction
+        predicted, lines = run_prediction(net, cfg.engine.driver_segment, gpus)
+        for line in lines:
+            _emit(events, kind="note", epoch=0, text=line)
+        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.predicted_speedup", f"{predicted:.3f}")
+    if rank0 and cfg.extra.get("subnets_auto"):                  # what --subnets auto predicted for each N
+        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.subnets_auto", cfg.extra["subnets_auto"])
     _emit(events, kind="phase", text=f"starting {len(net.split) - int(cfg.engine.driver_segment)} fine actors "
                                      f"(split {','.join(map(str, net.split))})")
     engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed, skip_nonfinite=cfg.optim.on_nonfinite == "skip",
@@ -268,7 +276,12 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from ..engine.auto import AUTO
     from .runs import decide
+    if cfg.model.subnets == AUTO:                         # (the CLI resolves it first, and says so)
+        from .subnets import resolve_subnets
+        cfg, line = resolve_subnets(cfg, data.load_for(cfg))
+        _emit(events, kind="note", epoch=0, text=line)
     decision = decide(cfg.resolved(), resume)
     cfg = decision.cfg
     gpus = gpus_per_subnet(cfg)

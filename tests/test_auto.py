@@ -1,0 +1,185 @@
+"""Honest about N: the start-of-run prediction (and its advice below 1.1x) and ``--subnets auto``, which never picks an
+N that the prediction says loses. No Ray: the prediction and the picking need none."""
+import json
+import random
+
+import pytest
+import torch
+
+from raypar.cli.main import build_parser, main
+from raypar.cli.options import config_from_args
+from raypar.engine.auto import (ADVICE, THRESHOLD, devices_in_use, pick_subnets, predict_subnets, predicted_speedup,
+                                prediction_lines, run_prediction)
+from raypar.errors import UserError
+from raypar.network.models import build
+from raypar.network.reference import PararealNet
+from raypar.training.config import TrainConfig, load_file
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Profiles as the run's processes make them (one thread each), and quick on a busy machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+# ------------------------------------------------------------------------------------------------ the picking rule
+@pytest.mark.parametrize("predictions, want", [
+    ({1: 1.0, 2: 1.42, 3: 1.30}, 2),
+    ({1: 1.0, 2: 1.2, 3: 1.5, 4: 1.49}, 3),
+    ({2: 1.09, 3: 1.05}, 1),                      # none reaches 1.1x: the original network
+    ({1: 1.0, 2: 0.8}, 1),
+    ({1: 1.0}, 1),
+    ({}, 1),
+    ({2: 1.1, 3: 1.1}, 2),                        # exactly the threshold counts; a tie goes to fewer processes
+    ({1: 1.0, 2: 0.9, 5: 1.3}, 5),
+])
+def test_pick_subnets_by_hand(predictions, want):
+    assert pick_subnets(predictions) == want
+
+
+def test_pick_subnets_never_picks_a_losing_n():
+    rng = random.Random(0)
+    for _ in range(500):
+        predictions = {1: 1.0, **{n: rng.uniform(0.5, 2.0) for n in range(2, rng.randint(2, 9))}}
+        n = pick_subnets(predictions)
+        many = {k: s for k, s in predictions.items() if k >= 2}
+        if n == 1:
+            assert all(s < THRESHOLD for s in many.values())
+        else:
+            assert predictions[n] >= THRESHOLD and predictions[n] == max(many.values())
+    assert pick_subnets({2: 1.3, 3: 1.3}, threshold=1.4) == 1
+
+
+def test_devices_in_use():
+    assert devices_in_use(1, True, 0.0, 8) == 1
+    assert [devices_in_use(n, True, 0.0, 4) for n in (2, 4, 6)] == [2, 4, 4]      # cores cap the processes
+    assert devices_in_use(2, False, 0.0, 8) == 3                                  # N + 1 without the driver segment
+    assert devices_in_use(3, True, 1.0) == 3 and devices_in_use(4, True, 0.5) == 2     # GPUs held together
+
+
+# ------------------------------------------------------------------------------------------------ the prediction
+def test_prediction_below_the_threshold_prints_the_advice():
+    lines = prediction_lines(1.05, 2, 1, 2, 0.0, "time")
+    assert lines == ["predicted speedup 1.05x over the original network (N = 2, K = 1, 2 cores, time profile)", ADVICE]
+    assert "--subnets 1" in ADVICE and "--replicas" in ADVICE and "1.1x" in ADVICE
+    assert prediction_lines(1.42, 4, 2, 4, 1.0, "flops") == [
+        "predicted speedup 1.42x over the original network (N = 4, K = 2, 4 GPUs, flops profile)"]
+    assert "1 core," in prediction_lines(0.7, 2, 1, 1, 0.0, "time")[0]
+
+
+def _net(n=2, balance="flops"):
+    torch.manual_seed(0)
+    return PararealNet(build("resnet20", width_mult=0.125), n, balance=balance, input_shape=(3, 32, 32),
+                       profile_batch=8, driver_segment=True)
+
+
+def test_the_prediction_is_raypar_infos_ideal_speedup_capped_by_the_devices():
+    net = _net(3)
+    assert predicted_speedup(net, 10 ** 6) == pytest.approx(net.ideal_speedup())       # raypar info's number
+    assert predicted_speedup(net, 1) < 1.0 and predicted_speedup(net, 1) <= predicted_speedup(net, 3) <= net.ideal_speedup()
+    assert predicted_speedup(_net(1), 4) == 1.0
+
+
+def test_a_run_on_one_core_is_told_it_loses(monkeypatch):
+    """The start-of-run prediction of a real (time-profiled) network: on one core N = 2 loses, and says so."""
+    monkeypatch.setattr("raypar.engine.cost.cpu_cores", lambda: 1)
+    net = _net(2, "time")
+    predicted, lines = run_prediction(net, driver_segment=True, gpus=0.0)
+    assert predicted < THRESHOLD
+    assert lines[0].startswith(f"predicted speedup {predicted:.2f}x over the original network (N = 2, K = 1, 1 core, "
+                               f"time profile)")
+    assert lines[1] == ADVICE
+
+
+def test_predict_subnets_from_one_profile():
+    torch.manual_seed(0)
+    staged = build("resnet20", width_mult=0.125)
+    before = [p.clone() for p in staged.parameters()]
+    predictions = predict_subnets(staged, (3, 32, 32), 8, [1, 2, 3], balance="flops", devices_of=lambda n: 64)
+    assert set(predictions) == {1, 2, 3} and predictions[1] == 1.0
+    assert all(0 < s < n for n, s in predictions.items() if n > 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, staged.parameters()))         # the model is left alone
+    with pytest.raises(UserError, match="between 1 and the number of blocks"):
+        predict_subnets(staged, (3, 32, 32), 8, [1, 7])
+
+
+# ------------------------------------------------------------------------------------------------ the setting
+def test_the_config_takes_auto(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert TrainConfig.from_flat(subnets="auto", iterations=3).model.subnets == "auto"
+    args = build_parser("train").parse_args(["train", "--subnets", "auto"])
+    assert config_from_args(args).model.subnets == "auto"
+    assert config_from_args(build_parser("train").parse_args(["train", "-n", "3"])).model.subnets == 3
+    path = tmp_path / "auto.toml"
+    path.write_text('subnets = "auto"\n')
+    assert TrainConfig.from_flat(**load_file(str(path))[0]).model.subnets == "auto"
+    for command in ("info", "tune"):                       # commands that read N itself take numbers only
+        with pytest.raises(UserError, match="invalid int value: 'auto'"):
+            build_parser(command).parse_args([command, "--subnets", "auto"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--subnets", "auto2"], "--subnets must be a number >= 1 or auto, got 'auto2'"),
+    (["--subnets", "0"], "--subnets must be >= 1, got 0"),
+    (["--subnets", "auto", "--balance", "3,4"], "--subnets auto picks N: give a measured --balance"),
+])
+def test_bad_subnets_exit_2_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["train", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+# ------------------------------------------------------------------------------------------------ the resolution
+def _stop_before_ray(monkeypatch, seen):
+    def connect(cfg):
+        seen["cfg"] = cfg
+        raise UserError("stopped before Ray")
+    monkeypatch.setattr("raypar.training.session.connect", connect)
+
+
+def test_auto_on_one_core_trains_the_original_network(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("raypar.engine.cost.cpu_cores", lambda: 1)
+    seen: dict = {}
+    _stop_before_ray(monkeypatch, seen)
+    assert main(["train", "--model", "resnet20", "--width-mult", "0.125", "--subnets", "auto", "--iterations", "1",
+                 "--epochs", "1"]) == 2
+    out = capsys.readouterr().out
+    assert "--subnets auto: N = 1, the original network" in out, out
+    cfg = seen["cfg"]
+    assert (cfg.model.subnets, cfg.model.iterations) == (1, 1) and "-n1-k1-" in cfg.run.name
+    assert json.loads(cfg.extra["subnets_auto"]) == {"1": 1.0}
+
+
+def test_auto_picks_what_its_predictions_say(tmp_path, monkeypatch, capsys):
+    """On 3 cores (as far as auto knows), a real profile: the N picked is the best prediction, never one below 1.1x,
+    and the line names every candidate."""
+    from raypar.training.subnets import resolve_subnets
+    from raypar.training import data
+    monkeypatch.setattr("raypar.engine.cost.cpu_cores", lambda: 3)
+    cfg = TrainConfig.from_flat(model="resnet20", width_mult=0.125, subnets="auto", batch_size=32)
+    picked, line = resolve_subnets(cfg, data.load_for(cfg))
+    predictions = {int(n): s for n, s in json.loads(picked.extra["subnets_auto"]).items()}
+    assert set(predictions) == {1, 2, 3}
+    n = picked.model.subnets
+    assert isinstance(n, int) and n == pick_subnets(predictions)
+    assert n == 1 or predictions[n] >= THRESHOLD
+    assert line.startswith(f"--subnets auto: N = {n}")
+    assert all(f"N = {k}: {s:.2f}x" in line for k, s in predictions.items() if k not in (1, n))
+
+
+def test_a_named_run_with_a_checkpoint_keeps_its_n(monkeypatch):
+    from raypar.training.subnets import resolve_subnets
+    from raypar.training import data
+    monkeypatch.setattr("raypar.training.checkpoints.newest_readable_meta", lambda path, name: {"split": [3, 2, 2]})
+    cfg = TrainConfig.from_flat(subnets="auto", name="mine")
+    picked, line = resolve_subnets(cfg, data.load_for(cfg))
+    assert picked.model.subnets == 3 and "run mine" in line
+
