@@ -146,6 +146,32 @@ def test_ctrl_c_kills_the_run_and_resume_finishes_it_with_the_longer_schedule(tm
         assert done[epoch] == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 4)) / 2, abs=1e-9), done
 
 
+def test_replicas_listen_on_loopback_only(tmp_path):
+    """R = 2 drivers x N = 2 on a local run: the drivers' group, each segment's replica group and the interface
+    transport all listen on loopback; the run finishes."""
+    proc = subprocess.Popen([sys.executable, "-m", "raypar.cli", "train", *TINY, "--epochs", "2", "--replicas", "2",
+                             "--norm", "group"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, sockets = [], []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if any(ln.startswith("epoch 1/2") for ln in lines) and not sockets:
+            sockets.append(_listening_non_loopback(proc.pid))
+        time.sleep(0.2)
+    assert proc.wait(timeout=300) == 0, "".join(lines)
+    reader.join(timeout=10)
+    assert sockets == [[]], sockets
+    client, runs = _runs(tmp_path)
+    run, = runs
+    assert run.info.status == "FINISHED" and run.data.params["replicas"] == "2"
+
+
 def _weights(tmp_path, run_id):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     return torch.load(client.download_artifacts(run_id, "final_weights.pt", str(tmp_path)), weights_only=True)

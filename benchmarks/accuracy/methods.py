@@ -144,6 +144,10 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
             "acc": 100.0 * right / seen, "seconds": round(time.time() - t0, 1)}
 
 
+def _train_one(job: tuple) -> dict:
+    return train_one(*job)
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: per method, its accuracy and the paired difference against ``original`` on the same fold/seed."""
     base = {(r["fold"], r["seed"]): r["acc"] for r in rows if r["method"] == "original"}
@@ -191,7 +195,7 @@ def main(argv=None) -> int:
             for m in methods if (a.model, a.width_mult, m, fold, int(s)) not in have]
     rows = [r for r in done if r["model"] == a.model and r["width"] == a.width_mult and r["method"] in methods]
     with mp.get_context("spawn").Pool(a.processes) as pool:
-        for r in pool.starmap(train_one, todo, chunksize=1) if todo else []:
+        for r in pool.imap_unordered(_train_one, todo) if todo else []:      # each run saved as it ends
             rows.append(r)
             if a.out:
                 with open(a.out, "a") as f:

@@ -292,12 +292,14 @@ class FineWorker:
 
     # ------------------------------------------------------------------ data parallel replicas (raypar.engine.hybrid)
     def endpoint(self) -> tuple[str, int]:
-        """Where this segment's replica group meets (asked of replica 0's actor)."""
-        return hybrid.free_endpoint()
+        """Where this segment's replica group meets (asked of replica 0's actor, which listens there from now on)."""
+        self.listener = hybrid.listen()
+        return self.listener.getsockname()[:2]
 
     def join_replicas(self, addr: str, port: int, world: int, rank: int) -> None:
         """Join the process group of this segment's R replicas; from now on :meth:`step` averages gradients."""
-        hybrid.init_group(addr, port, world, rank, self.device)
+        hybrid.init_group(addr, port, world, rank, self.device, listener=getattr(self, "listener", None))
+        self.listener = None
         self.world = world
 
 

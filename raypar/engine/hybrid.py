@@ -14,29 +14,55 @@ on the combined batch.
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 
 import torch
 import torch.distributed as dist
 
 
-def free_endpoint() -> tuple[str, int]:
-    """This node's IP and a free TCP port, for a process group's rendezvous."""
+def listen(addr: str | None = None) -> socket.socket:
+    """A listening TCP socket on ``addr`` (default: this node's Ray address, loopback on a private local Ray) and a
+    free port, for a process group's store to take over (:func:`init_group`): it listens on that address only, not
+    on every interface, and holding it from the start leaves no window for another process to take the port."""
     import ray
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
+    addr = addr or ray.util.get_node_ip_address()
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.bind((addr, 0))
+    s.listen()
+    return s
+
+
+def interface_of(addr: str) -> str | None:
+    """The name of the network interface that holds ``addr`` (``lo`` for 127.0.0.1), None if none does."""
+    import psutil
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == addr for a in addrs):
+            return name
+    return None
 
 
 def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def init_group(addr: str, port: int, world: int, rank: int, device: torch.device, timeout_s: float = 300.0):
-    """Join the process group of one part's R replicas (in a fine actor: its only group, so the default one)."""
-    dist.init_process_group(backend_for(device), init_method=f"tcp://{addr}:{port}", world_size=world, rank=rank,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+def init_group(addr: str, port: int, world: int, rank: int, device: torch.device, timeout_s: float = 300.0,
+               listener: socket.socket | None = None) -> None:
+    """Join the default process group of ``world`` processes (the drivers of R replicas, or one segment's R fine
+    actors). Rank 0 passes the ``listener`` of :func:`listen` at (``addr``, ``port``), whose socket the group's store
+    takes over; the gloo endpoints bind ``addr``'s interface (``GLOO_SOCKET_IFNAME``): nothing listens beyond the
+    node's address."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False,
+                          master_listen_fd=listener.fileno() if listener is not None else None)
+    if listener is not None:
+        listener.detach()                              # the store owns the socket now
+    backend = backend_for(device)
+    if backend == "gloo":
+        interface = interface_of(addr)
+        if interface:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+    dist.init_process_group(backend, store=store, world_size=world, rank=rank, timeout=timeout)
 
 
 def average_gradients(params, world: int, group=None) -> None:

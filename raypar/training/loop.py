@@ -1,4 +1,4 @@
-"""The Ray Train loop: ``TorchTrainer`` runs :func:`train_loop` in the driver worker, which owns pre/coarse/post
+"""The Ray Train loop: a ``DataParallelTrainer`` runs :func:`train_loop` in the driver worker, which owns pre/coarse/post
 and the fine actors, trains epoch by epoch, reports one checkpoint per epoch and logs to MLflow.
 
 A new trainer with the same ``RunConfig(name, storage_path)`` resumes from the latest checkpoint: the loop finds it
@@ -100,6 +100,11 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     replica = Replica(ctx.get_world_rank(), ctx.get_world_size())
     rank0 = replica.rank == 0
+    if replica.world > 1:                 # the drivers' group (gloo; a CUDA driver adds NCCL: raypar.engine.hybrid)
+        from ray.train.collective import broadcast_from_rank_zero
+        listener = hybrid.listen() if rank0 else None
+        addr, port = broadcast_from_rank_zero(listener.getsockname()[:2] if rank0 else None)
+        hybrid.init_group(addr, port, replica.world, replica.rank, torch.device("cpu"), listener=listener)
     events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
     spec = data.load_for(cfg)
@@ -258,7 +263,7 @@ def _close_quietly(tracking_uri: str, run_id: str, error: BaseException, reason:
 
 
 def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None = None) -> TrainResult:
-    """Train ``cfg`` with a ``TorchTrainer`` on the current Ray cluster: a new run, or an unfinished one resumed,
+    """Train ``cfg`` with a Ray Train ``DataParallelTrainer`` on the current Ray cluster: a new run, or an unfinished one resumed,
     by the rule of :mod:`raypar.training.runs`.
 
     Args:
@@ -273,7 +278,6 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
             mistake found before training.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from ..engine.auto import AUTO
@@ -299,16 +303,14 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
                          f"{cfg.optim.epochs} (was {decision.epochs_before}; changed at epoch {decision.epoch})")
     cfg = cfg.replace(extra=dict(cfg.extra, mlflow_run_id=run_id))
     _emit(events, kind="phase", text="starting the driver (a Ray Train worker)")
-    # R drivers share a torch.distributed group (gloo; a CUDA driver adds an NCCL group of its own:
-    # raypar.engine.hybrid); one driver needs none, and starts no rendezvous server
-    group = {"torch_config": TorchConfig(backend="gloo")} if cfg.engine.replicas > 1 else {}
-    trainer = quick_to_stop(TorchTrainer if group else DataParallelTrainer)(
+    # R drivers share a torch.distributed group that train_loop makes itself (bound to the node's address, where Ray
+    # Train's TorchConfig would listen on every interface); one driver needs none
+    trainer = quick_to_stop(DataParallelTrainer)(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
         # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica)
         scaling_config=ScalingConfig(num_workers=cfg.engine.replicas, use_gpu=gpus > 0,
                                      resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})},
                                      placement_strategy="SPREAD" if cfg.engine.replicas > 1 else "PACK"),
-        **group,
         run_config=RunConfig(name=cfg.run.name, storage_path=cfg.run.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),

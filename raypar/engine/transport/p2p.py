@@ -36,11 +36,12 @@ class P2pEnd(DriverEnd):
             return
         import ray
 
-        from ..hybrid import free_endpoint
-        addr, port = free_endpoint()
+        from ..hybrid import listen
+        listener = listen()
+        addr, port = listener.getsockname()[:2]
         world = len(self.actors) + 1
         joins = [a.join_transport.remote(self.name, addr, port, i + 1, world) for i, a in enumerate(self.actors)]
-        self.group = make_group(self.backend, addr, port, 0, world)
+        self.group = make_group(self.backend, addr, port, 0, world, listener=listener)
         ray.get(joins)
 
     def close(self) -> None:

@@ -87,16 +87,17 @@ def is_failed_reply(t: torch.Tensor) -> bool:
     return as_int is not None and t.numel() > 0 and int(t.reshape(-1)[:1].view(as_int)) == bits
 
 
-def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0):
+def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0,
+               listener=None):
     """A process group that is not the default one: its own store, its own gloo/NCCL backend object (a driver that
     is one of R replicas already has the replicas' group as its default one). Rank 0's store and every gloo
-    endpoint listen on ``addr`` only (the node's address; loopback for a local run), not on every interface."""
+    endpoint listen on ``addr`` only (the node's address; loopback for a local run), not on every interface.
+    ``listener``: rank 0's socket already listening there (:func:`raypar.engine.hybrid.listen`), else one is made."""
     import socket
 
     import torch.distributed as dist
     timeout = datetime.timedelta(seconds=timeout_s)
-    listener = None
-    if rank == 0:
+    if rank == 0 and listener is None:
         listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
         listener.bind((addr, port))
         listener.listen()
