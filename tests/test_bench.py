@@ -14,8 +14,9 @@ from raypar.tools.bench.cli import run_bench
 from raypar.tools.bench.config import BenchConfig
 
 CFG = dict(model="vgg11", width_mult=0.125, batch=16, warmup=1, steps=2, subnets=[1, 2], balance="flops",
-           contenders=["original", "raypar", "raypar-f1", "raypar-f1-ca", "ddp", "pipe"])
-NAMES = ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1", "raypar-N2-f1-ca", "ddp-2", "pipe-2"]
+           contenders=["original", "raypar", "raypar-no-driver-segment", "raypar-coarse-in-actors", "ddp", "pipe"])
+NAMES = ["original", "raypar-N2", "raypar-N1-no-driver-segment", "raypar-N2-no-driver-segment",
+         "raypar-N2-coarse-in-actors", "ddp-2", "pipe-2"]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ def test_every_row_present_and_consistent(bench):
         ref = r["original_samples_per_s"] if r is not base else base["samples_per_s"]
         assert r["ratio_vs_original"] == pytest.approx(r["samples_per_s"] / ref)
         assert len(r["rss_per_process_mb"]) == r["processes"]
-    assert [by[n]["processes"] for n in NAMES] == [1, 2, 3, 2, 2, 2, 2]
-    for n in ("raypar-N1", "raypar-N2", "raypar-N2-f1", "raypar-N2-f1-ca"):
+    assert [by[n]["processes"] for n in NAMES] == [1, 2, 2, 3, 2, 2, 2]
+    for n in ("raypar-N2", "raypar-N1-no-driver-segment", "raypar-N2-no-driver-segment", "raypar-N2-coarse-in-actors"):
         r = by[n]
         assert r["driver_ms"] > 0 and r["fine_max_ms"] > 0 and r["transfer_ms"] >= 0
         assert r["efficiency"] == pytest.approx(r["ratio_vs_original"] / r["parallel_limit"])
@@ -66,9 +67,10 @@ def test_all_together_every_contender_takes_turns_step_by_step(ray_local):
     """``--all-together``: every contender's processes up at once, step i of each in turn."""
     from raypar.tools.bench.schedule import measure
     said = []
-    names = ["original", "parareal-1proc", "raypar-N1"]
-    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "parareal-1proc", "raypar"],
-                                  "pairs": False}), log=said.append)
+    names = ["original", "parareal-1proc", "raypar-N1-no-driver-segment"]
+    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "pairs": False,
+                                  "contenders": ["original", "parareal-1proc", "raypar-no-driver-segment"]}),
+                   log=said.append)
     assert "raypar bench: 3 contenders take turns, one step each" in said
     by = {r["contender"]: r["step_started_s"] for r in rows}
     assert list(by) == names and all(r["taking_turns"] and "original_samples_per_s" not in r for r in rows)
@@ -78,12 +80,12 @@ def test_all_together_every_contender_takes_turns_step_by_step(ray_local):
 
 def test_raypar_ships_exactly_the_four_interface_tensors(bench):
     rows, _, _ = bench
-    r = next(r for r in rows if r["contender"] == "raypar-N2")
+    r = next(r for r in rows if r["contender"] == "raypar-N2-no-driver-segment")
     net = PararealNet(build("vgg11", width_mult=0.125), 2, balance=r["split"])
     minimum = sum(CFG["batch"] * 4 * (math.prod(s.in_shape) + math.prod(s.out_shape)) * 2 for s in net.segment_info)
     assert r["bytes_per_step"] == r["bytes_min"] == minimum
     # the coarse sweep in the actors: the batch out, d_2 back, its gradient out (F_1 in the driver ships nothing)
-    r = next(r for r in rows if r["contender"] == "raypar-N2-f1-ca")
+    r = next(r for r in rows if r["contender"] == "raypar-N2-coarse-in-actors")
     out = math.prod(PararealNet(build("vgg11", width_mult=0.125), 2, balance=r["split"]).segment_info[1].out_shape)
     assert r["bytes_per_step"] == r["bytes_min"] == CFG["batch"] * 4 * (3 * 32 * 32 + 2 * out)
 
@@ -130,11 +132,35 @@ def test_rounds_merge_into_the_median_round_and_the_median_of_paired_ratios():
     assert merge_rounds(["raypar-N2"], [one(200, 100)])[0]["ratio_vs_original"] == 2.0   # one round: as measured
 
 
-@pytest.mark.parametrize("contenders", [["original"], ["original", "ddp"], ["pipe", "raypar-f1"]])
+@pytest.mark.parametrize("contenders", [["original"], ["original", "ddp"], ["pipe", "raypar"]])
 def test_plan_builds_only_what_is_asked(contenders):
     from raypar.tools.bench.contenders import plan
     got = [c.name for c in plan(BenchConfig(**{**CFG, "subnets": [2], "contenders": contenders}))]
-    assert got == {"original": ["original"], "ddp": ["original", "ddp-2"]}.get(contenders[-1], ["raypar-N2-f1", "pipe-2"])
+    assert got == {"original": ["original"], "ddp": ["original", "ddp-2"]}.get(contenders[-1], ["raypar-N2", "pipe-2"])
+
+
+def test_engine_rows_are_named_by_train_flags():
+    """``raypar`` is the engine as train runs it by default (F_1 in the driver); the other raypar contenders add the
+    train flags that make them, then a transport other than auto; N = 1 with F_1 in the driver is the original."""
+    from raypar.tools.bench.config import CONTENDERS, DEFAULT_CONTENDERS, ENGINES
+    from raypar.tools.bench.contenders import engine_label
+    assert ENGINES == {"raypar": (True, False), "raypar-no-driver-segment": (False, False),
+                       "raypar-coarse-in-actors": (True, True),
+                       "raypar-no-driver-segment-coarse-in-actors": (False, True)}
+    assert set(ENGINES) <= set(CONTENDERS) and {"raypar", "raypar-no-driver-segment"} <= set(DEFAULT_CONTENDERS)
+    assert engine_label("raypar", 2, "auto") == "raypar-N2"
+    assert engine_label("raypar-no-driver-segment", 1, "object-store") == "raypar-N1-no-driver-segment-object-store"
+    assert engine_label("raypar-no-driver-segment-coarse-in-actors", 3, "auto") == (
+        "raypar-N3-no-driver-segment-coarse-in-actors")
+
+
+@pytest.mark.parametrize("old, new", [("raypar-f1", "raypar"), ("raypar-f1-ca", "raypar-coarse-in-actors"),
+                                      ("raypar-ca", "raypar-no-driver-segment-coarse-in-actors")])
+def test_a_former_contender_name_is_a_one_line_error_naming_the_new_one(old, new, tmp_path, capsys):
+    from raypar.tools.bench import cli as bench
+    assert bench.main(["--out", str(tmp_path / "out"), "--contenders", f"original,{old}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"raypar: error: contender {old} is now called {new} ") and "\n" not in err
 
 
 def test_a_turn_times_the_step_after_an_untimed_one_and_leaves_the_engine_settled():
@@ -171,12 +197,13 @@ def test_core_speeds_that_cannot_run_leave_the_bench_going(capsys):
 def test_rounds_alternate_the_order(ray_local):
     from raypar.tools.bench.schedule import measure
     said = []
-    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "raypar"], "rounds": 2,
-                                  "interleave": False}), log=said.append)        # --one-at-a-time
+    rows = measure(BenchConfig(**{**CFG, "subnets": [1], "contenders": ["original", "raypar-no-driver-segment"],
+                                  "rounds": 2, "interleave": False}), log=said.append)        # --one-at-a-time
     assert not [m for m in said if "take turns" in m] and not any(r["taking_turns"] for r in rows)
+    engine = "raypar-N1-no-driver-segment"
     assert [m for m in said if m.endswith("...")] == [f"raypar bench: {n} ..." for n in
-                                                      ("original", "raypar-N1", "raypar-N1", "original")]
-    assert [r["contender"] for r in rows] == ["original", "raypar-N1"]
+                                                      ("original", engine, engine, "original")]
+    assert [r["contender"] for r in rows] == ["original", engine]
     assert all(len(r["step_ms_rounds"]) == len(r["ratio_rounds"]) == 2 for r in rows)
     assert rows[1]["step_ms"] in rows[1]["step_ms_rounds"]
 
@@ -225,5 +252,6 @@ def test_the_default_line_up_on_gpus_leaves_out_what_runs_on_cpus_only():
     from raypar.tools.bench.config import DEFAULT_CONTENDERS
     ns = __import__("argparse").Namespace
     assert contenders_of(ns(contenders=None, device="cpu")) == list(DEFAULT_CONTENDERS)
-    assert contenders_of(ns(contenders=None, device="cuda")) == ["original", "parareal-1proc", "raypar", "raypar-f1"]
+    assert contenders_of(ns(contenders=None, device="cuda")) == ["original", "parareal-1proc", "raypar",
+                                                                 "raypar-no-driver-segment"]
     assert contenders_of(ns(contenders="original, ddp", device="cuda")) == ["original", "ddp"]    # asked: refused later

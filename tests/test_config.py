@@ -177,3 +177,15 @@ def test_every_command_defaults_to_the_same_model_width_and_n():
     assert (cfg.model.name, cfg.model.width_mult, cfg.model.subnets) == (*want, 2)
     assert build_parser("info").parse_args(["info"]).subnets == 2
     assert build_parser("tune").parse_args(["tune"]).subnets == 2
+
+
+def test_every_command_with_the_driver_segment_defaults_to_train_s():
+    """train, tune and plan: F_1 in the driver unless --no-driver-segment, with the same flag everywhere."""
+    default = TrainConfig().engine.driver_segment
+    assert default is True
+    for command in ("train", "tune", "plan"):
+        p = build_parser(command)
+        on = p.parse_args([command]).driver_segment
+        assert (on if on is not None else default) is default, command        # (train: None, the config's)
+        assert p.parse_args([command, "--no-driver-segment"]).driver_segment is False, command
+        assert p.parse_args([command, "--driver-segment"]).driver_segment is True, command

@@ -22,7 +22,7 @@ def _reference_step(net, opt, x, y):
     return loss.item()
 
 
-@pytest.mark.parametrize("model, n, k, first_in_driver, transport, channels_last, defer", [
+@pytest.mark.parametrize("model, n, k, driver_segment, transport, channels_last, defer", [
     # defer: the actors' weight gradients computed in their optimizer step, which the driver does not wait for (the
     # default); False: inside their backward, the driver waiting for their steps
     ("vgg11", 2, 1, False, "object-store", False, False), ("vgg11", 3, 2, False, "object-store", False, True),
@@ -32,7 +32,7 @@ def _reference_step(net, opt, x, y):
     ("vgg11", 3, 2, False, "p2p", False, True), ("resnet20", 3, 1, True, "p2p", False, False),
     # every part in the channels-last layout: the same numbers up to rounding
     ("vgg11", 3, 3, True, "object-store", True, True), ("resnet20", 2, 1, False, "p2p", True, True)])
-def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, transport, channels_last, defer):
+def test_engine_matches_reference(ray_local, model, n, k, driver_segment, transport, channels_last, defer):
     torch.manual_seed(0)
     # float64, so that the only difference (the order of float additions) stays far below the tolerance
     net = PararealNet(build(model, width_mult=0.25), n, iterations=k, balance="flops").double()
@@ -40,7 +40,7 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, trans
     if channels_last:
         ref.to(memory_format=torch.channels_last)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, driver_segment=driver_segment,
                                                 transport=transport, channels_last=channels_last,
                                                 defer_weights=defer), seed=0)
     assert engine.tx.name == transport
@@ -59,16 +59,16 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, trans
             assert stats.wall > 0 and stats.bytes > 0
             assert len(stats.fine_each) == n
             if defer and i == 0:          # deferred: the actors' compute seconds arrive with the next step
-                assert stats.fine_each[int(first_in_driver):] == (0.0,) * (n - first_in_driver)
+                assert stats.fine_each[int(driver_segment):] == (0.0,) * (n - driver_segment)
             else:
                 assert min(stats.fine_each) > 0 and stats.fine_max == max(stats.fine_each)
         # exactly 4 interface tensors per sub-network and iteration: u out, f back, dL/df out, dL/du back
-        shipped = net.segment_info[1:] if first_in_driver else net.segment_info      # F_1 in the driver: no transfer
+        shipped = net.segment_info[1:] if driver_segment else net.segment_info      # F_1 in the driver: no transfer
         numel = [torch.Size(i.in_shape).numel() + torch.Size(i.out_shape).numel() for i in shipped]
         bound = k * 8 * 8 * 2 * sum(numel)                    # float64: 8 bytes
         # with K > 1, F_N runs only in the last iteration and some outputs never reach the loss
         assert stats.bytes == bound if k == 1 else 0 < stats.bytes < bound
-        assert net.interface_bytes(8, first_in_driver, 8) == bound
+        assert net.interface_bytes(8, driver_segment, 8) == bound
         ref.eval()
         x = batches[0][0]
         with torch.no_grad():
@@ -77,10 +77,10 @@ def test_engine_matches_reference(ray_local, model, n, k, first_in_driver, trans
         engine.shutdown()
 
 
-@pytest.mark.parametrize("model, n, first_in_driver, transport, channels_last", [
+@pytest.mark.parametrize("model, n, driver_segment, transport, channels_last", [
     ("vgg11", 2, True, "object-store", False), ("vgg11", 3, False, "object-store", True),
     ("resnet20", 3, True, "p2p", False)])
-def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, first_in_driver, transport, channels_last):
+def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, driver_segment, transport, channels_last):
     """--coarse-in-actors: each actor computes its input and coarse term from the batch, with copies of pre and C_j
     that the driver updates every step; the same loss, weights and BatchNorm statistics as the reference. Per actor
     and step three tensors travel: the batch out, d_j back, dL/dd_j out."""
@@ -90,7 +90,7 @@ def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, first_in
     if channels_last:
         ref.to(memory_format=torch.channels_last)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, driver_segment=driver_segment,
                                                 transport=transport, channels_last=channels_last,
                                                 coarse_in_actors=True), seed=0)
     try:
@@ -109,10 +109,10 @@ def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, first_in
                     torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5,
                                                msg=lambda m, key=key: f"{key}: {m}")
             if i == 0:
-                assert calls == {"pre": int(first_in_driver), "C1": 0, **{f"C{j}": 1 for j in range(2, n + 1)}}
-        shipped = net.segment_info[1:] if first_in_driver else net.segment_info
+                assert calls == {"pre": int(driver_segment), "C1": 0, **{f"C{j}": 1 for j in range(2, n + 1)}}
+        shipped = net.segment_info[1:] if driver_segment else net.segment_info
         assert stats.bytes == 8 * 8 * sum(3 * 32 * 32 + 2 * torch.Size(i.out_shape).numel() for i in shipped)
-        assert stats.bytes == net.interface_bytes(8, first_in_driver, 8, coarse_in_actors=True)
+        assert stats.bytes == net.interface_bytes(8, driver_segment, 8, coarse_in_actors=True)
         ref.eval()
         with torch.no_grad():
             torch.testing.assert_close(engine.predict(batches[0][0]), ref(batches[0][0]), rtol=1e-4, atol=1e-5)
@@ -201,10 +201,10 @@ def test_auto_on_a_shared_gpu_sends_small_steps_through_the_object_store(capsys)
     assert f"cuda-ipc from {IPC_MIN_BYTES // 2**20} MiB" in " ".join(capsys.readouterr().out.split())   # --help says so
 
 
-@pytest.mark.parametrize("amp, n, k, first_in_driver, transport, coarse_in_actors, defer", [
+@pytest.mark.parametrize("amp, n, k, driver_segment, transport, coarse_in_actors, defer", [
     ("bf16", 2, 1, True, "object-store", False, True), ("fp16", 3, 2, False, "p2p", False, True),
     ("fp16", 2, 1, True, "object-store", True, False), ("fp16", 3, 1, True, "p2p", False, True)])
-def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, transport, coarse_in_actors, defer):
+def test_engine_amp_matches_reference(ray_local, amp, n, k, driver_segment, transport, coarse_in_actors, defer):
     """--amp: the engine equals the reference network run under the same autocast (and, for fp16, the same loss
     scaling); the interface tensors travel in 16 bits; an fp16 overflow skips the step in every process."""
     from raypar.engine import precision
@@ -214,7 +214,7 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
     start = copy.deepcopy(ref.state_dict())
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
     scaler = precision.LossScaler() if amp == "fp16" else None
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver,
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, driver_segment=driver_segment,
                                                 transport=transport, amp=amp, coarse_in_actors=coarse_in_actors,
                                                 defer_weights=defer), seed=0)
 
@@ -257,7 +257,7 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
                 want = ref(x).float()
             ref.train()
             assert (engine.predict(x) - want).norm() <= 0.02 * want.norm()
-        shipped = net.segment_info[1:] if first_in_driver else net.segment_info
+        shipped = net.segment_info[1:] if driver_segment else net.segment_info
         numel = [torch.Size(i.in_shape).numel() + torch.Size(i.out_shape).numel() for i in shipped]
         bound = k * 8 * 2 * 2 * sum(numel)                     # 16 bits per number
         if coarse_in_actors:                                   # the float32 batch out, d_j and dL/dd_j in 16 bits
@@ -275,7 +275,7 @@ def test_engine_amp_matches_reference(ray_local, amp, n, k, first_in_driver, tra
             assert engine.get_state()["scaler"]["scale"] == 2.0 ** 39
         if transport == "p2p" and k == 1:        # fp16: the actors' steps wait for the overflow decision, so steps 2
             # and 3 make a call ahead for each part of each actor's step, never one for the whole step
-            assert engine.tx.ahead == 2 * 2 * (n - first_in_driver) and engine.tx.idle
+            assert engine.tx.ahead == 2 * 2 * (n - driver_segment) and engine.tx.idle
             assert engine.tx.sent_early == 0
     finally:
         engine.shutdown()
@@ -312,7 +312,7 @@ def _p2p_engine_and_reference():
     net = PararealNet(build("vgg11", width_mult=0.25), 3, balance="flops").double()
     ref = copy.deepcopy(net).train()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, driver_segment=True, transport="p2p"), seed=0)
     return engine, ref, ref_opt
 
 
@@ -430,7 +430,7 @@ def test_a_failure_inside_a_whole_step_call_raises_the_actors_error(ray_local, w
                         c(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     net = PararealNet(staged_from(seq, pre=0, input_shape=(3, 8, 8)), 2, balance=[2, 3])   # the tripwire is block 4
     assert any(type(m).__name__ == "Tripwire" for m in net.segments[1].modules())
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=True, transport="p2p"), seed=0)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, driver_segment=True, transport="p2p"), seed=0)
     try:
         x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
         engine.train_step(x, y)
@@ -446,14 +446,14 @@ def test_a_failure_inside_a_whole_step_call_raises_the_actors_error(ray_local, w
         engine.shutdown()
 
 
-@pytest.mark.parametrize("n, k, first_in_driver", [(3, 1, False), (2, 1, True), (3, 2, True)])
-def test_engine_runs_each_driver_backward_once(ray_local, n, k, first_in_driver):
+@pytest.mark.parametrize("n, k, driver_segment", [(3, 1, False), (2, 1, True), (3, 2, True)])
+def test_engine_runs_each_driver_backward_once(ray_local, n, k, driver_segment):
     """pre and the coarse sweep run one backward per forward in a step, although the loss and each iteration's dL/du
     reach their outputs in separate backward passes (the graph is cut after them); with K = 1 that is every coarse
     network. (With K > 1 a correction term reused by the next iteration still runs its backward in two passes.)"""
     torch.manual_seed(0)
     net = PararealNet(build("vgg11", width_mult=0.125), n, iterations=k, balance="flops")
-    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, first_in_driver=first_in_driver), seed=0)
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5, driver_segment=driver_segment), seed=0)
     try:
         calls = {}
         for name, m in [("pre", engine.pre)] + [(f"C{j + 1}", c) for j, c in enumerate(engine.coarse)]:

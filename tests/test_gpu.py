@@ -28,7 +28,7 @@ def ray_gpu():
     yield ray
 
 
-def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, steps: int = 3,
+def _compare(model: str, n: int, k: int, driver_segment: bool, transport: str, steps: int = 3,
              amp: str = "off", share: float = SHARE, batch: int = 0) -> dict:
     """In a Ray actor holding a slice of the GPU: train the engine and the reference side by side; the largest
     differences seen (with ``amp``: float32 weights under autocast, and each tensor's change in the steps against the
@@ -46,7 +46,7 @@ def _compare(model: str, n: int, k: int, first_in_driver: bool, transport: str, 
     ref_opt = torch.optim.SGD(ref.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
                               weight_decay=opt_cfg.weight_decay)
     engine = PararealEngine(net, opt_cfg, Resources(gpus_per_subnet=share, cpus_per_subnet=1,
-                                                    first_in_driver=first_in_driver, transport=transport,
+                                                    driver_segment=driver_segment, transport=transport,
                                                     amp=amp, batch=batch), seed=0)
     out = {"transport": engine.tx.name, "device": str(engine.device), "loss": 0.0, "weights": 0.0, "ahead": 0}
     scale = 2.0 ** 8 if amp == "fp16" else 1.0            # the same fixed loss scale in both (no overflow at 2^8)
@@ -87,17 +87,17 @@ def _run(ray, *args, share: float = SHARE, **kw) -> dict:
     return ray.get(driver.remote(*args, share=share, **kw), timeout=600)
 
 
-@pytest.mark.parametrize("model, n, k, first_in_driver, transport, batch, expect", [
+@pytest.mark.parametrize("model, n, k, driver_segment, transport, batch, expect", [
     ("vgg11", 2, 1, False, "object-store", 0, "object-store"),
     ("vgg11", 3, 2, False, "cuda-ipc", 0, "cuda-ipc"),
     ("resnet20", 3, 1, True, "cuda-ipc", 0, "cuda-ipc"),
     ("vgg11", 2, 1, False, "auto", 0, "cuda-ipc"),           # a shared GPU, the batch unknown: auto takes CUDA IPC
     ("vgg11", 2, 1, False, "auto", 8, "object-store")])      # 8 samples in float64, 0.8 MB a step: the object store
-def test_engine_on_gpu_matches_reference(ray_gpu, model, n, k, first_in_driver, transport, batch, expect):
-    out = _run(ray_gpu, model, n, k, first_in_driver, transport, batch=batch)
+def test_engine_on_gpu_matches_reference(ray_gpu, model, n, k, driver_segment, transport, batch, expect):
+    out = _run(ray_gpu, model, n, k, driver_segment, transport, batch=batch)
     assert out["transport"] == expect and out["device"].startswith("cuda")
     assert out["keys_match"] and out["bytes"] > 0
-    assert len(out["gpu_peaks"]) == 1 + n - first_in_driver and all(m > 0 for m in out["gpu_peaks"])
+    assert len(out["gpu_peaks"]) == 1 + n - driver_segment and all(m > 0 for m in out["gpu_peaks"])
     assert out["loss"] < 1e-8 and out["weights"] < 1e-8 and out["predict"] < 1e-8, out
 
 
@@ -117,16 +117,16 @@ def test_p2p_on_a_shared_gpu_is_refused(ray_gpu):
         _run(ray_gpu, "vgg11", 2, 1, False, "p2p")
 
 
-@pytest.mark.parametrize("first_in_driver", [False, True])
-def test_nccl_with_a_gpu_per_process_matches_reference(ray_gpu, first_in_driver):
+@pytest.mark.parametrize("driver_segment", [False, True])
+def test_nccl_with_a_gpu_per_process_matches_reference(ray_gpu, driver_segment):
     """A whole GPU for the driver and for each actor: auto takes NCCL point-to-point; from the second step on the
     calls of each actor's forward and backward are made ahead of their tensors (whole-step calls and early receives
     are for gloo only)."""
     n = 2
-    if torch.cuda.device_count() < 1 + n - first_in_driver:
-        pytest.skip(f"needs {1 + n - first_in_driver} GPUs")
-    out = _run(ray_gpu, "vgg11", n, 1, first_in_driver, "auto", share=1.0)
-    assert out["transport"] == "p2p" and out["keys_match"] and out["ahead"] == 2 * 2 * (n - first_in_driver)
+    if torch.cuda.device_count() < 1 + n - driver_segment:
+        pytest.skip(f"needs {1 + n - driver_segment} GPUs")
+    out = _run(ray_gpu, "vgg11", n, 1, driver_segment, "auto", share=1.0)
+    assert out["transport"] == "p2p" and out["keys_match"] and out["ahead"] == 2 * 2 * (n - driver_segment)
     assert out["loss"] < 1e-8 and out["weights"] < 1e-8 and out["predict"] < 1e-8, out
 
 

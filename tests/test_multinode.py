@@ -38,7 +38,7 @@ def cluster(tmp_path_factory):
     start(head, "head")
     address = f"127.0.0.1:{gcs}"
     status = None
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while time.time() < deadline:
         status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True, text=True)
         if status.returncode == 0:
@@ -56,7 +56,8 @@ def cluster(tmp_path_factory):
             break
         time.sleep(2)
     else:
-        pytest.fail(f"worker did not join: {status.stdout[-2000:]} {(tmp / 'worker.log').read_text()[-2000:]}")
+        logs = " ".join((tmp / f"{name}.log").read_text()[-1000:] for name in workers)
+        pytest.fail(f"the worker nodes did not join: {status.stdout[-2000:]} {logs}")
     yield address, env, tmp, workers
     for p in reversed(procs):
         stop_group(p, timeout_s=5)       # nothing to drain: no 30 s grace period
@@ -68,7 +69,7 @@ def _command(cluster, name, *args) -> list[str]:
     address, env, tmp, _ = cluster
     return [sys.executable, "-m", "raypar.cli", "train", "--address", address, "--name", name,
             "--model", "vgg11", "--width-mult", "0.125", "--subnets", "2", "--gpus-per-subnet", "1",
-            "--norm", "group", "--balance", "flops", "--epochs", "1", "--resource-timeout", "120",
+            "--norm", "group", "--balance", "flops", "--epochs", "1", "--resource-timeout", "120", "--no-driver-segment",
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--storage-path", str(tmp / "runs"),
             "--experiment", "multinode", *args]
 

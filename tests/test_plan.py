@@ -63,10 +63,10 @@ def test_transfer_bytes_are_4_interface_tensors_per_remote_segment(planner):
         per_segment = [batch * 4 * 2 * (math.prod(s.in_shape) + math.prod(s.out_shape)) for s in net.segment_info]
         assert planner.row(n, 8, Link()).bytes_per_step == sum(per_segment) == bytes_minimum(net, batch)
         # F_1 in the driver ships nothing
-        f1 = pararealnet(n, driver_segment=True)
+        net = pararealnet(n, driver_segment=True)
         row = planner.row(n, 8, Link(), driver_segment=True)
         assert row.processes == n
-        assert row.bytes_per_step == bytes_minimum(f1, batch, skip_first=True)
+        assert row.bytes_per_step == bytes_minimum(net, batch, driver_segment=True)
     # K = 2: the first iteration runs (and ships) F_1 only, the second F_1 and F_2
     first = pararealnet(2, iterations=2).segment_info[0]
     k2 = planner.row(2, 8, Link(), iterations=2)
@@ -79,12 +79,12 @@ def test_coarse_in_actors_row(planner):
     """--coarse-in-actors: every fine process runs pre and C_1..C_j before F_j, all at once; the driver then runs the
     correction sweep and post; the batch goes out instead of u_j, and no dL/du_j comes back."""
     c, batch = planner.costs, TINY["batch"]
-    for n, f1 in ((2, True), (3, False)):
-        net = pararealnet(n, driver_segment=f1)
-        row = planner.row(n, 8, Link(), driver_segment=f1, coarse_in_actors=True, defer_weights=False)
-        assert row.split == net.split and row.processes == (n if f1 else n + 1) and row.iterations == 1
-        assert row.bytes_per_step == bytes_minimum(net, batch, skip_first=f1, coarse_in_actors=True)
-        coarse = planner.coarse_seconds(n, 1, f1)
+    for n, driver_segment in ((2, True), (3, False)):
+        net = pararealnet(n, driver_segment=driver_segment)
+        row = planner.row(n, 8, Link(), driver_segment=driver_segment, coarse_in_actors=True, defer_weights=False)
+        assert row.split == net.split and row.processes == (n if driver_segment else n + 1) and row.iterations == 1
+        assert row.bytes_per_step == bytes_minimum(net, batch, driver_segment, coarse_in_actors=True)
+        coarse = planner.coarse_seconds(n, 1, driver_segment)
         bounds = [0, *itertools.accumulate(net.split)]
         each = [c.pre_s + sum(coarse[:j + 1] if j else []) + sum(c.blocks_s[a:b])
                 for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
@@ -93,7 +93,7 @@ def test_coarse_in_actors_row(planner):
                                                 + row.transfer_ms)
         assert row.work_ms == pytest.approx(1e3 * (sum(each) + sum(coarse[1:]) + c.post_s))
         assert row.step_ms == pytest.approx(max(row.critical_ms, row.work_ms / row.devices, row.actor_ms))
-        assert row.actor_ms == pytest.approx(1e3 * max(each[1 if f1 else 0:]))
+        assert row.actor_ms == pytest.approx(1e3 * max(each[1 if driver_segment else 0:]))
     with pytest.raises(Exception, match="--coarse-in-actors needs --iterations 1"):
         planner.row(2, 8, Link(), iterations=2, coarse_in_actors=True)
 
@@ -103,18 +103,18 @@ def test_deferred_weight_gradients_leave_the_critical_path_not_the_actor(planner
     driver keeps them; every actor still does all of its work once per step."""
     c = planner.costs
     assert len(c.deferred_s) == len(c.blocks_s) and all(w > 0 for w in c.deferred_s)
-    for n, f1 in ((1, False), (2, False), (2, True), (3, True)):
-        now = planner.row(n, 8, Link(), driver_segment=f1, in_process=False)
-        later = planner.row(n, 8, Link(), driver_segment=f1, in_process=False, defer_weights=False)
+    for n, driver_segment in ((1, False), (2, False), (2, True), (3, True)):
+        now = planner.row(n, 8, Link(), driver_segment=driver_segment, in_process=False)
+        later = planner.row(n, 8, Link(), driver_segment=driver_segment, in_process=False, defer_weights=False)
         bounds = [0, *itertools.accumulate(now.split)]
         fines = [sum(c.blocks_s[a:b]) for a, b in zip(bounds, bounds[1:])]
-        waited = [f - (min(f, sum(c.deferred_s[a:b])) if j >= int(f1) else 0.0)
+        waited = [f - (min(f, sum(c.deferred_s[a:b])) if j >= int(driver_segment) else 0.0)
                   for j, (f, a, b) in enumerate(zip(fines, bounds, bounds[1:]))]
         # (no --capacity: the devices are equal and independent, the segments do not slow each other down)
         assert later.fine_max_ms == pytest.approx(1e3 * max(fines))
         assert now.fine_max_ms == pytest.approx(1e3 * max(waited)) and now.fine_max_ms <= later.fine_max_ms
-        assert f1 or now.fine_max_ms < later.fine_max_ms                  # every segment remote: each waits less
-        assert now.actor_ms == later.actor_ms == pytest.approx(1e3 * max(fines[int(f1):]))
+        assert driver_segment or now.fine_max_ms < later.fine_max_ms     # every segment remote: each waits less
+        assert now.actor_ms == later.actor_ms == pytest.approx(1e3 * max(fines[int(driver_segment):]))
         assert now.work_ms == pytest.approx(later.work_ms) and now.step_ms <= later.step_ms
         assert now.step_ms >= now.actor_ms
     # more processes than devices: the deferred work takes the same cores, nothing comes off the critical path
@@ -148,19 +148,20 @@ def test_capacity_slows_the_parallel_rows_only(planner):
     """Devices worth less than their count (a shared CPU): the fine segments that run at once slow down, and the
     work bound shrinks; N = 1 runs one process at a time and does not change."""
     link = Link(3.5, 1.5)
-    for n, f1 in ((1, False), (2, False), (2, True), (3, True)):
-        full = planner.row(n, 3, link, driver_segment=f1)
-        assert planner.row(n, 3, link, driver_segment=f1, capacity=3).step_ms == pytest.approx(full.step_ms)
-        shared = planner.row(n, 3, link, driver_segment=f1, capacity=1.5)
+    for n, driver_segment in ((1, False), (2, False), (2, True), (3, True)):
+        full = planner.row(n, 3, link, driver_segment=driver_segment)
+        assert planner.row(n, 3, link, driver_segment=driver_segment, capacity=3).step_ms == pytest.approx(full.step_ms)
+        shared = planner.row(n, 3, link, driver_segment=driver_segment, capacity=1.5)
         assert shared.step_ms == pytest.approx(full.step_ms) if n == 1 else shared.step_ms > full.step_ms
-        assert planner.row(n, 3, link, driver_segment=f1, capacity=1.0).speedup <= 1.0 + 1e-9
+        assert planner.row(n, 3, link, driver_segment=driver_segment, capacity=1.0).speedup <= 1.0 + 1e-9
 
 
 def test_against_a_bench_result(planner, tmp_path):
     rows = [{"contender": "original", "step_ms": 100.0, "ratio_vs_original": 1.0},
-            {"contender": "raypar-N1", "step_ms": 120.0, "ratio_vs_original": 100 / 120, "split": [7]},
-            {"contender": "raypar-N2", "step_ms": 80.0, "ratio_vs_original": 1.25, "split": [3, 4]},
-            {"contender": "raypar-N2-f1", "step_ms": 70.0, "ratio_vs_original": 100 / 70, "split": [2, 5]},
+            {"contender": "raypar-N1-no-driver-segment", "step_ms": 120.0, "ratio_vs_original": 100 / 120,
+             "split": [7]},
+            {"contender": "raypar-N2-no-driver-segment", "step_ms": 80.0, "ratio_vs_original": 1.25, "split": [3, 4]},
+            {"contender": "raypar-N2", "step_ms": 70.0, "ratio_vs_original": 100 / 70, "split": [2, 5]},
             {"contender": "ddp-2", "step_ms": 60.0, "ratio_vs_original": 100 / 60}]
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"config": {"model": "vgg11", "width_mult": 0.125, "image_size": 32, "in_channels": 3,
@@ -172,18 +173,35 @@ def test_against_a_bench_result(planner, tmp_path):
     data["environment"]["core_speeds"] = {"capacity": 1.25}
     path.write_text(json.dumps(data))
     shared = {r["contender"]: r for r in against_bench(str(path), Link(), planner)}     # the measured cores
-    assert all(r["capacity"] == 1.25 for r in shared.values()) and out["raypar-N2"]["capacity"] is None
-    assert shared["raypar-N2"]["predicted_ms"] > out["raypar-N2"]["predicted_ms"]
-    assert shared["raypar-N1"]["predicted_ms"] == pytest.approx(out["raypar-N1"]["predicted_ms"])
+    one, two = "raypar-N1-no-driver-segment", "raypar-N2-no-driver-segment"
+    assert all(r["capacity"] == 1.25 for r in shared.values()) and out[two]["capacity"] is None
+    assert shared[two]["predicted_ms"] > out[two]["predicted_ms"]
+    assert shared[one]["predicted_ms"] == pytest.approx(out[one]["predicted_ms"])
     given = against_bench(str(path), Link(), planner, capacity=2.0)
     assert [r["predicted_ms"] for r in given] == pytest.approx([r["predicted_ms"] for r in out.values()])
-    assert list(out) == ["original", "raypar-N1", "raypar-N2", "raypar-N2-f1"]       # no prediction for DDP
+    assert list(out) == ["original", one, two, "raypar-N2"]                          # no prediction for DDP
     assert [out[n]["processes"] for n in out] == [1, 2, 3, 2]
-    assert out["raypar-N2"]["split"] == [3, 4] and out["raypar-N2-f1"]["split"] == [2, 5]   # the bench's own split
-    assert out["raypar-N1"]["predicted_transfer_ms"] > 0 == out["original"]["predicted_transfer_ms"]
+    assert out[two]["split"] == [3, 4] and out["raypar-N2"]["split"] == [2, 5]       # the bench's own split
+    assert out[one]["predicted_transfer_ms"] > 0 == out["original"]["predicted_transfer_ms"]
     for r in out.values():
         assert r["step_error"] == pytest.approx(r["predicted_ms"] / r["measured_ms"] - 1)
         assert r["speedup_error"] == pytest.approx(r["predicted_speedup"] / r["measured_speedup"] - 1)
+
+
+@pytest.mark.parametrize("row, options", [
+    ({"contender": "raypar-N2"}, (2, True, False)),
+    ({"contender": "raypar-N3-no-driver-segment-object-store"}, (3, False, False)),
+    ({"contender": "raypar-N2-coarse-in-actors-cuda-ipc"}, (2, True, True)),
+    ({"contender": "raypar-N2-no-driver-segment-coarse-in-actors"}, (2, False, True)),
+    ({"contender": "raypar-N1-no-driver-segment"}, (1, False, False)),
+    # a bench.json from before the rows were named by train's flags: its processes tell
+    ({"contender": "raypar-N2", "processes": 3}, (2, False, False)),
+    ({"contender": "raypar-N2-f1-ca", "processes": 2}, (2, True, True)),
+    ({"contender": "raypar-N2-ca", "processes": 3}, (2, False, True)),
+    ({"contender": "raypar-N1", "processes": 2}, (1, False, False))])
+def test_a_bench_row_names_its_engine_options(row, options):
+    from raypar.tools.plan import engine_options
+    assert engine_options(row) == options
 
 
 def test_a_channels_last_plan_profiles_in_channels_last(monkeypatch, tmp_path):
@@ -222,7 +240,8 @@ def test_cli_json():
     out = json.loads(r.stdout)
     assert out["link_gbps"] == 5 and out["blocks"] == 7
     assert [row["subnets"] for row in out["rows"]] == [1, 2] and out["rows"][0]["speedup"] == 1.0
-    assert out["rows"][1]["split"] == pararealnet(2).split and out["channels_last"] is False
+    assert out["rows"][1]["split"] == pararealnet(2, driver_segment=True).split and out["channels_last"] is False
+    assert out["driver_segment"] is True and out["rows"][1]["processes"] == 2        # as train: F_1 in the driver
 
 
 @pytest.mark.parametrize("args, message", [

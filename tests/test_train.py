@@ -95,7 +95,8 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
 def test_driver_segment_and_fp16_train(ray_local, tmp_path):
     """F_1 in the driver and the coarse sweep in the actors, with --amp fp16: it learns, and the loss scale is logged
     and checkpointed (a resumed run carries on with it)."""
-    result = fit(_cfg(tmp_path, subnets=3, name="f1", driver_segment=True, amp="fp16", coarse_in_actors=True))
+    result = fit(_cfg(tmp_path, subnets=3, name="driver-segment", driver_segment=True, amp="fp16",
+                      coarse_in_actors=True))
     assert result.metrics["epoch"] == 1 and result.metrics["val_acc"] > 0.1
     ckpt = torch.load(os.path.join(result.checkpoint_path, "state.pt"), weights_only=True)
     assert len(ckpt["fine"]) == 2 and any(k.startswith("segments.0.") for k in ckpt["driver"])

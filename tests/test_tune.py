@@ -76,7 +76,7 @@ def test_every_candidate_timed_against_the_profiles_split(monkeypatch, gpu):
     driver = _driver(monkeypatch, ms, fail={(1, 11)}, started=started)
     nets = [_Net(list(s)) for s in ms]
     batches = [(None, None)] * 4
-    trials = driver.run(nets, None, Resources(first_in_driver=True), 0, batches, 1, gpu, max_actors=2)
+    trials = driver.run(nets, None, Resources(driver_segment=True), 0, batches, 1, gpu, max_actors=2)
     assert [t.step_ms for t in trials[:4]] == pytest.approx([100.0, 120.0, 80.0, 90.0])
     assert [t.vs_profiled for t in trials[:4]] == pytest.approx([1.0, 100 / 120, 100 / 80, 100 / 90])
     assert trials[4].error == "RuntimeError: actor died" and trials[4].vs_profiled != trials[4].vs_profiled

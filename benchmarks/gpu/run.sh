@@ -29,11 +29,14 @@ bench() {   # bench <name> <args...>
     timeout "${BENCH_TIMEOUT:-120}" python3 -m raypar.tools.bench --device "$DEVICE" --warmup 5 --steps "$STEPS" \
         --out "$OUT/$name" "$@" 2>&1 | tee "$OUT/$name.log"
 }
-bench small --subnets 1,2 --contenders original,parareal-1proc,raypar,raypar-f1 --transports cuda-ipc,object-store
-bench wide --subnets 2 --contenders original,parareal-1proc,raypar,raypar-f1 --transports cuda-ipc,object-store \
-    --width-mult 1 --batch 256
-bench wide-bf16 --subnets 2 --contenders original,raypar-f1 --width-mult 1 --batch 256 --amp bf16 --channels-last
+bench small --subnets 1,2 --contenders original,parareal-1proc,raypar,raypar-no-driver-segment \
+    --transports cuda-ipc,object-store
+bench wide --subnets 2 --contenders original,parareal-1proc,raypar,raypar-no-driver-segment \
+    --transports cuda-ipc,object-store --width-mult 1 --batch 256
+bench wide-bf16 --subnets 2 --contenders original,raypar --width-mult 1 --batch 256 --amp bf16 --channels-last
 # where CUDA IPC starts to pay on a shared GPU (transport "auto"): VGG-16 x1, N = 2 in 3 processes (0.57 MiB a sample
 # at the H200's split [6, 6])
-bench ipc16 --subnets 2 --contenders original,raypar --transports object-store,cuda-ipc,auto --width-mult 1 --batch 16
-bench ipc48 --subnets 2 --contenders original,raypar --transports object-store,cuda-ipc,auto --width-mult 1 --batch 48
+bench ipc16 --subnets 2 --contenders original,raypar-no-driver-segment --transports object-store,cuda-ipc,auto \
+    --width-mult 1 --batch 16
+bench ipc48 --subnets 2 --contenders original,raypar-no-driver-segment --transports object-store,cuda-ipc,auto \
+    --width-mult 1 --batch 48

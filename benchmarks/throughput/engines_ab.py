@@ -1,12 +1,15 @@
 """Engines with and without an option, taking turns step by step in one process, beside the original network.
 
-    RAY_worker_niceness=0 python benchmarks/throughput/engines_ab.py --splits 4,8 5,7 6,6 --modes f1 f1-ca
+    RAY_worker_niceness=0 python benchmarks/throughput/engines_ab.py --splits 4,8 5,7 6,6 \
+        --modes raypar raypar-coarse-in-actors
 
 Every engine (one per split and mode) and the original network are built first; then step i of each runs in turn,
-for every i (the order reversed every other step), each timed by the wall clock here. Modes: ``plain`` (the driver and
-N actors), ``f1`` (F_1 in the driver, ``--driver-segment``), ``ca`` and ``f1-ca`` (``--coarse-in-actors``), each
-also with ``-dw`` (deferred weight gradients, ``--defer-weights``). ``--transport``: every engine's (the object store by
-default; ``p2p`` or ``auto`` as ``raypar train``).
+for every i (the order reversed every other step), each timed by the wall clock here. Modes, named as ``raypar
+bench``'s contenders, by the ``raypar train`` flags they add to train's defaults: ``raypar`` (F_1 in the driver,
+deferred weight gradients), ``raypar-no-driver-segment`` (the driver and N actors), ``raypar-coarse-in-actors`` and
+``raypar-no-driver-segment-coarse-in-actors``, each also with ``-no-defer-weights`` (the actors compute their weight
+gradients in their backward). ``--transport``: every engine's (the object store by default; ``p2p`` or ``auto`` as
+``raypar train``).
 ``--idle K`` starts K idle Ray actors first (``raypar bench --all-together`` keeps every other contender's
 processes up).
 ``RAY_worker_niceness=0`` puts the actors at this script's priority (Ray starts its workers at nice 15, a script stays
@@ -23,8 +26,12 @@ from turns import take_turns
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--splits", nargs="+", default=["5,7", "6,6"], help="block counts of N = 2 (default: %(default)s)")
-    modes = ["plain", "f1", "ca", "f1-ca"]
-    p.add_argument("--modes", nargs="+", default=["f1", "f1-ca"], choices=modes + [m + "-dw" for m in modes])
+    modes = ["raypar", "raypar-no-driver-segment", "raypar-coarse-in-actors",
+             "raypar-no-driver-segment-coarse-in-actors"]
+    p.add_argument("--modes", nargs="+", choices=modes + [m + "-no-defer-weights" for m in modes],
+                   default=["raypar-no-defer-weights", "raypar-coarse-in-actors-no-defer-weights"],
+                   metavar="MODE", help=f"any of {', '.join(modes)}, each also with -no-defer-weights "
+                                        f"(default: %(default)s)")
     p.add_argument("--steps", type=int, default=30, help="steps of each, the first 3 untimed (default: %(default)s)")
     p.add_argument("--transport", default="object-store", choices=["object-store", "p2p", "auto"],
                    help="every engine's (default: %(default)s)")
@@ -54,10 +61,13 @@ def main() -> None:
     names, steps = [], []
     for split in args.splits:
         for mode in args.modes:
-            f1, ca, dw = mode.startswith("f1"), mode.removesuffix("-dw").endswith("ca"), mode.endswith("-dw")
-            net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=f1)
-            engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=f1, coarse_in_actors=ca,
-                                                              defer_weights=dw, transport=args.transport,
+            driver_segment = "-no-driver-segment" not in mode
+            coarse_in_actors, defer_weights = "-coarse-in-actors" in mode, not mode.endswith("-no-defer-weights")
+            net = _net(replace(cfg, balance=[int(v) for v in split.split(",")]).validate(), 2,
+                       driver_segment=driver_segment)
+            engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, driver_segment=driver_segment,
+                                                              coarse_in_actors=coarse_in_actors,
+                                                              defer_weights=defer_weights, transport=args.transport,
                                                               channels_last=args.channels_last))
             names.append(f"[{split}] {mode}")
             steps.append(engine.train_step)

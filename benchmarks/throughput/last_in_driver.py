@@ -1,15 +1,17 @@
 """A layout raypar does not ship, measured: F_N in the driver, F_1 in an actor that needs nothing from the driver.
 
     RAY_worker_niceness=0 python benchmarks/throughput/last_in_driver.py --check
-    RAY_worker_niceness=0 python benchmarks/throughput/last_in_driver.py --splits 3,9 4,8 --f1-splits 5,7 4,8
+    RAY_worker_niceness=0 python benchmarks/throughput/last_in_driver.py --splits 3,9 4,8 \
+        --driver-segment-splits 5,7 4,8
 
-N = 2, K = 1. With ``--driver-segment`` (``f1``) the driver runs pre and C_1 before its actor can start F_2, and C_1's
-and pre's backward after the actor's dL/dz_1 comes back: about a quarter of the step with one core idle. Here
-(``fN``) the actor gets the batch, runs a copy of pre and F_1 and sends f_1 back; the driver meanwhile runs pre, C_1,
-F_2 and C_2(z_1), then ``l_2 = F_2(z_1) + C_2(f_1) - C_2(z_1)``, post and the loss; it sends dL/df_1 first (through
-post and C_2 only), then runs its own backward while the actor runs F_1's and pre's; the actor returns its copy's
-pre gradients, which the driver adds to its own before its step (the copy gets the driver's pre weights every step).
-Neither process waits for the other at the start or the end of a step, at the cost of pre run twice.
+N = 2, K = 1. With ``--driver-segment`` (``driver-segment`` below) the driver runs pre and C_1 before its actor can
+start F_2, and C_1's and pre's backward after the actor's dL/dz_1 comes back: about a quarter of the step with one
+core idle. Here (``fN``) the actor gets the batch, runs a copy of pre and F_1 and sends f_1 back; the driver
+meanwhile runs pre, C_1, F_2 and C_2(z_1), then ``l_2 = F_2(z_1) + C_2(f_1) - C_2(z_1)``, post and the loss; it
+sends dL/df_1 first (through post and C_2 only), then runs its own backward while the actor runs F_1's and pre's;
+the actor returns its copy's pre gradients, which the driver adds to its own before its step (the copy gets the
+driver's pre weights every step). Neither process waits for the other at the start or the end of a step, at the cost
+of pre run twice.
 
 ``--check`` runs 3 steps of this layout in float64 against :class:`raypar.PararealNet` in one process (same weights,
 same SGD): the losses and every weight must agree to rounding. Without it the layouts take turns step by step in
@@ -119,7 +121,7 @@ def check(ray, cfg, layout) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--splits", nargs="+", default=["3,9", "4,8"], help="block counts for fN (default: %(default)s)")
-    p.add_argument("--f1-splits", nargs="*", default=["5,7", "4,8"],
+    p.add_argument("--driver-segment-splits", nargs="*", default=["5,7", "4,8"],
                    help="block counts for raypar's --driver-segment engine beside it (default: %(default)s)")
     p.add_argument("--steps", type=int, default=40, help="steps of each, the first 3 untimed (default: %(default)s)")
     p.add_argument("--check", action="store_true", help="only check the layout against PararealNet in float64")
@@ -137,10 +139,10 @@ def main() -> None:
         check(ray, cfg, layout)
         return
     names, steps = [], []
-    for split in args.f1_splits:
+    for split in args.driver_segment_splits:
         net = _net(BenchConfig(model="vgg16", balance=[int(v) for v in split.split(",")]).validate(), 2, driver_segment=True)
-        steps.append(PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=True)).train_step)
-        names.append(f"[{split}] f1")
+        steps.append(PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, driver_segment=True)).train_step)
+        names.append(f"[{split}] driver-segment")
     for split in args.splits:
         net = _net(BenchConfig(model="vgg16", balance=[int(v) for v in split.split(",")]).validate(), 2)
         steps.append(layout(net, cfg.optim).train_step)

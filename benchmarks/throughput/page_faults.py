@@ -31,7 +31,7 @@ def measure(split: list[int], steps: int) -> str:
     from raypar.engine.driver import TURN_CPUS, PararealEngine, Resources
     cfg = BenchConfig(model="vgg16").validate()
     net = _net(BenchConfig(model="vgg16", balance=split).validate(), 2, driver_segment=True)
-    engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=True, transport="p2p"))
+    engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, driver_segment=True, transport="p2p"))
     try:
         actor = ray.get(engine.actors[0].pid.remote())
         model = _model(cfg).train()

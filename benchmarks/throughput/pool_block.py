@@ -40,7 +40,7 @@ def main() -> None:
                                                                    [3, 10])]:
         net = PararealNet(staged, 2, coarse=_coarse(cfg), balance=split, input_shape=cfg.shape, driver_segment=True,
                           defer_weights=True)
-        engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, first_in_driver=True, transport="p2p"))
+        engine = PararealEngine(net, cfg.optim, Resources(0, TURN_CPUS, driver_segment=True, transport="p2p"))
         names.append(name)
         steps.append(engine.train_step)
     take_turns(names, steps, cfg, args.steps)

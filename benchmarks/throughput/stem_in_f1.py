@@ -30,7 +30,7 @@ def main() -> None:
     from raypar.network.reference import PararealNet
     cfg = BenchConfig(model="vgg16").validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    resources = Resources(0, TURN_CPUS, first_in_driver=True, transport="p2p")
+    resources = Resources(0, TURN_CPUS, driver_segment=True, transport="p2p")
     names = ["[3, 9] stem as pre"]
     steps = [PararealEngine(_net(replace(cfg, balance=[3, 9]).validate(), 2, driver_segment=True), cfg.optim,
                             resources).train_step]

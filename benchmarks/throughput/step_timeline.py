@@ -64,7 +64,7 @@ def main() -> None:
     cfg = BenchConfig(model="vgg16", balance=split, channels_last=args.channels_last).validate()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     eng = E.PararealEngine(_net(cfg, 2, driver_segment=True), cfg.optim,
-                           E.Resources(0, 1.0, first_in_driver=True, transport=args.transport,
+                           E.Resources(0, 1.0, driver_segment=True, transport=args.transport,
                                        channels_last=args.channels_last))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)

@@ -9,7 +9,8 @@ that a drift of the machine does not favour one contender):
 
 each a run of its own (``--name``), read back from MLflow: the last epoch's ``samples_per_s`` and ``step_time_s``,
 the start-of-run prediction (tag ``raypar.predicted_speedup``) and the seconds from the command to its first step
-(its console). Then once per model and repetition ``raypar bench --contenders original,ddp --one-at-a-time``:
+(its console). Then once per model in the first ``--bench-reps`` repetitions, ``raypar bench --contenders
+original,ddp --one-at-a-time``:
 Ray Train data parallelism (DDP over gloo, 2 workers, the same global batch) and plain PyTorch's training step in one
 process.
 
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2, help="per run; the last epoch's samples/s is compared")
     p.add_argument("--bench-steps", type=int, default=20, help="timed steps of the data-parallel bench")
-    p.add_argument("--no-bench", action="store_true", help="only the raypar train runs")
+    p.add_argument("--bench-reps", type=int, default=1, help="repetitions that also run the data-parallel bench "
+                                                             "(the first ones; 0: none)")
     p.add_argument("--out", default="train_path_out")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
             log.flush()
             print(f"rep {rep} {model} x{width:g} {contender}: {row['samples_per_s']:.1f} samples/s, first step "
                   f"{row['first_step_s']} s, wall {row['wall_s']:.1f} s", flush=True)
-        if not a.no_bench:
+        if rep < a.bench_reps:
             for model, width in models:
                 b = _bench(model, width, rep, a)
                 benches.append(b)

@@ -223,9 +223,12 @@ def _forget(log_path: str | None, made: str | None, cfg) -> None:
     from ..training import tracking
     if tracking.checkpoints(cfg.run.storage_path, cfg.run.name):
         return
-    for h in list(logging.getLogger("ray").handlers):
-        if isinstance(h, logging.FileHandler):
-            h.close()
+    for name in CHATTY:                                    # no logger keeps writing to the file removed here
+        log = logging.getLogger(name)
+        for h in list(log.handlers):
+            if isinstance(h, logging.FileHandler):
+                log.removeHandler(h)
+                h.close()
     if log_path and os.path.exists(log_path):
         os.remove(log_path)
     if made and os.path.isdir(made) and not os.listdir(made):

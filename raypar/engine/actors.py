@@ -46,8 +46,8 @@ class FineWorker:
     def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
                  channels_last: bool = False, amp: str = "off", head: nn.ModuleDict | None = None,
                  defer_weights: bool = False, iterations: int = 1):
-        """``iterations``: the network's K; the forwards of iterations 1..K-1 leave the BatchNorm statistics alone
-        (:func:`raypar.network.parareal.running_stats_frozen`). ``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
+        """``iterations``: the network's K; only this segment's last forward of a step (iteration min(j, K) for
+        interval j) moves its BatchNorm statistics (:func:`raypar.network.parareal.running_stats_frozen`). ``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
         which :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns
         their weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before
         the weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
@@ -103,7 +103,7 @@ class FineWorker:
         u = self.end.receive(x).requires_grad_(True)
         t0 = time.perf_counter()
         self._keep_buffers(key[0])
-        with running_stats_frozen([self.module], key[1] < self.iterations):
+        with running_stats_frozen([self.module], key[1] < min(self.index + 1, self.iterations)):
             out = self._run(u)
         self.graphs[key] = (u, out)
         self._done(t0)

@@ -213,18 +213,19 @@ class Planner:
     def row(self, n: int, devices: int, link: Link, iterations: int = 1, driver_segment: bool = False,
             in_process: bool | None = None, split: list[int] | None = None,
             capacity: float | None = None, coarse_in_actors: bool = False, defer_weights: bool = True) -> PlanRow:
-        """The prediction for N sub-networks. N = 1 is the original network in one process (``in_process``
-        False: the engine with its one fine actor, for comparison with ``raypar bench``'s raypar-N1); ``split``: these
-        block counts instead of PararealNet's balanced split; ``capacity``: what the devices together are worth in
+        """The prediction for N sub-networks. N = 1 is the original network in one process (``in_process`` False: the
+        engine with its one fine actor, for comparison with ``raypar bench``'s raypar-N1-no-driver-segment); ``split``:
+        these block counts instead of PararealNet's balanced split; ``capacity``: what the devices together are worth in
         units of one alone (None: as many as there are); ``coarse_in_actors``: K = 1 with each interval computed from
-        the batch where its fine segment runs (:meth:`_row_in_actors`); ``defer_weights``: the fine actors compute
-        their weight gradients in their optimizer step, off the critical path (``--defer-weights``, the default)."""
+        the batch where its fine segment runs (:meth:`_row_coarse_in_actors`); ``defer_weights``: the fine actors
+        compute their weight gradients in their optimizer step, off the critical path (``--defer-weights``, the
+        default)."""
         c = self.costs
         k = min(iterations, n)
         if coarse_in_actors and n > 1:
             if k != 1:
                 raise UserError(f"--coarse-in-actors needs --iterations 1, got {iterations}")
-            return self._row_in_actors(n, devices, link, driver_segment, split, capacity, defer_weights)
+            return self._row_coarse_in_actors(n, devices, link, driver_segment, split, capacity, defer_weights)
         e = c.pre_s + c.post_s
         seq = self.sequential_s()
         if n == 1:
@@ -284,8 +285,8 @@ class Planner:
         later = [sum(self.costs.deferred_s[a:b]) for a, b in zip(bounds, bounds[1:])]
         return [f - min(later[j], f) if j in remote else f for j, f in enumerate(fines)]     # timed apart: noisy
 
-    def _row_in_actors(self, n: int, devices: int, link: Link, driver_segment: bool, given: list[int] | None,
-                       capacity: float | None, defer_weights: bool = True) -> PlanRow:
+    def _row_coarse_in_actors(self, n: int, devices: int, link: Link, driver_segment: bool,
+                              given: list[int] | None, capacity: float | None, defer_weights: bool = True) -> PlanRow:
         """``--coarse-in-actors`` (K = 1, N >= 2): interval j's process runs pre, C_1..C_j and F_j (F_1's: pre and
         F_1), all at once; then the driver's correction sweep C_2..C_N and post. Per remote interval the batch goes out,
         d_j comes back and its gradient goes out: batch * (sample + 2 out_j) * 4 B, in two round trips."""

@@ -48,7 +48,7 @@ class Resources:
     timeout_s: float = 120.0
     # run F_1 in the driver process, overlapped with the actors' F_2..F_N: N processes instead of N + 1, and no
     # transfers for F_1 (the driver is idle while the actors compute anyway)
-    first_in_driver: bool = False
+    driver_segment: bool = False
     transport: str = "object-store"      # how interface tensors travel: raypar.engine.transport ("auto" resolves it)
     channels_last: bool = False          # every part's weights and activations in the channels-last layout
     amp: str = "off"                     # mixed precision: off, bf16 or fp16 (raypar.engine.precision)
@@ -102,15 +102,15 @@ class PararealEngine(TrainingStep):
         use_gpu = resources.gpus_per_subnet > 0
         self.device = resources.device
         self.driver = net.driver_modules()
-        self.offset = 1 if resources.first_in_driver else 0      # segments [0, offset) run in the driver
-        self.in_actors = resources.coarse_in_actors and self.n > self.offset     # (some actor to run it)
-        if self.in_actors and self.k != 1:
+        self.offset = 1 if resources.driver_segment else 0      # segments [0, offset) run in the driver
+        self.coarse_in_actors = resources.coarse_in_actors and self.n > self.offset     # (some actor to run it)
+        if self.coarse_in_actors and self.k != 1:
             raise UserError(f"--coarse-in-actors needs --iterations 1 (got {self.k}): with K > 1 the later iterations' "
                             f"inputs come from the driver's correction sweep")
         # the actors' copies of pre and C_1..C_j (segment j's interval), made while everything is still on the CPU
         heads = [torch.nn.ModuleDict({"pre": copy.deepcopy(net.pre),
                                       "coarse": copy.deepcopy(net.coarse[:s + 1] if s else torch.nn.ModuleList())})
-                 if self.in_actors else None for s in range(self.offset, self.n)]
+                 if self.coarse_in_actors else None for s in range(self.offset, self.n)]
         if self.offset:
             self.driver["segments"] = torch.nn.ModuleList(net.segments[:self.offset])
         self.cl = resources.channels_last
@@ -159,7 +159,7 @@ class PararealEngine(TrainingStep):
             # (at most: under --amp an interface tensor may be 16-bit or, after a normalization, float32)
             first = next(net.parameters(), None)
             element = first.element_size() if first is not None else 4
-            step_bytes = (net.interface_bytes(resources.batch, bool(self.offset), element, self.in_actors)
+            step_bytes = (net.interface_bytes(resources.batch, bool(self.offset), element, self.coarse_in_actors)
                           if resources.batch else None)
             self.tx = connect(resources.transport, self.actors, self.device, nhwc=self.cl, step_bytes=step_bytes)
             self.replica = replica
@@ -236,10 +236,12 @@ class PararealEngine(TrainingStep):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.settle()
-        def fine(k, inputs, meanwhile):
-            pending = [self.tx.forward(j, None, u, EVAL_U, k) for j, u in enumerate(inputs[self.offset:])]
+        def fine(k, first, inputs, meanwhile):
+            here = max(0, self.offset - first)
+            pending = [self.tx.forward(first + here + i - self.offset, None, u, EVAL_U, k)
+                       for i, u in enumerate(inputs[here:])]
             meanwhile()
-            local = [seg(u) for seg, u in zip(self.local, inputs)]
+            local = [seg(u) for seg, u in zip(self.local[first:], inputs[:here])]
             return local + self.tx.gather(pending)
 
         self.driver.eval()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from . import hybrid
 from . import precision
 from ..network.models import memory_format
-from ..network.parareal import correct, running_stats_frozen
+from ..network.parareal import correct
 from .transport import GRAD_F, U, from_numpy, to_numpy
 
 
@@ -29,9 +29,9 @@ class StepStats:
     wait: float = 0.0          # driver blocked on actors
     bytes: int = 0             # interface bytes shipped (both directions)
     steps: int = 0
-    local_fine: float = 0.0    # forward of the fine segment run in the driver (first_in_driver)
+    local_fine: float = 0.0    # forward of the fine segment run in the driver (driver_segment)
     skipped: int = 0           # batches skipped for a non-finite loss (skip_nonfinite)
-    fine_each: tuple = ()      # each fine process's compute seconds (first, with first_in_driver: F_1's forward only)
+    fine_each: tuple = ()      # each fine process's compute seconds (first, with driver_segment: F_1's forward only)
     overflow: int = 0          # --amp fp16: steps skipped everywhere for an inf/NaN gradient (the loss scale halves)
 
     @property
@@ -87,7 +87,7 @@ class TrainingStep:
         """K = 1 and a batch of the last step's shape: each actor takes this step's calls now, before their tensors
         exist (``p2p``: a whole step, or with ``--amp fp16``, whose actors' steps wait for the overflow decision, a
         call made ahead for each part; other transports start nothing)."""
-        if self.k == 1 and not (self.in_actors or self.skip_nonfinite) and shape == self.last_shape:
+        if self.k == 1 and not (self.coarse_in_actors or self.skip_nonfinite) and shape == self.last_shape:
             for j in range(len(self.actors)):
                 if (self.scaler or not self.tx.post_step(j, (step, 1))) and \
                         self.tx.post_ahead(j, "forward", (step, 1), 1):
@@ -95,19 +95,20 @@ class TrainingStep:
 
     def _forward_sweeps(self, x: torch.Tensor, step: int, calls: list, cuts: list, st: StepStats) -> torch.Tensor:
         """The training forward: the logits; each fine call into ``calls``, the graph's cuts into ``cuts``."""
-        if self.in_actors:
+        if self.coarse_in_actors:
             return self._forward_heads(x, step, calls, st)
         return self._forward(x, self._fine_calls(step, calls, st), cuts)
 
     def _fine_calls(self, step: int, calls: list, st: StepStats):
         """The training forward's fine map for :func:`raypar.network.parareal.parareal`: launch every actor's forward,
         run what the driver has meanwhile, then gather; each output becomes a leaf, recorded in ``calls``."""
-        def fine(k: int, inputs: list[torch.Tensor], meanwhile) -> list[torch.Tensor]:
-            pending = [self.tx.forward(j, (step, k), u, U, k) for j, u in enumerate(inputs[self.offset:])]
+        def fine(k: int, first: int, inputs: list[torch.Tensor], meanwhile) -> list[torch.Tensor]:
+            here = max(0, self.offset - first)          # F_1 in the driver: only while interval 1 still runs
+            remote = inputs[here:]
+            pending = [self.tx.forward(first + here + i - self.offset, (step, k), u, U, k) for i, u in enumerate(remote)]
             meanwhile()                                                  # the last coarse net, while the actors work
             t0 = time.perf_counter()
-            with running_stats_frozen(self.local, k < self.k):            # (the reference's rule)
-                local = [seg(u) for seg, u in zip(self.local, inputs)]  # F_1 here while the actors work
+            local = [seg(u) for seg, u in zip(self.local[first:], inputs[:here])]   # F_1 here while the actors work
             self._computed(local)
             st.local_fine += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -115,7 +116,8 @@ class TrainingStep:
             outs = self.tx.gather(pending)
             st.wait += time.perf_counter() - t0
             fs = [o.requires_grad_(True) for o in outs]
-            calls.extend(_FineCall(i, (step, k), u, f) for i, (u, f) in enumerate(zip(inputs[self.offset:], fs)))
+            calls.extend(_FineCall(first + here + i - self.offset, (step, k), u, f)
+                         for i, (u, f) in enumerate(zip(remote, fs)))
             return local + fs
         return fine
 
@@ -138,7 +140,7 @@ class TrainingStep:
                 if call.grad_ref is None:
                     self._fine_backward(call, call.f.grad, last_k, scale, stepping)
             t0 = time.perf_counter()
-            if self.in_actors:                # the gradients of the actors' copies of pre and C_j: theirs are the sums
+            if self.coarse_in_actors:         # the gradients of the actors' copies of pre and C_j: theirs are the sums
                 self._add_grads(self.tx.values([c.grad_ref for c in these]))
                 grads = []
             else:
@@ -227,7 +229,7 @@ class TrainingStep:
     def _forward_heads(self, x: torch.Tensor, step: int, calls: list, st: StepStats) -> torch.Tensor:
         """The training forward with the coarse sweep in the actors (K = 1, :func:`raypar.network.parareal.interval`):
         the batch and the driver's ``pre``/coarse weights go to every actor, ``d_j`` comes back; the driver runs
-        ``F_1`` (first_in_driver) meanwhile, then the correction sweep (:func:`raypar.network.parareal.correct`) and
+        ``F_1`` (driver_segment) meanwhile, then the correction sweep (:func:`raypar.network.parareal.correct`) and
         ``post``. The coarse networks' BatchNorm statistics take the values the last actor's copies reached on the
         coarse sweep before the correction sweep updates them again, as in one process."""
         import ray

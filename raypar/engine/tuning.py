@@ -89,7 +89,7 @@ def tune_split(staged, n: int, *, iterations: int = 1, coarse: CoarseSpec | None
         return [len(staged.blocks)], []
     check_effort(warmup, steps, radius)
     # the candidates run side by side, each with placement groups of its own: none takes the run's group name
-    resources = replace(resources or Resources(), first_in_driver=driver_segment, batch=batch, group_name="")
+    resources = replace(resources or Resources(), driver_segment=driver_segment, batch=batch, group_name="")
     with torch.random.fork_rng(devices=[]):    # coarse networks from the seed; the caller's RNG untouched
         torch.manual_seed(seed)
         base = PararealNet(copy.deepcopy(staged), n, iterations, coarse, "time", input_shape, profile_batch=batch,
@@ -151,7 +151,7 @@ class _TuneDriver:
                 ratios = {i: base / _median_wall(ts) for i, ts in enumerate(samples) if ts and not trials[i].error}
         else:                                     # taking turns step by step, in groups that all fit at once
             sliver = replace(resources, cpus_per_subnet=TURN_CPUS)
-            per_engine = max(1, len(nets[0].split) - int(resources.first_in_driver))
+            per_engine = max(1, len(nets[0].split) - int(resources.driver_segment))
             size = max(2, max_actors // per_engine)
             rest = list(range(1, len(nets)))
             for g in range(0, max(1, len(rest)), size - 1):

@@ -6,9 +6,15 @@ With coarse networks ``C_1..C_N``, fine propagators ``F_1..F_N`` and ``x0 = pre(
     z_0 = x0,   z_j = C_j(z_{j-1})                                     j = 1..N-1   coarse sweep
     l^0_j = z_j
     for k = 1..K:
-        f^k_j = F_j(l^{k-1}_{j-1})                                     j = 1..N     fine, all in parallel
-        l^k_0 = x0,   l^k_j = f^k_j + (C_j(l^k_{j-1}) - C_j(l^{k-1}_{j-1}))   j = 1..N     correction sweep
+        l^k_j = l^{k-1}_j                                              j < k        converged: kept
+        f^k_j = F_j(l^{k-1}_{j-1})                                     j = k..N     fine, all in parallel
+        l^k_0 = x0,   l^k_j = f^k_j + (C_j(l^k_{j-1}) - C_j(l^{k-1}_{j-1}))   j = k..N     correction sweep
     output = l^K_N
+
+Parareal's exactness: after iteration k the first k states are the sequential network's, so iteration k need not
+run ``F_1..F_{k-1}`` again (their inputs did not change, nor did their outputs), and interval k's correction is
+exactly zero (``l^k_{k-1} = l^{k-1}_{k-1}``): ``l^k_k = f^k_k``. So every fine propagator runs on each input once, and
+with K = N the computation (and its graph, hence the gradients) is the sequential network's ``F_N(...F_1(x0))``.
 
 With K = 1 the coarse sweep can also run beside the fine propagators instead of before them (``--coarse-in-actors``):
 the process of interval j computes its own input and coarse term from the batch and sends back one difference
@@ -23,10 +29,8 @@ Only ``l^k_1..l^k_{N-1}`` feed the next iteration, so before the last iteration 
 ``C_j(l^{k-1}_{j-1})`` is remembered from the previous sweep (for k = 1 it is ``z_j``, plus the extra ``z_N``), so no
 coarse network ever runs twice on the same input. ``z_N`` is needed only with K = 1 (with K > 1 the first sweep stops
 before interval N) and only by the correction sweep, so it is computed while the fine propagators run (the fine map
-calls ``meanwhile``), not before they start. Since ``l_0 = x0`` in every
-iteration, ``C_1`` terms cancel exactly and ``l_1 = f_1``. The difference of the two coarse terms is taken first, so where an interval has
-converged (``l^k_{j-1} == l^{k-1}_{j-1}``) the correction is exactly zero: with K = N the output is the sequential
-network's ``F_N(...F_1(x0))`` up to the rounding inside the fine segments themselves.
+calls ``meanwhile``), not before they start. The difference of the two coarse terms is taken first, so where an
+interval has converged the correction is exactly zero.
 """
 from __future__ import annotations
 
@@ -35,10 +39,11 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-# fine(k, inputs, meanwhile) -> outputs: runs F_1..F_N on inputs[0..N-1] (all at once where it can) in iteration k, and
-# calls meanwhile() once per call, while they run (work that needs no fine output, possibly none; a map that cannot
-# overlap calls it first)
-FineMap = Callable[[int, list[torch.Tensor], Callable[[], None]], list[torch.Tensor]]
+# fine(k, first, inputs, meanwhile) -> outputs: runs F_{first+1}, F_{first+2}, ... on inputs[0], inputs[1], ... (all at
+# once where it can) in iteration k (``first`` is 0-based: the intervals before it have converged), and calls
+# meanwhile() once per call, while they run (work that needs no fine output, possibly none; a map that cannot overlap
+# calls it first)
+FineMap = Callable[[int, int, list[torch.Tensor], Callable[[], None]], list[torch.Tensor]]
 # cut(z) -> the tensor every later use of z sees instead (the same values; the engine's leaf that stops backward passes
 # there, see PararealEngine._forward)
 Cut = Callable[[torch.Tensor], torch.Tensor]
@@ -65,10 +70,11 @@ def running_stats_frozen(modules: Iterable[torch.nn.Module], frozen: bool = True
 
 def coarse_work(costs: Sequence[float], iterations: int) -> float:
     """What the coarse networks cost per pass, from each ``C_j``'s cost: the coarse sweep runs ``C_1..C_{N-1}`` (and
-    ``C_N`` for ``z_N`` when K = 1), each of the K correction sweeps ``C_2..C_N``."""
+    ``C_N`` for ``z_N`` when K = 1), correction sweep k runs ``C_{k+1}..C_N``."""
     if len(costs) < 2:
         return 0.0
-    return sum(costs[:-1]) + (costs[-1] if iterations == 1 else 0.0) + iterations * sum(costs[1:])
+    sweeps = sum(sum(costs[k:]) for k in range(1, iterations + 1))
+    return sum(costs[:-1]) + (costs[-1] if iterations == 1 else 0.0) + sweeps
 
 
 def coarse_sweep(coarse: Sequence[torch.nn.Module], x0: torch.Tensor, cut: Cut | None = None) -> list[torch.Tensor]:
@@ -90,7 +96,7 @@ def parareal(x0: torch.Tensor, coarse: Sequence[torch.nn.Module], fine: FineMap,
     sweep (values unchanged)."""
     n = num_subnets if num_subnets is not None else max(1, len(coarse))
     if n == 1:
-        return fine(1, [x0], lambda: None)
+        return fine(1, 0, [x0], lambda: None)
     z = coarse_sweep(coarse[:-1], x0, cut)        # z_1 .. z_{N-1}
     inputs = [x0] + z                              # l^{k-1}_{j-1}, j = 1..N  (z_0 .. z_{N-1})
     c_prev = z + [None]                            # C_j(l^{k-1}_{j-1}), j = 1..N; z_N = C_N(z_{N-1}) comes next
@@ -98,16 +104,20 @@ def parareal(x0: torch.Tensor, coarse: Sequence[torch.nn.Module], fine: FineMap,
     def last_coarse():
         if iterations == 1 and c_prev[-1] is None:
             c_prev[-1] = coarse[-1](z[-1])
+    l: list[torch.Tensor] = []
     for k in range(1, iterations + 1):
+        first = k - 1                              # (0-based) intervals 1..k-1 have converged
         m = n if k == iterations else n - 1       # before the last iteration l^k_N feeds nothing: skip F_N
-        f = fine(k, inputs[:m], last_coarse)
+        f = fine(k, first, inputs[first:m], last_coarse)
         last_coarse()                              # (a no-op once the fine map ran it)
-        l, c_new = [f[0]], [c_prev[0]]             # l_1 = f_1; C_1(l_0) = C_1(x0) never changes
-        for j in range(1, n):
-            c = coarse[j](l[j - 1])
+        # converged states and their coarse terms are kept; interval k's correction is zero: l^k_k = f^k_k
+        new_l, c_new = l[:first] + [f[0]], c_prev[:first + 1]
+        for j in range(first + 1, n):
+            c = coarse[j](new_l[j - 1])
             c_new.append(c)
             if j < m:
-                l.append(f[j] + (c - c_prev[j]))
+                new_l.append(f[j - first] + (c - c_prev[j]))
+        l = new_l
         inputs, c_prev = [x0] + l[:n - 1], c_new
     return l
 

@@ -148,10 +148,16 @@ class PararealNet(nn.Module):
             return seen[shapes]
         return cost
 
-    def fine_local(self, k: int, inputs: list[torch.Tensor], meanwhile=lambda: None) -> list[torch.Tensor]:
+    def fine_local(self, k: int, first: int, inputs: list[torch.Tensor], meanwhile=lambda: None) -> list[torch.Tensor]:
+        """The fine map of :func:`raypar.network.parareal.parareal`: ``F_{first+1}, ...`` here, one after the other.
+        F_j's BatchNorm statistics move on its last call only (iteration min(j, K), its input then the sequential
+        network's)."""
         meanwhile()
-        with running_stats_frozen(self.segments, k < self.iterations):    # only the last iteration's inputs count
-            return [seg(u) for seg, u in zip(self.segments, inputs)]
+        out = []
+        for j, u in enumerate(inputs, start=first):
+            with running_stats_frozen([self.segments[j]], k < min(j + 1, self.iterations)):
+                out.append(self.segments[j](u))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = self.pre(x)

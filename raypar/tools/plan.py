@@ -74,7 +74,7 @@ def to_json(rows: list[PlanRow], meta: dict) -> str:
 def against_bench(path: str, link: Link, planner: Planner | None = None, capacity: float | None = None) -> list[dict]:
     """Predict the contenders of a ``raypar bench`` run (its ``bench.json``: model, batch, balance, cores, and the
     cores' measured capacity unless ``capacity`` is given) and put the prediction next to the measurement: original =
-    N = 1; raypar-N{n} and raypar-N{n}-f1 (the engine, N = 1 with its one actor included)."""
+    N = 1; raypar-N{n}[-no-driver-segment][-coarse-in-actors] (the engine, N = 1 with its one actor included)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -104,10 +104,10 @@ def against_bench(path: str, link: Link, planner: Planner | None = None, capacit
         if name == "original":
             p = planner.row(1, cores, link, capacity=capacity)
         elif name.startswith("raypar-N"):
-            n, *options = name[len("raypar-N"):].split("-")
-            p = planner.row(int(n), cores, link, driver_segment="f1" in options, in_process=False,
-                            split=r.get("split") if int(n) > 1 else None, capacity=capacity,
-                            coarse_in_actors="ca" in options,
+            n, driver_segment, coarse_in_actors = engine_options(r)
+            p = planner.row(n, cores, link, driver_segment=driver_segment, in_process=False,
+                            split=r.get("split") if n > 1 else None, capacity=capacity,
+                            coarse_in_actors=coarse_in_actors,
                             defer_weights=cfg.get("defer_weights", False))      # older benches: not deferred
         else:
             continue
@@ -119,6 +119,18 @@ def against_bench(path: str, link: Link, planner: Planner | None = None, capacit
                     "load_average_at_start": (env.get("load_average_at_start") or [None])[0],
                     "capacity": capacity})
     return out
+
+
+def engine_options(row: dict) -> tuple[int, bool, bool]:
+    """N, driver_segment and coarse_in_actors of a bench row of the engine, ``raypar-N{n}`` and the train flags it
+    adds (``-no-driver-segment``, ``-coarse-in-actors``, then a transport). F_1 ran in the driver where the row's
+    processes are N (N > 1): a bench.json written before the rows were named by train's flags (``raypar-N{n}``
+    without F_1 in the driver, ``-f1`` with it, ``-ca`` for the coarse sweep in the actors) reads the same."""
+    n, _, rest = row["contender"][len("raypar-N"):].partition("-")
+    n, words = int(n), rest.split("-")
+    driver_segment = n > 1 and ("no-driver-segment" not in rest if row.get("processes") is None
+                                else row["processes"] == n)
+    return n, driver_segment, "coarse-in-actors" in rest or "ca" in words
 
 
 def _load(rows: list[dict]) -> str:
@@ -152,9 +164,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width-mult", type=float, default=0.25, help="scale every channel count (default: %(default)s)")
     p.add_argument("--devices", type=int, default=cpu_cores(),
                    help="devices to plan for, one process per device: GPUs, or on a CPU-only machine cores (each "
-                        "process computes with one thread). Rows go N = 1..G; plain raypar needs N + 1 processes "
-                        "(the driver too), N with --driver-segment. The step times are measured on this machine's "
-                        "CPU with one thread (default: this machine's cores, %(default)s)")
+                        "process computes with one thread). Rows go N = 1..G; raypar needs N processes with F_1 in "
+                        "the driver (--driver-segment, the default), N + 1 with --no-driver-segment. The step times "
+                        "are measured on this machine's CPU with one thread (default: this machine's cores, "
+                        "%(default)s)")
     p.add_argument("--link-gbps", type=float, default=None,
                    help=f"bandwidth of the driver's link in Gbit/s; every interface tensor goes through it (default: "
                         f"{LINK_GBPS:g}, a local Ray object store; --measure-link measures this machine's)")
@@ -185,8 +198,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                    "its output (default: %(default)s)")
     p.add_argument("--balance", default="time", choices=MEASURES,
                    help="the split's cost measure, as in train (the times are always measured) (default: %(default)s)")
-    p.add_argument("--driver-segment", action="store_true",
-                   help="F_1 runs in the driver: N processes instead of N + 1, no transfers for F_1")
+    p.add_argument("--driver-segment", action=argparse.BooleanOptionalAction, default=True,
+                   help="F_1 runs in the driver: N processes instead of N + 1, no transfers for F_1, as `raypar "
+                        "train` does by default (default: %(default)s)")
     p.add_argument("--channels-last", action="store_true",
                    help="profile every part in the channels-last layout, as train --channels-last computes")
     p.add_argument("--coarse-in-actors", action="store_true",
@@ -247,6 +261,6 @@ def cmd_plan(args) -> int:
                                f"{', channels-last' if args.channels_last else ''}",
                          caption="\n".join(notes) or None))
     console.print(f"sequential step {meta['sequential_ms']:.1f} ms (fwd+bwd+optimizer, one thread, measured now); "
-                  f"{link_text}. eff ≤ = speedup / devices in use; raypar needs N + 1 processes "
-                  f"(N with --driver-segment)")
+                  f"{link_text}. eff ≤ = speedup / devices in use; raypar needs N processes "
+                  f"(N + 1 with --no-driver-segment)")
     return 0

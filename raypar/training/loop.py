@@ -120,7 +120,7 @@ def train_loop(config: dict) -> None:
                      width_mult=cfg.model.width_mult, image_size=spec.image_size, norm=cfg.model.norm)
 
     gpus = gpus_per_subnet(cfg)
-    resources = Resources(gpus, cfg.engine.cpus_per_subnet, cfg.engine.placement, first_in_driver=cfg.engine.driver_segment,
+    resources = Resources(gpus, cfg.engine.cpus_per_subnet, cfg.engine.placement, driver_segment=cfg.engine.driver_segment,
                           transport=cfg.engine.transport, channels_last=cfg.engine.channels_last, amp=cfg.engine.amp,
                           coarse_in_actors=cfg.engine.coarse_in_actors, defer_weights=cfg.engine.defer_weights,
                           batch=cfg.optim.batch_size, group_name=f"raypar-{cfg.run.name}-r{replica.rank}")
@@ -148,7 +148,8 @@ def train_loop(config: dict) -> None:
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.predicted_speedup", f"{predicted:.3f}")
     if rank0 and cfg.extra.get("subnets_auto"):                  # what --subnets auto predicted for each N
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.subnets_auto", cfg.extra["subnets_auto"])
-    _emit(events, kind="phase", text=f"starting {len(net.split) - int(cfg.engine.driver_segment)} fine actors "
+    actors = len(net.split) - int(cfg.engine.driver_segment)
+    _emit(events, kind="phase", text=f"starting {actors} fine actor{'s' if actors != 1 else ''} "
                                      f"(split {','.join(map(str, net.split))})")
     engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed, skip_nonfinite=cfg.optim.on_nonfinite == "skip",
                             replica=replica)

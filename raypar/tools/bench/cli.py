@@ -85,9 +85,10 @@ def add_arguments(p) -> None:
                                                         "(raypar tune; parareal-1proc and pipe: time) "
                                                         "(default: %(default)s)")
     p.add_argument("--contenders", default=None,
-                   help=f"any of {', '.join(CONTENDERS)}; -f1: F_1 in the driver (--driver-segment), -ca: the coarse "
-                        f"sweep in the actors (--coarse-in-actors) (default: {','.join(DEFAULT_CONTENDERS)}; with "
-                        f"--device cuda without {' and '.join(CPU_ONLY)}, which run on CPUs only)")
+                   help=f"any of {', '.join(CONTENDERS)}; raypar: the engine as `raypar train` runs it by default "
+                        f"(F_1 in the driver), the others named by the train flags they add (--no-driver-segment: "
+                        f"every segment in an actor; --coarse-in-actors) (default: {','.join(DEFAULT_CONTENDERS)}; "
+                        f"with --device cuda without {' and '.join(CPU_ONLY)}, which run on CPUs only)")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
                    help="where every process computes; with one GPU the processes share it (default: %(default)s)")
     p.add_argument("--transports", default="auto",

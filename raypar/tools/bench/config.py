@@ -11,13 +11,18 @@ from ...errors import UserError
 from ...network.balance import check_split
 from ...network.models import build
 
-CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "raypar-ca", "raypar-f1-ca", "ddp", "pipe")
-# the line-up without --contenders: not the -ca ones, slower on CPUs (measured: benchmarks/throughput/README.md)
-DEFAULT_CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-f1", "ddp", "pipe")
+# the raypar contenders, named by raypar train's flags (plain raypar: train's defaults): (driver_segment,
+# coarse_in_actors)
+ENGINES = {"raypar": (True, False), "raypar-no-driver-segment": (False, False),
+           "raypar-coarse-in-actors": (True, True), "raypar-no-driver-segment-coarse-in-actors": (False, True)}
+CONTENDERS = ("original", "parareal-1proc", *ENGINES, "ddp", "pipe")
+# the line-up without --contenders: not the coarse-in-actors ones, slower on CPUs (measured:
+# benchmarks/throughput/README.md)
+DEFAULT_CONTENDERS = ("original", "parareal-1proc", "raypar", "raypar-no-driver-segment", "ddp", "pipe")
 CPU_ONLY = ("ddp", "pipe")        # the contenders that run on CPUs only, for now
-# the raypar contenders: (F_1 in the driver, coarse sweep in the actors)
-ENGINES = {"raypar": (False, False), "raypar-f1": (True, False), "raypar-ca": (False, True),
-           "raypar-f1-ca": (True, True)}
+# the contenders' former names: --contenders with one of them is an error that names the new one
+RENAMED = {"raypar-f1": "raypar", "raypar-ca": "raypar-no-driver-segment-coarse-in-actors",
+           "raypar-f1-ca": "raypar-coarse-in-actors"}
 
 
 @dataclass
@@ -55,6 +60,10 @@ class BenchConfig:
             raise UserError(f"--subnets must list numbers >= 1, got {self.subnets}")
         for n in self.subnets:                   # N = 1 has one split whatever the balance (see _net)
             check_split(self.model, n, self.balance if n > 1 else "flops")
+        renamed = [c for c in self.contenders if c in RENAMED]
+        if renamed:
+            raise UserError(f"contender {renamed[0]} is now called {RENAMED[renamed[0]]} (raypar alone: train's "
+                            f"defaults, F_1 in the driver; the rest named by train's flags)")
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
         if unknown or not self.contenders:
             raise UserError(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
@@ -70,7 +79,7 @@ class BenchConfig:
             raise UserError("--device cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
         if self.device == "cuda" and set(CPU_ONLY) & set(self.contenders):
             raise UserError("--device cuda: the ddp and pipe contenders run on CPUs only for now; leave them out of "
-                            "--contenders (e.g. --contenders original,parareal-1proc,raypar,raypar-f1)")
+                            "--contenders (e.g. --contenders original,parareal-1proc,raypar,raypar-no-driver-segment)")
         return self
 
     @property

@@ -37,11 +37,11 @@ def run_local(runner, model: nn.Module, cfg: BenchConfig) -> dict:
     return local_row(ray.get(runner.local.remote(model, cfg)), model)
 
 
-def run_raypar(runner, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+def run_raypar(runner, net: PararealNet, cfg: BenchConfig, driver_segment: bool = False,
                transport: str = "object-store", coarse_in_actors: bool = False) -> dict:
     import ray
-    out = ray.get(runner.raypar.remote(net, cfg, first_in_driver, transport, coarse_in_actors))
-    return raypar_row(out, net, cfg, first_in_driver, coarse_in_actors)
+    out = ray.get(runner.raypar.remote(net, cfg, driver_segment, transport, coarse_in_actors))
+    return raypar_row(out, net, cfg, driver_segment, coarse_in_actors)
 
 
 def _check_ddp_batch(cfg: BenchConfig, workers: int) -> None:
@@ -94,14 +94,16 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
     big, want = max(cfg.subnets), set(cfg.contenders)
     tune = cfg.balance == TUNE
     sizes = ({big} if want & {"parareal-1proc", "pipe"} else set()) | (
-        set(cfg.subnets) if want & {"raypar", "raypar-ca"} and not tune else set())
+        set(cfg.subnets) if want & {"raypar-no-driver-segment", "raypar-no-driver-segment-coarse-in-actors"}
+        and not tune else set())
     nets = {n: _net(cfg, n) for n in sorted(sizes)}
     engine_nets = {}                             # (contender, n) -> its network
-    for name, (f1, ca) in ENGINES.items():
+    for name, (driver_segment, coarse_in_actors) in ENGINES.items():
         for n in (cfg.subnets if name in want else []):
-            if f1 and n < 2:                         # (N = 1 with F_1 in the driver is the original network)
+            if driver_segment and n < 2:             # (N = 1 with F_1 in the driver is the original network)
                 continue
-            engine_nets[name, n] = (_engine_net(cfg, n, f1, log, ca) if tune or f1 else nets[n])
+            engine_nets[name, n] = (_engine_net(cfg, n, driver_segment, log, coarse_in_actors)
+                                    if tune or driver_segment else nets[n])
     orig = _model(cfg)
 
     def local(name, model):
@@ -109,11 +111,12 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
                          start=lambda rs: [rs[0].start_local.remote(model, cfg)],
                          post=lambda outs: local_row(outs[0], model))
 
-    def engine(name, net, f1, t, ca):
-        return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, f1, t, ca),
-                         start=lambda rs: [rs[0].start_raypar.remote(net, cfg, f1, t, True, ca)],
-                         post=lambda outs: raypar_row(outs[0], net, cfg, f1, ca),
-                         processes=engine_processes(net, f1))
+    def engine(name, net, driver_segment, t, coarse_in_actors):
+        return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, driver_segment, t, coarse_in_actors),
+                         start=lambda rs: [rs[0].start_raypar.remote(net, cfg, driver_segment, t, True,
+                                                                     coarse_in_actors)],
+                         post=lambda outs: raypar_row(outs[0], net, cfg, driver_segment, coarse_in_actors),
+                         processes=engine_processes(net, driver_segment))
 
     def ddp():                                   # alone, Ray Train's TorchTrainer starts the workers itself
         def start(rs):
@@ -132,13 +135,15 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
                          processes=big)
     table = {"original": [local("original", orig)],
              "parareal-1proc": [local("parareal-1proc", nets[big])] if big in nets else [],
-             **{name: [engine(f"raypar-N{n}{name[6:]}{_suffix(t)}", engine_nets[name, n], f1, t, ca)
+             **{name: [engine(engine_label(name, n, t), engine_nets[name, n], driver_segment, t, coarse_in_actors)
                        for t in cfg.transports for n in cfg.subnets if (name, n) in engine_nets]
-                for name, (f1, ca) in ENGINES.items()},
+                for name, (driver_segment, coarse_in_actors) in ENGINES.items()},
              "ddp": [ddp()] if "ddp" in want else [],
              "pipe": [pipe()] if "pipe" in want else []}
     return [c for name in CONTENDERS if name in want for c in table[name]]
 
 
-def _suffix(transport: str) -> str:
-    return "" if transport == "auto" else f"-{transport}"           # train's default: no suffix
+def engine_label(contender: str, n: int, transport: str) -> str:
+    """A raypar contender's row: raypar-N{n}, then the contender's flags (``-no-driver-segment``,
+    ``-coarse-in-actors``), then the transport unless it is train's default (auto)."""
+    return f"raypar-N{n}{contender[len('raypar'):]}{'' if transport == 'auto' else f'-{transport}'}"

@@ -12,10 +12,10 @@ from ...network.reference import PararealNet
 from .config import BenchConfig
 
 
-def bytes_minimum(net: PararealNet, batch: int, skip_first: bool = False, element: int = 4,
+def bytes_minimum(net: PararealNet, batch: int, driver_segment: bool = False, element: int = 4,
                   coarse_in_actors: bool = False) -> int:
     """The fewest bytes a step ships (:meth:`PararealNet.interface_bytes`; ``element``: 2 with --amp)."""
-    return net.interface_bytes(batch, skip_first, element, coarse_in_actors)
+    return net.interface_bytes(batch, driver_segment, element, coarse_in_actors)
 
 
 def local_row(out: dict, model: nn.Module) -> dict:
@@ -25,24 +25,24 @@ def local_row(out: dict, model: nn.Module) -> dict:
     return out
 
 
-def engine_processes(net: PararealNet, first_in_driver: bool) -> int:
-    """The driver and its fine actors (F_1 in the driver with ``first_in_driver``)."""
+def engine_processes(net: PararealNet, driver_segment: bool) -> int:
+    """The driver and its fine actors (F_1 in the driver with ``driver_segment``)."""
     n = net.num_subnets
-    return n if first_in_driver and n > 1 else n + 1
+    return n if driver_segment and n > 1 else n + 1
 
 
-def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, driver_segment: bool = False,
                coarse_in_actors: bool = False) -> dict:
     out = dict(out)
     stats, n = out.pop("stats"), net.num_subnets
-    procs = engine_processes(net, first_in_driver)
+    procs = engine_processes(net, driver_segment)
     med = {k: statistics.median(s[k] for s in stats) for k in ("driver", "fine_max", "wait")}
     each = [1e3 * statistics.median(t) for t in zip(*(s["fine_each"] for s in stats))] if stats else []
     return dict(out, processes=procs, subnets=n, split=net.split, driver_ms=1e3 * med["driver"],
                 fine_max_ms=1e3 * med["fine_max"], transfer_ms=1e3 * max(0.0, med["wait"] - med["fine_max"]),
                 fine_each_ms=each,
                 bytes_per_step=max(s["bytes"] for s in stats),
-                bytes_min=bytes_minimum(net, cfg.batch, skip_first=first_in_driver,
+                bytes_min=bytes_minimum(net, cfg.batch, driver_segment=driver_segment,
                                         element=4 if cfg.amp == "off" else 2,
                                         coarse_in_actors=coarse_in_actors),
                 parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))

@@ -42,12 +42,12 @@ class Runner:
             model.to(memory_format=torch.channels_last)
         return self._begin(cfg, sgd_step(model, optimizer(model, cfg), cfg), make_batches(cfg, cfg.torch_device))
 
-    def start_raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+    def start_raypar(self, net: PararealNet, cfg: BenchConfig, driver_segment: bool = False,
                      transport: str = "object-store", turns: bool = False, coarse_in_actors: bool = False) -> int:
-        """This process is the driver; the engine puts every fine segment (but F_1 with ``first_in_driver``) into
+        """This process is the driver; the engine puts every fine segment (but F_1 with ``driver_segment``) into
         its own actor, started here (start-up is not step time)."""
         cpus = TURN_CPUS if turns else 1
-        engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, first_in_driver=first_in_driver,
+        engine = PararealEngine(net, cfg.optim, Resources(cfg.gpu_share, cpus, driver_segment=driver_segment,
                                                           transport=transport, channels_last=cfg.channels_last,
                                                           amp=cfg.amp, coarse_in_actors=coarse_in_actors,
                                                           defer_weights=cfg.defer_weights, batch=cfg.batch),
@@ -125,9 +125,9 @@ class Runner:
     def local(self, model: nn.Module, cfg: BenchConfig) -> dict:
         return self._all_steps(self.start_local(model, cfg))
 
-    def raypar(self, net: PararealNet, cfg: BenchConfig, first_in_driver: bool = False,
+    def raypar(self, net: PararealNet, cfg: BenchConfig, driver_segment: bool = False,
                transport: str = "object-store", coarse_in_actors: bool = False) -> dict:
-        return self._all_steps(self.start_raypar(net, cfg, first_in_driver, transport,
+        return self._all_steps(self.start_raypar(net, cfg, driver_segment, transport,
                                                  coarse_in_actors=coarse_in_actors))
 
     def pipe_stage(self, module: nn.Module, rank: int, world: int, port: int, cfg: BenchConfig) -> dict:
