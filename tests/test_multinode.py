@@ -38,7 +38,7 @@ def cluster(tmp_path_factory):
     start(head, "head")
     address = f"127.0.0.1:{gcs}"
     status = None
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     while time.time() < deadline:
         status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True, text=True)
         if status.returncode == 0:
@@ -47,17 +47,18 @@ def cluster(tmp_path_factory):
     else:
         pytest.fail(f"head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
     workers = {}
-    for name in ("worker-a", "worker-b"):
+    for name, gpus in (("worker-a", "3.0 GPU"), ("worker-b", "6.0 GPU")):     # one at a time: a 2-core machine
         start([ray_cli(), "start", f"--address={address}", "--num-gpus=3", *common], name)
         workers[name] = procs[-1]
-    while time.time() < deadline:
-        status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True, text=True)
-        if "6.0 GPU" in status.stdout or "0.0/6.0 GPU" in status.stdout:
-            break
-        time.sleep(2)
-    else:
-        logs = " ".join((tmp / f"{name}.log").read_text()[-1000:] for name in workers)
-        pytest.fail(f"the worker nodes did not join: {status.stdout[-2000:]} {logs}")
+        while time.time() < deadline:
+            status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True,
+                                    text=True)
+            if f"/{gpus}" in status.stdout or f" {gpus}" in status.stdout:
+                break
+            time.sleep(2)
+        else:
+            tails = " ".join((tmp / f"{w}.log").read_text()[-1000:] for w in workers)
+            pytest.fail(f"the worker nodes did not join: {status.stdout[-2000:]} {tails}")
     yield address, env, tmp, workers
     for p in reversed(procs):
         stop_group(p, timeout_s=5)       # nothing to drain: no 30 s grace period
