@@ -110,12 +110,14 @@ def test_replicas_x_subnets_across_nodes_match_one_replica_on_the_combined_batch
 
 
 def _node_of(pid: int, workers: dict) -> str | None:
-    """The worker node (its name in ``workers``) whose process group holds process ``pid``."""
+    """The worker node (its name in ``workers``) whose `ray start` process has process ``pid`` below it (a raylet
+    starts the workers of its node)."""
+    import psutil
     try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
+        ancestors = {p.pid for p in psutil.Process(pid).parents()}
+    except psutil.NoSuchProcess:
         return None
-    return next((name for name, p in workers.items() if p.pid == group), None)
+    return next((name for name, p in workers.items() if p.pid in ancestors), None)
 
 
 def test_a_node_stopped_mid_epoch_is_survived_on_another_node(cluster):
