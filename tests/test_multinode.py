@@ -35,30 +35,35 @@ def cluster(tmp_path_factory):
         logs.append(log)
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
 
-    start(head, "head")
-    address = f"127.0.0.1:{gcs}"
-    status = None
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True, text=True)
-        if status.returncode == 0:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail(f"head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
-    workers = {}
-    for name, gpus in (("worker-a", "3.0 GPU"), ("worker-b", "6.0 GPU")):     # one at a time: a 2-core machine
-        start([ray_cli(), "start", f"--address={address}", "--num-gpus=3", *common], name)
-        workers[name] = procs[-1]
+    try:                                 # a node that does not come up: stop the others, leave nothing
+        start(head, "head")
+        address = f"127.0.0.1:{gcs}"
+        status = None
+        deadline = time.time() + 300
         while time.time() < deadline:
-            status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True,
-                                    text=True)
-            if f"/{gpus}" in status.stdout or f" {gpus}" in status.stdout:
+            status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True, text=True)
+            if status.returncode == 0:
                 break
             time.sleep(2)
         else:
-            tails = " ".join((tmp / f"{w}.log").read_text()[-1000:] for w in workers)
-            pytest.fail(f"the worker nodes did not join: {status.stdout[-2000:]} {tails}")
+            pytest.fail(f"head did not come up: {(tmp / 'head.log').read_text()[-2000:]}")
+        workers = {}
+        for name, gpus in (("worker-a", "3.0 GPU"), ("worker-b", "6.0 GPU")):     # one at a time: a 2-core machine
+            start([ray_cli(), "start", f"--address={address}", "--num-gpus=3", *common], name)
+            workers[name] = procs[-1]
+            while time.time() < deadline:
+                status = subprocess.run([ray_cli(), "status", "--address", address], env=env, capture_output=True,
+                                        text=True)
+                if f"/{gpus}" in status.stdout or f" {gpus}" in status.stdout:
+                    break
+                time.sleep(2)
+            else:
+                tails = " ".join((tmp / f"{w}.log").read_text()[-1000:] for w in workers)
+                pytest.fail(f"the worker nodes did not join: {status.stdout[-2000:]} {tails}")
+    except BaseException:
+        for p in reversed(procs):
+            stop_group(p, timeout_s=5)
+        raise
     yield address, env, tmp, workers
     for p in reversed(procs):
         stop_group(p, timeout_s=5)       # nothing to drain: no 30 s grace period
