@@ -324,6 +324,30 @@ def test_coarse_downsampling(downsample, in_shape, out_shape):
         assert isinstance(net[0], nn.Conv2d)
 
 
+@pytest.mark.parametrize("in_shape, out_shape, first", [
+    ((16, 32, 32), (64, 8, 8), "patch"), ((16, 8, 8), (32, 4, 4), "patch"),     # s = 4, s = 2: one patch each
+    ((16, 32, 32), (64, 4, 4), "pool"), ((16, 12, 12), (32, 5, 5), "pool"),     # s = 8, no integer s: pooled first
+    ((8, 8, 8), (16, 8, 8), "conv3")])                                          # the same size: a 3x3 convolution
+def test_patch_coarse_networks(in_shape, out_shape, first):
+    """The default coarse design: up to stride 4, one s x s convolution of stride s, and every input number reaches
+    the output; beyond (or where the sizes do not divide) the pooled design, every input number too."""
+    from raypar.network.coarse import build_coarse
+    net = build_coarse(in_shape, out_shape, CoarseSpec())
+    x = torch.randn(3, *in_shape, requires_grad=True)
+    y = net(x)
+    assert y.shape == (3, *out_shape)
+    y.sum().backward()
+    assert (x.grad != 0).float().mean() > 0.99
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    if first == "patch":
+        s = in_shape[1] // out_shape[1]
+        assert isinstance(net[0], nn.Conv2d) and conv.kernel_size == (s, s) and conv.stride == (s, s)
+    elif first == "pool":
+        assert isinstance(net[0], (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) and conv.kernel_size == (3, 3)
+    else:
+        assert isinstance(net[0], nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_subnets=0), "between 1 and the number of blocks"),
     (dict(num_subnets=8), "between 1 and the number of blocks"),

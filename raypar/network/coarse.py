@@ -1,8 +1,9 @@
 """Coarse networks ``C_j``: cheap maps from ``F_j``'s input shape to ``F_j``'s output shape.
 
-Default (``downsample="patch"``): where the output is smaller by an integer stride s, one s x s convolution with
-stride s (each output pixel a learned map of its own s x s patch of the input, channels chosen to match the shapes)
-+ GroupNorm + ReLU; where the sizes are equal, a 3x3 convolution instead. ``depth`` adds more 3x3 conv/norm/ReLU
+Default (``downsample="patch"``): where the output is smaller by an integer stride s <= 4, one s x s convolution
+with stride s (each output pixel a learned map of its own s x s patch of the input, channels chosen to match the
+shapes) + GroupNorm + ReLU; where the sizes are equal, a 3x3 convolution; where s > 4 (or not an integer), the pooled
+design. ``depth`` adds more 3x3 conv/norm/ReLU
 layers at the output's resolution, ``width`` scales the hidden channels (relative to the output channels). Flat
 (B, D) interfaces get Linear + norm + ReLU instead.
 
@@ -10,8 +11,9 @@ Why patches: with K = 1 every path from the input to the output passes through o
 places are taken by coarse networks, so what a coarse network throws away no later segment sees. Averaging a patch
 first (``downsample="pool"``, then a 3x3 convolution at the output's resolution) throws away the patch's detail; a
 strided 3x3 convolution (``downsample="stride"``) reads only part of the input when s > 3. A patch convolution keeps
-every pixel and costs s^2/9 of the pooled design's convolution (less for s = 2). Measured in
-benchmarks/accuracy/README.md.
+every pixel and costs s^2/9 of the pooled design's convolution: less for s = 2, 16/9 for s = 4, 7x for s = 8, where
+the driver's serial coarse work would eat the speedup (VGG-16 x0.25's last interface, 8x8 to 1x1): above s = 4 the
+pooled design stays. Measured in benchmarks/accuracy/README.md.
 
 Why GroupNorm and not BatchNorm (``norm="batch"``): a coarse network sees two kinds of input every step — the coarse
 sweep's ``z`` and the correction sweep's ``l`` — so BatchNorm's running statistics blend the two distributions, and
@@ -30,6 +32,7 @@ from .models import norm_layer
 
 
 DOWNSAMPLE = ("patch", "pool", "stride")
+PATCH_MAX_STRIDE = 4     # beyond it a patch convolution costs more than 16/9 of the pooled design: pool first there
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,8 @@ def build_coarse(in_shape: tuple, out_shape: tuple, spec: CoarseSpec = CoarseSpe
     hidden = max(1, int(round(spec.width * c_out)))
     layers = []
     smaller = h_out <= h_in and w_out <= w_in and (h_in, w_in) != (h_out, w_out)
-    patch = spec.downsample == "patch" and exact and stride > 1
-    pool_first = spec.downsample in ("pool", "patch") and smaller and not patch    # (patch: where s is no integer)
+    patch = spec.downsample == "patch" and exact and 1 < stride <= PATCH_MAX_STRIDE
+    pool_first = spec.downsample in ("pool", "patch") and smaller and not patch    # (patch: s > 4 or no integer)
     if pool_first:                     # then every convolution runs at the output's resolution, stride 1
         layers.append(nn.AvgPool2d(stride) if exact else nn.AdaptiveAvgPool2d((h_out, w_out)))
         stride = 1
