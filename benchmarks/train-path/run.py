@@ -15,7 +15,7 @@ Ray Train data parallelism (DDP over gloo, 2 workers, the same global batch) and
 process.
 
 Prints the table (median and range over repetitions of each ratio to the original) and writes it with every run's
-figures to ``--out``. Usage::
+figures to ``--out`` (``runs.jsonl``; the same command again goes on where an interrupted one stopped). Usage::
 
     python benchmarks/train-path/run.py                      # the zoo, 3 repetitions, 2 epochs each
     python benchmarks/train-path/run.py --models vgg11:0.25 --reps 1 --epochs 1
@@ -74,8 +74,9 @@ def _bench(model: str, width: float, rep: int, a) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} failed: {(r.stdout + r.stderr)[-2000:]}")
     with open(os.path.join(out, "bench.json")) as f:
         rows = {row["contender"]: row for row in json.load(f)["rows"]}
+    ddp = next(row for name, row in rows.items() if name.startswith("ddp"))        # labelled ddp-<workers>
     return {"model": model, "width": width, "rep": rep, "plain_samples_per_s": rows["original"]["samples_per_s"],
-            "ddp_samples_per_s": rows["ddp"]["samples_per_s"]}
+            "ddp_samples_per_s": ddp["samples_per_s"]}
 
 
 def _spread(values: list[float]) -> str:
@@ -134,10 +135,17 @@ def main(argv=None) -> int:
     models = [(m.split(":")[0], float(m.split(":")[1]) if ":" in m else 1.0) for m in a.models.split(",")]
     jobs = [(m, w, c) for m, w in models for c in CONTENDERS]
     runs, benches = [], []
-    log = open(os.path.join(a.out, "runs.jsonl"), "a")
+    path = os.path.join(a.out, "runs.jsonl")
+    if os.path.exists(path):                       # an interrupted benchmark goes on where it stopped
+        with open(path) as f:
+            for row in map(json.loads, f):
+                (runs if "contender" in row else benches).append(row)
+    log = open(path, "a")
     for rep in range(a.reps):
         shift = rep % len(jobs)
         for model, width, contender in jobs[shift:] + jobs[:shift]:          # interleaved, rotated per repetition
+            if any((r["model"], r["width"], r["contender"], r["rep"]) == (model, width, contender, rep) for r in runs):
+                continue
             row = _train(model, width, contender, rep, a, uri)
             runs.append(row)
             log.write(json.dumps(row) + "\n")
@@ -146,6 +154,8 @@ def main(argv=None) -> int:
                   f"{row['first_step_s']} s, wall {row['wall_s']:.1f} s", flush=True)
         if rep < a.bench_reps:
             for model, width in models:
+                if any((b["model"], b["width"], b["rep"]) == (model, width, rep) for b in benches):
+                    continue
                 b = _bench(model, width, rep, a)
                 benches.append(b)
                 log.write(json.dumps(b) + "\n")
