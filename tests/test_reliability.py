@@ -270,8 +270,8 @@ def test_nonfinite_batch_is_skipped_everywhere_and_training_goes_on(ray_local, c
 
 # ------------------------------------------------------------------------------------ more than the cluster has
 def test_fixed_cluster_fails_at_once_when_it_can_never_fit_the_run(ray_local):
-    """The session's private Ray has no autoscaler: 9 CPUs asked of a 4-CPU cluster fail at once, not after the
-    resource timeout."""
+    """The session's private Ray has no autoscaler: 7 CPUs asked of a 4-CPU cluster fail at once, not after the
+    resource timeout (F_1 in the driver: 3 fine actors of 2 CPUs)."""
     import time
 
     from raypar.training.preflight import cluster_can_grow, wait_for_resources
@@ -279,7 +279,7 @@ def test_fixed_cluster_fails_at_once_when_it_can_never_fit_the_run(ray_local):
     assert cluster_can_grow() is False
     cfg = TrainConfig.from_flat(subnets=4, cpus_per_subnet=2, resource_timeout=120)
     t0 = time.monotonic()
-    with pytest.raises(UserError, match=r"can never provide 5 bundles \(driver \+ 4 fine actors: 9 CPU, 0 GPU in all\)"
+    with pytest.raises(UserError, match=r"can never provide 4 bundles \(driver \+ 3 fine actors: 7 CPU, 0 GPU in all\)"
                                         r": it has 4 CPU, 0 GPU in total on 1 node\(s\) and no autoscaler"):
         wait_for_resources(cfg, 0)
     assert time.monotonic() - t0 < 30
@@ -303,7 +303,7 @@ def test_autoscaling_cluster_keeps_waiting(ray_local, monkeypatch):
                         if key == "__autoscaling_status" else real_get(key, *a, **k))
     assert cluster_can_grow() is True
     t0 = time.monotonic()
-    with pytest.raises(UserError, match=r"could not provide 3 bundles .* within 2 s"):
+    with pytest.raises(UserError, match=r"could not provide 2 bundles .* within 2 s"):
         wait_for_resources(TrainConfig.from_flat(resource_timeout=2), gpus=1)
     assert time.monotonic() - t0 >= 2
     report["autoscaler_report"]["node_type_mapping"] = {node: f"node_{node}"}       # read-only: fixed cluster
@@ -321,8 +321,8 @@ def test_cli_gpus_the_cluster_can_never_have_exit_2_at_once(tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("raypar: error: the cluster can never provide 3 bundles (driver + 2 fine actors: "
-                               "3 CPU, 3 GPU in all)") and "0 GPU in total" in lines[0] and "no autoscaler" in lines[0]
+    assert lines[0].startswith("raypar: error: the cluster can never provide 2 bundles (driver + 1 fine actor: "
+                               "2 CPU, 2 GPU in all)") and "0 GPU in total" in lines[0] and "no autoscaler" in lines[0]
     assert time.monotonic() - t0 < 120
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
 

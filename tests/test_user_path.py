@@ -71,7 +71,8 @@ def test_the_same_command_twice_makes_two_runs_and_the_console_is_raypars(tmp_pa
         assert lines[0] == "raypar train: checking the settings"
         assert f"raypar train: --batch-size 100000 is more than the {n} training samples: using {n}" in lines
         phases = [ln for ln in lines if re.match(r"\[ *\d+\.\d s\] ", ln)]
-        for phase in ("new run", "starting Ray", "starting the driver", "starting 2 fine actors", "first step"):
+        for phase in ("new run", "starting Ray", "starting the driver", "predicted speedup", "starting 1 fine actor",
+                      "first step"):
             assert any(phase in ln for ln in phases), (phase, phases)          # a line per start-up phase
         strangers = [ln for ln in (out + err).splitlines() if ln.strip() and not OURS.match(ln)]
         assert not strangers, strangers

@@ -143,8 +143,8 @@ def train_loop(config: dict) -> None:
     if rank0 and net.num_subnets > 1:      # honest about N: the speedup this split predicts, from net's own profile
         from ..engine.auto import run_prediction
         predicted, lines = run_prediction(net, cfg.engine.driver_segment, gpus)
-        for line in lines:
-            _emit(events, kind="note", epoch=0, text=line)
+        for line in lines:                                    # (a start-up line, with the others)
+            _emit(events, kind="phase", text=line)
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.predicted_speedup", f"{predicted:.3f}")
     if rank0 and cfg.extra.get("subnets_auto"):                  # what --subnets auto predicted for each N
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.subnets_auto", cfg.extra["subnets_auto"])

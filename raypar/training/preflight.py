@@ -41,7 +41,7 @@ def wait_for_resources(cfg: TrainConfig, gpus: float) -> None:
     have = ray.cluster_resources()
     per = len(asked) // cfg.engine.replicas
     what = (f"{len(asked)} bundles ({f'{cfg.engine.replicas} replicas x ' if cfg.engine.replicas > 1 else ''}driver + {per - 1} "
-            f"fine actors: {total['CPU']:g} CPU, {total['GPU']:g} GPU in all)")
+            f"fine actor{'s' if per - 1 != 1 else ''}: {total['CPU']:g} CPU, {total['GPU']:g} GPU in all)")
     fix = (f"lower {'--replicas, ' if cfg.engine.replicas > 1 else ''}--subnets, --gpus-per-subnet or --cpus-per-subnet, "
            f"or add nodes")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
