@@ -85,8 +85,8 @@ def fit_with_progress(cfg, fit, console, clock: Clock | None = None, resume: boo
             return info
 
         def show(ev):
-            if ev["kind"] == "phase":
-                console.print(f"[{clock():5.1f} s] {ev['text']}", highlight=False)
+            if ev["kind"] == "phase":                    # one line, however narrow the console
+                console.print(f"[{clock():5.1f} s] {ev['text']}", highlight=False, soft_wrap=True)
             elif ev["kind"] == "note":                     # one line, however narrow the console
                 console.print(ev["text"], highlight=False, soft_wrap=True)
             elif ev["kind"] == "start":
