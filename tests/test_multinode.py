@@ -138,10 +138,11 @@ def test_a_node_stopped_mid_epoch_is_survived_on_another_node(cluster):
         for line in proc.stdout:
             lines.append(line)
             if line.startswith("epoch 1/4"):
-                drivers = [p.pid for p in psutil.process_iter(["cmdline"])
-                           if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
-                victim = next((n for n in map(lambda pid: _node_of(pid, workers), drivers) if n), None)
-                assert victim, f"no Ray Train worker on a worker node: {drivers}"
+                drivers = sorted((p for p in psutil.process_iter(["cmdline", "create_time"])
+                                  if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])),
+                                 key=lambda p: p.info["create_time"], reverse=True)     # this run's: the newest
+                victim = next((n for n in (_node_of(p.pid, workers) for p in drivers) if n), None)
+                assert victim, f"no Ray Train worker on a worker node: {[p.pid for p in drivers]}"
                 os.killpg(workers[victim].pid, signal.SIGKILL)
                 break
         out, _ = proc.communicate(timeout=600)
