@@ -92,6 +92,20 @@ def test_the_same_command_twice_makes_two_runs_and_the_console_is_raypars(tmp_pa
     assert len(_runs(tmp_path)[1]) == 2
 
 
+def _started(cwd, *args):
+    """A `raypar train` process and the list its output lines go into as they come (read by a thread)."""
+    proc = subprocess.Popen([sys.executable, "-m", "raypar.cli", "train", *TINY, *args], cwd=cwd, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
 def _listening_non_loopback(root_pid: int) -> list:
     try:
         procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
@@ -110,15 +124,8 @@ def test_ctrl_c_kills_the_run_and_resume_finishes_it_with_the_longer_schedule(tm
     """Ctrl-C after epoch 1: the MLflow run ends KILLED ("interrupted"), exit 130. `--resume --epochs 4` finishes it:
     each epoch logged once, no error left, and the LR follows a 4-epoch cosine from epoch 2 on. While it runs, no
     process of the run listens on anything but loopback."""
-    proc = subprocess.Popen([sys.executable, "-m", "raypar.cli", "train", *TINY, "--epochs", "3", "--name", "c"],
-                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, sockets = [], []
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc, lines, reader = _started(tmp_path, "--epochs", "3", "--name", "c")
+    sockets = []
     deadline = time.time() + 300
     while not any(ln.startswith("epoch 1/3") for ln in lines) and time.time() < deadline and proc.poll() is None:
         if any("first step" in ln for ln in lines) and not sockets:
@@ -150,16 +157,8 @@ def test_ctrl_c_kills_the_run_and_resume_finishes_it_with_the_longer_schedule(tm
 def test_replicas_listen_on_loopback_only(tmp_path):
     """R = 2 drivers x N = 2 on a local run: the drivers' group, each segment's replica group and the interface
     transport all listen on loopback; the run finishes."""
-    proc = subprocess.Popen([sys.executable, "-m", "raypar.cli", "train", *TINY, "--epochs", "2", "--replicas", "2",
-                             "--norm", "group"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines, sockets = [], []
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc, lines, reader = _started(tmp_path, "--epochs", "2", "--replicas", "2", "--norm", "group")
+    sockets = []
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if any(ln.startswith("epoch 1/2") for ln in lines) and not sockets:

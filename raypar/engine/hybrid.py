@@ -42,6 +42,19 @@ def interface_of(addr: str) -> str | None:
     return None
 
 
+def store_on(addr: str, port: int, world: int, rank: int, timeout: datetime.timedelta,
+             listener: socket.socket | None = None) -> dist.TCPStore:
+    """A process group's store at (``addr``, ``port``); rank 0's takes over ``listener`` (:func:`listen`), so it
+    listens on that address only."""
+    if rank == 0 and listener is None:
+        raise ValueError("rank 0 of a process group needs the listener of hybrid.listen()")
+    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False,
+                          master_listen_fd=listener.fileno() if rank == 0 else None)
+    if rank == 0:
+        listener.detach()                              # the store owns the socket now
+    return store
+
+
 def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
@@ -53,10 +66,7 @@ def init_group(addr: str, port: int, world: int, rank: int, device: torch.device
     takes over; the gloo endpoints bind ``addr``'s interface (``GLOO_SOCKET_IFNAME``): nothing listens beyond the
     node's address."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False,
-                          master_listen_fd=listener.fileno() if listener is not None else None)
-    if listener is not None:
-        listener.detach()                              # the store owns the socket now
+    store = store_on(addr, port, world, rank, timeout, listener)
     backend = backend_for(device)
     if backend == "gloo":
         interface = interface_of(addr)

@@ -90,23 +90,14 @@ def is_failed_reply(t: torch.Tensor) -> bool:
 def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0,
                listener=None):
     """A process group that is not the default one: its own store, its own gloo/NCCL backend object (a driver that
-    is one of R replicas already has the replicas' group as its default one). Rank 0's store and every gloo
-    endpoint listen on ``addr`` only (the node's address; loopback for a local run), not on every interface.
-    ``listener``: rank 0's socket already listening there (:func:`raypar.engine.hybrid.listen`), else one is made."""
-    import socket
-
+    is one of R replicas already has the replicas' group as its default one). Rank 0 passes the socket already
+    listening at (``addr``, ``port``) (:func:`raypar.engine.hybrid.listen`), which its store takes over; every gloo
+    endpoint binds ``addr`` too: nothing listens beyond the node's address (loopback for a local run)."""
     import torch.distributed as dist
+
+    from ..hybrid import store_on
     timeout = datetime.timedelta(seconds=timeout_s)
-    if rank == 0 and listener is None:
-        listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-        listener.bind((addr, port))
-        listener.listen()
-    try:
-        store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout, wait_for_workers=False,
-                              master_listen_fd=listener.fileno() if listener else None)
-    finally:
-        if listener is not None:
-            listener.detach()                          # the store owns the socket now
+    store = store_on(addr, port, world, rank, timeout, listener)
     store = dist.PrefixStore("raypar-transport", store)
     if backend == "nccl":
         return dist.ProcessGroupNCCL(store, rank, world)
