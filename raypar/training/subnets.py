@@ -54,6 +54,7 @@ def resolve_subnets(cfg, spec) -> tuple:
             iterations=m.iterations, coarse=m.coarse, balance=m.balance, driver_segment=e.driver_segment,
             defer_weights=e.defer_weights, channels_last=e.channels_last, device="cuda" if on_gpu else "cpu",
             devices_of=lambda k: devices_in_use(k, e.driver_segment, gpus, available), seed=cfg.optim.seed)
+    predictions = {k: round(s, 3) for k, s in predictions.items()}     # as recorded and printed
     n = pick_subnets(predictions)
     others = ", ".join(f"N = {k}: {s:.2f}x" for k, s in predictions.items() if k not in (1, n))
     where = f"{available} {unit}{'s' if available != 1 else ''}" + (" per replica" if e.replicas > 1 else "")
@@ -65,6 +66,5 @@ def resolve_subnets(cfg, spec) -> tuple:
     else:
         line = f"--subnets auto: N = 1, the original network ({where}: no sub-networks to run at the same time)"
     picked = cfg.replace(subnets=n, iterations=m.iterations if n > 1 else 1,
-                         extra=dict(cfg.extra, subnets_auto=json.dumps({str(k): round(s, 3)
-                                                                        for k, s in predictions.items()})))
+                         extra=dict(cfg.extra, subnets_auto=json.dumps({str(k): s for k, s in predictions.items()})))
     return picked, line
