@@ -38,7 +38,9 @@ from raypar.training import data
 # sum_j mse(z_j, l_j.detach()): the coarse sweep trained toward the fine states), coarse_lr (factor on the coarse
 # networks' LR), epochs, lr; sequential_eval (evaluate the original network on the trained weights),
 # sequential_last / sequential_first (train the original network in the last / first epochs, the parareal one
-# otherwise; distill: meanwhile each C_j is trained toward F_j's output with this weight)
+# otherwise; distill: meanwhile each C_j is trained toward F_j's output with this weight); coarse_ce / fine_ce (the
+# loss adds this weight x the cross-entropy of the coarse sweep's z_N / of F_N(z_{N-1}) alone, through the head);
+# split (block counts instead of the flops balance); smoothing (label smoothing); width (the coarse networks' hidden channels, with depth 2)
 METHODS = {
     "original": dict(n=1),
     "pool": dict(n=2, downsample="pool"),
@@ -68,6 +70,26 @@ METHODS = {
     "pool-sequential-last-epoch": dict(n=2, downsample="pool", sequential_last=1),
     "pool-sequential-first-epoch": dict(n=2, downsample="pool", sequential_first=1, distill=1.0),
     "pool-sequential-first-2-epochs": dict(n=2, downsample="pool", sequential_first=2, distill=1.0),
+    "patch-coarse-ce0.3": dict(n=2, downsample="patch", coarse_ce=0.3),
+    "patch-fine-ce0.3": dict(n=2, downsample="patch", fine_ce=0.3),
+    "patch-fine-ce1": dict(n=2, downsample="patch", fine_ce=1.0),
+    "patch-split-5-2": dict(n=2, downsample="patch", split=[5, 2]),
+    "patch-split-2-5": dict(n=2, downsample="patch", split=[2, 5]),
+    "patch-n4-split-1-2-2-2": dict(n=4, downsample="patch", split=[1, 2, 2, 2]),
+    "patch-n4-split-2-2-2-1": dict(n=4, downsample="patch", split=[2, 2, 2, 1]),
+    "patch-n4-split-1-1-1-4": dict(n=4, downsample="patch", split=[1, 1, 1, 4]),
+    "patch-n4-split-3-2-1-1": dict(n=4, downsample="patch", split=[3, 2, 1, 1]),
+    "patch-split-3-9": dict(n=2, downsample="patch", split=[3, 9]),
+    "patch-split-9-3": dict(n=2, downsample="patch", split=[9, 3]),
+    "patch-n4-split-1-1-1-9": dict(n=4, downsample="patch", split=[1, 1, 1, 9]),
+    "patch-n4-split-1-2-2-7": dict(n=4, downsample="patch", split=[1, 2, 2, 7]),
+    "original-lr0.02": dict(n=1, lr=0.02),
+    "original-lr0.1": dict(n=1, lr=0.1),
+    "patch-lr0.1": dict(n=2, downsample="patch", lr=0.1),
+    "patch-n4-lr0.1": dict(n=4, downsample="patch", lr=0.1),
+    "original-smoothing0.1": dict(n=1, smoothing=0.1),
+    "patch-smoothing0.1": dict(n=2, downsample="patch", smoothing=0.1),
+    "patch-width2-depth2": dict(n=2, downsample="patch", depth=2, width=2.0),
 }
 
 
@@ -91,7 +113,7 @@ def _k1_with_states(net: PararealNet, x0: torch.Tensor):
     l = [f[0]]
     for j in range(1, net.num_subnets):
         l.append(f[j] + net.coarse[j](l[-1]) - z[j])
-    return z, l
+    return z, f, l
 
 
 def train_one(model: str, width: float, method: str, fold: int, folds: int, seed: int) -> dict:
@@ -104,8 +126,9 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
     spec = data.digits(folds=folds, fold=fold, seed=seed)
     torch.manual_seed(seed)
     staged = build(model, num_classes=10, in_channels=1, width_mult=width, image_size=32)
-    coarse = CoarseSpec(depth=m.get("depth", 1), kernel=m.get("kernel", 3), downsample=m.get("downsample", "patch"))
-    net = PararealNet(staged, n, k, coarse, "flops", input_shape=(1, 32, 32), profile_batch=64)
+    coarse = CoarseSpec(depth=m.get("depth", 1), kernel=m.get("kernel", 3), downsample=m.get("downsample", "patch"),
+                        width=m.get("width", 1.0))
+    net = PararealNet(staged, n, k, coarse, m.get("split", "flops"), input_shape=(1, 32, 32), profile_batch=64)
     opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0))
     weight = m.get("consistency", 0.0)
     for epoch in range(1, epochs + 1):
@@ -123,11 +146,15 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
             elif k > 1:
                 out = net(x)
             else:
-                z, l = _k1_with_states(net, net.pre(x))
+                z, f, l = _k1_with_states(net, net.pre(x))
                 out = net.post(l[-1])
                 if weight:
                     extra = weight * sum(F.mse_loss(z[j], l[j].detach()) for j in range(n - 1))
-            loss = F.cross_entropy(out, y) + extra
+                if m.get("coarse_ce"):
+                    extra = extra + m["coarse_ce"] * F.cross_entropy(net.post(z[-1]), y)
+                if m.get("fine_ce"):
+                    extra = extra + m["fine_ce"] * F.cross_entropy(net.post(f[-1]), y)
+            loss = F.cross_entropy(out, y, label_smoothing=m.get("smoothing", 0.0)) + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -148,16 +175,16 @@ def _train_one(job: tuple) -> dict:
     return train_one(*job)
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: per method, its accuracy and the paired difference against ``original`` on the same fold/seed."""
-    base = {(r["fold"], r["seed"]): r["acc"] for r in rows if r["method"] == "original"}
+def table(rows: list[dict], baseline: str = "original") -> str:
+    """Markdown: per method, its accuracy and the paired difference against ``baseline`` on the same fold/seed."""
+    base = {(r["fold"], r["seed"]): r["acc"] for r in rows if r["method"] == baseline}
     out = ["| method | val acc (%) | paired difference (points) | 95 % interval | pairs |", "|---|---:|---:|---|---:|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         these = [r for r in rows if r["method"] == method]
         accs = [r["acc"] for r in these]
         mean = sum(accs) / len(accs)
-        if method == "original":
-            out.append(f"| original | {mean:.2f} | | | |")
+        if method == baseline:
+            out.append(f"| {baseline} | {mean:.2f} | | | |")
             continue
         count, diff, std, lo, hi = paired([r["acc"] - base[(r["fold"], r["seed"])] for r in these
                                            if (r["fold"], r["seed"]) in base])
@@ -175,6 +202,8 @@ def main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", default="0")
     p.add_argument("--processes", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--baseline", default="original",
+                   help="the method every other is paired with (an original network trained with the same recipe)")
     p.add_argument("--out", default=None, help="append every run as a JSON line here (and read it back: a run "
                                                "already there is not trained again)")
     a = p.parse_args(argv)
@@ -201,7 +230,7 @@ def main(argv=None) -> int:
                 with open(a.out, "a") as f:
                     f.write(json.dumps(r) + "\n")
     print(f"{a.model} x{a.width_mult}, {a.folds} folds, seeds {a.seeds}\n")
-    print(table(rows))
+    print(table(rows, a.baseline))
     return 0
 
 
