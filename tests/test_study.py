@@ -163,3 +163,25 @@ def test_a_resumed_study_reuses_finished_runs_and_refuses_other_epochs(tmp_path)
         finished_run_id(cfg("s-n1-k1-s0-f0", epochs=3), client)
     with pytest.raises(UserError, match="started for 2 epochs"):
         finished_run_id(cfg("s-n2-k1-s0-f0", epochs=3), client)
+
+
+@pytest.mark.unit
+def test_ctrl_c_ends_the_study_killed(tmp_path):
+    """Ctrl-C during a study's run: the study stops there, its parent run KILLED ("interrupted"), no run after it."""
+    from raypar.tools.study import run_study
+    from raypar.training.config import TrainConfig
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = TrainConfig.from_flat(width_mult=0.125, tracking_uri=uri, experiment="study-test",
+                                 storage_path=str(tmp_path / "runs"))
+    trained = []
+
+    def fit(cfg):
+        trained.append(cfg.run.name)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_study(base, subnets=[1, 2], iterations=[1], seeds=[0], name="s", out=str(tmp_path / "out"),
+                  init_ray=lambda cfg: None, fit=fit)
+    assert trained == ["s-n1-k1-s0"]
+    client = MlflowClient(uri)
+    parent, = client.search_runs([client.get_experiment_by_name("study-test").experiment_id])
+    assert (parent.info.status, parent.data.tags["raypar.error"]) == ("KILLED", "interrupted")

@@ -154,6 +154,35 @@ def test_ctrl_c_kills_the_run_and_resume_finishes_it_with_the_longer_schedule(tm
         assert done[epoch] == pytest.approx(0.05 * (1 + math.cos(math.pi * epoch / 4)) / 2, abs=1e-9), done
 
 
+def test_ctrl_c_in_raypar_fit_raises_and_kills_the_run(tmp_path):
+    """``raypar.fit`` called in a script's main thread (where Ray Train would install its own SIGINT handler and end
+    ``fit`` as if the run had finished): Ctrl-C raises KeyboardInterrupt at once, the MLflow run ends KILLED
+    ("interrupted") and no epoch after the signal is trained."""
+    script = ("import ray, raypar\n"
+              "ray.init(address='local', num_cpus=2, include_dashboard=False)\n"
+              "cfg = raypar.TrainConfig.from_flat(width_mult=0.125, subnets=2, epochs=30, name='api')\n"
+              "try:\n    raypar.fit(cfg)\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)\n"
+              "    raise SystemExit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline, run = time.time() + 300, None
+    while run is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        try:
+            client, runs = _runs(tmp_path)
+            run = next((r for r in runs if client.get_metric_history(r.info.run_id, "val_acc")), None)
+        except Exception:  # noqa: BLE001 - the store is still being made
+            pass
+    assert run is not None, proc.communicate(timeout=60)[0][-3000:]
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "interrupted" in out, out[-3000:]
+    client, runs = _runs(tmp_path)
+    run, = runs
+    assert (run.info.status, run.data.tags.get("raypar.error")) == ("KILLED", "interrupted")
+    assert len(_steps(client, run.info.run_id)) < 30
+
+
 def test_replicas_listen_on_loopback_only(tmp_path):
     """R = 2 drivers x N = 2 on a local run: the drivers' group, each segment's replica group and the interface
     transport all listen on loopback; the run finishes."""

@@ -295,6 +295,9 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
         with open(os.path.join(out, "results.json"), "w") as f:
             f.write(compare.render(table, "json"))
         tracking.log_artifacts(base.run.tracking_uri, parent, out)
+    except (KeyboardInterrupt, SystemExit) as e:     # Ctrl-C: the study ends here, KILLED, as its run did
+        tracking.close_run(base.run.tracking_uri, parent, e, reason=tracking.INTERRUPTED)
+        raise
     except BaseException as e:
         tracking.close_run(base.run.tracking_uri, parent, e)
         raise

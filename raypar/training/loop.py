@@ -25,7 +25,7 @@ from ..engine.driver import PararealEngine, Replica, Resources, StepStats
 from ..network.models import build
 from ..network.reference import PararealNet
 from .preflight import check_shared_storage, gpus_per_subnet, wait_for_resources
-from .ray_compat import quick_to_stop, quiet_train_logs
+from .ray_compat import abort, interruptible, quick_to_stop, quiet_train_logs
 
 
 @dataclass
@@ -306,7 +306,9 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     _emit(events, kind="phase", text="starting the driver (a Ray Train worker)")
     # R drivers share a torch.distributed group that train_loop makes itself (bound to the node's address, where Ray
     # Train's TorchConfig would listen on every interface); one driver needs none
-    trainer = quick_to_stop(DataParallelTrainer)(
+    # Ctrl-C is the caller's KeyboardInterrupt, in the main thread too (Ray Train's own handler would end fit() as if
+    # the run had finished)
+    trainer = interruptible(quick_to_stop(DataParallelTrainer))(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
         # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica)
         scaling_config=ScalingConfig(num_workers=cfg.engine.replicas, use_gpu=gpus > 0,
@@ -326,6 +328,7 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
         if stopped:
             raise FloatingPointError(stopped)
     except (KeyboardInterrupt, SystemExit) as e:
+        abort(trainer)                                    # its workers and actors stop now, not at Ray's shutdown
         _close_quietly(cfg.run.tracking_uri, run_id, e, reason=tracking.INTERRUPTED)
         raise
     except BaseException as e:                            # after Ctrl-C, Ray's shutdown fails the run: still KILLED

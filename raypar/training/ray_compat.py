@@ -150,3 +150,36 @@ def quick_to_stop(trainer_cls):
             return [KillCleanerAtStop() if isinstance(c, PlacementGroupCleanerCallback) else c
                     for c in super()._create_default_callbacks()]
     return QuickToStop
+
+
+def interruptible(trainer_cls):
+    """``trainer_cls`` whose ``fit()`` in the main thread leaves Ctrl-C to the caller, as a ``KeyboardInterrupt``.
+
+    Ray Train (2.60) installs its own SIGINT handler when ``fit()`` runs in the main thread (``raypar.fit`` from a
+    script, ``raypar study``): it aborts the controller and ``fit()`` returns a result without an error, as if the run
+    had finished, so the caller marked it finished and a study went on with its next run. Here the handler is not
+    installed; the controller is kept as ``trainer.controller`` for :func:`abort`. Private API: where Ray has no
+    ``_register_sigint_handler``, ``trainer_cls`` itself."""
+    if not hasattr(trainer_cls, "_register_sigint_handler"):
+        return trainer_cls
+
+    class Interruptible(trainer_cls):
+        controller = None
+
+        def _register_sigint_handler(self, controller):
+            self.controller = controller
+    return Interruptible
+
+
+def abort(trainer, timeout_s: float = 30.0) -> None:
+    """Abort the run of an :func:`interruptible` trainer whose ``fit()`` was interrupted (its workers and actors
+    stop, its placement group goes); nothing when it has no controller, or the controller is gone."""
+    import ray
+    controller = getattr(trainer, "controller", None)
+    if controller is None:
+        return
+    try:
+        ray.get(controller.abort.remote(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - gone already, or too slow: Ray's shutdown ends it
+        pass
+
