@@ -56,11 +56,16 @@ def fit_with_progress(cfg, fit, console, clock: Clock | None = None, resume: boo
     import queue as queue_mod
     import threading
 
+    import ray
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     clock = clock or Clock()
-    events = Queue(actor_options={"num_cpus": 0})
+    # the progress queue lives on this process's node: on a cluster, a worker node that dies (and takes its driver
+    # with it, which Ray Train restarts elsewhere) must not take the queue this loop reads
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    events = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     outcome: dict = {}
     opened = {} if opened is None else opened
 
