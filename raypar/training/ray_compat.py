@@ -155,10 +155,10 @@ def quick_to_stop(trainer_cls):
 def interruptible(trainer_cls):
     """``trainer_cls`` whose ``fit()`` in the main thread leaves Ctrl-C to the caller, as a ``KeyboardInterrupt``.
 
-    Ray Train (2.60) installs its own SIGINT handler when ``fit()`` runs in the main thread (``raypar.fit`` from a
-    script, ``raypar study``): it aborts the controller and ``fit()`` returns a result without an error, as if the run
-    had finished, so the caller marked it finished and a study went on with its next run. Here the handler is not
-    installed; the controller is kept as ``trainer.controller`` for :func:`abort`. Private API: where Ray has no
+    Ray Train (2.60) installs its own SIGINT handler when ``fit()`` runs in the main thread (``raypar.fit`` called
+    from a script): it aborts the controller, and the caller got no KeyboardInterrupt and could not end the run KILLED
+    (the script exited 1). Here the handler is not installed; the controller is kept as ``trainer.controller`` for
+    :func:`abort`. Private API: where Ray has no
     ``_register_sigint_handler``, ``trainer_cls`` itself."""
     if not hasattr(trainer_cls, "_register_sigint_handler"):
         return trainer_cls
@@ -182,4 +182,3 @@ def abort(trainer, timeout_s: float = 30.0) -> None:
         ray.get(controller.abort.remote(), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - gone already, or too slow: Ray's shutdown ends it
         pass
-
