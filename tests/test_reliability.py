@@ -528,3 +528,19 @@ def test_an_unreachable_tracking_store_is_waited_out_then_stops_the_run_in_one_l
     failures[0] = 10**6
     with pytest.raises(UserError, match="unreachable for 0 s.*--resume"):
         tracking.patiently(MlflowClient(uri).log_batch, run_id, outage_s=0)
+
+
+@pytest.mark.unit
+def test_patiently_turns_mlflows_own_retries_off_unless_the_user_set_them(monkeypatch):
+    """MLflow's HTTP client backs off up to 120 s between its own retries: inside ``patiently`` they are off, so a
+    write that failed is tried again on raypar's schedule (at most 15 s apart) once the server is back; a value the
+    user set is kept."""
+    import os
+
+    from raypar.training import tracking
+    monkeypatch.delenv(tracking.RETRIES_ENV, raising=False)
+    seen = tracking.patiently(lambda: os.environ.get(tracking.RETRIES_ENV))
+    assert seen == "0" and tracking.RETRIES_ENV not in os.environ
+    monkeypatch.setenv(tracking.RETRIES_ENV, "5")
+    assert tracking.patiently(lambda: os.environ.get(tracking.RETRIES_ENV)) == "5"
+    assert os.environ[tracking.RETRIES_ENV] == "5"
