@@ -123,6 +123,42 @@ def test_engine_coarse_in_actors_matches_reference(ray_local, model, n, driver_s
                        Resources(cpus_per_subnet=0.5, coarse_in_actors=True))
 
 
+def test_fine_actors_started_first_become_the_engines_and_a_failed_engine_stops_them(ray_local):
+    """Actors started before the network exists (as the training loop starts them, beside its data loading) are
+    the ones the engine computes with, and they stop with it; an engine that cannot be built stops them too, and
+    leaves no placement group behind."""
+    import ray
+    from ray.util import placement_group_table
+
+    from raypar.engine.driver import FineActors
+
+    def live_groups():
+        return {k for k, v in placement_group_table().items() if v["state"] != "REMOVED"}
+    before = live_groups()
+    resources = Resources(cpus_per_subnet=0.5)
+    standby = FineActors(2, resources)
+    standby.ready()
+    pids = ray.get([a.pid.remote() for a in standby.actors])
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.125), 2, balance="flops")
+    ref = copy.deepcopy(net).train()
+    engine = PararealEngine(net, OPT, resources, actors=standby)
+    try:
+        assert engine.actor_pids() == pids
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        loss, _, _ = engine.train_step(x, y)
+        assert loss == pytest.approx(F.cross_entropy(ref(x), y).item(), rel=1e-5)
+    finally:
+        engine.shutdown()
+    assert live_groups() == before
+    standby = FineActors(2, Resources(cpus_per_subnet=0.5, coarse_in_actors=True))
+    standby.ready()
+    with pytest.raises(UserError, match="--coarse-in-actors needs --iterations 1"):
+        PararealEngine(PararealNet(build("vgg11", width_mult=0.125), 2, iterations=2, balance="flops"), OPT,
+                       Resources(cpus_per_subnet=0.5, coarse_in_actors=True), actors=standby)
+    assert live_groups() == before and standby.actors == []
+
+
 def test_transport_choice_on_cpu(ray_local, monkeypatch):
     """On CPUs "auto" takes p2p (gloo), told the bytes a step ships at the run's batch; CUDA IPC is refused at once,
     with nothing left running."""

@@ -9,6 +9,7 @@ cross processes.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -43,16 +44,26 @@ def gpu_peak_mb(device: torch.device) -> float | None:
 class FineWorker:
     """The segment's state and its four operations; :data:`FineActor` is this class as a Ray actor."""
 
-    def __init__(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
-                 channels_last: bool = False, amp: str = "off", head: nn.ModuleDict | None = None,
-                 defer_weights: bool = False, iterations: int = 1):
-        """``iterations``: the network's K; only this segment's last forward of a step (iteration min(j, K) for
+    def __init__(self, index: int | None = None, module: nn.Module | None = None, optim: OptimConfig | None = None,
+                 seed: int = 0, use_gpu: bool = False, channels_last: bool = False, amp: str = "off",
+                 head: nn.ModuleDict | None = None, defer_weights: bool = False, iterations: int = 1):
+        """A worker for segment ``index``, ``module``; with no arguments an idle one that :meth:`configure` gives its
+        segment later (an actor started before the split is known: its process is up when the network is)."""
+        keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
+        if module is not None:
+            self.configure(index, module, optim, seed, use_gpu, channels_last, amp, head, defer_weights, iterations)
+
+    def configure(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,
+                  channels_last: bool = False, amp: str = "off", head: nn.ModuleDict | None = None,
+                  defer_weights: bool = False, iterations: int = 1) -> int:
+        """Take segment ``index``, ``module``, and its optimizer; returns this process's pid.
+
+        ``iterations``: the network's K; only this segment's last forward of a step (iteration min(j, K) for
         interval j) moves its BatchNorm statistics (:func:`raypar.network.parareal.running_stats_frozen`). ``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
         which :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns
         their weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before
         the weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
         (:mod:`raypar.network.split_backward`)."""
-        keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
         self.index = index
         self.iterations = iterations
         self.amp = amp
@@ -77,6 +88,7 @@ class FineWorker:
         self.saved_buffers: dict | None = None           # keep_buffers: the buffers before this step's forward
         self.saved_step = None
         self.end = ActorEnd(self.device, channels_last)  # how tensors arrive and leave (join_transport)
+        return os.getpid()
 
     def _run(self, u: torch.Tensor) -> torch.Tensor:
         with precision.autocast(self.device.type, self.amp):
@@ -279,7 +291,6 @@ class FineWorker:
         torch.set_rng_state(state["rng"])
 
     def pid(self) -> int:
-        import os
         return os.getpid()
 
     def gpu_peak_mb(self) -> float | None:

@@ -32,7 +32,7 @@ from ..network.parareal import parareal
 from .step import StepStats, TrainingStep
 from .transport import EVAL_U, check_name, connect
 
-__all__ = ["TURN_CPUS", "OptimConfig", "PararealEngine", "Replica", "Resources", "StepStats"]
+__all__ = ["TURN_CPUS", "FineActors", "OptimConfig", "PararealEngine", "Replica", "Resources", "StepStats"]
 
 
 # the Ray CPUs a fine actor reserves where several engines are up at once but compute one at a time, taking turns
@@ -74,6 +74,90 @@ class Resources:
         return torch.device("cuda" if self.gpus_per_subnet > 0 and torch.cuda.is_available() else "cpu")
 
 
+def _placement_group(bundles: list[dict], resources: Resources, first_try_s: float = 15.0):
+    """The fine actors' placement group, ready, or None after ``resources.timeout_s``. ``PACK``: all on this
+    driver's node if they fit there, else all on one other node (``STRICT_PACK`` aimed at this node), else packed
+    as tightly as the cluster allows (``PACK``); ``SPREAD``: across nodes."""
+    import ray
+    from ray.util.placement_group import get_placement_group, placement_group
+    if resources.group_name:
+        try:
+            ray.util.remove_placement_group(get_placement_group(resources.group_name))
+        except ValueError:                                 # none left behind
+            pass
+    tries = [(resources.placement, None, resources.timeout_s)]
+    if resources.placement == "PACK":
+        here = ray.get_runtime_context().get_node_id()
+        tries.insert(0, ("STRICT_PACK", here, min(first_try_s, resources.timeout_s)))
+    for strategy, target, wait_s in tries:
+        pg = placement_group(bundles, strategy=strategy, name=resources.group_name,
+                             _soft_target_node_id=target)
+        ready, _ = ray.wait([pg.ready()], timeout=wait_s)
+        if ready:
+            return pg
+        ray.util.remove_placement_group(pg)
+    return None
+
+
+class FineActors:
+    """One replica's fine actors, started before the network is known: their processes come up (Python, torch)
+    while the driver loads the data and profiles the split; :class:`PararealEngine` then gives each its segment
+    (``FineWorker.configure``) and owns them.
+
+    Args:
+        count: how many (the network's segments that do not run in the driver).
+        resources: the run's resources (placement, CPUs and GPUs per actor, transport, the placement group's name).
+    Raises:
+        UserError: an unknown transport or precision, ``cuda-ipc`` without a GPU, or no room for the actors within
+            ``resources.timeout_s``.
+    """
+
+    def __init__(self, count: int, resources: Resources):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        self.check(resources)
+        use_gpu = resources.gpus_per_subnet > 0
+        bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}
+        self.actors: list = []
+        self.pg = _placement_group([dict(bundle) for _ in range(max(1, count))], resources)
+        if self.pg is None:
+            raise UserError(f"could not get {count} x {bundle} for the fine sub-networks within "
+                            f"{resources.timeout_s:.0f} s; the cluster has {ray.cluster_resources()} in total and "
+                            f"{ray.available_resources()} free")
+        # Ray Direct Transport (cuda-ipc) must be switched on when the actor class is made
+        ipc = resources.transport in ("cuda-ipc", "auto") and resources.device.type == "cuda"
+        actor_cls = ray.remote(enable_tensor_transport=True)(FineWorker) if ipc else ray.remote(FineWorker)
+        self.actors = [actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
+                                         scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote()
+                       for i in range(count)]
+
+    @staticmethod
+    def check(resources: Resources) -> None:
+        """The settings an actor needs, checked before any starts (raises UserError)."""
+        check_name(resources.transport)
+        precision.check_name(resources.amp)
+        if resources.transport == "cuda-ipc" and resources.device.type != "cuda":
+            raise UserError("--transport cuda-ipc needs GPUs (--gpus-per-subnet > 0 on a machine with CUDA)")
+
+    def ready(self) -> None:
+        """Wait until every actor's process is up (an actor that failed to start raises here)."""
+        import ray
+        ray.get([a.pid.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        """Stop the actors and free their placement group (what an engine that took them over does too; a second
+        call does nothing)."""
+        import ray
+        actors, pg, self.actors, self.pg = self.actors, self.pg, [], None
+        for a in actors:
+            ray.kill(a)
+        if pg is not None:
+            try:
+                ray.util.remove_placement_group(pg)
+            except Exception:  # noqa: BLE001 - removed already (by the engine that owned it)
+                pass
+
+
 @dataclass
 class Replica:
     """This engine's place among R data-parallel replicas (see :mod:`raypar.engine.hybrid`)."""
@@ -85,8 +169,12 @@ class PararealEngine(TrainingStep):
     """Train and evaluate a :class:`PararealNet` with its fine segments in Ray actors."""
 
     def __init__(self, net: PararealNet, optim: OptimConfig, resources: Resources = Resources(), seed: int = 0,
-                 skip_nonfinite: bool = False, replica: Replica = Replica()):
-        """``skip_nonfinite``: a batch whose loss is NaN/inf changes nothing (no backward, no optimizer step, the
+                 skip_nonfinite: bool = False, replica: Replica = Replica(), actors: FineActors | None = None):
+        """``actors``: the fine actors, started before the network was built (:class:`FineActors`, as many as the
+        network has remote segments, with the same ``resources``); the engine owns them from here on (its
+        :meth:`shutdown` stops them, and so does a failure here). None: the engine starts its own.
+
+        ``skip_nonfinite``: a batch whose loss is NaN/inf changes nothing (no backward, no optimizer step, the
         BatchNorm statistics of its forward undone, in the driver and in every actor) and the step reports
         ``skipped = 1``; otherwise its loss is returned like any other (the caller stops).
 
@@ -94,8 +182,16 @@ class PararealEngine(TrainingStep):
         up): its fine actors join one process group per segment with their peers, and every part's gradients are
         averaged over the replicas before each step. Its actors are placed on the driver's node where they fit
         (``PACK``), or spread across nodes (``SPREAD``)."""
+        try:
+            self._setup(net, optim, resources, seed, skip_nonfinite, replica, actors)
+        except BaseException:
+            if actors is not None:
+                actors.shutdown()
+            raise
+
+    def _setup(self, net: PararealNet, optim: OptimConfig, resources: Resources, seed: int, skip_nonfinite: bool,
+               replica: Replica, actors: FineActors | None) -> None:
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
         self.n, self.k = net.num_subnets, net.iterations
@@ -128,34 +224,22 @@ class PararealEngine(TrainingStep):
         remote = list(net.segments)[self.offset:]
         self.optim = optim
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
-        check_name(resources.transport)                      # before any actor starts
-        precision.check_name(resources.amp)
+        FineActors.check(resources)                           # before any actor starts
         self.amp = resources.amp
         self.scaler = precision.LossScaler() if self.amp == "fp16" else None
-        if resources.transport == "cuda-ipc" and self.device.type != "cuda":
-            raise UserError("--transport cuda-ipc needs GPUs (--gpus-per-subnet > 0 on a machine with CUDA)")
-        bundle = {"CPU": resources.cpus_per_subnet, **({"GPU": resources.gpus_per_subnet} if use_gpu else {})}
-        self.pg = self._placement_group([dict(bundle) for _ in range(max(1, len(remote)))], resources)
-        if self.pg is None:
-            raise UserError(f"could not get {len(remote)} x {bundle} for the fine sub-networks within "
-                            f"{resources.timeout_s:.0f} s; the cluster has {ray.cluster_resources()} in total and "
-                            f"{ray.available_resources()} free")
-        # Ray Direct Transport (cuda-ipc) must be switched on when the actor class is made
-        ipc = resources.transport in ("cuda-ipc", "auto") and self.device.type == "cuda"
-        actor_cls = ray.remote(enable_tensor_transport=True)(FineWorker) if ipc else ray.remote(FineWorker)
-        self.actors, self.tx = [], None
+        self.actors, self.tx, self.pg = [], None, None
         self.defer = resources.defer_weights
         self.stepping: list = []              # defer_weights: the actors' optimizer steps still running
         self.late: list[float] = []           # and their compute seconds, once known, for the next step's stats
         try:                                                   # a failure from here on leaves nothing running
+            standby = actors if actors is not None else FineActors(len(remote), resources)
+            if len(standby.actors) != len(remote):
+                raise ValueError(f"{len(standby.actors)} fine actors were started for {len(remote)} segments")
+            self.actors, self.pg = standby.actors, standby.pg
             seeds = [seed * 1000 + i + self.offset + 1 + 100_000 * replica.rank for i in range(len(remote))]
-            self.actors = [
-                actor_cls.options(num_cpus=resources.cpus_per_subnet, num_gpus=resources.gpus_per_subnet,
-                                  scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                         .remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp, heads[i],
-                                 resources.defer_weights, net.iterations)
-                for i, seg in enumerate(remote)]
-            ray.get([a.pid.remote() for a in self.actors])     # started and ready: startup is not step time
+            ray.get([a.configure.remote(i + self.offset, seg, optim, seeds[i], use_gpu, self.cl, self.amp, heads[i],
+                                        resources.defer_weights, net.iterations)
+                     for i, (a, seg) in enumerate(zip(self.actors, remote))])     # ready: startup is not step time
             # (at most: under --amp an interface tensor may be 16-bit or, after a normalization, float32)
             first = next(net.parameters(), None)
             element = first.element_size() if first is not None else 4
@@ -180,31 +264,6 @@ class PararealEngine(TrainingStep):
         except BaseException:
             self.shutdown()
             raise
-
-    @staticmethod
-    def _placement_group(bundles: list[dict], resources: Resources, first_try_s: float = 15.0):
-        """The fine actors' placement group, ready, or None after ``resources.timeout_s``. ``PACK``: all on this
-        driver's node if they fit there, else all on one other node (``STRICT_PACK`` aimed at this node), else packed
-        as tightly as the cluster allows (``PACK``); ``SPREAD``: across nodes."""
-        import ray
-        from ray.util.placement_group import get_placement_group, placement_group
-        if resources.group_name:
-            try:
-                ray.util.remove_placement_group(get_placement_group(resources.group_name))
-            except ValueError:                                 # none left behind
-                pass
-        tries = [(resources.placement, None, resources.timeout_s)]
-        if resources.placement == "PACK":
-            here = ray.get_runtime_context().get_node_id()
-            tries.insert(0, ("STRICT_PACK", here, min(first_try_s, resources.timeout_s)))
-        for strategy, target, wait_s in tries:
-            pg = placement_group(bundles, strategy=strategy, name=resources.group_name,
-                                 _soft_target_node_id=target)
-            ready, _ = ray.wait([pg.ready()], timeout=wait_s)
-            if ready:
-                return pg
-            ray.util.remove_placement_group(pg)
-        return None
 
     # ------------------------------------------------------------------------------------------- training
     def _computed(self, local: list) -> None:
@@ -350,5 +409,6 @@ class PararealEngine(TrainingStep):
             self.tx.close()
         for a in self.actors:
             ray.kill(a)
-        ray.util.remove_placement_group(self.pg)
+        if self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
 

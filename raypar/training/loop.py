@@ -6,6 +6,7 @@ with ``ray.train.get_checkpoint()`` and continues at the next epoch with every p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from ..network.balance import TUNE
 from .config import TrainConfig
 from ..errors import UserError
 from ..engine import hybrid
-from ..engine.driver import PararealEngine, Replica, Resources, StepStats
+from ..engine.driver import FineActors, PararealEngine, Replica, Resources, StepStats
 from ..network.models import build
 from ..network.reference import PararealNet
 from .preflight import check_shared_storage, gpus_per_subnet, wait_for_resources
@@ -84,6 +85,55 @@ def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[S
     return totals, loss_sum, correct, seen
 
 
+def _starting_actors(cfg: TrainConfig, events) -> None:
+    actors = cfg.model.subnets - int(cfg.engine.driver_segment)
+    if actors:
+        _emit(events, kind="phase", text=f"starting {actors} fine actor{'s' if actors != 1 else ''}")
+
+
+def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica, balance, state, standby, events,
+                  run_id: str) -> tuple[PararealEngine, PararealNet]:
+    """The run's network (split by ``balance``: a measured profile, a tuned split or the split a resumed run kept)
+    and its engine on the ``standby`` fine actors (None: after tuning, the engine starts its own), with ``state``
+    (a checkpoint's) restored. Rank 0 says the predicted speedup and records it."""
+    rank0 = replica.rank == 0
+
+    def staged():
+        torch.manual_seed(cfg.optim.seed)                  # the same initial weights on every replica
+        return build(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                     width_mult=cfg.model.width_mult, image_size=spec.image_size, norm=cfg.model.norm)
+
+    def network(balance) -> PararealNet:
+        # a time balance times the blocks at the run's batch, as the run computes them
+        return PararealNet(staged(), cfg.model.subnets, cfg.model.iterations, cfg.model.coarse, balance,
+                           profile_batch=cfg.optim.batch_size, driver_segment=cfg.engine.driver_segment,
+                           defer_weights=cfg.engine.defer_weights, profile_device=resources.device,
+                           channels_last=cfg.engine.channels_last)
+    if standby is not None and balance == "time":
+        standby.ready()                        # the actors' start-up done: a time profile measures a quiet machine
+    _emit(events, kind="phase", text=("measuring candidate splits" if balance == TUNE else
+                                      "profiling the split" if isinstance(balance, str) else "building the network"))
+    if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split
+        balance = _tuned_split(cfg, spec, staged, resources, events, run_id) if rank0 else "flops"
+    net = network(balance)
+    split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
+    if split != net.split:
+        net = network(split)
+    if rank0 and net.num_subnets > 1:      # honest about N: the speedup this split predicts, from net's own profile
+        from ..engine.auto import run_prediction
+        predicted, lines = run_prediction(net, cfg.engine.driver_segment, resources.gpus_per_subnet)
+        for line in lines:                                    # (a start-up line, with the others)
+            _emit(events, kind="phase", text=line)
+        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.predicted_speedup", f"{predicted:.3f}")
+    if standby is None:
+        _starting_actors(cfg, events)
+    engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed,
+                            skip_nonfinite=cfg.optim.on_nonfinite == "skip", replica=replica, actors=standby)
+    if state is not None:
+        engine.set_state(state)
+    return engine, net
+
+
 STOPPED_TAG = "raypar.stopped"     # why train_loop ended a run for good (a non-finite loss); "" while it runs
 
 
@@ -107,63 +157,41 @@ def train_loop(config: dict) -> None:
         hybrid.init_group(addr, port, replica.world, replica.rank, torch.device("cpu"), listener=listener)
     events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
-    spec = data.load_for(cfg)
-    batch = data.fitted_batch(spec, cfg.optim.batch_size, replica.world)
-    if batch != cfg.optim.batch_size:
-        cfg = cfg.replace(batch_size=batch)
-
     meta, state = checkpoints.load_latest(cfg)
-
-    def staged():
-        torch.manual_seed(cfg.optim.seed)                  # the same initial weights on every replica
-        return build(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                     width_mult=cfg.model.width_mult, image_size=spec.image_size, norm=cfg.model.norm)
-
+    # a resumed run keeps the split it started with (a measured balance could choose another one)
+    balance = meta["split"] if meta else cfg.model.balance
     gpus = gpus_per_subnet(cfg)
     resources = Resources(gpus, cfg.engine.cpus_per_subnet, cfg.engine.placement, driver_segment=cfg.engine.driver_segment,
                           transport=cfg.engine.transport, channels_last=cfg.engine.channels_last, amp=cfg.engine.amp,
                           coarse_in_actors=cfg.engine.coarse_in_actors, defer_weights=cfg.engine.defer_weights,
                           batch=cfg.optim.batch_size, group_name=f"raypar-{cfg.run.name}-r{replica.rank}")
-
-    def network(balance) -> PararealNet:
-        # a time balance times the blocks at the run's batch, as the run computes them
-        return PararealNet(staged(), cfg.model.subnets, cfg.model.iterations, cfg.model.coarse, balance, profile_batch=cfg.optim.batch_size,
-                           driver_segment=cfg.engine.driver_segment, defer_weights=cfg.engine.defer_weights,
-                           profile_device=resources.device, channels_last=cfg.engine.channels_last)
-    # a resumed run keeps the split it started with (a measured balance could choose another one)
-    balance = meta["split"] if meta else cfg.model.balance
-    _emit(events, kind="phase", text=("measuring candidate splits" if balance == TUNE else
-                                      "profiling the split" if isinstance(balance, str) else "building the network"))
-    if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split
-        balance = _tuned_split(cfg, spec, staged, resources, events, run_id) if rank0 else "flops"
-    net = network(balance)
-    split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
-    if split != net.split:
-        net = network(split)
-    if rank0 and net.num_subnets > 1:      # honest about N: the speedup this split predicts, from net's own profile
-        from ..engine.auto import run_prediction
-        predicted, lines = run_prediction(net, cfg.engine.driver_segment, gpus)
-        for line in lines:                                    # (a start-up line, with the others)
-            _emit(events, kind="phase", text=line)
-        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.predicted_speedup", f"{predicted:.3f}")
-    if rank0 and cfg.extra.get("subnets_auto"):                  # what --subnets auto predicted for each N
-        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.subnets_auto", cfg.extra["subnets_auto"])
-    actors = len(net.split) - int(cfg.engine.driver_segment)
-    _emit(events, kind="phase", text=f"starting {actors} fine actor{'s' if actors != 1 else ''} "
-                                     f"(split {','.join(map(str, net.split))})")
-    engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed, skip_nonfinite=cfg.optim.on_nonfinite == "skip",
-                            replica=replica)
-    start = 0
-    if state is not None:
-        engine.set_state(state)
-        start = meta["epoch"]
+    # the fine actors' processes start now, beside the data loading and the MLflow bookkeeping below (a tuned split
+    # starts them after its trials, which need the room)
+    standby = None
+    if balance != TUNE:
+        _starting_actors(cfg, events)
+        standby = FineActors(cfg.model.subnets - int(cfg.engine.driver_segment), resources)
+    try:
+        restarts = 0
+        if rank0:
+            tracking.set_tag(cfg.run.tracking_uri, run_id, STOPPED_TAG, "")     # this attempt has not stopped (yet)
+            if meta:
+                tracking.log_metrics(cfg.run.tracking_uri, run_id, meta["metrics"], step=meta["epoch"])  # if never logged
+            restarts = tracking.count_start(cfg.run.tracking_uri, run_id)
+            if cfg.extra.get("subnets_auto"):                    # what --subnets auto predicted for each N
+                tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.subnets_auto", cfg.extra["subnets_auto"])
+        spec = data.load_for(cfg)
+        batch = data.fitted_batch(spec, cfg.optim.batch_size, replica.world)
+        if batch != cfg.optim.batch_size:
+            cfg = cfg.replace(batch_size=batch)
+            resources = dataclasses.replace(resources, batch=batch)
+        engine, net = _build_engine(cfg, spec, resources, replica, balance, state, standby, events, run_id)
+    except BaseException:
+        if standby is not None:
+            standby.shutdown()
+        raise
+    start = meta["epoch"] if meta else 0
     del state
-    restarts = 0
-    if rank0:
-        tracking.set_tag(cfg.run.tracking_uri, run_id, STOPPED_TAG, "")     # this attempt has not stopped (yet)
-        if meta:
-            tracking.log_metrics(cfg.run.tracking_uri, run_id, meta["metrics"], step=start)   # if never logged
-        restarts = tracking.count_start(cfg.run.tracking_uri, run_id)
     _emit(events, kind="start", epoch=start, restarts=restarts, driver_pid=os.getpid(),
           actor_pids=engine.actor_pids(), split=net.split, metrics=meta["metrics"] if meta else None)
     where = engine.placement()
