@@ -141,6 +141,18 @@ def _checkpoint(storage, name, epoch, epochs, run_id):
                                       "config": config, "state_sha256": digest})
 
 
+@pytest.mark.unit
+def test_an_explicit_split_is_the_parareal_runs_and_the_original_is_one_segment():
+    from raypar.tools.study import plan
+    from raypar.training.config import TrainConfig
+    base = TrainConfig.from_flat(model="vgg11", balance=[2, 5], folds=5)
+    runs = plan(base, [1, 2], [1, 2], [0, 1], "cut")
+    assert {(r.model.subnets, r.model.iterations) for r in runs} == {(1, 1), (2, 1), (2, 2)}
+    assert len(runs) == 3 * 2 * 5
+    for r in runs:
+        assert r.model.balance == ([7] if r.model.subnets == 1 else [2, 5])
+
+
 def test_a_resumed_study_reuses_finished_runs_and_refuses_other_epochs(tmp_path):
     from raypar.errors import UserError
     from raypar.tools.study import finished_run_id

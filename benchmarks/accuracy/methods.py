@@ -40,7 +40,8 @@ from raypar.training import data
 # sequential_last / sequential_first (train the original network in the last / first epochs, the parareal one
 # otherwise; distill: meanwhile each C_j is trained toward F_j's output with this weight); coarse_ce / fine_ce (the
 # loss adds this weight x the cross-entropy of the coarse sweep's z_N / of F_N(z_{N-1}) alone, through the head);
-# split (block counts instead of the flops balance); smoothing (label smoothing); width (the coarse networks' hidden channels, with depth 2)
+# split (block counts instead of the flops balance); smoothing (label smoothing); width (the coarse networks' hidden channels, with depth 2);
+# warmup (epochs of linear LR warm-up, per step); norm (the coarse networks' normalisation)
 METHODS = {
     "original": dict(n=1),
     "pool": dict(n=2, downsample="pool"),
@@ -90,7 +91,19 @@ METHODS = {
     "original-smoothing0.1": dict(n=1, smoothing=0.1),
     "patch-smoothing0.1": dict(n=2, downsample="patch", smoothing=0.1),
     "patch-width2-depth2": dict(n=2, downsample="patch", depth=2, width=2.0),
+    "original-warmup1": dict(n=1, warmup=1),
 }
+# N = 4 at the best splits tried (VGG-11: 1, 2, 2, 2; VGG-16: 1, 2, 2, 7), with one change each: a linear LR warm-up
+# over the first epoch, the coarse networks' LR x0.3, BatchNorm in the coarse networks, 12 epochs
+for _split in ([1, 2, 2, 2], [1, 2, 2, 7]):
+    _name = "patch-n4-split-" + "-".join(map(str, _split))
+    METHODS[f"{_name}-warmup1"] = dict(n=4, downsample="patch", split=_split, warmup=1)
+    METHODS[f"{_name}-coarse-lr0.3"] = dict(n=4, downsample="patch", split=_split, coarse_lr=0.3)
+    METHODS[f"{_name}-batchnorm"] = dict(n=4, downsample="patch", split=_split, norm="batch")
+    METHODS[f"{_name}-12epochs"] = dict(n=4, downsample="patch", split=_split, epochs=12)
+# the recipe's epochs doubled, for every network of the where-to-cut table
+for _name in ("patch", "patch-n4", "patch-split-2-5"):
+    METHODS[f"{_name}-12epochs"] = dict(METHODS[_name], epochs=12)
 
 
 def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float):
@@ -127,13 +140,15 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
     torch.manual_seed(seed)
     staged = build(model, num_classes=10, in_channels=1, width_mult=width, image_size=32)
     coarse = CoarseSpec(depth=m.get("depth", 1), kernel=m.get("kernel", 3), downsample=m.get("downsample", "patch"),
-                        width=m.get("width", 1.0))
+                        width=m.get("width", 1.0), norm=m.get("norm", "group"))
     net = PararealNet(staged, n, k, coarse, m.get("split", "flops"), input_shape=(1, 32, 32), profile_batch=64)
     opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0))
     weight = m.get("consistency", 0.0)
+    warm_steps, step = m.get("warmup", 0) * -(-len(spec.train) // 64), 0
     for epoch in range(1, epochs + 1):
         net.train()
         for x, y in data.loader(spec.train, 64, True, seed, epoch):
+            step += 1
             extra = 0.0
             if n == 1 or epoch > epochs - m.get("sequential_last", 0) or epoch <= m.get("sequential_first", 0):
                 h = net.pre(x)
@@ -157,7 +172,13 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
             loss = F.cross_entropy(out, y, label_smoothing=m.get("smoothing", 0.0)) + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            factor = min(1.0, step / warm_steps) if warm_steps else 1.0      # linear warm-up, per step
+            lrs = [g["lr"] for g in opt.param_groups]
+            for g in opt.param_groups:
+                g["lr"] *= factor
             opt.step()
+            for g, lr_ in zip(opt.param_groups, lrs):
+                g["lr"] = lr_
         sched.step()
     net.eval()
     right = seen = 0

@@ -31,7 +31,8 @@ def run_name(study: str, n: int, k: int, seed: int, folds: int = 0, fold: int = 
 def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int], name: str,
          parent_run_id: str = "") -> list[TrainConfig]:
     """The study's runs: every N with every K <= N (N = 1 once, with K = 1), for every seed and, with
-    ``base.data.folds`` F >= 2, every fold 0..F-1 (else one run per seed, on the data set's own split).
+    ``base.data.folds`` F >= 2, every fold 0..F-1 (else one run per seed, on the data set's own split). An explicit
+    split (``balance`` a list of block counts) is the parareal runs'; N = 1 takes every block in one segment.
 
     Returns:
         The runs' configurations, by (N, K), then seed, then fold; each named by :func:`run_name` and nested under
@@ -40,12 +41,16 @@ def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: li
         UserError: a run's settings are invalid.
     """
     layouts = sorted({(n, k if n > 1 else 1) for n in subnets for k in iterations if k <= n or n == 1})
+
+    def balance(n: int):              # an explicit split is the parareal runs'; the original is one segment
+        b = base.model.balance
+        return [sum(b)] if n == 1 and isinstance(b, list) else b
     folds = base.data.folds
     runs = []
     for n, k in layouts:
         for seed in seeds:
             for fold in range(folds) if folds else [0]:
-                runs.append(base.replace(subnets=n, iterations=k, seed=seed, fold=fold,
+                runs.append(base.replace(subnets=n, iterations=k, seed=seed, fold=fold, balance=balance(n),
                                          name=run_name(name, n, k, seed, folds, fold),
                                          driver_segment=True if n == 1 else base.engine.driver_segment,
                                          extra=dict(base.extra, parent_run_id=parent_run_id)))
