@@ -142,8 +142,8 @@ def _checkpoint(storage, name, epoch, epochs, run_id):
 
 
 @pytest.mark.unit
-def test_an_explicit_split_is_the_parareal_runs_and_the_original_is_one_segment():
-    from raypar.tools.study import plan
+def test_an_explicit_split_is_the_parareal_runs_the_original_one_segment_and_the_report_says_it():
+    from raypar.tools.study import plan, report
     from raypar.training.config import TrainConfig
     base = TrainConfig.from_flat(model="vgg11", balance=[2, 5], folds=5)
     runs = plan(base, [1, 2], [1, 2], [0, 1], "cut")
@@ -151,6 +151,18 @@ def test_an_explicit_split_is_the_parareal_runs_and_the_original_is_one_segment(
     assert len(runs) == 3 * 2 * 5
     for r in runs:
         assert r.model.balance == ([7] if r.model.subnets == 1 else [2, 5])
+    assert "; split 2+5; " in report([], base, "cut", "id", [0, 1])          # the report says which split
+
+
+@pytest.mark.unit
+def test_a_study_with_a_split_for_other_n_stops_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "--recipe", "digits-cpu", "--model", "vgg16", "--subnets", "1,2", "--balance", "1,2,2,7",
+                 "--folds", "5", "--name", "s"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["raypar: error: --balance 1,2,2,7 splits the network into 4 sub-networks; --subnets 1,2 asks "
+                   "for others (an explicit split needs --subnets 1,4 or 4)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_resumed_study_reuses_finished_runs_and_refuses_other_epochs(tmp_path):

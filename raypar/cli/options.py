@@ -120,6 +120,8 @@ def config_from_args(args, skip: tuple = ()) -> TrainConfig:
     if "balance" in given:
         given["balance"] = parse_balance(given["balance"], tune=True)
     values.update(given)
+    if "subnets" in skip and isinstance(values.get("balance"), list):
+        values["subnets"] = len(values["balance"])       # a study's base: the split's N (its runs set their own)
     if "tracking_uri" not in values:
         values["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     return TrainConfig.from_flat(**values)

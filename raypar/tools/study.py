@@ -67,6 +67,11 @@ def check(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: l
         raise UserError(f"no (N, K) pair with K <= N in --subnets {subnets} and --iterations {iterations}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds lists a seed twice: {seeds}")
+    split = base.model.balance
+    if isinstance(split, list) and any(n > 1 and n != len(split) for n in subnets):
+        raise UserError(f"--balance {','.join(map(str, split))} splits the network into {len(split)} sub-networks; "
+                        f"--subnets {','.join(map(str, subnets))} asks for others (an explicit split needs "
+                        f"--subnets 1,{len(split)} or {len(split)})")
     # a missing data set, or more folds than samples, fails here
     data.load(base.data.dataset, base.data.data_dir, base.data.download, base.data.folds, 0, seeds[0])
     blocks = num_blocks(base.model.name)                                 # counted from the name: nothing is built
@@ -195,7 +200,8 @@ def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id
              f"{base.optim.epochs} epochs, batch {base.optim.batch_size}, SGD lr {base.optim.lr} ({base.optim.lr_schedule}), weight decay "
              f"{base.optim.weight_decay}, coarse depth {base.model.coarse_depth} width {base.model.coarse_width} kernel "
              f"{base.model.coarse_kernel} norm "
-             f"{base.model.coarse_norm} downsample {base.model.coarse_downsample}; seeds "
+             f"{base.model.coarse_norm} downsample {base.model.coarse_downsample}; split "
+             f"{'+'.join(map(str, b)) if isinstance(b := base.model.balance, list) else f'by {b}'}; seeds "
              f"{', '.join(map(str, seeds))}" + (f"; {folds} folds" if folds else "") +
              f". MLflow parent run `{parent_run_id}` (experiment `{base.run.experiment}`).", "",
              evaluation_note(base), "",
