@@ -224,7 +224,6 @@ class PararealEngine(TrainingStep):
         remote = list(net.segments)[self.offset:]
         self.optim = optim
         self.opt, self.sched = make_optimizer(self.driver.parameters(), optim)
-        FineActors.check(resources)                           # before any actor starts
         self.amp = resources.amp
         self.scaler = precision.LossScaler() if self.amp == "fp16" else None
         self.actors, self.tx, self.pg = [], None, None

@@ -85,10 +85,12 @@ def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[S
     return totals, loss_sum, correct, seen
 
 
-def _starting_actors(cfg: TrainConfig, events) -> None:
+def _starting_actors(cfg: TrainConfig, events) -> int:
+    """The number of fine actors the run starts, said as a start-up phase."""
     actors = cfg.model.subnets - int(cfg.engine.driver_segment)
     if actors:
         _emit(events, kind="phase", text=f"starting {actors} fine actor{'s' if actors != 1 else ''}")
+    return actors
 
 
 def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica, balance, state, standby, events,
@@ -169,8 +171,7 @@ def train_loop(config: dict) -> None:
     # starts them after its trials, which need the room)
     standby = None
     if balance != TUNE:
-        _starting_actors(cfg, events)
-        standby = FineActors(cfg.model.subnets - int(cfg.engine.driver_segment), resources)
+        standby = FineActors(_starting_actors(cfg, events), resources)
     try:
         restarts = 0
         if rank0:
