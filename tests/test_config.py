@@ -50,6 +50,28 @@ def test_every_recipe_is_valid_and_versioned():
                 "coarse_downsample"} <= set(r.values) and r.values["balance"] == "flops"
 
 
+def test_a_recipes_splits_pin_the_split_of_their_n_unless_balance_or_model_is_given(tmp_path):
+    r = recipes.get("digits-cpu")
+    assert r.splits == {2: [2, 5], 4: [1, 2, 2, 2]} and r.values["balance"] == "flops"
+    assert _cfg("--recipe", "digits-cpu").model.balance == [2, 5]                  # the recipe's N = 2
+    assert _cfg("--recipe", "digits-cpu", "-n", "4").model.balance == [1, 2, 2, 2]
+    assert _cfg("--recipe", "digits-cpu", "-n", "3").model.balance == "flops"       # no pinned split: the balance
+    assert _cfg("--recipe", "digits-cpu", "-n", "1").model.balance == "flops"
+    assert _cfg("--recipe", "digits-cpu", "--balance", "time").model.balance == "time"
+    assert _cfg("--recipe", "digits-cpu", "--balance", "5,2").model.balance == [5, 2]
+    assert _cfg("--recipe", "digits-cpu", "--model", "vgg16", "-n", "4").model.balance == "flops"   # other blocks
+    own = tmp_path / "own.toml"
+    own.write_text("[splits]\n2 = [5, 2]\n")
+    assert _cfg("--recipe", "digits-cpu", "--config", str(own)).model.balance == [5, 2]        # the file's table
+    assert _cfg("--recipe", "digits-cpu", "--config", str(own), "-n", "4").model.balance == "flops"
+    lr = tmp_path / "lr.toml"
+    lr.write_text("lr = 0.1\n")
+    assert _cfg("--recipe", "digits-cpu", "--config", str(lr)).model.balance == [2, 5]     # untouched by the file
+    balance = tmp_path / "balance.toml"
+    balance.write_text('balance = "params"\n')
+    assert _cfg("--recipe", "digits-cpu", "--config", str(balance)).model.balance == "params"
+
+
 @pytest.mark.parametrize("text, message", [
     ("epochs = [", "is not valid TOML"),
     ("epochz = 3", "unknown setting 'epochz'"),
@@ -58,6 +80,12 @@ def test_every_recipe_is_valid_and_versioned():
     ('lr_schedule = "linear"', "--lr-schedule must be one of cosine, step"),
     ("balance = [3, 3, 3]", "explicit split [3, 3, 3] must be 2 positive block counts summing to 7"),
     ("subnets = 20", "--subnets must be between 1 and vgg11's 7 blocks, got 20"),
+    ("splits = 3", "[splits] must be a table of N = [block counts]"),
+    ("[splits]\n1 = [7]", "[splits] 1 = [7]: expected N >= 2 = [block counts], like 2 = [5, 7]"),
+    ('[splits]\n2 = "2,5"', "[splits] 2 = '2,5': expected N >= 2 = [block counts]"),
+    ('model = "vgg11"\n[splits]\n2 = [3, 3]', "[splits] 2: explicit split [3, 3] must be 2 positive block counts "
+                                              "summing to 7"),
+    ("[splits]\n2 = [3, 3]", "[splits] 2: explicit split [3, 3] must be 2 positive block counts summing to 7"),
 ])
 def test_bad_config_file_exit_2_one_line_nothing_written(tmp_path, monkeypatch, capsys, text, message):
     from raypar.cli.main import main

@@ -154,6 +154,18 @@ def test_an_explicit_split_is_the_parareal_runs_the_original_one_segment_and_the
     assert "; split 2+5; " in report([], base, "cut", "id", [0, 1])          # the report says which split
 
 
+def test_a_recipes_splits_per_n_are_the_runs_of_that_n_and_the_report_names_them():
+    from raypar.cli.main import build_parser
+    from raypar.cli.options import config_and_splits
+    from raypar.tools.study import plan, report
+    args = build_parser().parse_args(["study", "--recipe", "digits-cpu", "--subnets", "1,2,3,4", "--folds", "5"])
+    base, splits = config_and_splits(args, skip=("subnets", "iterations", "seed", "name"))
+    assert splits == {2: [2, 5], 4: [1, 2, 2, 2]} and base.model.balance == "flops"
+    runs = plan(base, [1, 2, 3, 4], [1], [0], "cv", splits=splits)
+    assert {r.model.subnets: r.model.balance for r in runs} == {1: "flops", 2: [2, 5], 3: "flops", 4: [1, 2, 2, 2]}
+    assert "; split 2+5 for N = 2, 1+2+2+2 for N = 4, other N by flops; " in report([], base, "cv", "id", [0], splits)
+
+
 @pytest.mark.unit
 def test_a_study_with_a_split_for_other_n_stops_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -160,10 +160,10 @@ def cmd_study(args) -> int:
     from .train import fit_with_progress
     from ..training.loop import fit
     from ..training.session import connect
-    from .options import config_from_args
-    cfg = config_from_args(args, skip=("subnets", "iterations", "seed", "name"))
+    from .options import config_and_splits
+    cfg, splits = config_and_splits(args, skip=("subnets", "iterations", "seed", "name"))
     return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seed, name=args.name,
-                     out=args.out, init_ray=connect, fit=lambda c: fit_with_progress(c, fit, Console()))
+                     out=args.out, init_ray=connect, fit=lambda c: fit_with_progress(c, fit, Console()), splits=splits)
 
 
 def cmd_compare(args) -> int:
@@ -185,7 +185,8 @@ def cmd_recipes(args) -> int:
     for r in recipes.available():
         v = r.values
         print(f"{r.tag:24s} {v['model']} x{v.get('width_mult', 1.0)} on {v['dataset']}, {v['epochs']} epochs, "
-              f"N = {v.get('subnets', 2)}\n    {r.description}")
+              f"N = {v.get('subnets', 2)}" + (f" (split pinned for N = {', '.join(map(str, r.splits))})" if r.splits else "")
+              + f"\n    {r.description}")
     print("\nrun one with `raypar train --recipe NAME` (options given override it); `raypar recipes --show NAME` "
           "prints its TOML")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import typing
 
+from ..errors import UserError
 from ..training.config import GROUPS, TrainConfig, key_of
 
 
@@ -101,22 +102,39 @@ def given_settings(args: argparse.Namespace, skip: typing.Collection[str] = ()) 
 def config_from_args(args, skip: tuple = ()) -> TrainConfig:
     """The validated :class:`TrainConfig` of parsed ``train`` (or ``study``) arguments: the defaults, replaced by
     ``--recipe``, then by ``--config``, then by every option given on the command line (``skip``: options that are
-    not settings of one run here, like a study's lists of N and K)."""
+    not settings of one run here, like a study's lists of N and K). Where the recipe or file pins a split for the
+    run's N (see :func:`config_and_splits`), the run splits so."""
+    cfg, splits = config_and_splits(args, skip)
+    if cfg.model.subnets in splits:
+        cfg = cfg.replace(balance=splits[cfg.model.subnets])
+    return cfg
+
+
+def config_and_splits(args, skip: tuple = ()) -> tuple[TrainConfig, dict[int, list[int]]]:
+    """:func:`config_from_args`'s configuration before a pinned split is applied, and the pinned splits: the
+    ``[splits]`` table (N -> block counts) of the last of ``--recipe`` and ``--config`` that has one, unless a later
+    source sets ``balance`` or another ``model`` (the counts are that model's blocks)."""
     import os
 
     from ..network.balance import parse_balance
     from ..training import recipes
     from ..training.config import load_file
     values: dict = {}
+    splits: dict = {}
     if args.recipe:
         recipe = recipes.get(args.recipe)
         values.update(recipe.values, recipe=recipe.tag)
+        splits = dict(recipe.splits)
     if args.config:
         from_file, meta = load_file(args.config)
+        if "splits" in meta or "balance" in from_file or from_file.get("model", values.get("model")) != values.get("model"):
+            splits = meta.get("splits", {})
         values.update(from_file)
         if meta.get("name"):
             values["recipe"] = f"{meta['name']}@{meta.get('version', 0)}"
     given = given_settings(args, skip=(*skip, "recipe"))             # --recipe is a name, not the setting
+    if "balance" in given or given.get("model", values.get("model")) != values.get("model"):
+        splits = {}
     if "balance" in given:
         given["balance"] = parse_balance(given["balance"], tune=True)
     values.update(given)
@@ -124,4 +142,11 @@ def config_from_args(args, skip: tuple = ()) -> TrainConfig:
         values["subnets"] = len(values["balance"])       # a study's base: the split's N (its runs set their own)
     if "tracking_uri" not in values:
         values["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    return TrainConfig.from_flat(**values)
+    cfg = TrainConfig.from_flat(**values)
+    from ..network.balance import check_split
+    for n, counts in splits.items():
+        try:
+            check_split(cfg.model.name, n, counts)
+        except UserError as e:
+            raise UserError(f"[splits] {n}: {e}") from None
+    return cfg, splits

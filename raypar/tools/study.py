@@ -29,10 +29,11 @@ def run_name(study: str, n: int, k: int, seed: int, folds: int = 0, fold: int = 
 
 
 def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int], name: str,
-         parent_run_id: str = "") -> list[TrainConfig]:
+         parent_run_id: str = "", splits: dict[int, list[int]] | None = None) -> list[TrainConfig]:
     """The study's runs: every N with every K <= N (N = 1 once, with K = 1), for every seed and, with
     ``base.data.folds`` F >= 2, every fold 0..F-1 (else one run per seed, on the data set's own split). An explicit
     split (``balance`` a list of block counts) is the parareal runs'; N = 1 takes every block in one segment.
+    ``splits`` (N -> block counts, a recipe's pinned splits) gives the runs with that N their split.
 
     Returns:
         The runs' configurations, by (N, K), then seed, then fold; each named by :func:`run_name` and nested under
@@ -43,6 +44,8 @@ def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: li
     layouts = sorted({(n, k if n > 1 else 1) for n in subnets for k in iterations if k <= n or n == 1})
 
     def balance(n: int):              # an explicit split is the parareal runs'; the original is one segment
+        if n in (splits or {}):
+            return splits[n]
         b = base.model.balance
         return [sum(b)] if n == 1 and isinstance(b, list) else b
     folds = base.data.folds
@@ -190,7 +193,17 @@ def evaluation_note(base: TrainConfig) -> str:
             "machine); `--folds` cross-validates on all 1797 samples instead.")
 
 
-def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id: str, seeds: list[int]) -> str:
+def split_text(balance, splits: dict[int, list[int]] | None = None) -> str:
+    """How a study's runs split: ``2+5`` (block counts), ``by flops``; pinned splits per N first."""
+    own = "+".join(map(str, balance)) if isinstance(balance, list) else f"by {balance}"
+    if not splits:
+        return own
+    pinned = ", ".join(f"{'+'.join(map(str, c))} for N = {n}" for n, c in sorted(splits.items()))
+    return f"{pinned}, other N {own}"
+
+
+def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id: str, seeds: list[int],
+           splits: dict[int, list[int]] | None = None) -> str:
     """The study's Markdown report: the recipe, what the accuracies measure, the table of :mod:`compare`, the
     paired comparison against the original network, and the plots (PNG files beside it)."""
     folds = base.data.folds
@@ -201,7 +214,7 @@ def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id
              f"{base.optim.weight_decay}, coarse depth {base.model.coarse_depth} width {base.model.coarse_width} kernel "
              f"{base.model.coarse_kernel} norm "
              f"{base.model.coarse_norm} downsample {base.model.coarse_downsample}; split "
-             f"{'+'.join(map(str, b)) if isinstance(b := base.model.balance, list) else f'by {b}'}; seeds "
+             f"{split_text(base.model.balance, splits)}; seeds "
              f"{', '.join(map(str, seeds))}" + (f"; {folds} folds" if folds else "") +
              f". MLflow parent run `{parent_run_id}` (experiment `{base.run.experiment}`).", "",
              evaluation_note(base), "",
@@ -264,7 +277,8 @@ def finished_run_id(cfg: TrainConfig, client) -> str | None:
 
 
 def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int], name: str | None,
-              out: str | None, init_ray: Callable, fit: Callable | None = None) -> int:
+              out: str | None, init_ray: Callable, fit: Callable | None = None,
+              splits: dict[int, list[int]] | None = None) -> int:
     from mlflow.tracking import MlflowClient
     from rich.console import Console
 
@@ -272,14 +286,14 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
     base = base.resolved()
     name = name or f"{(base.run.recipe or base.model.name).split('@')[0]}-{base.data.dataset.split(':')[0]}"
     out = os.path.abspath(out or os.path.join("studies", name))
-    plan(base, subnets, iterations, seeds, name)                 # every run's settings are valid
+    plan(base, subnets, iterations, seeds, name, splits=splits)  # every run's settings are valid
     make_output_dir(out)
     tracking.check_reachable(base.run.tracking_uri)
     init_ray(base.replace(subnets=max(subnets)))
     if fit is None:
         from ..training.loop import fit
     parent = open_parent(base, name, subnets, iterations, seeds)
-    runs = plan(base, subnets, iterations, seeds, name, parent)
+    runs = plan(base, subnets, iterations, seeds, name, parent, splits)
     console = Console()
     console.print(f"study {name!r}: {len(runs)} runs (MLflow parent run {parent}, experiment {base.run.experiment!r})")
     width = max(28, *(len(cfg.run.name) for cfg in runs))
@@ -302,7 +316,7 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
         os.makedirs(out, exist_ok=True)
         plots(summaries, out, f"{name}: {base.model.name} x{base.model.width_mult} on {base.data.dataset}")
         with open(os.path.join(out, "report.md"), "w") as f:
-            f.write(report(table, base, name, parent, seeds))
+            f.write(report(table, base, name, parent, seeds, splits))
         with open(os.path.join(out, "results.json"), "w") as f:
             f.write(compare.render(table, "json"))
         tracking.log_artifacts(base.run.tracking_uri, parent, out)

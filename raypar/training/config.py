@@ -17,6 +17,9 @@ the field's name unless its metadata says otherwise (``ModelConfig.name`` is ``m
     [train]                       # settings by key (the keys may also stand at the top level)
     model = "vgg16"
     lr = 0.05
+
+    [splits]                      # optional: block counts per N, for this file's model; other N split by `balance`
+    2 = [5, 7]
 """
 from __future__ import annotations
 
@@ -337,14 +340,33 @@ def _accepts(tp, value) -> bool:
     return isinstance(value, typing.get_origin(tp) or tp)
 
 
+def _splits(table, source: str, model: str | None) -> dict[int, list[int]]:
+    """A ``[splits]`` table: N -> block counts, each checked against ``model`` (when the file names one)."""
+    if not isinstance(table, dict):
+        raise UserError(f"{source}: [splits] must be a table of N = [block counts]")
+    out = {}
+    for key, counts in table.items():
+        if not (str(key).isdigit() and int(key) >= 2 and isinstance(counts, list)
+                and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)):
+            raise UserError(f"{source}: [splits] {key} = {counts!r}: expected N >= 2 = [block counts], like 2 = [5, 7]")
+        if model is not None:
+            try:
+                check_split(model, int(key), counts)
+            except UserError as e:
+                raise UserError(f"{source}: [splits] {key}: {e}") from None
+        out[int(key)] = counts
+    return out
+
+
 def values_from_toml(doc: dict, source: str) -> tuple[dict, dict]:
     """``(settings by flat key, [recipe] table)`` of a parsed TOML document; unknown keys or wrong types raise a
-    :class:`UserError` naming ``source`` and the key."""
-    meta = doc.get("recipe", {})
+    :class:`UserError` naming ``source`` and the key. A ``[splits]`` table comes back as the [recipe] table's
+    ``splits``: ``{N: [block counts]}``, each checked against the file's model."""
+    meta = dict(doc.get("recipe", {})) if isinstance(doc.get("recipe", {}), dict) else None
     train = doc.get("train", {})
-    if not isinstance(meta, dict) or not isinstance(train, dict):
+    if meta is None or not isinstance(train, dict):
         raise UserError(f"{source}: [recipe] and [train] must be tables")
-    values = {k: v for k, v in doc.items() if k not in ("recipe", "train")}
+    values = {k: v for k, v in doc.items() if k not in ("recipe", "train", "splits")}
     values.update(train)
     out = {}
     for key, value in values.items():
@@ -355,6 +377,8 @@ def values_from_toml(doc: dict, source: str) -> tuple[dict, dict]:
         if not _accepts(f.type, value):
             raise UserError(f"{source}: {key} = {value!r} has the wrong type (expected {f.type})")
         out[name] = float(value) if f.type.startswith("float") and isinstance(value, int) else value
+    if "splits" in doc:
+        meta["splits"] = _splits(doc["splits"], source, out.get("model"))
     return out, meta
 
 
