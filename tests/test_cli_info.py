@@ -20,6 +20,21 @@ def test_info_prints_the_split():
     for text in ("F_1", "F_2", "pre", "post", "ideal speedup", "GF"):
         assert text in r.stdout
     assert "F_3" not in r.stdout
+    assert "predicted speedup" in r.stdout and "(N = 2, K = 1, 2 cores, flops profile)" in r.stdout
+
+
+def test_info_splits_as_train_does_with_f1_in_the_driver_unless_told_otherwise(capsys):
+    """VGG-11 x0.25, N = 4, flops: F_1 in the driver carries pre, the coarse sweeps and post, so its segment is the
+    shortest (train's split); without it the flops are balanced over four processes."""
+    from raypar.cli.main import main
+    import re
+    splits = {}
+    for flag in ("--driver-segment", "--no-driver-segment"):
+        assert main(["info", "--width-mult", "0.25", "--subnets", "4", "--balance", "flops", flag]) == 0
+        out = capsys.readouterr().out
+        splits[flag] = [int(n) for n in re.findall(r"F_\d\s+│\s+\S+\s+\((\d+)\)", out)]
+        assert "predicted speedup" in out
+    assert splits == {"--driver-segment": [1, 2, 2, 2], "--no-driver-segment": [2, 1, 1, 3]}
 
 
 BAD_INPUT = [

@@ -208,10 +208,10 @@ def test_every_command_defaults_to_the_same_model_width_and_n():
 
 
 def test_every_command_with_the_driver_segment_defaults_to_train_s():
-    """train, tune and plan: F_1 in the driver unless --no-driver-segment, with the same flag everywhere."""
+    """train, tune, plan and info: F_1 in the driver unless --no-driver-segment, with the same flag everywhere."""
     default = TrainConfig().engine.driver_segment
     assert default is True
-    for command in ("train", "tune", "plan"):
+    for command in ("train", "tune", "plan", "info"):
         p = build_parser(command)
         on = p.parse_args([command]).driver_segment
         assert (on if on is not None else default) is default, command        # (train: None, the config's)

@@ -54,6 +54,7 @@ def _info_args(info: argparse.ArgumentParser) -> None:
     from ..training.config import TrainConfig
     from .options import add_settings
     add_settings(info, ["model"], defaults=TrainConfig(), skip=("balance",))
+    add_settings(info, ["engine"], defaults=TrainConfig(), only=("driver_segment", "defer_weights"))
     info.add_argument("--balance", default="time",
                       help="split by measured 'time', 'flops', 'params', or block counts like 5,7 (default: time)")
     info.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: %(default)s)")
@@ -102,7 +103,9 @@ def _plan_args(plan: argparse.ArgumentParser) -> None:
 COMMANDS = {
     "info": ("show how a model splits into sub-networks",
              "Print the split of a model into N sub-networks: blocks, parameters, cost, interface tensors, "
-             "coarse/fine cost and the ideal speedup.", _info_args, "cmd_info"),
+             "coarse/fine cost, the ideal speedup, and the speedup `raypar train` predicts for that split on this "
+             "machine's cores. The split is the one `raypar train` makes with the same options (F_1 in the driver "
+             "unless --no-driver-segment); train profiles at its batch size, --batch here.", _info_args, "cmd_info"),
     "train": ("train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
               "Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post in the Ray Train driver, "
               "every run recorded in MLflow. With no arguments it trains a small VGG-11 on the offline digits data "
@@ -229,11 +232,16 @@ def cmd_info(args) -> int:
     with console.status(f"profiling {args.model} ({len(staged.blocks)} blocks)..."):
         coarse = CoarseSpec(args.coarse_depth, args.coarse_width, args.coarse_kernel, norm=args.coarse_norm,
                             downsample=args.coarse_downsample)
-        net = PararealNet(staged, args.subnets, args.iterations, coarse,
-                          parse_balance(args.balance), profile_batch=args.batch)
+        net = PararealNet(staged, args.subnets, args.iterations, coarse, parse_balance(args.balance),
+                          profile_batch=args.batch, driver_segment=args.driver_segment,
+                          defer_weights=args.defer_weights)
     console.print(split_table(net, args.batch))
     console.print(f"ideal speedup over the sequential network: [bold]{net.ideal_speedup():.2f}x[/bold] "
                   f"(sequential cost / (pre + coarse + {'K x ' if net.iterations > 1 else ''}max fine + post))")
+    if net.num_subnets > 1:               # what `raypar train` says at its start for this split, on this machine
+        from ..engine.auto import run_prediction
+        for line in run_prediction(net, args.driver_segment, 0.0)[1]:
+            console.print(line)
     return 0
 
 
