@@ -41,7 +41,8 @@ from raypar.training import data
 # otherwise; distill: meanwhile each C_j is trained toward F_j's output with this weight); coarse_ce / fine_ce (the
 # loss adds this weight x the cross-entropy of the coarse sweep's z_N / of F_N(z_{N-1}) alone, through the head);
 # split (block counts instead of the flops balance); smoothing (label smoothing); width (the coarse networks' hidden channels, with depth 2);
-# warmup (epochs of linear LR warm-up, per step); norm (the coarse networks' normalisation)
+# warmup (epochs of linear LR warm-up, per step); norm (the coarse networks' normalisation); shift (training images
+# translated by up to this many pixels, per sample)
 METHODS = {
     "original": dict(n=1),
     "pool": dict(n=2, downsample="pool"),
@@ -101,6 +102,10 @@ for _split in ([1, 2, 2, 2], [1, 2, 2, 7]):
     METHODS[f"{_name}-coarse-lr0.3"] = dict(n=4, downsample="patch", split=_split, coarse_lr=0.3)
     METHODS[f"{_name}-batchnorm"] = dict(n=4, downsample="patch", split=_split, norm="batch")
     METHODS[f"{_name}-12epochs"] = dict(n=4, downsample="patch", split=_split, epochs=12)
+# augmentation, paired with an original trained the same way: translations of up to 2 pixels
+for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2]),
+                          ("patch-split-2-5", 2, [2, 5])):
+    METHODS[f"{_base}-shift2"] = dict(n=_n, downsample="patch", split=_split, shift=2)
 # the recipe's epochs doubled, for every network of the where-to-cut table
 for _name in ("patch", "patch-n4", "patch-split-2-5"):
     METHODS[f"{_name}-12epochs"] = dict(METHODS[_name], epochs=12)
@@ -117,6 +122,14 @@ def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float):
                              "initial_lr": lr * coarse_lr})
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     return opt, sched
+
+
+def _shifted(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:
+    """Each image translated by its own random (dy, dx) in [-pixels, pixels], zeros shifted in."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pixels, pixels, pixels, pixels))
+    dy, dx = (torch.randint(0, 2 * pixels + 1, (b,), generator=g) for _ in range(2))
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
 def _k1_with_states(net: PararealNet, x0: torch.Tensor):
@@ -145,10 +158,13 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
     opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0))
     weight = m.get("consistency", 0.0)
     warm_steps, step = m.get("warmup", 0) * -(-len(spec.train) // 64), 0
+    shift_g = torch.Generator().manual_seed(seed)
     for epoch in range(1, epochs + 1):
         net.train()
         for x, y in data.loader(spec.train, 64, True, seed, epoch):
             step += 1
+            if m.get("shift"):
+                x = _shifted(x, m["shift"], shift_g)
             extra = 0.0
             if n == 1 or epoch > epochs - m.get("sequential_last", 0) or epoch <= m.get("sequential_first", 0):
                 h = net.pre(x)
@@ -181,15 +197,19 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
                 g["lr"] = lr_
         sched.step()
     net.eval()
-    right = seen = 0
-    with torch.no_grad():
-        for x, y in data.loader(spec.val, 256, False):
-            sequential = n == 1 or m.get("sequential_eval") or m.get("sequential_last")
-            out = net.sequential(x) if sequential else net(x)
-            right += int((out.argmax(1) == y).sum())
-            seen += len(y)
+    seconds = round(time.time() - t0, 1)
+
+    def accuracy(ds) -> float:
+        right = seen = 0
+        with torch.no_grad():
+            for x, y in data.loader(ds, 256, False):
+                sequential = n == 1 or m.get("sequential_eval") or m.get("sequential_last")
+                out = net.sequential(x) if sequential else net(x)
+                right += int((out.argmax(1) == y).sum())
+                seen += len(y)
+        return 100.0 * right / seen
     return {"model": model, "width": width, "method": method, "fold": fold, "seed": seed,
-            "acc": 100.0 * right / seen, "seconds": round(time.time() - t0, 1)}
+            "acc": accuracy(spec.val), "train_acc": accuracy(spec.train), "seconds": seconds}
 
 
 def _train_one(job: tuple) -> dict:
