@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UserError
 from ..malloc import keep_freed_memory
@@ -36,6 +35,7 @@ class Profile:
 
 
 def _fwd_bwd_flops(module: nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode     # imports triton: 0.1-0.2 s that only a profile needs
     with FlopCounterMode(display=False) as counter:
         out = module(x)
         if out.requires_grad:                # (a part with nothing to train, on the data: no backward at all)
