@@ -70,3 +70,22 @@ def test_info_bad_input_in_a_real_process(args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_info_profiles_with_the_threads_a_training_process_has(monkeypatch, capsys):
+    """A fine actor or driver computes with one thread per CPU Ray gives it (--cpus-per-subnet, default 1); a time
+    profile with all of this machine's threads would give other costs, another split and another prediction."""
+    import torch
+    from raypar.cli.main import main
+    from raypar.network import reference
+    seen = []
+    init = reference.PararealNet.__init__
+
+    def spy(self, *a, **kw):
+        seen.append(torch.get_num_threads())
+        init(self, *a, **kw)
+    monkeypatch.setattr(reference.PararealNet, "__init__", spy)
+    before = torch.get_num_threads()
+    assert main(["info", "--width-mult", "0.125", "--balance", "flops"]) == 0
+    assert main(["info", "--width-mult", "0.125", "--balance", "flops", "--cpus-per-subnet", "2"]) == 0
+    assert seen == [1, 2] and torch.get_num_threads() == before

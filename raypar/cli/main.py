@@ -54,7 +54,7 @@ def _info_args(info: argparse.ArgumentParser) -> None:
     from ..training.config import TrainConfig
     from .options import add_settings
     add_settings(info, ["model"], defaults=TrainConfig(), skip=("balance",))
-    add_settings(info, ["engine"], defaults=TrainConfig(), only=("driver_segment", "defer_weights"))
+    add_settings(info, ["engine"], defaults=TrainConfig(), only=("driver_segment", "defer_weights", "cpus_per_subnet"))
     info.add_argument("--balance", default="time",
                       help="split by measured 'time', 'flops', 'params', or block counts like 5,7 (default: time)")
     info.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: %(default)s)")
@@ -229,7 +229,10 @@ def cmd_info(args) -> int:
     console = Console()
     staged = build(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
                    width_mult=args.width_mult, image_size=args.image_size, norm=args.norm)
-    with console.status(f"profiling {args.model} ({len(staged.blocks)} blocks)..."):
+    from ..engine.cost import num_threads
+    # a training process computes with its CPUs' threads (Ray gives it that many): profiled the same way
+    with console.status(f"profiling {args.model} ({len(staged.blocks)} blocks)..."), \
+            num_threads(max(1, int(args.cpus_per_subnet))):
         coarse = CoarseSpec(args.coarse_depth, args.coarse_width, args.coarse_kernel, norm=args.coarse_norm,
                             downsample=args.coarse_downsample)
         net = PararealNet(staged, args.subnets, args.iterations, coarse, parse_balance(args.balance),
