@@ -41,6 +41,7 @@ def test_study_writes_nested_runs_report_and_plots(ray_local, tmp_path, monkeypa
         assert (p["num_subnets"], p["iterations"], p["seed"], p["folds"], p["fold"]) == (
             name[6], "1", "0", "2", name[-1])
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1]
+        assert r.data.tags["raypar.split"] == ("7" if p["num_subnets"] == "1" else "3,4")    # the split trained
     # the table printed as it went: one line per run
     assert all(name in out for name in names)
 

@@ -74,6 +74,7 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
     assert first.metrics["epoch"] == 1 and not first.resumed
     client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", first.run_id)
     split = [int(v) for v in run.data.tags["raypar.tuned_split"].split(",")]
+    assert run.data.tags["raypar.split"] == run.data.tags["raypar.tuned_split"]          # the split trained
     trials = json.load(open(client.download_artifacts(first.run_id, "tuning.json", _dir(tmp_path / "a"))))
     measured = [t for t in trials if not t["error"]]
     assert len(trials) >= 2 and measured and all(t["step_ms"] > 0 for t in measured)

@@ -121,6 +121,8 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
     split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
     if split != net.split:
         net = network(split)
+    if rank0:                               # the split trained, searchable beside the run's params
+        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.split", ",".join(map(str, net.split)))
     if rank0 and net.num_subnets > 1:      # honest about N: the speedup this split predicts, from net's own profile
         from ..engine.auto import run_prediction
         predicted, lines = run_prediction(net, cfg.engine.driver_segment, resources.gpus_per_subnet)
