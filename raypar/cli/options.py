@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import typing
 
-from ..errors import UserError
 from ..training.config import GROUPS, TrainConfig, key_of
 
 
@@ -118,22 +117,25 @@ def config_and_splits(args, skip: tuple = ()) -> tuple[TrainConfig, dict[int, li
 
     from ..network.balance import parse_balance
     from ..training import recipes
-    from ..training.config import load_file
+    from ..training.config import check_splits, load_file
     values: dict = {}
     splits: dict = {}
+
+    def sets_the_split_aside(later: dict) -> bool:     # a later source's balance, or another model's blocks
+        return "balance" in later or later.get("model", values.get("model")) != values.get("model")
     if args.recipe:
         recipe = recipes.get(args.recipe)
         values.update(recipe.values, recipe=recipe.tag)
         splits = dict(recipe.splits)
     if args.config:
         from_file, meta = load_file(args.config)
-        if "splits" in meta or "balance" in from_file or from_file.get("model", values.get("model")) != values.get("model"):
+        if "splits" in meta or sets_the_split_aside(from_file):
             splits = meta.get("splits", {})
         values.update(from_file)
         if meta.get("name"):
             values["recipe"] = f"{meta['name']}@{meta.get('version', 0)}"
     given = given_settings(args, skip=(*skip, "recipe"))             # --recipe is a name, not the setting
-    if "balance" in given or given.get("model", values.get("model")) != values.get("model"):
+    if sets_the_split_aside(given):
         splits = {}
     if "balance" in given:
         given["balance"] = parse_balance(given["balance"], tune=True)
@@ -143,10 +145,5 @@ def config_and_splits(args, skip: tuple = ()) -> tuple[TrainConfig, dict[int, li
     if "tracking_uri" not in values:
         values["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     cfg = TrainConfig.from_flat(**values)
-    from ..network.balance import check_split
-    for n, counts in splits.items():
-        try:
-            check_split(cfg.model.name, n, counts)
-        except UserError as e:
-            raise UserError(f"[splits] {n}: {e}") from None
+    check_splits(cfg.model.name, splits)
     return cfg, splits

@@ -340,6 +340,15 @@ def _accepts(tp, value) -> bool:
     return isinstance(value, typing.get_origin(tp) or tp)
 
 
+def check_splits(model: str, splits: dict[int, list[int]], where: str = "") -> None:
+    """Every pinned split (N -> block counts) fits ``model``'s blocks; else a one-line :class:`UserError`."""
+    for n, counts in splits.items():
+        try:
+            check_split(model, n, counts)
+        except UserError as e:
+            raise UserError(f"{where}[splits] {n}: {e}") from None
+
+
 def _splits(table, source: str, model: str | None) -> dict[int, list[int]]:
     """A ``[splits]`` table: N -> block counts, each checked against ``model`` (when the file names one)."""
     if not isinstance(table, dict):
@@ -349,12 +358,9 @@ def _splits(table, source: str, model: str | None) -> dict[int, list[int]]:
         if not (str(key).isdigit() and int(key) >= 2 and isinstance(counts, list)
                 and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)):
             raise UserError(f"{source}: [splits] {key} = {counts!r}: expected N >= 2 = [block counts], like 2 = [5, 7]")
-        if model is not None:
-            try:
-                check_split(model, int(key), counts)
-            except UserError as e:
-                raise UserError(f"{source}: [splits] {key}: {e}") from None
         out[int(key)] = counts
+    if model is not None:
+        check_splits(model, out, f"{source}: ")
     return out
 
 
