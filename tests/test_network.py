@@ -397,3 +397,36 @@ def test_last_coarse_net_runs_while_the_fine_propagators_do():
     with torch.no_grad():                       # K = N = 3 is still the sequential network
         torch.testing.assert_close(parareal(net.pre(x), net.coarse, fine, 3)[-1], net.segments[2](
             net.segments[1](net.segments[0](net.pre(x)))), rtol=1e-4, atol=1e-5)
+
+
+START_UP = """
+import sys
+import torch
+from raypar.network.models import build
+from raypar.network.balance import profile
+from raypar.engine.actors import FineWorker
+model, x = build("vgg11", width_mult=0.25), torch.randn(2, 3, 32, 32)
+timed = profile(model, x, "time", repeats=1)
+counted_yet = "torch.utils.flop_counter" in sys.modules
+optimizer_ready = "torch._dynamo" in sys.modules
+import threading
+FineWorker()                                  # an actor's process, started before it gets its segment
+[t.join() for t in threading.enumerate() if t.name == "raypar-warm-up"]
+warmed = "torch._dynamo" in sys.modules
+both = profile(model, x, "time", repeats=1, count_flops=True)
+print([p.flops for p in [timed[0], *timed[1], timed[2]]].count(None), len(timed[1]) + 2, counted_yet,
+      optimizer_ready, warmed, all(p.flops > 0 for p in [both[0], *both[1], both[2]]))
+"""
+
+
+def test_a_time_profile_counts_no_flops_and_an_idle_actor_imports_the_optimizers_needs():
+    """What a run's start waits for: a time profile counts FLOPs only when asked (the counter's first use imports
+    much of torch._dynamo), and a fine actor's process imports what its optimizer's first step would import before
+    the driver waits for it. In a fresh process: other tests import both."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", START_UP], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    nones, parts, counted_yet, optimizer_ready, warmed, flops = r.stdout.split()
+    assert nones == parts and counted_yet == "False" and optimizer_ready == "False"
+    assert warmed == "True" and flops == "True"

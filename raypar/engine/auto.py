@@ -129,7 +129,8 @@ def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, itera
     measure = balance if balance in bal.MEASURES else "time"
     where = torch.device(device)
     sample = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed)).to(where)
-    pre_p, block_p, post_p = bal.profile(staged, sample, "time", channels_last=channels_last)
+    pre_p, block_p, post_p = bal.profile(staged, sample, "time", channels_last=channels_last,
+                                         count_flops=measure == "flops")
 
     def unit(p, m):
         return {"time": p.cost, "flops": p.flops, "params": p.params}[m]
@@ -153,7 +154,7 @@ def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, itera
             split = bal.partition(costs, n)
         bounds = list(itertools.accumulate(split, initial=0))
         info = [SegmentInfo(j + 1, (a, b), sum(p.params for p in block_p[a:b]), sum(p.cost for p in block_p[a:b]),
-                            sum(p.flops for p in block_p[a:b]), block_p[a].in_shape, block_p[b - 1].out_shape,
+                            block_p[a].in_shape, block_p[b - 1].out_shape,
                             coarse_cost=coarse_s(a, b))
                 for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
         out[n] = predicted_speedup(ProfiledSplit(split, iterations, pre_p, post_p, info), devices_of(n))

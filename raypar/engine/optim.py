@@ -3,6 +3,7 @@ each fine actor's segment): SGD with momentum and weight decay, stepped once per
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,13 @@ class OptimConfig:
     def step_epochs(self) -> list[int]:
         """The epochs after which a "step" schedule multiplies the LR by ``gamma``."""
         return sorted({max(1, round(m * self.epochs)) for m in self.milestones})
+
+
+def warm_up() -> None:
+    """Import what an optimizer's first use imports, now rather than when training starts: ``torch.optim``'s
+    methods import ``torch._dynamo`` when first called, which every process that trains pays once
+    (measured in ``benchmarks/startup/README.md``)."""
+    importlib.import_module("torch._dynamo")
 
 
 def make_optimizer(params, o: OptimConfig):

@@ -29,7 +29,7 @@ class Profile:
     """What one dry run learns about a part of the network (pre, one block, or post)."""
     cost: float            # in the unit of the measure (seconds, FLOPs, parameters)
     params: int
-    flops: float           # forward+backward FLOPs on the sample batch
+    flops: float | None    # forward+backward FLOPs on the sample batch (None: not counted)
     in_shape: tuple        # one sample's shapes, no batch dim
     out_shape: tuple
 
@@ -66,13 +66,20 @@ def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time",
-                 repeats: int = 3, input_grad: bool = True) -> tuple[Profile, torch.Tensor]:
+def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time", repeats: int = 3,
+                 input_grad: bool = True, count_flops: bool | None = None) -> tuple[Profile, torch.Tensor]:
     """Profile one part on the batch ``x``; returns the profile and the part's output (no graph). ``input_grad``:
     its backward computes the gradient w.r.t. ``x`` too (every part but ``pre``, whose input is the data).
-    BN statistics and grads of ``part`` do change: profile a copy."""
+    ``count_flops``: count its FLOPs too (None: only for the ``flops`` measure; otherwise ``flops`` is None).
+    BN statistics and grads of ``part`` do change: profile a copy.
+
+    Why FLOPs only when asked: torch's FLOP counter dispatches every operation through Python and its first use
+    imports much of ``torch._dynamo``, at the start of every run that profiles (measured in
+    ``benchmarks/startup/README.md``)."""
     x_in = x.detach().requires_grad_(input_grad and x.is_floating_point())
-    flops = _fwd_bwd_flops(part, x_in)
+    if count_flops is None:
+        count_flops = measure == "flops"
+    flops = _fwd_bwd_flops(part, x_in) if count_flops else None
     params = sum(p.numel() for p in part.parameters())
     if measure == "time":
         cost = _fwd_bwd_time(part, x_in, repeats)
@@ -115,10 +122,10 @@ def _as_in_a_run(model: nn.Module, x: torch.Tensor) -> None:
     _sync(x)
 
 
-def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time",
-            repeats: int = 3, channels_last: bool = False) -> tuple[Profile, list[Profile], Profile]:
+def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time", repeats: int = 3,
+            channels_last: bool = False, count_flops: bool | None = None) -> tuple[Profile, list[Profile], Profile]:
     """Profile pre, every block and post on ``sample`` (a batch), on the sample's device, in the channels-last
-    layout if ``channels_last``. The model itself is left untouched."""
+    layout if ``channels_last``; FLOPs counted as :func:`measure_part` says. The model itself is left untouched."""
     check_measure(measure)
     model = copy.deepcopy(staged).to(sample.device).train()   # profiling must not touch the real model's BN or grads
     model, x = in_layout(model, sample, channels_last)
@@ -126,7 +133,8 @@ def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time",
         _as_in_a_run(model, x)
     results = []
     for i, part in enumerate([model.pre, *model.blocks, model.post]):
-        prof, x = measure_part(part, x, measure, repeats, input_grad=i > 0)    # the data needs no gradient
+        prof, x = measure_part(part, x, measure, repeats, input_grad=i > 0,    # the data needs no gradient
+                               count_flops=count_flops)
         results.append(prof)
     return results[0], results[1:-1], results[-1]
 

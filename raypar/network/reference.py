@@ -23,12 +23,10 @@ class SegmentInfo:
     blocks: tuple[int, int]       # [start, stop) block indices
     params: int
     cost: float                   # in the balance measure's unit
-    flops: float                  # forward+backward FLOPs on the profiling batch
     in_shape: tuple
     out_shape: tuple
     coarse_params: int = 0
     coarse_cost: float = 0.0      # in the balance measure's unit
-    coarse_flops: float = 0.0
 
     @property
     def coarse_ratio(self) -> float:
@@ -118,7 +116,7 @@ class PararealNet(nn.Module):
             ps = block_p[start:stop]
             self.segments.append(nn.Sequential(*staged.blocks[start:stop]))
             self.segment_info.append(SegmentInfo(j + 1, (start, stop), sum(p.params for p in ps),
-                                                 sum(p.cost for p in ps), sum(p.flops for p in ps),
+                                                 sum(p.cost for p in ps),
                                                  ps[0].in_shape, ps[-1].out_shape))
             start = stop
         self.coarse = nn.ModuleList()
@@ -127,7 +125,7 @@ class PararealNet(nn.Module):
                 net = build_coarse(info.in_shape, info.out_shape, self.coarse_spec)
                 x = torch.randn(profile_batch, *info.in_shape, generator=gen).to(where)
                 prof, _ = bal.measure_part(*bal.in_layout(copy.deepcopy(net).to(where), x, channels_last), measure)
-                info.coarse_params, info.coarse_cost, info.coarse_flops = prof.params, prof.cost, prof.flops
+                info.coarse_params, info.coarse_cost = prof.params, prof.cost
                 self.coarse.append(net)
         if where.type == "cuda":
             torch.cuda.empty_cache()          # the profile's activations: not held in the GPU's cache for the run
