@@ -106,22 +106,44 @@ for _split in ([1, 2, 2, 2], [1, 2, 2, 7]):
 for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2]),
                           ("patch-split-2-5", 2, [2, 5])):
     METHODS[f"{_base}-shift2"] = dict(n=_n, downsample="patch", split=_split, shift=2)
+# N = 4 at 1, 2, 2, 2 (VGG-11), aimed at generalisation (the network fits its training folds as the original does):
+# overlapping coarse convolutions (kernel 2s - 1, stride s: neighbouring patches share pixels, as the fine blocks'
+# 3x3 convolutions do), dropout on the coarse states, Gaussian noise on the fine segments' (coarse) inputs, and 10x the
+# weight decay on the coarse networks; each in training only
+for _extra in (dict(overlap=True), dict(coarse_dropout=0.1), dict(coarse_dropout=0.2), dict(coarse_dropout=0.3),
+               dict(z_noise=0.1), dict(coarse_wd=10.0)):
+    _key, _value = next(iter(_extra.items()))
+    _label = {"overlap": "overlap", "coarse_dropout": f"coarse-dropout{_value}", "z_noise": f"noise{_value}",
+              "coarse_wd": f"coarse-wd{_value:g}"}[_key]
+    METHODS[f"patch-n4-split-1-2-2-2-{_label}"] = dict(n=4, downsample="patch", split=[1, 2, 2, 2], **_extra)
 # the recipe's epochs doubled, for every network of the where-to-cut table
 for _name in ("patch", "patch-n4", "patch-split-2-5"):
     METHODS[f"{_name}-12epochs"] = dict(METHODS[_name], epochs=12)
 
 
-def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float):
-    opt, sched = make_optimizer(net.parameters(), OptimConfig(lr=lr, epochs=epochs))
-    if coarse_lr != 1.0:
+def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float, coarse_wd: float = 1.0):
+    optim = OptimConfig(lr=lr, epochs=epochs)
+    opt, sched = make_optimizer(net.parameters(), optim)
+    if coarse_lr != 1.0 or coarse_wd != 1.0:
         coarse = {id(p) for p in net.coarse.parameters()}
         rest = [p for p in net.parameters() if id(p) not in coarse]
         opt.param_groups.clear()
         opt.add_param_group({"params": rest, "lr": lr, "initial_lr": lr})
         opt.add_param_group({"params": list(net.coarse.parameters()), "lr": lr * coarse_lr,
-                             "initial_lr": lr * coarse_lr})
+                             "initial_lr": lr * coarse_lr, "weight_decay": optim.weight_decay * coarse_wd})
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     return opt, sched
+
+
+def _overlapping(net: PararealNet) -> None:
+    """Each patch convolution (kernel = stride = s) of ``net``'s coarse networks replaced by one of kernel 2s - 1,
+    stride s, padding s - 1: the same output shape, each output pixel reading its patch and a border around it."""
+    for coarse in net.coarse:
+        for i, layer in enumerate(coarse):
+            if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size[0] == layer.stride[0] > 1:
+                s = layer.stride[0]
+                coarse[i] = torch.nn.Conv2d(layer.in_channels, layer.out_channels, 2 * s - 1, stride=s,
+                                            padding=s - 1, bias=False)
 
 
 def _shifted(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:
@@ -132,10 +154,13 @@ def _shifted(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
-def _k1_with_states(net: PararealNet, x0: torch.Tensor):
-    """K = 1 written out (:func:`raypar.network.parareal.parareal`'s sums), keeping the coarse and fine states."""
-    z = coarse_sweep(net.coarse, x0)                       # z_1 .. z_N
-    f = [seg(u) for seg, u in zip(net.segments, [x0] + z[:-1])]
+def _k1_with_states(net: PararealNet, x0: torch.Tensor, dropout: float = 0.0, noise: float = 0.0):
+    """K = 1 written out (:func:`raypar.network.parareal.parareal`'s sums), keeping the coarse and fine states.
+    ``dropout``: on every coarse state z_j (training); ``noise``: Gaussian noise of ``noise`` x z_j's standard
+    deviation on the fine segments' inputs z_1..z_{N-1} (training)."""
+    z = coarse_sweep(net.coarse, x0, cut=(lambda t: F.dropout(t, dropout)) if dropout else None)   # z_1 .. z_N
+    inputs = [x0] + [u + noise * u.detach().std() * torch.randn_like(u) if noise else u for u in z[:-1]]
+    f = [seg(u) for seg, u in zip(net.segments, inputs)]
     l = [f[0]]
     for j in range(1, net.num_subnets):
         l.append(f[j] + net.coarse[j](l[-1]) - z[j])
@@ -155,7 +180,9 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
     coarse = CoarseSpec(depth=m.get("depth", 1), kernel=m.get("kernel", 3), downsample=m.get("downsample", "patch"),
                         width=m.get("width", 1.0), norm=m.get("norm", "group"))
     net = PararealNet(staged, n, k, coarse, m.get("split", "flops"), input_shape=(1, 32, 32), profile_batch=64)
-    opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0))
+    if m.get("overlap"):
+        _overlapping(net)
+    opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0), m.get("coarse_wd", 1.0))
     weight = m.get("consistency", 0.0)
     warm_steps, step = m.get("warmup", 0) * -(-len(spec.train) // 64), 0
     shift_g = torch.Generator().manual_seed(seed)
@@ -177,7 +204,7 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
             elif k > 1:
                 out = net(x)
             else:
-                z, f, l = _k1_with_states(net, net.pre(x))
+                z, f, l = _k1_with_states(net, net.pre(x), m.get("coarse_dropout", 0.0), m.get("z_noise", 0.0))
                 out = net.post(l[-1])
                 if weight:
                     extra = weight * sum(F.mse_loss(z[j], l[j].detach()) for j in range(n - 1))
