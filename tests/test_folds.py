@@ -68,6 +68,22 @@ def test_digits_with_folds_validates_every_sample_once_per_seed():
         assert torch.equal(spec.train.tensors[0], pool[rest])
 
 
+def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
+    """The digits come from the file inside scikit-learn, equal to its loader's arrays; where the file is missing,
+    from its loader."""
+    import subprocess
+    import sys
+    images, target = data.digits_arrays()
+    d = load_digits()
+    assert (images == d.images).all() and images.shape == (1797, 8, 8) and (target == d.target).all()
+    fresh = subprocess.run([sys.executable, "-c", "import sys; from raypar.training import data; "
+                            "data.digits(); print('sklearn' in sys.modules)"], capture_output=True, text=True)
+    assert fresh.returncode == 0 and fresh.stdout.split()[-1] == "False", fresh.stderr[-2000:]
+    monkeypatch.setattr(data.os.path, "isfile", lambda path: False)
+    images, target = data.digits_arrays()
+    assert (images == d.images).all() and (target == d.target).all()
+
+
 def test_folds_zero_keeps_the_fixed_split():
     perm = torch.randperm(1797, generator=torch.Generator().manual_seed(1234))
     val, train = perm[:359], perm[359:]
