@@ -70,3 +70,22 @@ def test_resume_without_a_name_takes_the_newest_unfinished_run_with_the_same_set
         decide(_cfg(tmp_path, lr=0.2), resume=True)
     with pytest.raises(UserError, match="--resume: run 'nothing' has no checkpoint"):
         decide(_cfg(tmp_path, name="nothing"), resume=True)
+
+
+def test_a_new_sqlite_store_is_made_in_the_background_and_undone_only_if_made_here(tmp_path):
+    """`raypar train` makes a new MLflow database's tables while Ray starts; a command that stops before its run
+    opens removes the database it made, never one that was there."""
+    import sqlite3
+
+    from raypar.training import tracking
+    assert tracking.prepare_store("http://127.0.0.1:5000") is None and tracking.prepare_store("sqlite://") is None
+    db = tmp_path / "mlflow.db"
+    opening = tracking.prepare_store(f"sqlite:///{db}")
+    opening.join()
+    tables = {r[0] for r in sqlite3.connect(db).execute("select name from sqlite_master where type = 'table'")}
+    assert {"experiments", "runs", "params"} <= tables
+    again = tracking.prepare_store(f"sqlite:///{db}")
+    again.undo()
+    assert db.exists()                                        # it was there before: kept
+    opening.undo()
+    assert not db.exists()

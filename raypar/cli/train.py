@@ -181,12 +181,18 @@ def cmd_train(args) -> int:
                             f"{e.strerror or e}") from None
     quiet_console(log_path)
     console.print(f"[{clock():5.1f} s] {decision.line()}")
+    store, opened = None, {}
     try:
         console.print(f"[{clock():5.1f} s] starting Ray")
+        store = tracking.prepare_store(cfg.run.tracking_uri)     # a new database's tables made while Ray starts
         connect(cfg)
-        result = fit_with_progress(cfg, fit, console, clock, resume=args.resume)
+        if store is not None:
+            store.join()
+        result = fit_with_progress(cfg, fit, console, clock, resume=args.resume, opened=opened)
     except UserError:
         _forget(log_path, made, cfg)                    # a mistake found before training leaves nothing behind
+        if store is not None and not opened.get("run_id"):
+            store.undo()
         raise
     except FloatingPointError as e:                             # a non-finite loss: what to change, in one line
         print(redact(f"raypar: training stopped: {e}"), file=sys.stderr)

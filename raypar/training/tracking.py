@@ -108,6 +108,47 @@ def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
                         f"check --tracking-uri / MLFLOW_TRACKING_URI") from None
 
 
+class StoreOpening:
+    """A SQLite tracking store opened in a background thread (:func:`prepare_store`)."""
+
+    def __init__(self, tracking_uri: str, path: str):
+        import threading
+        self.created = path if not os.path.exists(path) else None     # the database file this opening makes
+
+        def open_store():
+            try:
+                from mlflow.tracking import MlflowClient
+                MlflowClient(tracking_uri).search_experiments(max_results=1)
+            except Exception:  # noqa: BLE001 - reported, with its one line, where the run opens the store
+                pass
+        self.thread = threading.Thread(target=open_store, name="raypar-mlflow-store", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        """Wait until the store is open (or failed to open)."""
+        self.thread.join()
+
+    def undo(self) -> None:
+        """Remove the database file this opening created: a command that stops before its run opens leaves
+        nothing behind."""
+        self.join()
+        if self.created and os.path.exists(self.created):
+            os.remove(self.created)
+
+
+def prepare_store(tracking_uri: str) -> StoreOpening | None:
+    """Start opening the SQLite store ``tracking_uri`` in a background thread, so that a new database's tables are
+    made while something else waits (Ray's start); ``join()`` it before the store is used. None for a tracking
+    server or an in-memory database (nothing to make). An error is left to the store's first use to report.
+
+    Why: a new database takes over a second of migrations on the first run's path to its first step (measured in
+    ``benchmarks/startup/README.md``)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or not tracking_uri[len(prefix):]:
+        return None
+    return StoreOpening(tracking_uri, tracking_uri[len(prefix):])
+
+
 def connect(tracking_uri: str, experiment: str):
     """Set the tracking URI and experiment; fail with a one-line error when the store cannot be reached."""
     from mlflow.tracking import MlflowClient
