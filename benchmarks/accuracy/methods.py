@@ -116,6 +116,11 @@ for _extra in (dict(overlap=True), dict(coarse_dropout=0.1), dict(coarse_dropout
     _label = {"overlap": "overlap", "coarse_dropout": f"coarse-dropout{_value}", "z_noise": f"noise{_value}",
               "coarse_wd": f"coarse-wd{_value:g}"}[_key]
     METHODS[f"patch-n4-split-1-2-2-2-{_label}"] = dict(n=4, downsample="patch", split=[1, 2, 2, 2], **_extra)
+# coarse networks whose correction C_j(l) - C_j(z) is linear in the fine defect l - z: the patch convolution alone
+# (no norm, no ReLU), or with its GroupNorm and no ReLU
+for _base, _n, _split in (("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2]), ("patch-split-2-5", 2, [2, 5])):
+    METHODS[f"{_base}-linear"] = dict(n=_n, downsample="patch", split=_split, coarse_tail="none")
+    METHODS[f"{_base}-no-relu"] = dict(n=_n, downsample="patch", split=_split, coarse_tail="norm")
 # the recipe's epochs doubled, for every network of the where-to-cut table
 for _name in ("patch", "patch-n4", "patch-split-2-5"):
     METHODS[f"{_name}-12epochs"] = dict(METHODS[_name], epochs=12)
@@ -133,6 +138,13 @@ def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float, coars
                              "initial_lr": lr * coarse_lr, "weight_decay": optim.weight_decay * coarse_wd})
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     return opt, sched
+
+
+def _coarse_tail(net: PararealNet, keep: str) -> None:
+    """The coarse networks' GroupNorm and ReLU removed (``keep="none"``) or their ReLU only (``keep="norm"``)."""
+    drop = (torch.nn.ReLU,) if keep == "norm" else (torch.nn.ReLU, torch.nn.GroupNorm, torch.nn.BatchNorm2d)
+    for j, coarse in enumerate(net.coarse):
+        net.coarse[j] = torch.nn.Sequential(*[layer for layer in coarse if not isinstance(layer, drop)])
 
 
 def _overlapping(net: PararealNet) -> None:
@@ -182,6 +194,8 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
     net = PararealNet(staged, n, k, coarse, m.get("split", "flops"), input_shape=(1, 32, 32), profile_batch=64)
     if m.get("overlap"):
         _overlapping(net)
+    if m.get("coarse_tail"):
+        _coarse_tail(net, m["coarse_tail"])
     opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0), m.get("coarse_wd", 1.0))
     weight = m.get("consistency", 0.0)
     warm_steps, step = m.get("warmup", 0) * -(-len(spec.train) // 64), 0
