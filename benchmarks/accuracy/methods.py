@@ -116,6 +116,12 @@ for _extra in (dict(overlap=True), dict(coarse_dropout=0.1), dict(coarse_dropout
     _label = {"overlap": "overlap", "coarse_dropout": f"coarse-dropout{_value}", "z_noise": f"noise{_value}",
               "coarse_wd": f"coarse-wd{_value:g}"}[_key]
     METHODS[f"patch-n4-split-1-2-2-2-{_label}"] = dict(n=4, downsample="patch", split=[1, 2, 2, 2], **_extra)
+# the auxiliary losses and label smoothing that came closest at N = 2, at N = 4 (1, 2, 2, 2)
+for _extra, _label in ((dict(fine_ce=0.3), "fine-ce0.3"), (dict(coarse_ce=0.3), "coarse-ce0.3"),
+                       (dict(smoothing=0.1), "smoothing0.1"),
+                       (dict(smoothing=0.1, coarse_ce=0.3), "smoothing0.1-coarse-ce0.3")):
+    METHODS[f"patch-n4-split-1-2-2-2-{_label}"] = dict(n=4, downsample="patch", split=[1, 2, 2, 2], **_extra)
+METHODS["patch-split-2-5-smoothing0.1"] = dict(n=2, downsample="patch", split=[2, 5], smoothing=0.1)
 # coarse networks whose correction C_j(l) - C_j(z) is linear in the fine defect l - z: the patch convolution alone
 # (no norm, no ReLU), or with its GroupNorm and no ReLU
 for _base, _n, _split in (("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2]), ("patch-split-2-5", 2, [2, 5])):
