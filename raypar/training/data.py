@@ -105,8 +105,8 @@ def digits_arrays():
 
     Read from the file that ships inside scikit-learn (``datasets/data/digits.csv.gz``) without importing it:
     importing ``sklearn.datasets`` takes longer than everything else a run's data need, in the command and again
-    in the driver (measured in ``benchmarks/startup/README.md``). Where the file is not
-    there, scikit-learn's own loader."""
+    in the driver (measured in ``benchmarks/startup/README.md``). Where the file is not there, scikit-learn's own
+    loader."""
     import gzip
     import importlib.util
 
