@@ -217,3 +217,11 @@ def test_every_command_with_the_driver_segment_defaults_to_train_s():
         assert (on if on is not None else default) is default, command        # (train: None, the config's)
         assert p.parse_args([command, "--no-driver-segment"]).driver_segment is False, command
         assert p.parse_args([command, "--driver-segment"]).driver_segment is True, command
+
+
+def test_label_smoothing_from_the_recipe_an_option_and_the_run_params():
+    from raypar.training.tracking import params_of
+    assert _cfg().optim.label_smoothing == 0.0                                   # plain cross-entropy by default
+    assert _cfg("--recipe", "digits-cpu").optim.label_smoothing == 0.1
+    cfg = _cfg("--recipe", "digits-cpu", "--label-smoothing", "0")
+    assert cfg.optim.label_smoothing == 0.0 and params_of(cfg)["label_smoothing"] == 0.0

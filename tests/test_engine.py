@@ -14,9 +14,9 @@ from raypar.engine.driver import OptimConfig, PararealEngine, Resources
 OPT = OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=3)
 
 
-def _reference_step(net, opt, x, y):
+def _reference_step(net, opt, x, y, label_smoothing=0.0):
     opt.zero_grad()
-    loss = F.cross_entropy(net(x), y)
+    loss = F.cross_entropy(net(x), y, label_smoothing=label_smoothing)
     loss.backward()
     opt.step()
     return loss.item()
@@ -340,6 +340,34 @@ def test_engine_with_a_parameter_free_pre(ray_local):
     finally:
         engine.shutdown()
 
+
+def test_engine_with_label_smoothing_matches_reference_trained_so(ray_local):
+    """--label-smoothing: the engine's training loss is the smoothed cross-entropy (its weights equal a reference
+    trained with it, and differ from one trained without); evaluation's loss stays unsmoothed."""
+    torch.manual_seed(0)
+    net = PararealNet(build("vgg11", width_mult=0.25), 2, balance="flops").double()
+    ref, plain = copy.deepcopy(net).train(), copy.deepcopy(net).train()
+    opts = [torch.optim.SGD(m.parameters(), lr=OPT.lr, momentum=OPT.momentum, weight_decay=OPT.weight_decay)
+            for m in (ref, plain)]
+    engine = PararealEngine(net, OPT, Resources(cpus_per_subnet=0.5), seed=0, label_smoothing=0.2)
+    try:
+        for _ in range(2):
+            x, y = torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+            loss, _, _ = engine.train_step(x, y)
+            assert loss == pytest.approx(_reference_step(ref, opts[0], x, y, label_smoothing=0.2), rel=1e-6)
+            assert loss != pytest.approx(_reference_step(plain, opts[1], x, y), rel=1e-3)
+        engine.settle()
+        got = engine.state_dict()
+        for key, want in ref.state_dict().items():
+            torch.testing.assert_close(got[key], want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got["post.2.weight"], plain.state_dict()["post.2.weight"], rtol=1e-4, atol=1e-6)
+        ref.eval()
+        with torch.no_grad():
+            want_loss = F.cross_entropy(ref(x), y).item()
+        val_loss, _ = engine.evaluate([(x, y)])
+        assert val_loss == pytest.approx(want_loss, rel=1e-5)
+    finally:
+        engine.shutdown()
 
 
 def _p2p_engine_and_reference():

@@ -126,6 +126,7 @@ BAD_INPUT = [
     (["--dataset", "cifar10", "--data-dir", "d", "--download"], "cifar10 could not be downloaded into"),
     (["--lr", "nan"], "--lr must be a number > 0, got nan"),
     (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
     (["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file, not a folder"),
     (["--folds", "1"], "--folds must be 0 (no cross-validation) or >= 2"),
 ]

@@ -42,7 +42,8 @@ from raypar.training import data
 # loss adds this weight x the cross-entropy of the coarse sweep's z_N / of F_N(z_{N-1}) alone, through the head);
 # split (block counts instead of the flops balance); smoothing (label smoothing); width (the coarse networks' hidden channels, with depth 2);
 # warmup (epochs of linear LR warm-up, per step); norm (the coarse networks' normalisation); shift (training images
-# translated by up to this many pixels, per sample)
+# translated by up to this many pixels, per sample); wd (weight decay, every part); batch (samples per step); mixup (training batches mixed with a shuffled copy of themselves,
+# weight lambda ~ Beta(mixup, mixup), the loss mixed alike)
 METHODS = {
     "original": dict(n=1),
     "pool": dict(n=2, downsample="pool"),
@@ -127,13 +128,31 @@ METHODS["patch-split-2-5-smoothing0.1"] = dict(n=2, downsample="patch", split=[2
 for _base, _n, _split in (("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2]), ("patch-split-2-5", 2, [2, 5])):
     METHODS[f"{_base}-linear"] = dict(n=_n, downsample="patch", split=_split, coarse_tail="none")
     METHODS[f"{_base}-no-relu"] = dict(n=_n, downsample="patch", split=_split, coarse_tail="norm")
+# stronger label smoothing, and mixup, paired with an original trained the same way
+for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2]),
+                          ("patch-split-2-5", 2, [2, 5])):
+    for _extra, _label in ((dict(smoothing=0.2), "smoothing0.2"), (dict(mixup=0.2), "mixup0.2"),
+                           (dict(mixup=0.2, smoothing=0.1), "mixup0.2-smoothing0.1")):
+        METHODS[f"{_base}-{_label}"] = dict(n=_n, downsample="patch", split=_split, **_extra)
 # the recipe's epochs doubled, for every network of the where-to-cut table
 for _name in ("patch", "patch-n4", "patch-split-2-5"):
     METHODS[f"{_name}-12epochs"] = dict(METHODS[_name], epochs=12)
+# with label smoothing 0.1 at N = 4 (1, 2, 2, 2), one more change to the recipe of both networks: 4x the weight
+# decay, half the batch, twice the epochs (and four times; twice with half the batch)
+for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2])):
+    for _extra, _label in ((dict(wd=2e-3), "wd2e-3"), (dict(batch=32), "batch32"), (dict(epochs=12), "12epochs"),
+                           (dict(epochs=24), "24epochs"), (dict(epochs=12, batch=32), "12epochs-batch32")):
+        METHODS[f"{_base}-smoothing0.1-{_label}"] = dict(n=_n, downsample="patch", split=_split, smoothing=0.1,
+                                                          **_extra)
+# label smoothing 0.1 on VGG-16's best N = 4 split, at 6 and 12 epochs (with the original and N = 2 trained alike)
+for _name in ("original", "patch", "patch-n4-split-1-2-2-7"):
+    METHODS[f"{_name}-smoothing0.1"] = dict(METHODS[_name], smoothing=0.1)
+    METHODS[f"{_name}-12epochs-smoothing0.1"] = dict(METHODS[_name], smoothing=0.1, epochs=12)
 
 
-def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float, coarse_wd: float = 1.0):
-    optim = OptimConfig(lr=lr, epochs=epochs)
+def _optimizer(net: PararealNet, lr: float, epochs: int, coarse_lr: float, coarse_wd: float = 1.0,
+               wd: float = 5e-4):
+    optim = OptimConfig(lr=lr, epochs=epochs, weight_decay=wd)
     opt, sched = make_optimizer(net.parameters(), optim)
     if coarse_lr != 1.0 or coarse_wd != 1.0:
         coarse = {id(p) for p in net.coarse.parameters()}
@@ -172,6 +191,12 @@ def _shifted(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
+def _beta(a: float, g: torch.Generator) -> float:
+    """One draw of Beta(a, a) from ``g`` (two Gamma(a) draws)."""
+    u, v = (float(torch._standard_gamma(torch.full((1,), float(a)), generator=g)[0]) for _ in range(2))
+    return u / (u + v)
+
+
 def _k1_with_states(net: PararealNet, x0: torch.Tensor, dropout: float = 0.0, noise: float = 0.0):
     """K = 1 written out (:func:`raypar.network.parareal.parareal`'s sums), keeping the coarse and fine states.
     ``dropout``: on every coarse state z_j (training); ``noise``: Gaussian noise of ``noise`` x z_j's standard
@@ -202,16 +227,23 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
         _overlapping(net)
     if m.get("coarse_tail"):
         _coarse_tail(net, m["coarse_tail"])
-    opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0), m.get("coarse_wd", 1.0))
+    opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0), m.get("coarse_wd", 1.0), m.get("wd", 5e-4))
     weight = m.get("consistency", 0.0)
-    warm_steps, step = m.get("warmup", 0) * -(-len(spec.train) // 64), 0
+    batch = m.get("batch", 64)
+    warm_steps, step = m.get("warmup", 0) * -(-len(spec.train) // batch), 0
     shift_g = torch.Generator().manual_seed(seed)
+    mix_g = torch.Generator().manual_seed(seed + 1)
     for epoch in range(1, epochs + 1):
         net.train()
-        for x, y in data.loader(spec.train, 64, True, seed, epoch):
+        for x, y in data.loader(spec.train, batch, True, seed, epoch):
             step += 1
             if m.get("shift"):
                 x = _shifted(x, m["shift"], shift_g)
+            lam, y2 = 1.0, y
+            if m.get("mixup"):
+                lam = _beta(m["mixup"], mix_g)
+                perm = torch.randperm(len(y), generator=mix_g)
+                x, y2 = lam * x + (1 - lam) * x[perm], y[perm]
             extra = 0.0
             if n == 1 or epoch > epochs - m.get("sequential_last", 0) or epoch <= m.get("sequential_first", 0):
                 h = net.pre(x)
@@ -232,7 +264,10 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
                     extra = extra + m["coarse_ce"] * F.cross_entropy(net.post(z[-1]), y)
                 if m.get("fine_ce"):
                     extra = extra + m["fine_ce"] * F.cross_entropy(net.post(f[-1]), y)
-            loss = F.cross_entropy(out, y, label_smoothing=m.get("smoothing", 0.0)) + extra
+            smoothing = m.get("smoothing", 0.0)
+            loss = lam * F.cross_entropy(out, y, label_smoothing=smoothing) + extra
+            if lam < 1.0:
+                loss = loss + (1 - lam) * F.cross_entropy(out, y2, label_smoothing=smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             factor = min(1.0, step / warm_steps) if warm_steps else 1.0      # linear warm-up, per step

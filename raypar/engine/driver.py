@@ -169,8 +169,12 @@ class PararealEngine(TrainingStep):
     """Train and evaluate a :class:`PararealNet` with its fine segments in Ray actors."""
 
     def __init__(self, net: PararealNet, optim: OptimConfig, resources: Resources = Resources(), seed: int = 0,
-                 skip_nonfinite: bool = False, replica: Replica = Replica(), actors: FineActors | None = None):
-        """``actors``: the fine actors, started before the network was built (:class:`FineActors`, as many as the
+                 skip_nonfinite: bool = False, replica: Replica = Replica(), actors: FineActors | None = None,
+                 label_smoothing: float = 0.0):
+        """``label_smoothing``: of the training loss (``torch.nn.functional.cross_entropy``'s); :meth:`evaluate`'s loss
+        is unsmoothed.
+
+        ``actors``: the fine actors, started before the network was built (:class:`FineActors`, as many as the
         network has remote segments, with the same ``resources``); the engine owns them from here on (its
         :meth:`shutdown` stops them, and so does a failure here). None: the engine starts its own.
 
@@ -183,6 +187,7 @@ class PararealEngine(TrainingStep):
         averaged over the replicas before each step. Its actors are placed on the driver's node where they fit
         (``PACK``), or spread across nodes (``SPREAD``)."""
         try:
+            self.label_smoothing = label_smoothing
             self._setup(net, optim, resources, seed, skip_nonfinite, replica, actors)
         except BaseException:
             if actors is not None:

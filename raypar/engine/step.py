@@ -70,7 +70,7 @@ class TrainingStep:
         calls: list[_FineCall] = []
         cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
         logits = self._forward_sweeps(x, step, calls, cuts, st)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         if saved is not None and self.all_sum([float(not torch.isfinite(loss))])[0] > 0:
             st.bytes = self.tx.bytes - bytes0
             return self._skip(step, saved, loss, st, t_start)        # every replica skips the same batch

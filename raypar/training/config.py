@@ -154,6 +154,8 @@ class OptimConfig:
     lr_milestones: list = setting(help="fractions of the epochs where the step schedule multiplies the LR",
                                   factory=lambda: [0.5, 0.75])
     lr_gamma: float = setting(0.1, "the step schedule's factor")
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss: the cross-entropy's target puts "
+                                          "this much of its weight evenly on every class (validation is unsmoothed)")
     seed: int = setting(0, "seed of the initial weights, the data order and every process's RNG")
     on_nonfinite: str = setting("stop", "a NaN/inf loss: stop the run (the last good checkpoint stays), or skip "
                                         "that batch with no update anywhere", choices=("stop", "skip"))
@@ -166,6 +168,8 @@ class OptimConfig:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr_schedule not in engine_optim.SCHEDULES:
             raise UserError(f"--lr-schedule must be one of {', '.join(engine_optim.SCHEDULES)}, "
                             f"got {self.lr_schedule!r}")

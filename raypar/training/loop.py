@@ -134,7 +134,8 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
     if standby is None:
         _starting_actors(cfg, events)
     engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed,
-                            skip_nonfinite=cfg.optim.on_nonfinite == "skip", replica=replica, actors=standby)
+                            skip_nonfinite=cfg.optim.on_nonfinite == "skip", replica=replica, actors=standby,
+                            label_smoothing=cfg.optim.label_smoothing)
     if state is not None:
         engine.set_state(state)
     return engine, net
