@@ -93,6 +93,18 @@ def test_rows_pair_each_run_with_the_original_of_the_same_fold_and_seed():
     assert other.base_val_acc == pytest.approx(0.5)
 
 
+def test_label_smoothing_is_part_of_the_recipe_and_runs_from_before_it_ran_without():
+    def smoothed(r, value):
+        return RunSummary(r.run_id + "ls", dict(r.params, label_smoothing=value), r.seed, r.best_val_acc,
+                          r.final_val_acc, r.epoch_time_s, r.samples_per_s, r.history)
+    # the originals smoothed, the parareal runs not: nothing to pair with
+    table = rows([smoothed(r, "0.1") for r in BASE] + PAR)
+    assert len(table) == 2 and all(r.pairs is None for r in table)
+    # runs logged before the option existed group with label_smoothing 0.0
+    base, par = sorted(rows([smoothed(r, "0.0") for r in BASE] + PAR), key=lambda r: r.n)
+    assert par.pairs == 4 and par.pair_mean == pytest.approx(0.0175)
+
+
 def test_time_to_the_originals_accuracy_on_the_mean_curves():
     table = rows(BASE + PAR + SLOW)
     base, par, slow = sorted(table, key=lambda r: r.n)

@@ -42,8 +42,10 @@ def test_study_writes_nested_runs_report_and_plots(ray_local, tmp_path, monkeypa
             name[6], "1", "0", "2", name[-1])
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1]
         assert r.data.tags["raypar.split"] == ("7" if p["num_subnets"] == "1" else "3,4")    # the split trained
-    # the table printed as it went: one line per run
+    # the table printed as it went: one line per run; Ray's and MLflow's lines in the study's log file
     assert all(name in out for name in names)
+    log = (tmp_path / "raypar_runs" / "tiny.log").read_text()
+    assert "mlflow" in log and "INFO mlflow" not in capsys.readouterr().err
 
     folder = tmp_path / "studies" / "tiny"
     report = (folder / "report.md").read_text()

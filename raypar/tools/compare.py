@@ -1,9 +1,9 @@
 """``raypar compare``: one row per configuration of the finished runs in an MLflow experiment (or of one study).
 
 Runs are grouped by what defines a configuration — the recipe (model, width, data set, number of cross-validation
-folds, epochs, batch size, LR, schedule, weight decay) and the parareal layout (N, K, replicas, coarse design) — so
-the seeds and folds of one configuration fall into one row. Each row is set against the N = 1 baseline (the
-original network) of the same recipe:
+folds, epochs, batch size, LR, schedule, weight decay, label smoothing) and the parareal layout (N, K, replicas,
+coarse design) — so the seeds and folds of one configuration fall into one row. Each row is set against the N = 1
+baseline (the original network) of the same recipe:
 
 - speedup: its samples/s over the baseline's (training throughput);
 - acc delta: its mean final val accuracy minus the baseline's;
@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from ..errors import UserError
 
 RECIPE_KEYS = ("model", "width_mult", "norm", "dataset", "folds", "epochs", "batch_size", "lr", "lr_schedule",
-               "weight_decay")
+               "weight_decay", "label_smoothing")
 LAYOUT_KEYS = ("num_subnets", "iterations", "replicas", "coarse_depth", "coarse_width", "coarse_kernel",
                "coarse_norm", "coarse_downsample")
 # what a run logged before these settings existed ran with
-_PARAM_DEFAULTS = {"folds": "0", "fold": "0"}
+_PARAM_DEFAULTS = {"folds": "0", "fold": "0", "label_smoothing": "0.0"}
 
 # t(0.975, df) of Student's t for df = 1..30, where scipy is not installed
 _T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,

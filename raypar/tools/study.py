@@ -211,7 +211,9 @@ def report(table: list[compare.Row], base: TrainConfig, name: str, parent_run_id
     lines = [f"# raypar study `{name}`", "",
              f"Recipe `{base.run.recipe or 'custom'}`: {base.model.name} x{base.model.width_mult} on {base.data.dataset}, "
              f"{base.optim.epochs} epochs, batch {base.optim.batch_size}, SGD lr {base.optim.lr} ({base.optim.lr_schedule}), weight decay "
-             f"{base.optim.weight_decay}, coarse depth {base.model.coarse_depth} width {base.model.coarse_width} kernel "
+             f"{base.optim.weight_decay}, "
+             + (f"label smoothing {base.optim.label_smoothing}, " if base.optim.label_smoothing else "") +
+             f"coarse depth {base.model.coarse_depth} width {base.model.coarse_width} kernel "
              f"{base.model.coarse_kernel} norm "
              f"{base.model.coarse_norm} downsample {base.model.coarse_downsample}; split "
              f"{split_text(base.model.balance, splits)}; seeds "
@@ -278,7 +280,12 @@ def finished_run_id(cfg: TrainConfig, client) -> str | None:
 
 def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int], name: str | None,
               out: str | None, init_ray: Callable, fit: Callable | None = None,
-              splits: dict[int, list[int]] | None = None) -> int:
+              splits: dict[int, list[int]] | None = None, quiet: Callable | None = None) -> int:
+    """Train every run of the study (those already finished are kept), then write its report; returns the exit code.
+
+    ``quiet``: called before the tracking store or Ray is touched with the file that Ray's and MLflow's own log lines
+    should go to (``storage_path/<study name>.log``; None where the storage is remote), so that the console shows
+    the study's lines only."""
     from mlflow.tracking import MlflowClient
     from rich.console import Console
 
@@ -288,6 +295,16 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
     out = os.path.abspath(out or os.path.join("studies", name))
     plan(base, subnets, iterations, seeds, name, splits=splits)  # every run's settings are valid
     make_output_dir(out)
+    if quiet is not None:
+        log_path = None
+        if "://" not in base.run.storage_path:
+            log_path = os.path.join(base.run.storage_path, f"{name}.log")
+            try:
+                os.makedirs(base.run.storage_path, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"--storage-path {base.run.storage_path} cannot be written: {e.strerror or e}") \
+                    from None
+        quiet(log_path)
     tracking.check_reachable(base.run.tracking_uri)
     init_ray(base.replace(subnets=max(subnets)))
     if fit is None:
