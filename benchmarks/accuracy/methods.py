@@ -138,10 +138,11 @@ for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4
 for _name in ("patch", "patch-n4", "patch-split-2-5"):
     METHODS[f"{_name}-12epochs"] = dict(METHODS[_name], epochs=12)
 # with label smoothing 0.1 at N = 4 (1, 2, 2, 2), one more change to the recipe of both networks: 4x the weight
-# decay, half the batch, twice the epochs (and four times; twice with half the batch)
+# decay, half the batch, twice the epochs (and four times; twice with half the batch), twice the LR (and 12 epochs)
 for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2])):
     for _extra, _label in ((dict(wd=2e-3), "wd2e-3"), (dict(batch=32), "batch32"), (dict(epochs=12), "12epochs"),
-                           (dict(epochs=24), "24epochs"), (dict(epochs=12, batch=32), "12epochs-batch32")):
+                           (dict(epochs=24), "24epochs"), (dict(epochs=12, batch=32), "12epochs-batch32"),
+                           (dict(lr=0.1), "lr0.1"), (dict(lr=0.1, epochs=12), "lr0.1-12epochs")):
         METHODS[f"{_base}-smoothing0.1-{_label}"] = dict(n=_n, downsample="patch", split=_split, smoothing=0.1,
                                                           **_extra)
 # label smoothing 0.1 on VGG-16's best N = 4 split, at 6 and 12 epochs (with the original and N = 2 trained alike)
