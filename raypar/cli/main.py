@@ -160,14 +160,14 @@ def cmd_study(args) -> int:
     from rich.console import Console
 
     from ..tools.study import run_study
-    from .train import fit_with_progress, quiet_console
+    from .train import fit_with_progress, log_file, quiet_console
     from ..training.loop import fit
     from ..training.session import connect
     from .options import config_and_splits
     cfg, splits = config_and_splits(args, skip=("subnets", "iterations", "seed", "name"))
     return run_study(cfg, subnets=args.subnets, iterations=args.iterations, seeds=args.seed, name=args.name,
                      out=args.out, init_ray=connect, fit=lambda c: fit_with_progress(c, fit, Console()), splits=splits,
-                     quiet=quiet_console)
+                     quiet=lambda name: quiet_console(log_file(cfg.run.storage_path, name)))
 
 
 def cmd_compare(args) -> int:

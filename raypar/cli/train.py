@@ -39,6 +39,18 @@ def quiet_console(log_path: str | None) -> None:
     logging.captureWarnings(True)
 
 
+def log_file(storage_path: str, name: str) -> str | None:
+    """Where a run's or study's Ray and MLflow log lines go: ``storage_path/<name>.log``, its folder made; None for
+    remote storage (``s3://`` and the like). Raises UserError when the folder cannot be made."""
+    if "://" in storage_path:
+        return None
+    try:
+        os.makedirs(storage_path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--storage-path {redact(storage_path)} cannot be written: {e.strerror or e}") from None
+    return os.path.join(storage_path, f"{name}.log")
+
+
 class Clock:
     """Seconds since the command started, for the start-up lines."""
 
@@ -172,13 +184,7 @@ def cmd_train(args) -> int:
     if cfg.engine.address:
         check_address(cfg.engine.address)
     made = None if "://" in cfg.run.storage_path or os.path.exists(cfg.run.storage_path) else cfg.run.storage_path
-    log_path = None if "://" in cfg.run.storage_path else os.path.join(cfg.run.storage_path, f"{cfg.run.name}.log")
-    if log_path:
-        try:
-            os.makedirs(cfg.run.storage_path, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--storage-path {redact(cfg.run.storage_path)} cannot be written: "
-                            f"{e.strerror or e}") from None
+    log_path = log_file(cfg.run.storage_path, cfg.run.name)
     quiet_console(log_path)
     console.print(f"[{clock():5.1f} s] {decision.line()}")
     store, opened = None, {}

@@ -283,9 +283,8 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
               splits: dict[int, list[int]] | None = None, quiet: Callable | None = None) -> int:
     """Train every run of the study (those already finished are kept), then write its report; returns the exit code.
 
-    ``quiet``: called before the tracking store or Ray is touched with the file that Ray's and MLflow's own log lines
-    should go to (``storage_path/<study name>.log``; None where the storage is remote), so that the console shows
-    the study's lines only."""
+    ``quiet``: called with the study's name before the tracking store or Ray is touched, to send Ray's and MLflow's
+    own log lines off the console."""
     from mlflow.tracking import MlflowClient
     from rich.console import Console
 
@@ -296,15 +295,7 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
     plan(base, subnets, iterations, seeds, name, splits=splits)  # every run's settings are valid
     make_output_dir(out)
     if quiet is not None:
-        log_path = None
-        if "://" not in base.run.storage_path:
-            log_path = os.path.join(base.run.storage_path, f"{name}.log")
-            try:
-                os.makedirs(base.run.storage_path, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"--storage-path {base.run.storage_path} cannot be written: {e.strerror or e}") \
-                    from None
-        quiet(log_path)
+        quiet(name)
     tracking.check_reachable(base.run.tracking_uri)
     init_ray(base.replace(subnets=max(subnets)))
     if fit is None:
