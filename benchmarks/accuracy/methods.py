@@ -43,7 +43,8 @@ from raypar.training import data
 # split (block counts instead of the flops balance); smoothing (label smoothing); width (the coarse networks' hidden channels, with depth 2);
 # warmup (epochs of linear LR warm-up, per step); norm (the coarse networks' normalisation); shift (training images
 # translated by up to this many pixels, per sample); wd (weight decay, every part); batch (samples per step); mixup (training batches mixed with a shuffled copy of themselves,
-# weight lambda ~ Beta(mixup, mixup), the loss mixed alike)
+# weight lambda ~ Beta(mixup, mixup), the loss mixed alike); detach (no gradient from F_2..F_N into the coarse sweep);
+# nesterov (Nesterov momentum); ema (evaluate an exponential average of the weights, this decay a step)
 METHODS = {
     "original": dict(n=1),
     "pool": dict(n=2, downsample="pool"),
@@ -138,13 +139,30 @@ for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4
 for _name in ("patch", "patch-n4", "patch-split-2-5"):
     METHODS[f"{_name}-12epochs"] = dict(METHODS[_name], epochs=12)
 # with label smoothing 0.1 at N = 4 (1, 2, 2, 2), one more change to the recipe of both networks: 4x the weight
-# decay, half the batch, twice the epochs (and four times; twice with half the batch), twice the LR (and 12 epochs)
+# decay, half the batch, twice the epochs (and four, eight times; four with half the batch), twice the LR (and 12 epochs)
 for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2])):
     for _extra, _label in ((dict(wd=2e-3), "wd2e-3"), (dict(batch=32), "batch32"), (dict(epochs=12), "12epochs"),
                            (dict(epochs=24), "24epochs"), (dict(epochs=12, batch=32), "12epochs-batch32"),
-                           (dict(lr=0.1), "lr0.1"), (dict(lr=0.1, epochs=12), "lr0.1-12epochs")):
+                           (dict(lr=0.1), "lr0.1"), (dict(lr=0.1, epochs=12), "lr0.1-12epochs"),
+                           (dict(epochs=48), "48epochs"), (dict(epochs=24, batch=32), "24epochs-batch32")):
         METHODS[f"{_base}-smoothing0.1-{_label}"] = dict(n=_n, downsample="patch", split=_split, smoothing=0.1,
                                                           **_extra)
+# with label smoothing 0.1 and 24 epochs at N = 4 (1, 2, 2, 2): no weight decay on the coarse networks
+METHODS["patch-n4-split-1-2-2-2-smoothing0.1-24epochs-coarse-wd0"] = dict(
+    METHODS["patch-n4-split-1-2-2-2-smoothing0.1-24epochs"], coarse_wd=0.0)
+# with label smoothing 0.1 (6 epochs): the fine segments' inputs detached from the coarse sweep; Nesterov momentum and
+# an exponential average of the weights (decay 0.95 per step), each in both networks
+for _base, _n, _split in (("original", 1, "flops"), ("patch-n4-split-1-2-2-2", 4, [1, 2, 2, 2]),
+                          ("patch-split-2-5", 2, [2, 5])):
+    for _extra, _label in ((dict(detach=True), "detach"), (dict(nesterov=True), "nesterov"),
+                           (dict(ema=0.95), "ema0.95")):
+        if _n > 1 or "detach" not in _extra:
+            METHODS[f"{_base}-smoothing0.1-{_label}"] = dict(n=_n, downsample="patch", split=_split, smoothing=0.1,
+                                                              **_extra)
+# with label smoothing 0.1, VGG-11 at N = 4 with a deeper last segment (as VGG-16's 1, 2, 2, 7)
+for _split in ([1, 1, 1, 4], [1, 1, 2, 3]):
+    METHODS["patch-n4-split-" + "-".join(map(str, _split)) + "-smoothing0.1"] = dict(n=4, downsample="patch",
+                                                                                   split=_split, smoothing=0.1)
 # label smoothing 0.1 on VGG-16's best N = 4 split, at 6 and 12 epochs (with the original and N = 2 trained alike)
 for _name in ("original", "patch", "patch-n4-split-1-2-2-7"):
     METHODS[f"{_name}-smoothing0.1"] = dict(METHODS[_name], smoothing=0.1)
@@ -198,12 +216,16 @@ def _beta(a: float, g: torch.Generator) -> float:
     return u / (u + v)
 
 
-def _k1_with_states(net: PararealNet, x0: torch.Tensor, dropout: float = 0.0, noise: float = 0.0):
+def _k1_with_states(net: PararealNet, x0: torch.Tensor, dropout: float = 0.0, noise: float = 0.0,
+                    detach: bool = False):
     """K = 1 written out (:func:`raypar.network.parareal.parareal`'s sums), keeping the coarse and fine states.
     ``dropout``: on every coarse state z_j (training); ``noise``: Gaussian noise of ``noise`` x z_j's standard
-    deviation on the fine segments' inputs z_1..z_{N-1} (training)."""
+    deviation on the fine segments' inputs z_1..z_{N-1} (training); ``detach``: no gradient flows from a fine segment
+    F_2..F_N into the coarse sweep that made its input (the coarse networks learn from the corrections alone)."""
     z = coarse_sweep(net.coarse, x0, cut=(lambda t: F.dropout(t, dropout)) if dropout else None)   # z_1 .. z_N
     inputs = [x0] + [u + noise * u.detach().std() * torch.randn_like(u) if noise else u for u in z[:-1]]
+    if detach:
+        inputs = [inputs[0]] + [u.detach() for u in inputs[1:]]
     f = [seg(u) for seg, u in zip(net.segments, inputs)]
     l = [f[0]]
     for j in range(1, net.num_subnets):
@@ -229,6 +251,9 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
     if m.get("coarse_tail"):
         _coarse_tail(net, m["coarse_tail"])
     opt, sched = _optimizer(net, lr, epochs, m.get("coarse_lr", 1.0), m.get("coarse_wd", 1.0), m.get("wd", 5e-4))
+    for g in opt.param_groups:
+        g["nesterov"] = m.get("nesterov", False)
+    ema = [p.detach().clone() for p in net.parameters()] if m.get("ema") else None
     weight = m.get("consistency", 0.0)
     batch = m.get("batch", 64)
     warm_steps, step = m.get("warmup", 0) * -(-len(spec.train) // batch), 0
@@ -257,7 +282,8 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
             elif k > 1:
                 out = net(x)
             else:
-                z, f, l = _k1_with_states(net, net.pre(x), m.get("coarse_dropout", 0.0), m.get("z_noise", 0.0))
+                z, f, l = _k1_with_states(net, net.pre(x), m.get("coarse_dropout", 0.0), m.get("z_noise", 0.0),
+                                          m.get("detach", False))
                 out = net.post(l[-1])
                 if weight:
                     extra = weight * sum(F.mse_loss(z[j], l[j].detach()) for j in range(n - 1))
@@ -278,7 +304,15 @@ def train_one(model: str, width: float, method: str, fold: int, folds: int, seed
             opt.step()
             for g, lr_ in zip(opt.param_groups, lrs):
                 g["lr"] = lr_
+            if ema is not None:
+                with torch.no_grad():
+                    for e, p in zip(ema, net.parameters()):
+                        e.mul_(m["ema"]).add_(p, alpha=1 - m["ema"])
         sched.step()
+    if ema is not None:                                  # evaluate the average (BN statistics: the last step's)
+        with torch.no_grad():
+            for e, p in zip(ema, net.parameters()):
+                p.copy_(e)
     net.eval()
     seconds = round(time.time() - t0, 1)
 
