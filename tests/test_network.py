@@ -276,6 +276,22 @@ def test_the_profile_times_parts_as_a_run_runs_them(monkeypatch):
     assert calls[:3] == ["kept", "whole", "part"] and calls.count("part") == len(model.blocks) + 2
 
 
+def test_a_deferring_time_balance_times_each_block_in_one_pass(monkeypatch):
+    """With F_1 in the driver and --defer-weights, the profile times each block's backward in the two halves an actor
+    runs (its weight gradients' share kept per block) in the same passes as the block's whole cost: one warm-up and
+    the repeats, not a second profile for the weight gradients."""
+    model = build("vgg11", width_mult=0.25)
+    calls = []
+    for i, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda *_, i=i: calls.append(i))
+    net = PararealNet(model, 2, balance="time", profile_batch=4, driver_segment=True, defer_weights=True)
+    # per block: the whole pass before the profile, then warm-up + 3 repeats (the last one's output feeds the next)
+    assert all(calls.count(i) == 1 + 4 for i in range(len(model.blocks))), calls
+    _, blocks, _ = profile(model, torch.randn(4, 3, 32, 32), "time", weight_grads=True)
+    assert all(0 < b.weight_grad < b.cost for b in blocks)
+    assert sum(net.split) == len(model.blocks)
+
+
 @pytest.mark.parametrize("pre", ["identity", "pool", "frozen"])
 def test_a_pre_with_nothing_to_train_is_profiled_and_split(pre):
     """pre without trainable parameters, on the data: its profile has no backward to run (none in a step either)."""

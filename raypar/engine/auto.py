@@ -129,8 +129,9 @@ def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, itera
     measure = balance if balance in bal.MEASURES else "time"
     where = torch.device(device)
     sample = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed)).to(where)
+    deferring = driver_segment and defer_weights and measure == "time"
     pre_p, block_p, post_p = bal.profile(staged, sample, "time", channels_last=channels_last,
-                                         count_flops=measure == "flops")
+                                         count_flops=measure == "flops", weight_grads=deferring)
 
     def unit(p, m):
         return {"time": p.cost, "flops": p.flops, "params": p.params}[m]
@@ -138,10 +139,7 @@ def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, itera
     coarse_s = PararealNet._coarse_cost_of(block_p, "time", batch, coarse, where, channels_last)
     coarse_m = (coarse_s if measure == "time" else
                 PararealNet._coarse_cost_of(block_p, measure, batch, coarse, where, channels_last))
-    deferred = None
-    if driver_segment and defer_weights and measure == "time":
-        with torch.random.fork_rng():
-            deferred = bal.weight_grad_times(staged, sample, channels_last=channels_last)
+    deferred = [p.weight_grad for p in block_p] if deferring else None
     costs = [unit(p, measure) for p in block_p]
     for n in many:
         if driver_segment:

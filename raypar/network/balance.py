@@ -32,6 +32,7 @@ class Profile:
     flops: float | None    # forward+backward FLOPs on the sample batch (None: not counted)
     in_shape: tuple        # one sample's shapes, no batch dim
     out_shape: tuple
+    weight_grad: float | None = None   # seconds of its weight gradients alone, within ``cost`` (``weight_grads``)
 
 
 def _fwd_bwd_flops(module: nn.Module, x: torch.Tensor) -> float:
@@ -49,28 +50,45 @@ def _sync(x: torch.Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    grad = None
-    times = []
+def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int,
+                  weight_grads: bool = False) -> tuple[float, float | None, torch.Tensor]:
+    """The median seconds of a forward and backward, those of its weight gradients alone (``weight_grads``: the
+    backward in the two halves a fine actor runs, :mod:`raypar.network.split_backward`; else None), and the last
+    forward's output (no graph)."""
+    from .split_backward import input_grad
+    params = [p for p in module.parameters() if p.requires_grad]
+    grad, wholes, weights = None, [], []
     for i in range(repeats + 1):           # first run is a warm-up
         _sync(x)
         t0 = time.perf_counter()
         out = module(x)
         if grad is None:
             grad = torch.ones_like(out)
-        if out.requires_grad:
+        if weight_grads:
+            _, later = input_grad(out, grad, x, params)
+            _sync(x)
+            t1 = time.perf_counter()
+            later.run()
+        elif out.requires_grad:
             out.backward(grad)
         _sync(x)
         if i:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            wholes.append(time.perf_counter() - t0)
+            if weight_grads:
+                weights.append(time.perf_counter() - t1)
+    return statistics.median(wholes), statistics.median(weights) if weights else None, out.detach()
 
 
 def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time", repeats: int = 3,
-                 input_grad: bool = True, count_flops: bool | None = None) -> tuple[Profile, torch.Tensor]:
+                 input_grad: bool = True, count_flops: bool | None = None,
+                 weight_grads: bool = False) -> tuple[Profile, torch.Tensor]:
     """Profile one part on the batch ``x``; returns the profile and the part's output (no graph). ``input_grad``:
     its backward computes the gradient w.r.t. ``x`` too (every part but ``pre``, whose input is the data).
     ``count_flops``: count its FLOPs too (None: only for the ``flops`` measure; otherwise ``flops`` is None).
+    ``weight_grads`` (a ``time`` measure with ``input_grad``): time the backward in two halves, as a fine actor
+    computes it with ``--defer-weights`` (the input gradient, then the weight gradients), and keep the second half's
+    seconds in ``Profile.weight_grad`` too; ``cost`` is then the whole, which on CPUs is a few per cent above a
+    plain backward's.
     BN statistics and grads of ``part`` do change: profile a copy.
 
     Why FLOPs only when asked: torch's FLOP counter dispatches every operation through Python and its first use
@@ -81,15 +99,14 @@ def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time", repeat
         count_flops = measure == "flops"
     flops = _fwd_bwd_flops(part, x_in) if count_flops else None
     params = sum(p.numel() for p in part.parameters())
-    if measure == "time":
-        cost = _fwd_bwd_time(part, x_in, repeats)
-    elif measure == "flops":
-        cost = flops
+    weight_grad = None
+    if measure == "time":          # (its output: the timed passes' last, not one more forward)
+        cost, weight_grad, out = _fwd_bwd_time(part, x_in, repeats, weight_grads and x_in.requires_grad)
     else:
-        cost = float(max(params, 1))
-    with torch.no_grad():
-        out = part(x_in)
-    return Profile(cost, params, flops, tuple(x.shape[1:]), tuple(out.shape[1:])), out
+        cost = flops if measure == "flops" else float(max(params, 1))
+        with torch.no_grad():
+            out = part(x_in)
+    return Profile(cost, params, flops, tuple(x.shape[1:]), tuple(out.shape[1:]), weight_grad), out
 
 
 def check_measure(measure: str) -> None:
@@ -123,9 +140,12 @@ def _as_in_a_run(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time", repeats: int = 3,
-            channels_last: bool = False, count_flops: bool | None = None) -> tuple[Profile, list[Profile], Profile]:
+            channels_last: bool = False, count_flops: bool | None = None,
+            weight_grads: bool = False) -> tuple[Profile, list[Profile], Profile]:
     """Profile pre, every block and post on ``sample`` (a batch), on the sample's device, in the channels-last
-    layout if ``channels_last``; FLOPs counted as :func:`measure_part` says. The model itself is left untouched."""
+    layout if ``channels_last``; FLOPs counted as :func:`measure_part` says. ``weight_grads``: a ``time`` profile
+    times each block's backward in two halves and keeps its weight gradients' seconds (``Profile.weight_grad``), in
+    the same passes. The model itself is left untouched."""
     check_measure(measure)
     model = copy.deepcopy(staged).to(sample.device).train()   # profiling must not touch the real model's BN or grads
     model, x = in_layout(model, sample, channels_last)
@@ -133,8 +153,9 @@ def profile(staged: StagedModel, sample: torch.Tensor, measure: str = "time", re
         _as_in_a_run(model, x)
     results = []
     for i, part in enumerate([model.pre, *model.blocks, model.post]):
+        block = 0 < i <= len(model.blocks)
         prof, x = measure_part(part, x, measure, repeats, input_grad=i > 0,    # the data needs no gradient
-                               count_flops=count_flops)
+                               count_flops=count_flops, weight_grads=weight_grads and block)
         results.append(prof)
     return results[0], results[1:-1], results[-1]
 
@@ -228,28 +249,10 @@ def weight_grad_times(staged: StagedModel, x: torch.Tensor, repeats: int = 3,
                       channels_last: bool = False) -> list[float]:
     """Per block: the seconds of its weight gradients alone (the half of its backward that a fine actor defers to
     its optimizer step, :mod:`raypar.network.split_backward`), on the batch ``x`` and its device (and layout, as
-    :func:`profile`)."""
-    from .split_backward import input_grad
-    model, x = in_layout(copy.deepcopy(staged).to(x.device).train(), x, channels_last)
-    _as_in_a_run(model, x)
-    with torch.no_grad():
-        h = model.pre(x)
-    out = []
-    for block in model.blocks:
-        times = []
-        for i in range(repeats + 1):                     # the first is a warm-up
-            u = h.detach().requires_grad_(True)
-            y = block(u)
-            _, weights = input_grad(y, torch.ones_like(y), u, [p for p in block.parameters() if p.requires_grad])
-            _sync(u)
-            t0 = time.perf_counter()
-            weights.run()
-            _sync(u)
-            if i:
-                times.append(time.perf_counter() - t0)
-        out.append(statistics.median(times))
-        h = y.detach()
-    return out
+    :func:`profile`): for a caller that wants plain backwards' costs from :func:`profile` besides (a profile with
+    ``weight_grads`` has both halves in one pass)."""
+    return [p.weight_grad for p in profile(staged, x, "time", repeats, channels_last=channels_last,
+                                                   weight_grads=True)[1]]
 
 
 def check_num_subnets(n: int, num_blocks: int) -> None:

@@ -1,7 +1,6 @@
 """``PararealNet``: the parareal network in one process — the reference the distributed engine must match."""
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from dataclasses import dataclass
@@ -81,24 +80,23 @@ class PararealNet(nn.Module):
         sample = torch.randn(profile_batch, *shape, dtype=dtype, generator=gen).to(where)
         # the profile's measure (the cost report's unit): the balance's own, else (explicit block counts) ``measure``
         measure = balance if isinstance(balance, str) else (measure or "flops")
-        pre_p, block_p, post_p = bal.profile(staged, sample, measure, channels_last=channels_last)
+        # the actors' deferred weight gradients (--defer-weights) come off the path the driver waits on: timed in the
+        # profile's own passes, each block's backward in the two halves an actor runs
+        loaded_first = isinstance(balance, str) and driver_segment and num_subnets > 1
+        deferring = loaded_first and defer_weights and measure == "time"
+        pre_p, block_p, post_p = bal.profile(staged, sample, measure, channels_last=channels_last,
+                                             weight_grads=deferring)
+        # the coarse networks' cost depends on the split (each maps its interval's input shape to its output's)
+        coarse_cost = self._coarse_cost_of(block_p, measure, profile_batch, self.coarse_spec, where, channels_last)
         if isinstance(balance, str):
             costs = [p.cost for p in block_p]
-            if driver_segment and num_subnets > 1:
-                # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do. The
-                # coarse networks' cost depends on the split (each maps its interval's input shape to its output's)
-                coarse_cost = self._coarse_cost_of(block_p, measure, profile_batch, self.coarse_spec, where,
-                                                   channels_last)
-
+            if loaded_first:
+                # F_1 shares its process with pre, the coarse sweeps and post: give it that much less to do
                 def driver_work(split):
                     bounds = list(itertools.accumulate(split, initial=0))
                     coarse = [coarse_cost(a, b) for a, b in zip(bounds, bounds[1:])]
                     return pre_p.cost + post_p.cost + coarse_work(coarse, iterations)
-                # the actors' deferred weight gradients (--defer-weights) come off the path the driver waits on
-                deferred = None
-                if defer_weights and measure == "time":
-                    with torch.random.fork_rng():
-                        deferred = bal.weight_grad_times(staged, sample, channels_last=channels_last)
+                deferred = [p.weight_grad for p in block_p] if deferring else None
                 self.split = bal.partition_loaded_first(costs, num_subnets, driver_work, deferred=deferred)
             else:
                 self.split = bal.partition(costs, num_subnets)
@@ -123,9 +121,8 @@ class PararealNet(nn.Module):
         if num_subnets > 1:
             for info in self.segment_info:
                 net = build_coarse(info.in_shape, info.out_shape, self.coarse_spec)
-                x = torch.randn(profile_batch, *info.in_shape, generator=gen).to(where)
-                prof, _ = bal.measure_part(*bal.in_layout(copy.deepcopy(net).to(where), x, channels_last), measure)
-                info.coarse_params, info.coarse_cost = prof.params, prof.cost
+                info.coarse_params = sum(p.numel() for p in net.parameters())
+                info.coarse_cost = coarse_cost(*info.blocks)        # (measured once per pair of shapes)
                 self.coarse.append(net)
         if where.type == "cuda":
             torch.cuda.empty_cache()          # the profile's activations: not held in the GPU's cache for the run
