@@ -276,7 +276,7 @@ def test_the_profile_times_parts_as_a_run_runs_them(monkeypatch):
     assert calls[:3] == ["kept", "whole", "part"] and calls.count("part") == len(model.blocks) + 2
 
 
-def test_a_deferring_time_balance_times_each_block_in_one_pass(monkeypatch):
+def test_a_deferring_time_balance_times_each_block_in_one_pass():
     """With F_1 in the driver and --defer-weights, the profile times each block's backward in the two halves an actor
     runs (its weight gradients' share kept per block) in the same passes as the block's whole cost: one warm-up and
     the repeats, not a second profile for the weight gradients."""

@@ -55,8 +55,9 @@ def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int,
     """The median seconds of a forward and backward, those of its weight gradients alone (``weight_grads``: the
     backward in the two halves a fine actor runs, :mod:`raypar.network.split_backward`; else None), and the last
     forward's output (no graph)."""
-    from .split_backward import input_grad
-    params = [p for p in module.parameters() if p.requires_grad]
+    if weight_grads:
+        from .split_backward import input_grad
+        params = [p for p in module.parameters() if p.requires_grad]
     grad, wholes, weights = None, [], []
     for i in range(repeats + 1):           # first run is a warm-up
         _sync(x)
@@ -73,9 +74,10 @@ def _fwd_bwd_time(module: nn.Module, x: torch.Tensor, repeats: int,
             out.backward(grad)
         _sync(x)
         if i:
-            wholes.append(time.perf_counter() - t0)
+            end = time.perf_counter()
+            wholes.append(end - t0)
             if weight_grads:
-                weights.append(time.perf_counter() - t1)
+                weights.append(end - t1)
     return statistics.median(wholes), statistics.median(weights) if weights else None, out.detach()
 
 
