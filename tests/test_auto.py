@@ -8,8 +8,11 @@ import torch
 
 from raypar.cli.main import build_parser, main
 from raypar.cli.options import config_from_args
-from raypar.engine.auto import (ADVICE, THRESHOLD, devices_in_use, pick_subnets, predict_subnets, predicted_speedup,
-                                prediction_lines, run_prediction)
+from types import SimpleNamespace
+
+from raypar.engine.auto import (ADVICE, COARSE_IN_ACTORS_GAIN, THRESHOLD, ProfiledSplit, choose_coarse_in_actors,
+                                devices_in_use, pick_subnets, predict_subnets, predicted_speedup, prediction_lines,
+                                run_prediction)
 from raypar.errors import UserError
 from raypar.network.models import build
 from raypar.network.reference import PararealNet
@@ -92,6 +95,62 @@ def test_a_run_on_one_core_is_told_it_loses(monkeypatch):
     assert lines[0].startswith(f"predicted speedup {predicted:.2f}x over the original network (N = 2, K = 1, 1 core, "
                                f"time profile)")
     assert lines[1] == ADVICE
+
+
+def _profiled(pre, fine, coarse, post, k=1):
+    """A profiled split with these costs (ms): what the prediction reads of a network."""
+    cost = SimpleNamespace
+    info = [cost(cost=f, coarse_cost=c) for f, c in zip(fine, coarse)]
+    net = ProfiledSplit([1] * len(fine), k, cost(cost=pre), cost(cost=post), info)
+    net.balance_measure = "time"
+    return net
+
+
+def test_the_coarse_sweep_in_the_actors_predicted_by_hand():
+    """Interval j's process runs pre, C_1..C_j and F_j at once, then the driver runs the correction sweep C_2..C_N
+    and post; every process's copies count in the work."""
+    net = _profiled(2.0, [400.0, 300.0, 200.0], [10.0, 20.0, 30.0], 5.0)
+    seq = 2 + 900 + 5
+    each = [2 + 400, 2 + 10 + 20 + 300, 2 + 10 + 20 + 30 + 200]
+    critical, work = max(each) + 50 + 5, sum(each) + 50 + 5
+    assert predicted_speedup(net, 3, coarse_in_actors=True) == pytest.approx(min(seq / critical, 3 * seq / work))
+    assert predicted_speedup(net, 2, coarse_in_actors=True) == pytest.approx(2 * seq / work)     # two cores: the work
+    driver = seq / (2 + 5 + (10 + 20 + 30) + (20 + 30) + 400)     # the coarse and correction sweeps, the longest F_j
+    assert predicted_speedup(net, 3) == pytest.approx(driver)
+    with pytest.raises(UserError, match="--coarse-in-actors needs --iterations 1, got 2"):
+        predicted_speedup(_profiled(2.0, [400.0, 300.0], [10.0, 20.0], 5.0, k=2), 2, coarse_in_actors=True)
+
+
+@pytest.mark.parametrize("fine, coarse, want", [
+    ([471.3, 398.8], [18.0, 40.3], True),        # a ResNet-56 x1 profile: the driver's coarse sweeps and F_1 bound it
+    ([316.1, 395.9], [16.9, 23.5], False),       # a ResNet-110 x0.5 profile: F_2 bounds both placements alike
+    ([41.5, 55.0], [5.7, 1.0], False),           # a VGG-16 x0.25 profile
+    ([41.5, 50.0], [5.7, 1.0], False),           # the same, F_2 timed 10 % fast: the driver's path is not 1.2x F_2
+    ([471.3, 398.8], [1.0, 1.0], False),         # the driver overloaded, but not by the coarse sweeps: no gain
+])
+def test_the_coarse_sweep_goes_to_the_actors_only_where_the_driver_is_overloaded(monkeypatch, fine, coarse, want):
+    monkeypatch.setattr("raypar.engine.cost.cpu_cores", lambda: 2)
+    net = _profiled(1.4, fine, coarse, 4.9)
+    assert choose_coarse_in_actors(net, driver_segment=True, gpus=0.0) is want
+    predicted, lines = run_prediction(net, True, 0.0, want)
+    assert predicted == pytest.approx(predicted_speedup(net, 2, want))
+    assert ("the coarse sweep in the actors" in lines[0]) == want
+    # K > 1, or no F_1 in the driver, keeps the coarse sweep in the driver, whatever the costs
+    assert choose_coarse_in_actors(_profiled(1.4, fine, coarse, 4.9, k=2), True, 0.0) is False
+    assert choose_coarse_in_actors(net, driver_segment=False, gpus=0.0) is False
+
+
+def test_the_rule_by_hand(monkeypatch):
+    """Both conditions at their edges: the driver's path against DRIVER_OVERLOAD x the longest actor segment, the
+    predictions against COARSE_IN_ACTORS_GAIN."""
+    monkeypatch.setattr("raypar.engine.cost.cpu_cores", lambda: 64)
+    # driver path = 0 + 0 + (c1 + c2 + c2) + f1; actor path with the sweep in the actors: c1 + c2 + f2, then c2
+    overloaded = _profiled(0.0, [100.0, 60.0], [5.0, 10.0], 0.0)          # driver 125 >= 1.2 x 60
+    gain = predicted_speedup(overloaded, 64, True) / predicted_speedup(overloaded, 64, False)
+    assert gain == pytest.approx(125 / 110) and gain >= COARSE_IN_ACTORS_GAIN
+    assert choose_coarse_in_actors(overloaded, True, 0.0) is True
+    even = _profiled(0.0, [100.0, 110.0], [5.0, 10.0], 0.0)               # driver 125 < 1.2 x 110
+    assert choose_coarse_in_actors(even, True, 0.0) is False
 
 
 def test_predict_subnets_from_one_profile():

@@ -89,3 +89,18 @@ def test_info_profiles_with_the_threads_a_training_process_has(monkeypatch, caps
     assert main(["info", "--width-mult", "0.125", "--balance", "flops"]) == 0
     assert main(["info", "--width-mult", "0.125", "--balance", "flops", "--cpus-per-subnet", "2"]) == 0
     assert seen == [1, 2] and torch.get_num_threads() == before
+
+
+def test_info_says_where_the_coarse_sweep_runs(capsys):
+    """--coarse-in-actors / --no-coarse-in-actors fix where train would run the coarse sweep (unset: the rule of
+    raypar.engine.auto.choose_coarse_in_actors); the ideal speedup and the prediction are that placement's."""
+    from raypar.cli.main import main
+    common = ["info", "--width-mult", "0.125", "--balance", "flops", "--subnets", "3"]
+    assert main([*common, "--coarse-in-actors"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the coarse sweep in the actors)" in out and "F_j + the correction sweep" in out
+    assert main([*common, "--no-coarse-in-actors"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "coarse sweep in the actors" not in out and "(sequential cost / (pre + coarse + max fine + post))" in out
+    assert main([*common, "--coarse-in-actors", "--iterations", "2"]) == 2
+    assert "--coarse-in-actors needs --iterations 1, got 2" in capsys.readouterr().err

@@ -194,6 +194,7 @@ def test_against_a_bench_result(planner, tmp_path):
     ({"contender": "raypar-N2-coarse-in-actors-cuda-ipc"}, (2, True, True)),
     ({"contender": "raypar-N2-no-driver-segment-coarse-in-actors"}, (2, False, True)),
     ({"contender": "raypar-N1-no-driver-segment"}, (1, False, False)),
+    ({"contender": "raypar-N2", "coarse_in_actors": True}, (2, True, True)),     # placed as train places it
     # a bench.json from before the rows were named by train's flags: its processes tell
     ({"contender": "raypar-N2", "processes": 3}, (2, False, False)),
     ({"contender": "raypar-N2-f1-ca", "processes": 2}, (2, True, True)),

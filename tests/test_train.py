@@ -51,6 +51,7 @@ def test_raypar_train_defaults_end_to_end(tmp_path):
     for key in METRICS:
         assert [s for s, _ in _history(client, run_id, key)] == list(range(1, epochs + 1)), key
     assert run.data.metrics["val_acc"] >= 0.90
+    assert run.data.tags["raypar.coarse_in_actors"] in ("true", "false")     # where the prediction put the sweep
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.json", "final_weights.pt"} <= artifacts
     weights = torch.load(client.download_artifacts(run_id, "final_weights.pt", str(tmp_path)), weights_only=True)
@@ -79,10 +80,20 @@ def test_resume_continues_at_the_next_epoch_and_keeps_a_tuned_split(ray_local, t
     measured = [t for t in trials if not t["error"]]
     assert len(trials) >= 2 and measured and all(t["step_ms"] > 0 for t in measured)
     assert split == max(measured, key=lambda t: t["vs_profiled"])["split"] and sum(t["profiled"] for t in trials) == 1
+    # the coarse sweep's place (unset: chosen from the profile) is kept too: flipped in the checkpoint, the resumed
+    # run takes the checkpoint's, not a new choice
+    meta_path = os.path.join(first.checkpoint_path, "raypar_meta.json")
+    meta = json.load(open(meta_path))
+    assert run.data.tags["raypar.coarse_in_actors"] == str(meta["coarse_in_actors"]).lower()
+    meta["coarse_in_actors"] = not meta["coarse_in_actors"]
+    json.dump(meta, open(meta_path, "w"))
     second = fit(_cfg(tmp_path, epochs=2, balance="tune", driver_segment=True), resume=True)   # more epochs
     assert second.resumed and second.run_id == first.run_id
     assert second.metrics["epoch"] == 2
-    assert json.load(open(os.path.join(second.checkpoint_path, "raypar_meta.json")))["split"] == split
+    resumed = json.load(open(os.path.join(second.checkpoint_path, "raypar_meta.json")))
+    assert resumed["split"] == split and resumed["coarse_in_actors"] == meta["coarse_in_actors"]
+    assert _run_of(f"sqlite:///{tmp_path}/mlflow.db", first.run_id)[1].data.tags["raypar.coarse_in_actors"] == (
+        str(meta["coarse_in_actors"]).lower())
     # not tuned again: another tuning would have logged other timings
     assert json.load(open(client.download_artifacts(first.run_id, "tuning.json", _dir(tmp_path / "b")))) == trials
     config = json.load(open(client.download_artifacts(first.run_id, "config.json", _dir(tmp_path / "c"))))
@@ -103,6 +114,7 @@ def test_driver_segment_and_fp16_train(ray_local, tmp_path):
     assert len(ckpt["fine"]) == 2 and any(k.startswith("segments.0.") for k in ckpt["driver"])
     client, run = _run_of(f"sqlite:///{tmp_path}/mlflow.db", result.run_id)
     assert run.data.params["amp"] == "fp16" and run.data.params["coarse_in_actors"] == "True"
+    assert run.data.tags["raypar.coarse_in_actors"] == "true"
     assert run.data.metrics["loss_scale"] == ckpt["scaler"]["scale"] > 0
     assert 0 <= run.data.metrics["overflow_steps"] < 1797 / 128       # digits: 1797 images, some for validation
 

@@ -8,8 +8,8 @@ that a drift of the machine does not favour one contender):
 - ``raypar``: ``raypar train --subnets 2`` with no engine flag (what a user gets);
 
 each a run of its own (``--name``), read back from MLflow: the last epoch's ``samples_per_s`` and ``step_time_s``,
-the start-of-run prediction (tag ``raypar.predicted_speedup``) and the seconds from the command to its first step
-(its console). Then once per model in the first ``--bench-reps`` repetitions, ``raypar bench --contenders
+the start-of-run prediction (tag ``raypar.predicted_speedup``), where the run put the coarse sweep (tag
+``raypar.coarse_in_actors``) and the seconds from the command to its first step (its console). Then once per model in the first ``--bench-reps`` repetitions, ``raypar bench --contenders
 original,ddp --one-at-a-time``:
 Ray Train data parallelism (DDP over gloo, 2 workers, the same global batch) and plain PyTorch's training step in one
 process.
@@ -60,7 +60,8 @@ def _train(model: str, width: float, contender: str, rep: int, a, uri: str) -> d
     return {"model": model, "width": width, "contender": contender, "rep": rep, "run": name,
             "samples_per_s": at_last("samples_per_s"), "step_time_s": at_last("step_time_s"),
             "val_acc": at_last("val_acc"), "first_step_s": float(first.group(1)) if first else None,
-            "wall_s": wall, "predicted_speedup": float(predicted) if predicted else None}
+            "wall_s": wall, "predicted_speedup": float(predicted) if predicted else None,
+            "split": run.data.tags.get("raypar.split"), "coarse_in_actors": run.data.tags.get("raypar.coarse_in_actors")}
 
 
 def _bench(model: str, width: float, rep: int, a) -> dict:
@@ -92,14 +93,14 @@ def table(runs: list[dict], benches: list[dict]) -> str:
     """The markdown table: per model, median (range) over repetitions of raypar's and data parallelism's samples/s
     over the original's (both measured in the same repetition), the prediction, and the original's step."""
     lines = ["| model | N = 2 defaults / original | predicted | measured / predicted | Ray Train DDP (2) / "
-             "original | original step (ms) | plain PyTorch step (ms) | first step (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "original | original step (ms) | plain PyTorch step (ms) | first step (s) | coarse sweep |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for model, width in dict.fromkeys((r["model"], r["width"]) for r in runs):
         def of(contender, rep):
             return next((r for r in runs if (r["model"], r["width"], r["contender"], r["rep"]) ==
                          (model, width, contender, rep)), None)
         reps = sorted({r["rep"] for r in runs if (r["model"], r["width"]) == (model, width)})
-        ratios, predicted, shares, ddp, steps, plain, first = [], [], [], [], [], [], []
+        ratios, predicted, shares, ddp, steps, plain, first, where = [], [], [], [], [], [], [], []
         for rep in reps:
             o, p = of("original", rep), of("raypar", rep)
             if not (o and p):
@@ -108,6 +109,7 @@ def table(runs: list[dict], benches: list[dict]) -> str:
             ratios.append(ratio)
             steps.append(1000 * o["step_time_s"])
             first.append(p["first_step_s"])
+            where.append({"true": "actors", "false": "driver"}.get(p.get("coarse_in_actors"), "?"))
             if p["predicted_speedup"]:
                 predicted.append(p["predicted_speedup"])
                 shares.append(ratio / p["predicted_speedup"])
@@ -116,7 +118,8 @@ def table(runs: list[dict], benches: list[dict]) -> str:
                 ddp.append(b["ddp_samples_per_s"] / b["plain_samples_per_s"])
                 plain.append(1000 * 64 / b["plain_samples_per_s"])
         lines.append(f"| {model} x{width:g} | {_spread(ratios)} | {_spread(predicted)} | {_spread(shares)} | "
-                     f"{_spread(ddp)} | {_spread(steps)} | {_spread(plain)} | {_spread(first)} |")
+                     f"{_spread(ddp)} | {_spread(steps)} | {_spread(plain)} | {_spread(first)} | "
+                     f"{', '.join(f'{w} {where.count(w)}x' for w in dict.fromkeys(where))} |")
     return "\n".join(lines)
 
 

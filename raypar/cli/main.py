@@ -54,7 +54,8 @@ def _info_args(info: argparse.ArgumentParser) -> None:
     from ..training.config import TrainConfig
     from .options import add_settings
     add_settings(info, ["model"], defaults=TrainConfig(), skip=("balance",))
-    add_settings(info, ["engine"], defaults=TrainConfig(), only=("driver_segment", "defer_weights", "cpus_per_subnet"))
+    add_settings(info, ["engine"], defaults=TrainConfig(), only=("driver_segment", "defer_weights", "cpus_per_subnet",
+                                                                   "coarse_in_actors"))
     info.add_argument("--balance", default="time",
                       help="split by measured 'time', 'flops', 'params', or block counts like 5,7 (default: time)")
     info.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default: %(default)s)")
@@ -240,11 +241,22 @@ def cmd_info(args) -> int:
                           profile_batch=args.batch, driver_segment=args.driver_segment,
                           defer_weights=args.defer_weights)
     console.print(split_table(net, args.batch))
-    console.print(f"ideal speedup over the sequential network: [bold]{net.ideal_speedup():.2f}x[/bold] "
-                  f"(sequential cost / (pre + coarse + {'K x ' if net.iterations > 1 else ''}max fine + post))")
+    if args.coarse_in_actors and net.iterations != 1:
+        raise UserError(f"--coarse-in-actors needs --iterations 1, got {net.iterations}")
+    from ..engine.auto import choose_coarse_in_actors, run_prediction
+    # where `raypar train` would run the coarse sweep for this split, on this machine
+    in_actors = net.num_subnets > 1 and (choose_coarse_in_actors(net, args.driver_segment, 0.0)
+                                         if args.coarse_in_actors is None else args.coarse_in_actors)
+    if in_actors:
+        from ..engine.cost import parallel_limit
+        console.print(f"ideal speedup over the sequential network: [bold]{parallel_limit(net, 10 ** 9, True):.2f}x"
+                      f"[/bold] (sequential cost / (the longest of pre + C_1..C_j + F_j + the correction sweep + "
+                      f"post), the coarse sweep in the actors)")
+    else:
+        console.print(f"ideal speedup over the sequential network: [bold]{net.ideal_speedup():.2f}x[/bold] "
+                      f"(sequential cost / (pre + coarse + {'K x ' if net.iterations > 1 else ''}max fine + post))")
     if net.num_subnets > 1:               # what `raypar train` says at its start for this split, on this machine
-        from ..engine.auto import run_prediction
-        for line in run_prediction(net, args.driver_segment, 0.0)[1]:
+        for line in run_prediction(net, args.driver_segment, 0.0, in_actors)[1]:
             console.print(line)
     return 0
 

@@ -81,7 +81,8 @@ def add_settings(parser: argparse.ArgumentParser, groups: typing.Iterable[str], 
                 continue
             shown = getattr(getattr(shown_from, group), f.name)
             default = shown if defaults is not None else None
-            help_ = f"{meta['help']} (default: {shown})".replace("%", "%%")
+            said = shown is None and "(default:" in meta["help"]          # a default the help itself explains
+            help_ = (meta["help"] if said else f"{meta['help']} (default: {shown})").replace("%", "%%")
             kw: dict = {"dest": key, "default": default, "help": help_}
             if kind is bool:
                 kw["action"] = argparse.BooleanOptionalAction

@@ -3,7 +3,9 @@ is fastest (docs/design.md §5).
 
 The prediction is :func:`raypar.engine.cost.parallel_limit` (the bound ``raypar info``'s ideal speedup gives, and
 no more than the devices in use allow) from a network's profile. Below :data:`THRESHOLD` a parareal network is not
-worth its processes: ``--subnets auto`` then picks N = 1, the original network.
+worth its processes: ``--subnets auto`` then picks N = 1, the original network. The same prediction, for the coarse
+sweep in the driver and in the fine actors, places it where ``--coarse-in-actors`` is left unset
+(:func:`choose_coarse_in_actors`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,12 @@ import itertools
 
 AUTO = "auto"            # the word --subnets takes for "pick N from the prediction"
 THRESHOLD = 1.1          # below this predicted speedup, a parareal network does not pay for its processes
+# the coarse sweep moves into the fine actors (``--coarse-in-actors`` unset) only where the split leaves the driver's
+# path (pre, the coarse sweeps, F_1, post) this much longer than any actor's fine segment, and that predicts a step at
+# least COARSE_IN_ACTORS_GAIN faster: where both paths are about even, the copies of pre and the coarse networks
+# the actors then run cost more than the prediction charges (docs/performance.md, on --coarse-in-actors)
+DRIVER_OVERLOAD = 1.2
+COARSE_IN_ACTORS_GAIN = 1.05
 
 ADVICE = (f"below {THRESHOLD:g}x: the original network (--subnets 1) or fewer sub-networks will be as fast; "
           f"to use more devices, add --replicas")
@@ -39,34 +47,61 @@ def devices_in_use(subnets: int, driver_segment: bool, gpus: float, available: i
     return max(1, min(used, available)) if available is not None else used
 
 
-def predicted_speedup(net, devices: int) -> float:
+def predicted_speedup(net, devices: int, coarse_in_actors: bool = False) -> float:
     """The speedup over the original network that ``net`` (a profiled
-    :class:`~raypar.network.reference.PararealNet`, or a :class:`ProfiledSplit`) predicts on ``devices`` devices:
+    :class:`~raypar.network.reference.PararealNet`, or a :class:`ProfiledSplit`) predicts on ``devices`` devices, with
+    the coarse sweep in the driver or (``coarse_in_actors``, K = 1) in the fine actors:
     :func:`~raypar.engine.cost.parallel_limit`; 1 for N = 1."""
     from .cost import parallel_limit
-    return 1.0 if net.num_subnets == 1 else parallel_limit(net, devices)
+    return 1.0 if net.num_subnets == 1 else parallel_limit(net, devices, coarse_in_actors)
 
 
 def prediction_lines(speedup: float, subnets: int, iterations: int, devices: int, gpus: float,
-                     measure: str) -> list[str]:
+                     measure: str, coarse_in_actors: bool = False) -> list[str]:
     """The start-of-run line for a predicted ``speedup`` (``measure``: the profile's unit, ``time``, ``flops`` or
-    ``params``), then :data:`ADVICE` when it is below :data:`THRESHOLD`."""
+    ``params``; ``coarse_in_actors``: where the coarse sweep runs), then :data:`ADVICE` when it is below
+    :data:`THRESHOLD`."""
     unit = ("GPU" if gpus > 0 else "core") + ("s" if devices != 1 else "")
+    where = ", the coarse sweep in the actors" if coarse_in_actors else ""
     lines = [f"predicted speedup {speedup:.2f}x over the original network (N = {subnets}, K = {iterations}, "
-             f"{devices} {unit}, {measure} profile)"]
+             f"{devices} {unit}, {measure} profile{where})"]
     if speedup < THRESHOLD:
         lines.append(ADVICE)
     return lines
 
 
-def run_prediction(net, driver_segment: bool, gpus: float) -> tuple[float, list[str]]:
+def _run_devices(net, driver_segment: bool, gpus: float) -> int:
+    """The devices a run of ``net`` computes on: its processes, on CPUs at most this machine's cores."""
+    from .cost import cpu_cores
+    return devices_in_use(net.num_subnets, driver_segment, gpus, None if gpus else cpu_cores())
+
+
+def choose_coarse_in_actors(net, driver_segment: bool, gpus: float) -> bool:
+    """Where a run of ``net`` (profiled) that leaves ``--coarse-in-actors`` unset runs the coarse sweep: in the fine
+    actors (True) where K = 1, F_1 runs in the driver, the driver's path (pre, both coarse sweeps, F_1, post) is at
+    least :data:`DRIVER_OVERLOAD` times the longest actor's fine segment, and the coarse sweep in the actors predicts
+    a speedup at least :data:`COARSE_IN_ACTORS_GAIN` times the driver's; else in the driver (False)."""
+    from ..network.parareal import coarse_work
+    if not driver_segment or net.num_subnets == 1 or net.iterations != 1:
+        return False
+    info = net.segment_info
+    driver = (net.pre_profile.cost + net.post_profile.cost + coarse_work([s.coarse_cost for s in info], 1)
+              + info[0].cost)
+    if driver < DRIVER_OVERLOAD * max(s.cost for s in info[1:]):
+        return False
+    used = _run_devices(net, driver_segment, gpus)
+    return predicted_speedup(net, used, True) >= COARSE_IN_ACTORS_GAIN * predicted_speedup(net, used, False)
+
+
+def run_prediction(net, driver_segment: bool, gpus: float, coarse_in_actors: bool = False) -> tuple[float, list[str]]:
     """The start-of-run prediction of a run's network ``net`` (profiled, N >= 2) in this process: its predicted
     speedup on the devices it uses (its processes; on CPUs at most this machine's cores,
-    :func:`~raypar.engine.cost.cpu_cores`) and the lines that say it (:func:`prediction_lines`)."""
-    from .cost import cpu_cores
-    used = devices_in_use(net.num_subnets, driver_segment, gpus, None if gpus else cpu_cores())
-    predicted = predicted_speedup(net, used)
-    return predicted, prediction_lines(predicted, net.num_subnets, net.iterations, used, gpus, net.balance_measure)
+    :func:`~raypar.engine.cost.cpu_cores`) with the coarse sweep where ``coarse_in_actors`` says, and the lines that
+    say it (:func:`prediction_lines`)."""
+    used = _run_devices(net, driver_segment, gpus)
+    predicted = predicted_speedup(net, used, coarse_in_actors)
+    return predicted, prediction_lines(predicted, net.num_subnets, net.iterations, used, gpus, net.balance_measure,
+                                       coarse_in_actors)
 
 
 class ProfiledSplit:

@@ -394,12 +394,28 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def parallel_limit(net, cores: int) -> float:
+def parallel_limit(net, cores: int, coarse_in_actors: bool = False) -> float:
     """The best speedup over the sequential network that ``net``'s split allows on ``cores`` cores, from its profile
-    (uncontended forward+backward cost of every part): sequential / max(critical path, total work / cores), the
-    critical path being pre + coarse sweeps + max fine + post (:meth:`PararealNet.ideal_speedup`)."""
+    (uncontended forward+backward cost of every part): sequential / max(critical path, total work / cores).
+
+    The critical path is pre + coarse sweeps + max fine + post (:meth:`PararealNet.ideal_speedup`); with
+    ``coarse_in_actors`` (K = 1, ``--coarse-in-actors``) it is the longest of the intervals' own paths (interval j's
+    process runs pre, C_1..C_j and F_j) + the correction sweep C_2..C_N + post, and every process's copy of pre and
+    of the coarse networks counts in the work.
+
+    Raises:
+        UserError: ``coarse_in_actors`` with K > 1.
+    """
     info, k = net.segment_info, net.iterations
-    edge = net.pre_profile.cost + net.post_profile.cost
+    pre, post = net.pre_profile.cost, net.post_profile.cost
+    fine = [s.cost for s in info]
+    seq = pre + post + sum(fine)
+    if coarse_in_actors and len(info) > 1:
+        if k != 1:
+            raise UserError(f"--coarse-in-actors needs --iterations 1, got {k}")
+        coarse = [s.coarse_cost for s in info]
+        each = [pre + (sum(coarse[:j + 1]) if j else 0.0) + f for j, f in enumerate(fine)]
+        correction = sum(coarse[1:])
+        return min(seq / (max(each) + correction + post), cores * seq / (sum(each) + correction + post))
     coarse = coarse_work([s.coarse_cost for s in info], k)
-    fine = sum(s.cost for s in info)
-    return min(net.ideal_speedup(), cores * (edge + fine) / (edge + coarse + k * fine))
+    return min(net.ideal_speedup(), cores * seq / (pre + post + coarse + k * sum(fine)))

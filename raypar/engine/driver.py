@@ -54,8 +54,10 @@ class Resources:
     amp: str = "off"                     # mixed precision: off, bf16 or fp16 (raypar.engine.precision)
     # K = 1: each fine actor computes its own input and coarse term from the batch (copies of pre and C_1..C_j, the
     # driver's weights sent every step) and sends back d_j = f_j - z_j: the driver neither runs the coarse sweep
-    # before the actors can start nor runs its backward after them (raypar.network.parareal.interval)
-    coarse_in_actors: bool = False
+    # before the actors can start nor runs its backward after them (raypar.network.parareal.interval). None: not
+    # decided yet (raypar train decides from the network's profile before it builds the engine); the engine takes it
+    # as False
+    coarse_in_actors: bool | None = False
     # each actor's backward returns dL/du before it computes its weight gradients, which it computes in its optimizer
     # step, and the driver does not wait for that step: it runs beside the driver's own backward and the next step's
     # pre and coarse sweep (raypar.network.split_backward). The actors' compute seconds then reach the next step's
@@ -204,7 +206,7 @@ class PararealEngine(TrainingStep):
         self.device = resources.device
         self.driver = net.driver_modules()
         self.offset = 1 if resources.driver_segment else 0      # segments [0, offset) run in the driver
-        self.coarse_in_actors = resources.coarse_in_actors and self.n > self.offset     # (some actor to run it)
+        self.coarse_in_actors = bool(resources.coarse_in_actors) and self.n > self.offset     # (some actor to run it)
         if self.coarse_in_actors and self.k != 1:
             raise UserError(f"--coarse-in-actors needs --iterations 1 (got {self.k}): with K > 1 the later iterations' "
                             f"inputs come from the driver's correction sweep")

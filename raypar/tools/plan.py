@@ -125,12 +125,14 @@ def engine_options(row: dict) -> tuple[int, bool, bool]:
     """N, driver_segment and coarse_in_actors of a bench row of the engine, ``raypar-N{n}`` and the train flags it
     adds (``-no-driver-segment``, ``-coarse-in-actors``, then a transport). F_1 ran in the driver where the row's
     processes are N (N > 1): a bench.json written before the rows were named by train's flags (``raypar-N{n}``
-    without F_1 in the driver, ``-f1`` with it, ``-ca`` for the coarse sweep in the actors) reads the same."""
+    without F_1 in the driver, ``-f1`` with it, ``-ca`` for the coarse sweep in the actors) reads the same. A row
+    that records ``coarse_in_actors`` (where the bench placed an unnamed sweep, as train does) is read by it."""
     n, _, rest = row["contender"][len("raypar-N"):].partition("-")
     n, words = int(n), rest.split("-")
     driver_segment = n > 1 and ("no-driver-segment" not in rest if row.get("processes") is None
                                 else row["processes"] == n)
-    return n, driver_segment, "coarse-in-actors" in rest or "ca" in words
+    named = "coarse-in-actors" in rest or "ca" in words
+    return n, driver_segment, bool(row.get("coarse_in_actors", named))
 
 
 def _load(rows: list[dict]) -> str:

@@ -200,9 +200,11 @@ class EngineConfig:
     driver_segment: bool = setting(True, "run the first fine sub-network in the driver, overlapped with the "
                                          "actors: N processes instead of N + 1 (--no-driver-segment: every fine "
                                          "sub-network in an actor of its own)")
-    coarse_in_actors: bool = setting(False, "K = 1 only: each fine actor computes its own input from the batch "
-                                            "(copies of pre and the coarse networks), so no actor waits for the "
-                                            "driver's coarse sweep; the same network and numbers")
+    coarse_in_actors: bool | None = setting(None, "K = 1 only: each fine actor computes its own input from the "
+                                                   "batch (copies of pre and the coarse networks), so no actor waits "
+                                                   "for the driver's coarse sweep; the same network and numbers "
+                                                   "(default: K = 1 runs so where the start-of-run prediction says "
+                                                   "it is 5% faster)")
     defer_weights: bool = setting(True, "each fine actor answers dL/du first and computes its weight gradients in "
                                         "its optimizer step, while the driver goes on; the same numbers")
     transport: str = setting("auto", "how interface tensors travel: object-store, p2p (NCCL between GPUs, gloo on "

@@ -98,7 +98,9 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
                   run_id: str) -> tuple[PararealEngine, PararealNet]:
     """The run's network (split by ``balance``: a measured profile, a tuned split or the split a resumed run kept)
     and its engine on the ``standby`` fine actors (None: after tuning, the engine starts its own), with ``state``
-    (a checkpoint's) restored. Rank 0 says the predicted speedup and records it."""
+    (a checkpoint's) restored. Where ``resources.coarse_in_actors`` is None the coarse sweep goes where the
+    network's profile predicts the faster step (:func:`~raypar.engine.auto.choose_coarse_in_actors`). Rank 0 says
+    the predicted speedup and records it and the placement."""
     rank0 = replica.rank == 0
 
     def staged():
@@ -123,11 +125,18 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
     split = hybrid.broadcast(net.split, replica.world)     # every replica takes the split rank 0 measured
     if split != net.split:
         net = network(split)
-    if rank0:                               # the split trained, searchable beside the run's params
+    if resources.coarse_in_actors is None:  # where the coarse sweep runs: rank 0's choice for every replica
+        from ..engine.auto import choose_coarse_in_actors
+        chosen = choose_coarse_in_actors(net, cfg.engine.driver_segment, resources.gpus_per_subnet)
+        resources = dataclasses.replace(resources, coarse_in_actors=bool(hybrid.broadcast(chosen, replica.world)))
+    if rank0:                               # the split and placement trained, searchable beside the run's params
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.split", ",".join(map(str, net.split)))
+        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.coarse_in_actors",
+                         str(resources.coarse_in_actors and net.num_subnets > 1).lower())
     if rank0 and net.num_subnets > 1:      # honest about N: the speedup this split predicts, from net's own profile
         from ..engine.auto import run_prediction
-        predicted, lines = run_prediction(net, cfg.engine.driver_segment, resources.gpus_per_subnet)
+        predicted, lines = run_prediction(net, cfg.engine.driver_segment, resources.gpus_per_subnet,
+                                          resources.coarse_in_actors)
         for line in lines:                                    # (a start-up line, with the others)
             _emit(events, kind="phase", text=line)
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.predicted_speedup", f"{predicted:.3f}")
@@ -165,12 +174,15 @@ def train_loop(config: dict) -> None:
     events = config.get("events") if rank0 else None
     run_id = cfg.extra["mlflow_run_id"]
     meta, state = checkpoints.load_latest(cfg)
-    # a resumed run keeps the split it started with (a measured balance could choose another one)
+    # a resumed run keeps the split and the coarse sweep's place it started with (a new profile could choose others)
     balance = meta["split"] if meta else cfg.model.balance
+    coarse_in_actors = cfg.engine.coarse_in_actors
+    if coarse_in_actors is None and meta:
+        coarse_in_actors = meta.get("coarse_in_actors", False)
     gpus = gpus_per_subnet(cfg)
     resources = Resources(gpus, cfg.engine.cpus_per_subnet, cfg.engine.placement, driver_segment=cfg.engine.driver_segment,
                           transport=cfg.engine.transport, channels_last=cfg.engine.channels_last, amp=cfg.engine.amp,
-                          coarse_in_actors=cfg.engine.coarse_in_actors, defer_weights=cfg.engine.defer_weights,
+                          coarse_in_actors=coarse_in_actors, defer_weights=cfg.engine.defer_weights,
                           batch=cfg.optim.batch_size, group_name=f"raypar-{cfg.run.name}-r{replica.rank}")
     # the fine actors' processes start now, beside the data loading and the MLflow bookkeeping below (a tuned split
     # starts them after its trials, which need the room)
@@ -237,7 +249,9 @@ def train_loop(config: dict) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 checkpoint = None
                 if rank0:
-                    checkpoints.write(folder, engine, {"epoch": epoch, "split": net.split, "mlflow_run_id": run_id,
+                    checkpoints.write(folder, engine, {"epoch": epoch, "split": net.split,
+                                                       "coarse_in_actors": engine.coarse_in_actors,
+                                                       "mlflow_run_id": run_id,
                                                        "metrics": metrics,
                                                        "config": tracking.redact_config(cfg.to_dict())})
                     checkpoint = Checkpoint.from_directory(folder)

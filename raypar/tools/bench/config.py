@@ -12,8 +12,9 @@ from ...network.balance import check_split
 from ...network.models import build
 
 # the raypar contenders, named by raypar train's flags (plain raypar: train's defaults): (driver_segment,
-# coarse_in_actors)
-ENGINES = {"raypar": (True, False), "raypar-no-driver-segment": (False, False),
+# coarse_in_actors); None: where the network's profile says, as raypar train places the coarse sweep when
+# --coarse-in-actors is unset
+ENGINES = {"raypar": (True, None), "raypar-no-driver-segment": (False, None),
            "raypar-coarse-in-actors": (True, True), "raypar-no-driver-segment-coarse-in-actors": (False, True)}
 CONTENDERS = ("original", "parareal-1proc", *ENGINES, "ddp", "pipe")
 # the line-up without --contenders: not the coarse-in-actors ones, slower on CPUs (measured:

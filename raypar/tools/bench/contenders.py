@@ -10,6 +10,7 @@ from typing import Callable
 
 from torch import nn
 
+from ...engine.auto import choose_coarse_in_actors
 from ...network.balance import TUNE
 from ...network.reference import PararealNet
 from .config import CONTENDERS, ENGINES, BenchConfig
@@ -97,13 +98,16 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
         set(cfg.subnets) if want & {"raypar-no-driver-segment", "raypar-no-driver-segment-coarse-in-actors"}
         and not tune else set())
     nets = {n: _net(cfg, n) for n in sorted(sizes)}
-    engine_nets = {}                             # (contender, n) -> its network
+    engine_nets = {}                             # (contender, n) -> its network, and where its coarse sweep runs
     for name, (driver_segment, coarse_in_actors) in ENGINES.items():
         for n in (cfg.subnets if name in want else []):
             if driver_segment and n < 2:             # (N = 1 with F_1 in the driver is the original network)
                 continue
-            engine_nets[name, n] = (_engine_net(cfg, n, driver_segment, log, coarse_in_actors)
-                                    if tune or driver_segment else nets[n])
+            net = (_engine_net(cfg, n, driver_segment, log, bool(coarse_in_actors))
+                   if tune or driver_segment else nets[n])
+            in_actors = (choose_coarse_in_actors(net, driver_segment, cfg.gpu_share) if coarse_in_actors is None
+                         else coarse_in_actors)                       # (None: as raypar train places it)
+            engine_nets[name, n] = net, in_actors
     orig = _model(cfg)
 
     def local(name, model):
@@ -111,7 +115,11 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
                          start=lambda rs: [rs[0].start_local.remote(model, cfg)],
                          post=lambda outs: local_row(outs[0], model))
 
-    def engine(name, net, driver_segment, t, coarse_in_actors):
+    def engines(name, driver_segment):
+        return [engine(engine_label(name, n, t), *engine_nets[name, n], driver_segment, t)
+                for t in cfg.transports for n in cfg.subnets if (name, n) in engine_nets]
+
+    def engine(name, net, coarse_in_actors, driver_segment, t):
         return Contender(name, 1, lambda rs: run_raypar(rs[0], net, cfg, driver_segment, t, coarse_in_actors),
                          start=lambda rs: [rs[0].start_raypar.remote(net, cfg, driver_segment, t, True,
                                                                      coarse_in_actors)],
@@ -135,9 +143,7 @@ def plan(cfg: BenchConfig, log=print) -> list[Contender]:
                          processes=big)
     table = {"original": [local("original", orig)],
              "parareal-1proc": [local("parareal-1proc", nets[big])] if big in nets else [],
-             **{name: [engine(engine_label(name, n, t), engine_nets[name, n], driver_segment, t, coarse_in_actors)
-                       for t in cfg.transports for n in cfg.subnets if (name, n) in engine_nets]
-                for name, (driver_segment, coarse_in_actors) in ENGINES.items()},
+             **{name: engines(name, driver_segment) for name, (driver_segment, _) in ENGINES.items()},
              "ddp": [ddp()] if "ddp" in want else [],
              "pipe": [pipe()] if "pipe" in want else []}
     return [c for name in CONTENDERS if name in want for c in table[name]]

@@ -45,7 +45,8 @@ def raypar_row(out: dict, net: PararealNet, cfg: BenchConfig, driver_segment: bo
                 bytes_min=bytes_minimum(net, cfg.batch, driver_segment=driver_segment,
                                         element=4 if cfg.amp == "off" else 2,
                                         coarse_in_actors=coarse_in_actors),
-                parallel_limit=parallel_limit(net, min(cpu_cores(), procs)))
+                coarse_in_actors=bool(coarse_in_actors),
+                parallel_limit=parallel_limit(net, min(cpu_cores(), procs), bool(coarse_in_actors)))
 
 
 def ranks_row(outs: list[dict]) -> dict:
