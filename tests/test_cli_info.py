@@ -30,7 +30,8 @@ def test_info_splits_as_train_does_with_f1_in_the_driver_unless_told_otherwise(c
     import re
     splits = {}
     for flag in ("--driver-segment", "--no-driver-segment"):
-        assert main(["info", "--width-mult", "0.25", "--subnets", "4", "--balance", "flops", flag]) == 0
+        assert main(["info", "--model", "vgg11", "--width-mult", "0.25", "--subnets", "4", "--balance", "flops",
+                     flag]) == 0
         out = capsys.readouterr().out
         splits[flag] = [int(n) for n in re.findall(r"F_\d\s+│\s+\S+\s+\((\d+)\)", out)]
         assert "predicted speedup" in out

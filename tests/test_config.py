@@ -78,14 +78,14 @@ def test_a_recipes_splits_pin_the_split_of_their_n_unless_balance_or_model_is_gi
     ('epochs = "three"', "epochs = 'three' has the wrong type"),
     ("subnets = 0", "--subnets must be >= 1"),
     ('lr_schedule = "linear"', "--lr-schedule must be one of cosine, step"),
-    ("balance = [3, 3, 3]", "explicit split [3, 3, 3] must be 2 positive block counts summing to 7"),
-    ("subnets = 20", "--subnets must be between 1 and vgg11's 7 blocks, got 20"),
+    ("balance = [3, 3, 3]", "explicit split [3, 3, 3] must be 2 positive block counts summing to 12"),
+    ("subnets = 20", "--subnets must be between 1 and vgg16's 12 blocks, got 20"),
     ("splits = 3", "[splits] must be a table of N = [block counts]"),
     ("[splits]\n1 = [7]", "[splits] 1 = [7]: expected N >= 2 = [block counts], like 2 = [5, 7]"),
     ('[splits]\n2 = "2,5"', "[splits] 2 = '2,5': expected N >= 2 = [block counts]"),
     ('model = "vgg11"\n[splits]\n2 = [3, 3]', "[splits] 2: explicit split [3, 3] must be 2 positive block counts "
                                               "summing to 7"),
-    ("[splits]\n2 = [3, 3]", "[splits] 2: explicit split [3, 3] must be 2 positive block counts summing to 7"),
+    ("[splits]\n2 = [3, 3]", "[splits] 2: explicit split [3, 3] must be 2 positive block counts summing to 12"),
 ])
 def test_bad_config_file_exit_2_one_line_nothing_written(tmp_path, monkeypatch, capsys, text, message):
     from raypar.cli.main import main
@@ -196,7 +196,7 @@ def test_every_command_defaults_to_the_same_model_width_and_n():
     """info, train, tune, plan and bench: the same model, width and N unless the command is told otherwise."""
     from raypar.cli.main import build_parser
     from raypar.tools.bench.config import BenchConfig
-    want = ("vgg11", 0.25)
+    want = ("vgg16", 0.25)
     for command in ("info", "tune", "plan", "bench"):
         args = build_parser(command).parse_args([command])
         assert (args.model, args.width_mult) == want, command

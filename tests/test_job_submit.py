@@ -81,4 +81,4 @@ def test_unsatisfiable_resources_fail_clearly_within_timeout(ray_head):
     assert ("the cluster can never provide 2 bundles (driver + 1 fine actor:" in out and "0 GPU in total" in out
             and "no autoscaler" in out), out[-3000:]
     assert time.time() - t0 < 180
-    assert not (tmp / "runs2" / "vgg11-digits-n2-k1-s0").exists()
+    assert not any((tmp / "runs2").glob("vgg16-*"))              # no run folder was made

@@ -29,7 +29,7 @@ def _checkpoint(tmp_path, name, epoch, epochs, torn=False, index=None, **setting
 
 def test_without_a_name_every_command_is_a_new_run(tmp_path):
     a, b = decide(_cfg(tmp_path)), decide(_cfg(tmp_path))
-    assert not a.resumed and a.cfg.run.name.startswith("vgg11-x0.25-digits-n2-k1-s0-")
+    assert not a.resumed and a.cfg.run.name.startswith("vgg16-x0.25-digits-n2-k1-s0-")
     os.makedirs(tmp_path / a.cfg.run.name)
     b = decide(_cfg(tmp_path))
     assert b.cfg.run.name != a.cfg.run.name and a.line() == f"new run {a.cfg.run.name}"

@@ -109,7 +109,7 @@ COMMANDS = {
              "unless --no-driver-segment); train profiles at its batch size, --batch here.", _info_args, "cmd_info"),
     "train": ("train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
               "Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post in the Ray Train driver, "
-              "every run recorded in MLflow. With no arguments it trains a small VGG-11 on the offline digits data "
+              "every run recorded in MLflow. With no arguments it trains a small VGG-16 on the offline digits data "
               "set with 2 sub-networks on an in-process Ray. Settings come from the defaults shown, replaced by "
               "--recipe, then by --config, then by the options given.", _train_only_args, "cmd_train"),
     "study": ("train the original network and its parareal versions side by side",

@@ -134,7 +134,7 @@ def num_threads(n: int):
 class Planner:
     """One model measured once; :meth:`row` predicts any N from it. Every PararealNet it builds is kept."""
 
-    def __init__(self, model: str = "vgg11", width_mult: float = 0.25, image_size: int = 32, in_channels: int = 3,
+    def __init__(self, model: str = "vgg16", width_mult: float = 0.25, image_size: int = 32, in_channels: int = 3,
                  num_classes: int = 10, batch: int = 64, coarse_depth: int = 1, coarse_width: float = 1.0,
                  balance: str = "time", threads: int = 1, repeats: int = 5, seed: int = 0, coarse_kernel: int = 3,
                  coarse_downsample: str = "patch", channels_last: bool = False):
@@ -368,7 +368,7 @@ def check_inputs(devices: int, link_gbps: float | None, latency_ms: float | None
         raise UserError(f"--iterations K must be >= 1, got {iterations}")
 
 
-def predict(model: str = "vgg11", *, width_mult: float = 0.25, devices: int = 2, link_gbps: float | None = None,
+def predict(model: str = "vgg16", *, width_mult: float = 0.25, devices: int = 2, link_gbps: float | None = None,
             latency_ms: float | None = None, batch: int = 64, image_size: int = 32, in_channels: int = 3,
             num_classes: int = 10, iterations: int = 1, coarse_depth: int = 1, coarse_width: float = 1.0,
             driver_segment: bool = False, balance: str = "time", planner: Planner | None = None,

@@ -162,7 +162,7 @@ def render_against(rows: list[dict], title: str):
 # -------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``raypar plan``."""
-    p.add_argument("--model", default="vgg11", help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s, as train)")
+    p.add_argument("--model", default="vgg16", help="vgg11/13/16/19 or resnet<9n+2> (default: %(default)s, as train)")
     p.add_argument("--width-mult", type=float, default=0.25, help="scale every channel count (default: %(default)s)")
     p.add_argument("--devices", type=int, default=cpu_cores(),
                    help="devices to plan for, one process per device: GPUs, or on a CPU-only machine cores (each "

@@ -66,7 +66,7 @@ def _positive(name: str, value) -> None:
 @dataclass
 class ModelConfig:
     """The network and how it is torn into sub-networks."""
-    name: str = setting("vgg11", "vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet56, resnet164, resnet1001)",
+    name: str = setting("vgg16", "vgg11/13/16/19 or resnet<9n+2> (resnet20, resnet56, resnet164, resnet1001)",
                         key="model")
     width_mult: float = setting(0.25, "scale every channel count")
     subnets: int | str = setting(2, "number N of fine sub-networks; 1 is the original network in one process; "

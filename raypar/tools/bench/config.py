@@ -28,7 +28,7 @@ RENAMED = {"raypar-f1": "raypar", "raypar-ca": "raypar-no-driver-segment-coarse-
 
 @dataclass
 class BenchConfig:
-    model: str = "vgg11"                     # the same default model as raypar train
+    model: str = "vgg16"                     # the same default model as raypar train
     width_mult: float = 0.25
     image_size: int = 32
     in_channels: int = 3
