@@ -141,8 +141,9 @@ def test_the_coarse_sweep_goes_to_the_actors_only_where_the_driver_is_overloaded
 
 
 def test_the_rule_by_hand(monkeypatch):
-    """Both conditions at their edges: the driver's path against DRIVER_OVERLOAD x the longest actor segment, the
-    predictions against COARSE_IN_ACTORS_GAIN."""
+    """Each condition decides alone: the driver's path against DRIVER_OVERLOAD x the longest actor segment, the
+    predictions against COARSE_IN_ACTORS_GAIN (the gain alone is tested in the table above: an overloaded driver
+    whose coarse sweeps cost next to nothing)."""
     monkeypatch.setattr("raypar.engine.cost.cpu_cores", lambda: 64)
     # driver path = 0 + 0 + (c1 + c2 + c2) + f1; actor path with the sweep in the actors: c1 + c2 + f2, then c2
     overloaded = _profiled(0.0, [100.0, 60.0], [5.0, 10.0], 0.0)          # driver 125 >= 1.2 x 60
@@ -151,6 +152,14 @@ def test_the_rule_by_hand(monkeypatch):
     assert choose_coarse_in_actors(overloaded, True, 0.0) is True
     even = _profiled(0.0, [100.0, 110.0], [5.0, 10.0], 0.0)               # driver 125 < 1.2 x 110
     assert choose_coarse_in_actors(even, True, 0.0) is False
+    # a gain of 6 % (the sweep's 6 ms off a 106 ms driver path) but a driver only 1.18x the actor: the driver keeps it
+    near = _profiled(0.0, [100.0, 90.0], [6.0, 0.0], 0.0)
+    gain = predicted_speedup(near, 64, True) / predicted_speedup(near, 64, False)
+    assert gain == pytest.approx(106 / 100) and gain >= COARSE_IN_ACTORS_GAIN
+    assert choose_coarse_in_actors(near, True, 0.0) is False
+    # a FLOPs profile (a split given as block counts): the rule, calibrated on times, keeps the sweep in the driver
+    overloaded.balance_measure = "flops"
+    assert choose_coarse_in_actors(overloaded, True, 0.0) is False
 
 
 def test_predict_subnets_from_one_profile():

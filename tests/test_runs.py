@@ -72,6 +72,16 @@ def test_resume_without_a_name_takes_the_newest_unfinished_run_with_the_same_set
         decide(_cfg(tmp_path, name="nothing"), resume=True)
 
 
+def test_resume_without_a_name_matches_any_placement_of_the_coarse_sweep_when_unset(tmp_path):
+    """--coarse-in-actors left unset: a run that placed the sweep either way (or was made when the default was
+    False) is resumed; given, the flag must match the run's."""
+    _checkpoint(tmp_path, "placed", 2, 6, coarse_in_actors=True)
+    assert decide(_cfg(tmp_path, epochs=6), resume=True).cfg.run.name == "placed"
+    assert decide(_cfg(tmp_path, epochs=6, coarse_in_actors=True), resume=True).cfg.run.name == "placed"
+    with pytest.raises(UserError, match="--resume: no unfinished run with these settings"):
+        decide(_cfg(tmp_path, epochs=6, coarse_in_actors=False), resume=True)
+
+
 def test_a_new_sqlite_store_is_made_in_the_background_and_undone_only_if_made_here(tmp_path):
     """`raypar train` makes a new MLflow database's tables while Ray starts; a command that stops before its run
     opens removes the database it made, never one that was there."""

@@ -51,9 +51,15 @@ def test_raypar_train_defaults_end_to_end(tmp_path):
     for key in METRICS:
         assert [s for s, _ in _history(client, run_id, key)] == list(range(1, epochs + 1)), key
     assert run.data.metrics["val_acc"] >= 0.90
-    assert run.data.tags["raypar.coarse_in_actors"] in ("true", "false")     # where the prediction put the sweep
+    # --coarse-in-actors unset (the param), the place chosen at the start: tagged and in the resolved configuration
+    assert run.data.params["coarse_in_actors"] == "None"
+    placed = run.data.tags["raypar.coarse_in_actors"]
+    assert placed in ("true", "false")
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.json", "final_weights.pt"} <= artifacts
+    import json
+    config = json.load(open(client.download_artifacts(run_id, "config.json", str(tmp_path))))
+    assert str(config["coarse_in_actors"]).lower() == placed
     weights = torch.load(client.download_artifacts(run_id, "final_weights.pt", str(tmp_path)), weights_only=True)
     assert any(k.startswith("segments.1.") for k in weights) and any(k.startswith("coarse.") for k in weights)
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--width-mult", "0.125", "--balance", "3,4"]
+TINY = ["--model", "vgg11", "--width-mult", "0.125", "--balance", "3,4"]
 # what raypar itself prints; any other line on the console is someone else's chatter
 OURS = re.compile(r"^(raypar( train)?: |\[ *\d+\.\d s\] |epoch \d+/\d+: |open the MLflow UI with:|  mlflow ui |[│╭╰])")
 

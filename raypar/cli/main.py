@@ -105,7 +105,7 @@ COMMANDS = {
     "info": ("show how a model splits into sub-networks",
              "Print the split of a model into N sub-networks: blocks, parameters, cost, interface tensors, "
              "coarse/fine cost, the ideal speedup, and the speedup `raypar train` predicts for that split on this "
-             "machine's cores. The split is the one `raypar train` makes with the same options (F_1 in the driver "
+             "machine's cores, with the coarse sweep where train would run it. The split is the one `raypar train` makes with the same options (F_1 in the driver "
              "unless --no-driver-segment); train profiles at its batch size, --batch here.", _info_args, "cmd_info"),
     "train": ("train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
               "Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post in the Ray Train driver, "
@@ -228,6 +228,8 @@ def cmd_info(args) -> int:
 
     if args.batch < 1 or args.image_size < 1:
         raise UserError("--batch and --image-size must be >= 1")
+    if args.coarse_in_actors and args.iterations != 1:
+        raise UserError(f"--coarse-in-actors needs --iterations 1, got {args.iterations}")
     console = Console()
     staged = build(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
                    width_mult=args.width_mult, image_size=args.image_size, norm=args.norm)
@@ -241,8 +243,6 @@ def cmd_info(args) -> int:
                           profile_batch=args.batch, driver_segment=args.driver_segment,
                           defer_weights=args.defer_weights)
     console.print(split_table(net, args.batch))
-    if args.coarse_in_actors and net.iterations != 1:
-        raise UserError(f"--coarse-in-actors needs --iterations 1, got {net.iterations}")
     from ..engine.auto import choose_coarse_in_actors, run_prediction
     # where `raypar train` would run the coarse sweep for this split, on this machine
     in_actors = net.num_subnets > 1 and (choose_coarse_in_actors(net, args.driver_segment, 0.0)

@@ -78,11 +78,14 @@ def _run_devices(net, driver_segment: bool, gpus: float) -> int:
 
 def choose_coarse_in_actors(net, driver_segment: bool, gpus: float) -> bool:
     """Where a run of ``net`` (profiled) that leaves ``--coarse-in-actors`` unset runs the coarse sweep: in the fine
-    actors (True) where K = 1, F_1 runs in the driver, the driver's path (pre, both coarse sweeps, F_1, post) is at
-    least :data:`DRIVER_OVERLOAD` times the longest actor's fine segment, and the coarse sweep in the actors predicts
-    a speedup at least :data:`COARSE_IN_ACTORS_GAIN` times the driver's; else in the driver (False)."""
+    actors (True) where K = 1, F_1 runs in the driver, the profile is a time profile (a split given as block counts
+    is profiled by FLOPs, which this rule is not calibrated for), the driver's path (pre, both coarse sweeps, F_1,
+    post) is at least :data:`DRIVER_OVERLOAD` times the longest actor's fine segment, and the coarse sweep in the
+    actors predicts a speedup at least :data:`COARSE_IN_ACTORS_GAIN` times the driver's; else in the driver
+    (False)."""
     from ..network.parareal import coarse_work
-    if not driver_segment or net.num_subnets == 1 or net.iterations != 1:
+    if (not driver_segment or net.num_subnets == 1 or net.iterations != 1
+            or getattr(net, "balance_measure", "time") != "time"):
         return False
     info = net.segment_info
     driver = (net.pre_profile.cost + net.post_profile.cost + coarse_work([s.coarse_cost for s in info], 1)

@@ -399,12 +399,12 @@ def parallel_limit(net, cores: int, coarse_in_actors: bool = False) -> float:
     (uncontended forward+backward cost of every part): sequential / max(critical path, total work / cores).
 
     The critical path is pre + coarse sweeps + max fine + post (:meth:`PararealNet.ideal_speedup`); with
-    ``coarse_in_actors`` (K = 1, ``--coarse-in-actors``) it is the longest of the intervals' own paths (interval j's
-    process runs pre, C_1..C_j and F_j) + the correction sweep C_2..C_N + post, and every process's copy of pre and
-    of the coarse networks counts in the work.
+    ``coarse_in_actors`` (K = 1, ``--coarse-in-actors``) it is the longest of the intervals' own paths (interval 1's
+    process runs pre and F_1; interval j >= 2's pre, C_1..C_j and F_j) + the correction sweep C_2..C_N + post, and
+    every process's copy of pre and of the coarse networks counts in the work.
 
     Raises:
-        UserError: ``coarse_in_actors`` with K > 1.
+        UserError: ``coarse_in_actors`` with K > 1 and N > 1.
     """
     info, k = net.segment_info, net.iterations
     pre, post = net.pre_profile.cost, net.post_profile.cost

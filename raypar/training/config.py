@@ -203,8 +203,10 @@ class EngineConfig:
     coarse_in_actors: bool | None = setting(None, "K = 1 only: each fine actor computes its own input from the "
                                                    "batch (copies of pre and the coarse networks), so no actor waits "
                                                    "for the driver's coarse sweep; the same network and numbers "
-                                                   "(default: K = 1 runs so where the start-of-run prediction says "
-                                                   "it is 5% faster)")
+                                                   "(default: chosen at the start of a run from its time profile: in "
+                                                   "the actors where K = 1, F_1 runs in the driver, the driver's path "
+                                                   "is 1.2x the longest actor segment and the prediction gains 5%; "
+                                                   "raypar tune measures in the driver)")
     defer_weights: bool = setting(True, "each fine actor answers dL/du first and computes its weight gradients in "
                                         "its optimizer step, while the driver goes on; the same numbers")
     transport: str = setting("auto", "how interface tensors travel: object-store, p2p (NCCL between GPUs, gloo on "

@@ -129,10 +129,8 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
         from ..engine.auto import choose_coarse_in_actors
         chosen = choose_coarse_in_actors(net, cfg.engine.driver_segment, resources.gpus_per_subnet)
         resources = dataclasses.replace(resources, coarse_in_actors=bool(hybrid.broadcast(chosen, replica.world)))
-    if rank0:                               # the split and placement trained, searchable beside the run's params
+    if rank0:                               # the split trained, searchable beside the run's params
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.split", ",".join(map(str, net.split)))
-        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.coarse_in_actors",
-                         str(resources.coarse_in_actors and net.num_subnets > 1).lower())
     if rank0 and net.num_subnets > 1:      # honest about N: the speedup this split predicts, from net's own profile
         from ..engine.auto import run_prediction
         predicted, lines = run_prediction(net, cfg.engine.driver_segment, resources.gpus_per_subnet,
@@ -145,6 +143,8 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
     engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed,
                             skip_nonfinite=cfg.optim.on_nonfinite == "skip", replica=replica, actors=standby,
                             label_smoothing=cfg.optim.label_smoothing)
+    if rank0:                               # where the coarse sweep runs, searchable beside the run's params
+        tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.coarse_in_actors", str(engine.coarse_in_actors).lower())
     if state is not None:
         engine.set_state(state)
     return engine, net
@@ -177,7 +177,7 @@ def train_loop(config: dict) -> None:
     # a resumed run keeps the split and the coarse sweep's place it started with (a new profile could choose others)
     balance = meta["split"] if meta else cfg.model.balance
     coarse_in_actors = cfg.engine.coarse_in_actors
-    if coarse_in_actors is None and meta:
+    if coarse_in_actors is None and meta and cfg.model.iterations == 1:
         coarse_in_actors = meta.get("coarse_in_actors", False)
     gpus = gpus_per_subnet(cfg)
     resources = Resources(gpus, cfg.engine.cpus_per_subnet, cfg.engine.placement, driver_segment=cfg.engine.driver_segment,
@@ -263,7 +263,8 @@ def train_loop(config: dict) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(engine.state_dict(), os.path.join(folder, "final_weights.pt"))
                 with open(os.path.join(folder, "config.json"), "w") as f:
-                    json.dump(dict(tracking.redact_config(cfg.flat()), split=net.split, gpus_per_subnet=gpus),
+                    json.dump(dict(tracking.redact_config(cfg.flat()), split=net.split, gpus_per_subnet=gpus,
+                                   coarse_in_actors=engine.coarse_in_actors),
                               f, indent=2)
                 tracking.log_artifacts(cfg.run.tracking_uri, run_id, folder)
     except FloatingPointError as e:

@@ -61,6 +61,15 @@ def _settings_of(meta: dict) -> dict:
     return {k: v for k, v in flat.items() if k not in BOOKKEEPING}
 
 
+def _settings_like(meta: dict, wanted: dict) -> bool:
+    """A checkpoint's settings are ``wanted``; where ``wanted`` leaves ``coarse_in_actors`` out (unset), whatever
+    placement the checkpoint's run had."""
+    have = _settings_of(meta)
+    if "coarse_in_actors" not in wanted:
+        have.pop("coarse_in_actors", None)
+    return bool(have) and have == wanted
+
+
 def _unique_name(cfg: TrainConfig) -> str:
     m, seed = cfg.model, cfg.optim.seed
     base = (f"{m.name}-x{m.width_mult:g}-{cfg.data.dataset.split(':')[0]}-n{m.subnets}-k{m.iterations}-s{seed}"
@@ -96,9 +105,11 @@ def decide(cfg: TrainConfig, resume: bool = False) -> Decision:
         return Decision(cfg.replace(name=_unique_name(cfg)), resumed=False)
     if run.name is None:                                       # --resume: the newest unfinished run like this one
         wanted = {k: v for k, v in cfg.flat().items() if k not in BOOKKEEPING}
+        if wanted.get("coarse_in_actors", False) is None:      # unset: a run keeps the placement it started with
+            wanted.pop("coarse_in_actors")
         for name in _run_names(run.storage_path):
             meta = newest_readable_meta(run.storage_path, name)
-            if meta and meta["epoch"] < _epochs_of(meta) and _settings_of(meta) == wanted:
+            if meta and meta["epoch"] < _epochs_of(meta) and _settings_like(meta, wanted):
                 had = _epochs_of(meta)
                 return Decision(cfg.replace(name=name), resumed=True, epoch=meta["epoch"],
                                 epochs_before=had if had != cfg.optim.epochs else None, meta=meta)
