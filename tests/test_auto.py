@@ -174,6 +174,29 @@ def test_predict_subnets_from_one_profile():
         predict_subnets(staged, (3, 32, 32), 8, [1, 7])
 
 
+def test_predict_subnets_places_the_coarse_sweep_as_a_run_would(monkeypatch):
+    """--subnets auto predicts each N with the coarse sweep where that N's run would put it (a time balance: the
+    rule; another balance, or --no-coarse-in-actors: the driver; --coarse-in-actors: the actors)."""
+    import raypar.engine.auto as auto
+    torch.manual_seed(0)
+    staged = build("resnet20", width_mult=0.125)
+    asked = {}
+
+    def rule(profiled, driver_segment, gpus, devices):
+        asked[profiled.num_subnets] = profiled, devices
+        return profiled.num_subnets == 2                   # the actors for N = 2, the driver for N = 3
+    monkeypatch.setattr(auto, "choose_coarse_in_actors", rule)
+    predictions = predict_subnets(staged, (3, 32, 32), 8, [1, 2, 3], devices_of=lambda n: 4)
+    assert sorted(asked) == [2, 3]
+    for n, placed in ((2, True), (3, False)):
+        profiled, devices = asked[n]
+        assert devices == 4 and predictions[n] == pytest.approx(predicted_speedup(profiled, 4, placed))
+    asked.clear()
+    predict_subnets(staged, (3, 32, 32), 8, [2], balance="flops", devices_of=lambda n: 4)
+    predict_subnets(staged, (3, 32, 32), 8, [2], devices_of=lambda n: 4, coarse_in_actors=False)
+    assert not asked                                       # no rule: the driver
+
+
 # ------------------------------------------------------------------------------------------------ the setting
 def test_the_config_takes_auto(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

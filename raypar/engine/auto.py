@@ -76,13 +76,14 @@ def _run_devices(net, driver_segment: bool, gpus: float) -> int:
     return devices_in_use(net.num_subnets, driver_segment, gpus, None if gpus else cpu_cores())
 
 
-def choose_coarse_in_actors(net, driver_segment: bool, gpus: float) -> bool:
+def choose_coarse_in_actors(net, driver_segment: bool, gpus: float, devices: int | None = None) -> bool:
     """Where a run of ``net`` (profiled) that leaves ``--coarse-in-actors`` unset runs the coarse sweep: in the fine
     actors (True) where K = 1, F_1 runs in the driver, the profile is a time profile (a split given as block counts
     is profiled by FLOPs, which this rule is not calibrated for), the driver's path (pre, both coarse sweeps, F_1,
     post) is at least :data:`DRIVER_OVERLOAD` times the longest actor's fine segment, and the coarse sweep in the
     actors predicts a speedup at least :data:`COARSE_IN_ACTORS_GAIN` times the driver's; else in the driver
-    (False)."""
+    (False). ``devices``: the devices the run computes on (default: its processes, on CPUs at most this machine's
+    cores)."""
     from ..network.parareal import coarse_work
     if (not driver_segment or net.num_subnets == 1 or net.iterations != 1
             or getattr(net, "balance_measure", "time") != "time"):
@@ -92,7 +93,7 @@ def choose_coarse_in_actors(net, driver_segment: bool, gpus: float) -> bool:
               + info[0].cost)
     if driver < DRIVER_OVERLOAD * max(s.cost for s in info[1:]):
         return False
-    used = _run_devices(net, driver_segment, gpus)
+    used = devices if devices is not None else _run_devices(net, driver_segment, gpus)
     return predicted_speedup(net, used, True) >= COARSE_IN_ACTORS_GAIN * predicted_speedup(net, used, False)
 
 
@@ -113,8 +114,10 @@ class ProfiledSplit:
     ``ideal_speedup()``, the network's own), for a split made from a profile shared by every N, without building
     and profiling a network per N."""
 
-    def __init__(self, split: list[int], iterations: int, pre_profile, post_profile, segment_info: list):
+    def __init__(self, split: list[int], iterations: int, pre_profile, post_profile, segment_info: list,
+                 balance_measure: str = "time"):
         self.num_subnets, self.iterations, self.split = len(split), iterations, list(split)
+        self.balance_measure = balance_measure
         self.pre_profile, self.post_profile, self.segment_info = pre_profile, post_profile, segment_info
 
     def ideal_speedup(self) -> float:
@@ -125,12 +128,13 @@ class ProfiledSplit:
 def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, iterations: int = 1, coarse=None,
                     balance: str = "time", driver_segment: bool = True, defer_weights: bool = True,
                     channels_last: bool = False, device: str = "cpu", devices_of=None,
-                    seed: int = 0) -> dict[int, float]:
+                    seed: int = 0, coarse_in_actors: bool | None = None) -> dict[int, float]:
     """The predicted speedup of every candidate N, from one time profile of ``staged`` at ``batch``.
 
     Each N gets the split PararealNet would make with ``balance`` (``time``, ``flops`` or ``params``; ``tune`` starts
     from the time split) and ``driver_segment`` / ``defer_weights``, and :func:`predicted_speedup` of that split
-    with the measured times.
+    with the measured times and the coarse sweep where ``coarse_in_actors`` says (None: where a run would put it,
+    :func:`choose_coarse_in_actors`, which decides on time profiles only: with another ``balance``, in the driver).
 
     Args:
         staged: the model (a :class:`~raypar.network.models.StagedModel`; left untouched).
@@ -193,5 +197,8 @@ def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, itera
                             block_p[a].in_shape, block_p[b - 1].out_shape,
                             coarse_cost=coarse_s(a, b))
                 for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
-        out[n] = predicted_speedup(ProfiledSplit(split, iterations, pre_p, post_p, info), devices_of(n))
+        profiled = ProfiledSplit(split, iterations, pre_p, post_p, info)
+        in_actors = (balance == "time" and choose_coarse_in_actors(profiled, driver_segment, 0.0, devices_of(n))
+                     if coarse_in_actors is None else bool(coarse_in_actors) and iterations == 1)
+        out[n] = predicted_speedup(profiled, devices_of(n), in_actors)
     return out

@@ -53,7 +53,8 @@ def resolve_subnets(cfg, spec) -> tuple:
             staged, (spec.in_channels, spec.image_size, spec.image_size), cfg.optim.batch_size, candidates,
             iterations=m.iterations, coarse=m.coarse, balance=m.balance, driver_segment=e.driver_segment,
             defer_weights=e.defer_weights, channels_last=e.channels_last, device="cuda" if on_gpu else "cpu",
-            devices_of=lambda k: devices_in_use(k, e.driver_segment, gpus, available), seed=cfg.optim.seed)
+            devices_of=lambda k: devices_in_use(k, e.driver_segment, gpus, available), seed=cfg.optim.seed,
+            coarse_in_actors=e.coarse_in_actors)
     predictions = {k: round(s, 3) for k, s in predictions.items()}     # as recorded and printed
     n = pick_subnets(predictions)
     others = ", ".join(f"N = {k}: {s:.2f}x" for k, s in predictions.items() if k not in (1, n))
