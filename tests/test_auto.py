@@ -101,9 +101,7 @@ def _profiled(pre, fine, coarse, post, k=1):
     """A profiled split with these costs (ms): what the prediction reads of a network."""
     cost = SimpleNamespace
     info = [cost(cost=f, coarse_cost=c) for f, c in zip(fine, coarse)]
-    net = ProfiledSplit([1] * len(fine), k, cost(cost=pre), cost(cost=post), info)
-    net.balance_measure = "time"
-    return net
+    return ProfiledSplit([1] * len(fine), k, cost(cost=pre), cost(cost=post), info)
 
 
 def test_the_coarse_sweep_in_the_actors_predicted_by_hand():

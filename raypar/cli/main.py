@@ -105,8 +105,9 @@ COMMANDS = {
     "info": ("show how a model splits into sub-networks",
              "Print the split of a model into N sub-networks: blocks, parameters, cost, interface tensors, "
              "coarse/fine cost, the ideal speedup, and the speedup `raypar train` predicts for that split on this "
-             "machine's cores, with the coarse sweep where train would run it. The split is the one `raypar train` makes with the same options (F_1 in the driver "
-             "unless --no-driver-segment); train profiles at its batch size, --batch here.", _info_args, "cmd_info"),
+             "machine's cores, with the coarse sweep where train would run it. The split is the one `raypar train` "
+             "makes with the same options (F_1 in the driver unless --no-driver-segment); train profiles at its batch "
+             "size, --batch here.", _info_args, "cmd_info"),
     "train": ("train a parareal network on Ray (defaults: a small VGG on digits, N = 2)",
               "Train a parareal network: fine sub-networks in Ray actors, pre/coarse/post in the Ray Train driver, "
               "every run recorded in MLflow. With no arguments it trains a small VGG-16 on the offline digits data "

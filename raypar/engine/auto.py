@@ -86,7 +86,7 @@ def choose_coarse_in_actors(net, driver_segment: bool, gpus: float, devices: int
     cores)."""
     from ..network.parareal import coarse_work
     if (not driver_segment or net.num_subnets == 1 or net.iterations != 1
-            or getattr(net, "balance_measure", "time") != "time"):
+            or net.balance_measure != "time"):
         return False
     info = net.segment_info
     driver = (net.pre_profile.cost + net.post_profile.cost + coarse_work([s.coarse_cost for s in info], 1)

@@ -2,7 +2,8 @@
 
 A checkpoint folder holds ``state.pt`` (the engine's state: every part's weights, optimizer, scheduler and RNG)
 and ``raypar_meta.json`` (epoch, split, where the coarse sweep runs, MLflow run id, the epoch's metrics, the
-configuration, the state's SHA-256), written last: a folder without it, or whose state does not match the hash, is torn and skipped.
+configuration, the state's SHA-256), written last: a folder without it, or whose state does not match the hash, is
+torn and skipped.
 """
 from __future__ import annotations
 

@@ -62,11 +62,11 @@ def _settings_of(meta: dict) -> dict:
 
 
 def _settings_like(meta: dict, wanted: dict) -> bool:
-    """A checkpoint's settings are ``wanted``; where ``wanted`` leaves ``coarse_in_actors`` out (unset), whatever
-    placement the checkpoint's run had."""
+    """A checkpoint's settings are ``wanted``; where ``wanted``'s ``coarse_in_actors`` is unset (None), whatever
+    placement the checkpoint's run had (a run keeps the one it started with)."""
     have = _settings_of(meta)
-    if "coarse_in_actors" not in wanted:
-        have.pop("coarse_in_actors", None)
+    if wanted.get("coarse_in_actors", False) is None:
+        have, wanted = ({k: v for k, v in d.items() if k != "coarse_in_actors"} for d in (have, wanted))
     return bool(have) and have == wanted
 
 
@@ -105,8 +105,6 @@ def decide(cfg: TrainConfig, resume: bool = False) -> Decision:
         return Decision(cfg.replace(name=_unique_name(cfg)), resumed=False)
     if run.name is None:                                       # --resume: the newest unfinished run like this one
         wanted = {k: v for k, v in cfg.flat().items() if k not in BOOKKEEPING}
-        if wanted.get("coarse_in_actors", False) is None:      # unset: a run keeps the placement it started with
-            wanted.pop("coarse_in_actors")
         for name in _run_names(run.storage_path):
             meta = newest_readable_meta(run.storage_path, name)
             if meta and meta["epoch"] < _epochs_of(meta) and _settings_like(meta, wanted):
