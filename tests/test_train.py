@@ -201,6 +201,64 @@ def test_train_bad_input_in_a_real_process(tmp_path, args, message):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "raypar_runs").exists()
 
 
+def test_the_trainer_starts_no_idle_helpers_on_a_private_cluster(ray_local, tmp_path):
+    """On a Ray that this process started, raypar's trainer runs its function with Ray Train's controller, worker
+    and synchronization actor only: no Ray Data dataset manager, placement-group cleaner, autoscaling coordinator or
+    preemption watcher, each a process that Ray Train (2.60) would start beside the run's own."""
+    import ray._private.state as state
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from raypar.training.ray_compat import PREEMPTION_WATCHER_ENV, quick_to_stop, without_idle_helpers
+    before = set(state.actors())
+    mark = tmp_path / "ran"
+    trainer = without_idle_helpers(quick_to_stop(DataParallelTrainer))(
+        lambda config: mark.write_text("yes"), train_loop_config={},
+        scaling_config=ScalingConfig(num_workers=1), run_config=RunConfig(name="lean", storage_path=str(tmp_path)))
+    trainer.fit()
+    assert mark.read_text() == "yes"
+    started = sorted(a["ActorClassName"] for i, a in state.actors().items() if i not in before)
+    assert started == ["RayTrainWorker", "SynchronizationActor", "TrainController"], started
+    assert PREEMPTION_WATCHER_ENV not in os.environ              # set for the controller's start only
+
+
+def test_the_idle_helpers_stay_on_a_cluster_this_process_joined(monkeypatch):
+    """On a cluster that this process did not start, only Ray Data's dataset manager goes (raypar passes no
+    datasets): the placement-group cleaner, the autoscaler's resource requests and the preemption watcher stay."""
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+    from raypar.training import ray_compat
+    datasets, cleaner = DatasetsCallback.__new__(DatasetsCallback), PlacementGroupCleanerCallback()
+    policy = FixedScalingPolicy(ScalingConfig(num_workers=1))
+
+    class Trainer:                                  # what the shim builds on: Ray Train's two hooks
+        datasets = {}
+
+        def _create_default_callbacks(self):
+            return [datasets, cleaner, "other"]
+
+        def _initialize_and_run_controller(self, **kwargs):
+            return kwargs["scaling_policy"], os.environ.get(ray_compat.PREEMPTION_WATCHER_ENV)
+
+    monkeypatch.delenv(ray_compat.PREEMPTION_WATCHER_ENV, raising=False)
+    lean = ray_compat.without_idle_helpers(Trainer)()
+    monkeypatch.setattr(ray_compat, "started_by_this_process", lambda: False)
+    assert lean._create_default_callbacks() == [cleaner, "other"]
+    assert lean._initialize_and_run_controller(scaling_policy=policy) == (policy, None)
+    monkeypatch.setattr(ray_compat, "started_by_this_process", lambda: True)     # a private cluster
+    assert lean._create_default_callbacks() == ["other"]
+    got, watcher = lean._initialize_and_run_controller(scaling_policy=policy)
+    assert isinstance(got, FixedScalingPolicy) and type(got) is not FixedScalingPolicy and watcher == "0"
+    got.after_controller_start(None)               # no resource requests: nothing to send them to
+    got.make_decision_for_non_running_worker_group()
+    assert got._coordinator_client is None
+    monkeypatch.setenv(ray_compat.PREEMPTION_WATCHER_ENV, "1")                  # the user's own setting wins
+    assert lean._initialize_and_run_controller(scaling_policy=policy)[1] == "1"
+
+
 def test_the_trainer_ends_its_placement_group_cleaner_at_once(ray_local):
     """Ray Train's cleaner made every run wait 12 s at its end, with a traceback, where the State API does not answer
     (see trainer._quick_to_stop); raypar's trainer kills it at a clean stop instead, and keeps every other default

@@ -6,7 +6,8 @@ Runs the quickstart (`raypar train --epochs 1`, with any extra options) ``--reps
 one fresh folder (the first run also creates the MLflow database), and reads the seconds since the command began
 from each start-up line on its console. Then times Ray alone the same number of times, in fresh processes: a
 private `ray.init` as `raypar train` starts it, and a Ray Train `DataParallelTrainer` with one worker whose
-training function only imports torch (the controller, its worker process, torch). Prints, per phase, the median
+training function only imports torch (the controller, its worker process, torch), as Ray Train starts it and as
+raypar starts it (without the helper actors that have no work in a raypar run). Prints, per phase, the median
 and range over the repetitions, and the command's wall time.
 """
 import argparse
@@ -36,9 +37,14 @@ def loop(config):
     import torch  # noqa: F401 - what every driver imports first
     open(config["mark"], "w").write(repr(time.time()))
 
+import sys
+trainer = DataParallelTrainer
+if sys.argv[1:] == ["raypar"]:                  # as raypar starts it: without Ray Train's idle helpers
+    from raypar.training.ray_compat import quick_to_stop, without_idle_helpers
+    trainer = without_idle_helpers(quick_to_stop(DataParallelTrainer))
 mark = tempfile.mktemp()
 t2 = time.time()
-DataParallelTrainer(loop, train_loop_config={"mark": mark}, scaling_config=ScalingConfig(num_workers=1),
+trainer(loop, train_loop_config={"mark": mark}, scaling_config=ScalingConfig(num_workers=1),
                     run_config=RunConfig(name="x", storage_path=tempfile.mkdtemp())).fit()
 t3 = float(open(mark).read())
 print(f"RESULT {t1 - t0:.2f} {t3 - t2:.2f}")
@@ -85,15 +91,17 @@ def main() -> None:
         lasts = [dict(ph)[nxt] - dict(ph)[name] for ph, _ in runs if nxt and nxt in dict(ph) and name in dict(ph)]
         print(f"{name:48s} {spread(at):>18s} {spread(lasts) if lasts else '':>18s}")
     print(f"{'command, start to exit (one epoch)':48s} {spread([w for _, w in runs]):>18s}")
-    init, train = [], []
+    init, train = [], {"ray": [], "raypar": []}
     for _ in range(args.reps):
-        out = subprocess.run([sys.executable, "-c", RAY_ALONE], capture_output=True, text=True).stdout
-        a, b = map(float, next(ln for ln in out.splitlines() if ln.startswith("RESULT")).split()[1:])
-        init.append(a)
-        train.append(b)
+        for how in train:                               # alternated
+            out = subprocess.run([sys.executable, "-c", RAY_ALONE, how], capture_output=True, text=True).stdout
+            a, b = map(float, next(ln for ln in out.splitlines() if ln.startswith("RESULT")).split()[1:])
+            init.append(a)
+            train[how].append(b)
     print("Ray alone, in fresh processes:")
     print(f"{'  ray.init (private, loopback)':48s} {spread(init):>18s}")
-    print(f"{'  Ray Train fit() to its function (imports torch)':48s} {spread(train):>18s}")
+    print(f"{'  Ray Train fit() to its function (imports torch)':48s} {spread(train['ray']):>18s}")
+    print(f"{'    the same without its idle helpers (raypar)':48s} {spread(train['raypar']):>18s}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ..engine.driver import FineActors, PararealEngine, Replica, Resources, Step
 from ..network.models import build
 from ..network.reference import PararealNet
 from .preflight import check_shared_storage, gpus_per_subnet, wait_for_resources
-from .ray_compat import abort, interruptible, quick_to_stop, quiet_train_logs
+from .ray_compat import abort, interruptible, quick_to_stop, quiet_train_logs, without_idle_helpers
 
 
 @dataclass
@@ -356,8 +356,8 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     # R drivers share a torch.distributed group that train_loop makes itself (bound to the node's address, where Ray
     # Train's TorchConfig would listen on every interface); one driver needs none
     # Ctrl-C is the caller's KeyboardInterrupt, in the main thread too (Ray Train's own handler would end fit() as if
-    # the run had finished)
-    trainer = interruptible(quick_to_stop(DataParallelTrainer))(
+    # the run had finished); Ray Train's helper actors that have no work in a raypar run are not started
+    trainer = interruptible(without_idle_helpers(quick_to_stop(DataParallelTrainer)))(
         train_loop, train_loop_config={"cfg": cfg.to_dict(), "events": events},
         # R drivers, spread over the nodes so that each one's fine actors can join it there (PACK per replica)
         scaling_config=ScalingConfig(num_workers=cfg.engine.replicas, use_gpu=gpus > 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 
 
@@ -150,6 +151,71 @@ def quick_to_stop(trainer_cls):
             return [KillCleanerAtStop() if isinstance(c, PlacementGroupCleanerCallback) else c
                     for c in super()._create_default_callbacks()]
     return QuickToStop
+
+
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def without_idle_helpers(trainer_cls):
+    """``trainer_cls`` without the helper actors of Ray Train (2.60) that have no work in a raypar run. Each is one
+    more process to start beside the run's own, about a second of a core before the first step:
+
+      - Ray Data's ``DatasetManager`` (raypar hands Ray Train no Ray Datasets);
+
+    and on a Ray cluster that this process started (:func:`started_by_this_process`: one node that never grows,
+    gone with the process):
+
+      - the placement-group cleaner (the placement group ends with the cluster);
+      - the autoscaling coordinator that the scaling policy sends its resource requests to (there is no autoscaler);
+      - the preemption watcher (nothing drains the node), unless ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER`` is set.
+
+    On any other cluster every helper but the first stays. Private API: where Ray's classes are not as expected,
+    the helper stays."""
+    try:
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+    except ImportError:
+        return trainer_cls
+    if not (hasattr(trainer_cls, "_create_default_callbacks")
+            and hasattr(trainer_cls, "_initialize_and_run_controller")):
+        return trainer_cls
+
+    class FixedWithoutAutoscaler(FixedScalingPolicy):
+        """Ray Train's fixed scaling policy without its resource requests (they start the autoscaling
+        coordinator's actor)."""
+        def after_controller_start(self, train_run_context):
+            pass
+
+        def _maybe_send_resource_request(self):
+            pass
+
+        def _send_resource_request(self):
+            pass
+
+        def _cancel_resource_request(self):
+            pass
+
+    class WithoutIdleHelpers(trainer_cls):
+        def _create_default_callbacks(self):
+            private = started_by_this_process()
+            return [c for c in super()._create_default_callbacks()
+                    if not (isinstance(c, DatasetsCallback) and not getattr(self, "datasets", None)
+                            or isinstance(c, PlacementGroupCleanerCallback) and private)]
+
+        def _initialize_and_run_controller(self, **kwargs):
+            if not started_by_this_process():
+                return super()._initialize_and_run_controller(**kwargs)
+            if type(kwargs.get("scaling_policy")) is FixedScalingPolicy:
+                kwargs["scaling_policy"] = FixedWithoutAutoscaler(kwargs["scaling_policy"].scaling_config)
+            if PREEMPTION_WATCHER_ENV in os.environ:                      # the user's own setting wins
+                return super()._initialize_and_run_controller(**kwargs)
+            os.environ[PREEMPTION_WATCHER_ENV] = "0"    # read here, into the controller's environment
+            try:
+                return super()._initialize_and_run_controller(**kwargs)
+            finally:
+                os.environ.pop(PREEMPTION_WATCHER_ENV, None)
+    return WithoutIdleHelpers
 
 
 def interruptible(trainer_cls):
