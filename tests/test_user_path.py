@@ -236,3 +236,11 @@ def test_a_killed_driver_on_the_default_2_cpu_budget_is_survived(tmp_path):
     _, (ref,) = _runs(tmp_path / "a")
     got, want = _weights(tmp_path / "b", run.info.run_id), _weights(tmp_path / "a", ref.info.run_id)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_the_start_up_clock_counts_from_the_command_start():
+    """The seconds on `raypar train`'s start-up lines count from the process's start (Python's and torch's imports
+    included), not from the moment the command's function runs."""
+    code = "import time; time.sleep(1.0); from raypar.cli.train import Clock; print(Clock()())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert 1.0 <= float(out.stdout) < 30, out.stderr
