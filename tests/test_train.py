@@ -205,11 +205,17 @@ def test_the_trainer_starts_no_idle_helpers_on_a_private_cluster(ray_local, tmp_
     """On a Ray that this process started, raypar's trainer runs its function with Ray Train's controller, worker
     and synchronization actor only: no Ray Data dataset manager, placement-group cleaner, autoscaling coordinator or
     preemption watcher, each a process that Ray Train (2.60) would start beside the run's own."""
+    import ray
     import ray._private.state as state
     from ray.train import RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from raypar.training.ray_compat import PREEMPTION_WATCHER_ENV, quick_to_stop, without_idle_helpers
+    coordinator = {"name": "AutoscalingCoordinator", "namespace": "AutoscalingCoordinator"}   # one per cluster
+    try:
+        ray.kill(ray.get_actor(**coordinator))          # left by an earlier Ray Train run of this test session
+    except ValueError:
+        pass
     before = set(state.actors())
     mark = tmp_path / "ran"
     trainer = without_idle_helpers(quick_to_stop(DataParallelTrainer))(
@@ -219,7 +225,9 @@ def test_the_trainer_starts_no_idle_helpers_on_a_private_cluster(ray_local, tmp_
     assert mark.read_text() == "yes"
     started = sorted(a["ActorClassName"] for i, a in state.actors().items() if i not in before)
     assert started == ["RayTrainWorker", "SynchronizationActor", "TrainController"], started
-    assert PREEMPTION_WATCHER_ENV not in os.environ              # set for the controller's start only
+    with pytest.raises(ValueError):
+        ray.get_actor(**coordinator)
+    assert PREEMPTION_WATCHER_ENV not in os.environ              # set while fit() runs only
 
 
 def test_the_idle_helpers_stay_on_a_cluster_this_process_joined(monkeypatch):
@@ -257,6 +265,8 @@ def test_the_idle_helpers_stay_on_a_cluster_this_process_joined(monkeypatch):
     assert got._coordinator_client is None
     monkeypatch.setenv(ray_compat.PREEMPTION_WATCHER_ENV, "1")                  # the user's own setting wins
     assert lean._initialize_and_run_controller(scaling_policy=policy)[1] == "1"
+    lean.datasets = {"train": object()}            # a trainer given datasets keeps Ray Data's callback
+    assert lean._create_default_callbacks() == [datasets, "other"]
 
 
 def test_the_trainer_ends_its_placement_group_cleaner_at_once(ray_local):

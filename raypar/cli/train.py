@@ -64,11 +64,11 @@ def process_age() -> float:
 
 
 class Clock:
-    """Seconds since the command started (the process, with Python's and torch's imports), for the start-up
-    lines."""
+    """Seconds since a start, for the start-up lines: the process's (``from_process_start``: a command's, with
+    Python's and torch's imports), or the clock's own making."""
 
-    def __init__(self):
-        self.t0 = time.perf_counter() - process_age()
+    def __init__(self, from_process_start: bool = False):
+        self.t0 = time.perf_counter() - (process_age() if from_process_start else 0.0)
 
     def __call__(self) -> float:
         return time.perf_counter() - self.t0
@@ -169,7 +169,7 @@ def fit_with_progress(cfg, fit, console, clock: Clock | None = None, resume: boo
 def cmd_train(args) -> int:
     """``raypar train``: see the module's docstring. Exit 0 when training finished, 1 when it stopped or failed,
     2 for a user mistake, 130 when interrupted."""
-    clock = Clock()
+    clock = Clock(from_process_start=True)
     from rich.console import Console
     from rich.panel import Panel
 

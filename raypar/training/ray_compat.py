@@ -169,8 +169,10 @@ def without_idle_helpers(trainer_cls):
       - the autoscaling coordinator that the scaling policy sends its resource requests to (there is no autoscaler);
       - the preemption watcher (nothing drains the node), unless ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER`` is set.
 
-    On any other cluster every helper but the first stays. Private API: where Ray's classes are not as expected,
-    the helper stays."""
+    On any other cluster every helper but the first stays. Within one process that trains run after run on its own
+    Ray (``raypar study``, a notebook after ``ray.init()``), a run whose controller dies without cleaning up leaves
+    its placement group until Ray shuts down. Private API: where Ray's classes are not as expected, the helper
+    stays."""
     try:
         from ray.train.v2._internal.callbacks import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
@@ -210,7 +212,8 @@ def without_idle_helpers(trainer_cls):
                 kwargs["scaling_policy"] = FixedWithoutAutoscaler(kwargs["scaling_policy"].scaling_config)
             if PREEMPTION_WATCHER_ENV in os.environ:                      # the user's own setting wins
                 return super()._initialize_and_run_controller(**kwargs)
-            os.environ[PREEMPTION_WATCHER_ENV] = "0"    # read here, into the controller's environment
+            # read here into the controller's environment (which it reads when made); set while fit() runs
+            os.environ[PREEMPTION_WATCHER_ENV] = "0"
             try:
                 return super()._initialize_and_run_controller(**kwargs)
             finally:
