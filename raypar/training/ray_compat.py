@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
+
+from ..environ import env_default
 
 
 @contextlib.contextmanager
@@ -210,14 +211,9 @@ def without_idle_helpers(trainer_cls):
                 return super()._initialize_and_run_controller(**kwargs)
             if type(kwargs.get("scaling_policy")) is FixedScalingPolicy:
                 kwargs["scaling_policy"] = FixedWithoutAutoscaler(kwargs["scaling_policy"].scaling_config)
-            if PREEMPTION_WATCHER_ENV in os.environ:                      # the user's own setting wins
-                return super()._initialize_and_run_controller(**kwargs)
             # read here into the controller's environment (which it reads when made); set while fit() runs
-            os.environ[PREEMPTION_WATCHER_ENV] = "0"
-            try:
+            with env_default(PREEMPTION_WATCHER_ENV, "0"):
                 return super()._initialize_and_run_controller(**kwargs)
-            finally:
-                os.environ.pop(PREEMPTION_WATCHER_ENV, None)
     return WithoutIdleHelpers
 
 

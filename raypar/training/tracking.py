@@ -5,13 +5,13 @@ kept in every checkpoint's ``raypar_meta.json``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import re
 import time
 
+from ..environ import env_default
 from ..errors import UserError
 
 RUN_KEY_TAG = "raypar.run_key"
@@ -219,7 +219,7 @@ def patiently(call, *args, outage_s: float = OUTAGE_S, **kwargs):
     deadline, pause = time.monotonic() + outage_s, 1.0
     while True:
         try:
-            with _no_client_retries():
+            with env_default(RETRIES_ENV, "0"):
                 return call(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - MLflow wraps connection errors in several types
             if time.monotonic() + pause > deadline:
@@ -228,18 +228,6 @@ def patiently(call, *args, outage_s: float = OUTAGE_S, **kwargs):
                                 f"run with --resume once the store is back") from None
             time.sleep(pause)
             pause = min(2 * pause, 15.0)
-
-
-@contextlib.contextmanager
-def _no_client_retries():
-    if RETRIES_ENV in os.environ:                   # the user's own setting wins
-        yield
-        return
-    os.environ[RETRIES_ENV] = "0"
-    try:
-        yield
-    finally:
-        os.environ.pop(RETRIES_ENV, None)
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict, step: int) -> None:
