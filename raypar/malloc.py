@@ -9,7 +9,7 @@ heap before it lacks ``M_TOP_PAD`` of room. Ray Train runs the training function
 driver's step, once it needs more than one heap, may unmap whole heaps and fault them in again every step.
 Either way the next step writes to new pages, and each 4 KiB page costs a page fault that zeroes it. Keeping a step's
 freed memory for the next step removes most of those faults (``benchmarks/throughput/page_faults.py``; figures in
-benchmarks/throughput/README.md and ``benchmarks/train-path/results/2026-12-07-thread-heaps.md``).
+benchmarks/throughput/README.md and benchmarks/train-path/README.md).
 
 The price: freed memory stays with each process: up to ``TRIM_THRESHOLD`` at the top of the main heap, and every heap
 a thread's arena grew to, which a training loop fills again each step anyway. ``RAYPAR_KEEP_FREED_MEMORY=0`` in a
