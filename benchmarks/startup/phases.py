@@ -31,13 +31,13 @@ with loopback_node():
 t1 = time.time()
 from ray.train import RunConfig, ScalingConfig
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+import sys
 import tempfile
 
 def loop(config):
     import torch  # noqa: F401 - what every driver imports first
     open(config["mark"], "w").write(repr(time.time()))
 
-import sys
 trainer = DataParallelTrainer
 if sys.argv[1:] == ["raypar"]:                  # as raypar starts it: without Ray Train's idle helpers
     from raypar.training.ray_compat import quick_to_stop, without_idle_helpers
@@ -45,7 +45,7 @@ if sys.argv[1:] == ["raypar"]:                  # as raypar starts it: without R
 mark = tempfile.mktemp()
 t2 = time.time()
 trainer(loop, train_loop_config={"mark": mark}, scaling_config=ScalingConfig(num_workers=1),
-                    run_config=RunConfig(name="x", storage_path=tempfile.mkdtemp())).fit()
+        run_config=RunConfig(name="x", storage_path=tempfile.mkdtemp())).fit()
 t3 = float(open(mark).read())
 print(f"RESULT {t1 - t0:.2f} {t3 - t2:.2f}")
 """
