@@ -132,6 +132,30 @@ def test_lr_schedules():
     assert cosine[0] == 0.1 and all(a > b for a, b in zip(cosine, cosine[1:]))
 
 
+def test_the_optimizer_is_torchs_sgd_bit_for_bit():
+    """raypar's SGD (torch.optim.SGD without its compiler guards) moves the weights as torch's does, and their
+    state dicts load into each other: a checkpoint of either resumes in the other."""
+    import copy
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))]
+    nets.append(copy.deepcopy(nets[0]))
+    o = OptimConfig(lr=0.1, epochs=3)
+    ours, _ = make_optimizer(nets[0].parameters(), o)
+    torchs = torch.optim.SGD(nets[1].parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for i in range(6):
+        if i == 3:                                        # swap their states halfway
+            a, b = ours.state_dict(), torchs.state_dict()
+            ours.load_state_dict(b)
+            torchs.load_state_dict(a)
+        for net, opt in zip(nets, (ours, torchs)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(*(n.parameters() for n in nets)))
+    assert all(p.grad is not None for p in nets[0].parameters()) and torch.is_grad_enabled()
+
+
 def test_coarse_kernel_and_transport_options():
     cfg = _cfg("--coarse-kernel", "1", "--transport", "p2p")
     assert cfg.model.coarse.kernel == 1 and cfg.engine.transport == "p2p"

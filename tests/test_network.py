@@ -421,29 +421,32 @@ import sys
 import torch
 from raypar.network.models import build
 from raypar.network.balance import profile
-from raypar.engine.actors import FineWorker
+from raypar.engine.optim import OptimConfig, make_optimizer, restore_scheduler
 model, x = build("vgg11", width_mult=0.25), torch.randn(2, 3, 32, 32)
 timed = profile(model, x, "time", repeats=1)
 counted_yet = "torch.utils.flop_counter" in sys.modules
-optimizer_ready = "torch._dynamo" in sys.modules
-import threading
-FineWorker()                                  # an actor's process, started before it gets its segment
-[t.join() for t in threading.enumerate() if t.name == "raypar-warm-up"]
-warmed = "torch._dynamo" in sys.modules
+opt, sched = make_optimizer(model.parameters(), OptimConfig(epochs=2))
+for _ in range(2):
+    opt.zero_grad(set_to_none=True)
+    model(x).sum().backward()
+    opt.step()
+    sched.step()
+opt.load_state_dict(opt.state_dict())
+restore_scheduler(opt, OptimConfig(epochs=2), sched.state_dict())
+trained = "torch._dynamo" in sys.modules
 both = profile(model, x, "time", repeats=1, count_flops=True)
-print([p.flops for p in [timed[0], *timed[1], timed[2]]].count(None), len(timed[1]) + 2, counted_yet,
-      optimizer_ready, warmed, all(p.flops > 0 for p in [both[0], *both[1], both[2]]))
+print([p.flops for p in [timed[0], *timed[1], timed[2]]].count(None), len(timed[1]) + 2, counted_yet, trained,
+      all(p.flops > 0 for p in [both[0], *both[1], both[2]]))
 """
 
 
-def test_a_time_profile_counts_no_flops_and_an_idle_actor_imports_the_optimizers_needs():
+def test_a_time_profile_and_the_optimizer_import_no_compiler():
     """What a run's start waits for: a time profile counts FLOPs only when asked (the counter's first use imports
-    much of torch._dynamo), and a fine actor's process imports what its optimizer's first step would import before
-    the driver waits for it. In a fresh process: other tests import both."""
+    much of torch._dynamo), and raypar's optimizer steps, saves and restores without importing torch._dynamo
+    (torch.optim's own methods import it on first call). In a fresh process: other tests import both."""
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-c", START_UP], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    nones, parts, counted_yet, optimizer_ready, warmed, flops = r.stdout.split()
-    assert nones == parts and counted_yet == "False" and optimizer_ready == "False"
-    assert warmed == "True" and flops == "True"
+    nones, parts, counted_yet, trained, flops = r.stdout.split()
+    assert nones == parts and counted_yet == "False" and trained == "False" and flops == "True"

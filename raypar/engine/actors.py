@@ -10,7 +10,6 @@ cross processes.
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import torch
@@ -21,7 +20,7 @@ from . import precision
 from ..network import split_backward
 from ..malloc import keep_freed_memory
 from ..network.models import memory_format
-from .optim import OptimConfig, make_optimizer, restore_scheduler, warm_up
+from .optim import OptimConfig, make_optimizer, restore_scheduler
 from ..network.parareal import interval, running_stats_frozen
 from .transport import ActorEnd, from_numpy, to_numpy
 
@@ -51,9 +50,7 @@ class FineWorker:
         """A worker for segment ``index``, ``module``; with no arguments an idle one that :meth:`configure` gives its
         segment later (an actor started before the split is known: its process is up when the network is)."""
         keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
-        if module is None:             # in the background, while the driver profiles: not at the first step
-            threading.Thread(target=warm_up, name="raypar-warm-up", daemon=True).start()
-        else:
+        if module is not None:
             self.configure(index, module, optim, seed, use_gpu, channels_last, amp, head, defer_weights, iterations)
 
     def configure(self, index: int, module: nn.Module, optim: OptimConfig, seed: int, use_gpu: bool = False,

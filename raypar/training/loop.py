@@ -22,7 +22,6 @@ from ..network.balance import TUNE
 from .config import TrainConfig
 from ..errors import UserError
 from ..engine import hybrid
-from ..engine.optim import warm_up
 from ..engine.driver import FineActors, PararealEngine, Replica, Resources, StepStats
 from ..network.models import build
 from ..network.reference import PararealNet
@@ -114,7 +113,6 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
                            profile_batch=cfg.optim.batch_size, driver_segment=cfg.engine.driver_segment,
                            defer_weights=cfg.engine.defer_weights, profile_device=resources.device,
                            channels_last=cfg.engine.channels_last)
-    warm_up()                                  # while the actors start: it would hold up the first step
     if standby is not None and balance == "time":
         standby.ready()                        # the actors' start-up done: a time profile measures a quiet machine
     _emit(events, kind="phase", text=("measuring candidate splits" if balance == TUNE else
