@@ -230,6 +230,30 @@ def test_the_trainer_starts_no_idle_helpers_on_a_private_cluster(ray_local, tmp_
     assert PREEMPTION_WATCHER_ENV not in os.environ              # set while fit() runs only
 
 
+PRIVATE_NODE = """
+import ray, ray._private.parameter as parameter, ray._private.ray_constants as c, ray._private.worker as worker
+from raypar.training.session import start_private
+original = parameter.RayParams.__init__
+assert start_private(2)
+started = set(worker._global_node.all_processes)
+print(sorted(started), ray.get(ray.remote(lambda: 1 + 1).remote()),
+      parameter.RayParams.__init__ is original, c.PROCESS_TYPE_RAYLET in started,
+      c.PROCESS_TYPE_MONITOR in started or c.PROCESS_TYPE_LOG_MONITOR in started)
+ray.shutdown()
+"""
+
+
+def test_a_private_ray_starts_no_monitors():
+    """A private local Ray (raypar train, bench and tune start one) runs tasks without the autoscaler's monitor (one
+    node that never grows) or the log monitor (no worker output goes to the console); Ray's node parameters are
+    as before once it has started. In a fresh process: the tests' own Ray is started by Ray's defaults."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", PRIVATE_NODE], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    *_, two, restored, raylet, monitors = r.stdout.split()
+    assert (two, restored, raylet, monitors) == ("2", "True", "True", "False"), r.stdout
+
+
 def test_the_idle_helpers_stay_on_a_cluster_this_process_joined(monkeypatch):
     """On a cluster that this process did not start, only Ray Data's dataset manager goes (raypar passes no
     datasets): the placement-group cleaner, the autoscaler's resource requests and the preemption watcher stay."""

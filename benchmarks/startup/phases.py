@@ -24,8 +24,8 @@ RAY_ALONE = r"""
 import time
 t0 = time.time()
 import ray
-from raypar.training.ray_compat import loopback_node
-with loopback_node():
+from raypar.training.ray_compat import private_node
+with private_node():
     ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False,
              _node_ip_address="127.0.0.1")
 t1 = time.time()

@@ -28,6 +28,34 @@ def loopback_node():
         services.resolve_ip_for_localhost = original
 
 
+@contextlib.contextmanager
+def private_node():
+    """Inside, ``ray.init(address="local", _node_ip_address="127.0.0.1")`` starts a node for this process alone: it
+    listens on the loopback interface only (:func:`loopback_node`), and it starts neither the autoscaler's monitor
+    (one node that never grows) nor the log monitor (it copies the workers' output to a driver that asks for it with
+    ``log_to_driver``, which raypar does not): two processes that import Ray beside the run's start
+    (``benchmarks/startup/README.md``). Private API: where Ray's node parameters lack these two, they start."""
+    import ray._private.parameter as parameter
+    params = getattr(parameter, "RayParams", None)
+    original = getattr(params, "__init__", None)
+    if original is None:
+        with loopback_node():
+            yield
+        return
+
+    def without_monitors(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if hasattr(self, "no_monitor") and hasattr(self, "include_log_monitor"):
+            self.no_monitor, self.include_log_monitor = True, False
+
+    params.__init__ = without_monitors
+    try:
+        with loopback_node():
+            yield
+    finally:
+        params.__init__ = original
+
+
 def quiet_train_logs() -> None:
     """Ray Train's per-report log lines at WARNING only, in this process (the progress bar says how the run goes).
     Ray Train V2 names one of its loggers by its file."""

@@ -1,8 +1,8 @@
 """Starting Ray, or attaching to a cluster: the one place that calls ``ray.init``.
 
 :func:`start_private` starts a private local Ray that lives and dies with this process, listening on the loopback
-interface only; :func:`connect` picks between that, the cluster of a Ray job (``ray job submit`` sets
-``RAY_ADDRESS``) and an explicit ``--address``. Worker processes' output is not copied to this console.
+interface only, without the autoscaler's monitor and the log monitor; :func:`connect` picks between that, the cluster
+of a Ray job (``ray job submit`` sets ``RAY_ADDRESS``) and an explicit ``--address``. Worker processes' output is not copied to this console.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import socket
 
 from ..errors import UserError
-from .ray_compat import loopback_node
+from .ray_compat import private_node
 from .tracking import redact
 
 LOOPBACK = "127.0.0.1"          # a private local Ray listens here only: it is reachable from this machine alone
@@ -47,7 +47,7 @@ def start_private(num_cpus: int, num_gpus: int | None = None, *, one_thread: boo
     if one_thread:
         os.environ["OMP_NUM_THREADS"] = "1"                  # inherited by every Ray process started here
     try:
-        with _quiet_auth_notice(), loopback_node():
+        with _quiet_auth_notice(), private_node():
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      configure_logging=False, log_to_driver=False, _node_ip_address=LOOPBACK)
     finally:
@@ -94,7 +94,7 @@ def connect(cfg) -> None:
         target = None                                       # inside `ray job submit`: attach to the job's cluster
     else:
         need = int(cfg.engine.replicas * (cfg.model.subnets * cfg.engine.cpus_per_subnet + 1) + 0.999)
-        with _quiet_auth_notice(), loopback_node():
+        with _quiet_auth_notice(), private_node():
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), configure_logging=False,
                      log_to_driver=False, include_dashboard=False, _node_ip_address=LOOPBACK)
         return
