@@ -26,37 +26,31 @@ class OptimConfig:
         return sorted({max(1, round(m * self.epochs)) for m in self.milestones})
 
 
-def _undecorated(fn):
-    """``fn`` without the wrappers that torch.optim puts around it (to keep ``torch.compile`` out, to call an
-    optimizer's hooks), which keep the function they wrap as ``__wrapped__``; ``fn`` itself where there are none."""
-    return inspect.unwrap(fn)
-
-
 class SGD(torch.optim.SGD):
     """``torch.optim.SGD``, the same numbers and the same ``state_dict``, without importing ``torch._dynamo``.
 
     torch.optim wraps ``step``, ``zero_grad``, ``add_param_group``, ``state_dict`` and ``load_state_dict`` to keep
     ``torch.compile`` out of them; the wrappers import ``torch._dynamo`` on their first call, about a second of a
     core in every process that trains, at the start of every run (``benchmarks/startup/README.md``). raypar never
-    compiles a step, so these call the wrapped methods directly; ``step`` with gradients off, as the wrapper does
-    for an optimizer that is not ``differentiable``.
+    compiles a step, so these call the methods that torch wrapped (``inspect.unwrap``, through the hooks' wrapper
+    too); ``step`` with gradients off, as the wrapper does for an optimizer that is not ``differentiable``.
     """
 
     def add_param_group(self, param_group):
-        _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
+        inspect.unwrap(torch.optim.Optimizer.add_param_group)(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        _undecorated(torch.optim.Optimizer.zero_grad)(self, set_to_none)
+        inspect.unwrap(torch.optim.Optimizer.zero_grad)(self, set_to_none)
 
     def state_dict(self):
-        return _undecorated(torch.optim.Optimizer.state_dict)(self)
+        return inspect.unwrap(torch.optim.Optimizer.state_dict)(self)
 
     def load_state_dict(self, state_dict) -> None:
-        _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
+        inspect.unwrap(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     def step(self, closure=None):
         with torch.no_grad():
-            return _undecorated(torch.optim.SGD.step)(self, closure)
+            return inspect.unwrap(torch.optim.SGD.step)(self, closure)
 
 
 def make_optimizer(params, o: OptimConfig):

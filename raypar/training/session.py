@@ -2,7 +2,8 @@
 
 :func:`start_private` starts a private local Ray that lives and dies with this process, listening on the loopback
 interface only, without the autoscaler's monitor and the log monitor; :func:`connect` picks between that, the cluster
-of a Ray job (``ray job submit`` sets ``RAY_ADDRESS``) and an explicit ``--address``. Worker processes' output is not copied to this console.
+of a Ray job (``ray job submit`` sets ``RAY_ADDRESS``) and an explicit ``--address``. Worker processes' output is
+not copied to this console.
 """
 from __future__ import annotations
 
