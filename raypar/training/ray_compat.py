@@ -37,23 +37,21 @@ def private_node():
     (``benchmarks/startup/README.md``). Private API: where Ray's node parameters lack these two, they start."""
     import ray._private.parameter as parameter
     params = getattr(parameter, "RayParams", None)
-    original = getattr(params, "__init__", None)
-    if original is None:
-        with loopback_node():
-            yield
-        return
+    original = params.__init__ if params is not None else None
 
     def without_monitors(self, *args, **kwargs):
         original(self, *args, **kwargs)
         if hasattr(self, "no_monitor") and hasattr(self, "include_log_monitor"):
             self.no_monitor, self.include_log_monitor = True, False
 
-    params.__init__ = without_monitors
+    if params is not None:
+        params.__init__ = without_monitors
     try:
         with loopback_node():
             yield
     finally:
-        params.__init__ = original
+        if params is not None:
+            params.__init__ = original
 
 
 def quiet_train_logs() -> None:
