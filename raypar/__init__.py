@@ -20,9 +20,9 @@ __all__ = ["CoarseSpec", "PararealNet", "StagedModel", "TrainConfig", "UserError
 __version__ = "0.1.0"
 
 # every name but UserError loads on first use: `import raypar` (and the `raypar` command's start) stays quick
-_LAZY = {"CoarseSpec": "network.coarse", "staged_from": "network.convert", "StagedModel": "network.models",
+_LAZY = {"CoarseSpec": "network.specs", "staged_from": "network.convert", "StagedModel": "network.models",
          "build": "network.models", "parareal": "network.parareal", "PararealNet": "network.reference",
-         "TrainConfig": "training.config", "fit": "training.loop"}
+         "TrainConfig": "training.config", "fit": "training.launch"}
 
 
 def __getattr__(name: str):

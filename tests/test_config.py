@@ -11,7 +11,8 @@ from raypar.cli.main import build_parser
 from raypar.cli.options import config_from_args
 from raypar.training.config import TrainConfig
 from raypar.errors import UserError
-from raypar.engine.optim import OptimConfig, make_optimizer
+from raypar.engine.optim import make_optimizer
+from raypar.engine.specs import OptimConfig
 
 
 def _cfg(*argv):
@@ -186,11 +187,12 @@ def test_amp_option(tmp_path):
 
 
 def test_splits_are_checked_before_anything_runs():
-    """The block counts come from the model's name alone (models.num_blocks), so a split that cannot fit fails in
+    """The block counts come from the model's name alone (specs.num_blocks), so a split that cannot fit fails in
     the config, not later in a Ray worker."""
     from raypar.tools.bench.config import BenchConfig
     from raypar.tools.bench.workload import _net
-    from raypar.network.models import build, num_blocks
+    from raypar.network.models import build
+    from raypar.network.specs import num_blocks
     for name in ("vgg11", "vgg13", "vgg16", "vgg19", "resnet11", "resnet20"):
         assert num_blocks(name) == len(build(name, width_mult=0.125).blocks), name
     assert TrainConfig.from_flat(model="vgg16", subnets=3, balance=[4, 4, 4]).model.balance == [4, 4, 4]
@@ -249,3 +251,12 @@ def test_label_smoothing_from_the_recipe_an_option_and_the_run_params():
     assert _cfg("--recipe", "digits-cpu").optim.label_smoothing == 0.1
     cfg = _cfg("--recipe", "digits-cpu", "--label-smoothing", "0")
     assert cfg.optim.label_smoothing == 0.0 and params_of(cfg)["label_smoothing"] == 0.0
+
+
+def test_the_run_params_name_the_versions_torch_and_ray_report():
+    """MLflow's ``torch_version`` is ``torch.__version__`` with its build tag, read without importing torch."""
+    import ray
+
+    from raypar.training.tracking import params_of, torch_version
+    p = params_of(_cfg())
+    assert p["torch_version"] == torch_version() == torch.__version__ and p["ray_version"] == ray.__version__

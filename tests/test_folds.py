@@ -84,6 +84,25 @@ def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
     assert (images == d.images).all() and (target == d.target).all()
 
 
+@pytest.mark.parametrize("folds,fold,seed", [(0, 0, 0), (2, 0, 0), (2, 1, 3), (5, 4, 1), (7, 3, 2), (10, 9, 0)])
+def test_the_training_size_is_counted_without_torch_as_loaded(folds, fold, seed):
+    """`data.train_size` (what the command checks before Ray starts, without torch) is the size of the training split
+    `load_for` makes, for the fixed split and every fold."""
+    cfg = TrainConfig.from_flat(folds=folds, fold=fold, seed=seed)
+    assert data.train_size(cfg) == len(data.load_for(cfg).train)
+
+
+@pytest.mark.parametrize("folds,fold", [(1, 0), (3, 3), (3, -1), (1800, 0)])
+def test_the_training_size_fails_as_loading_does(folds, fold):
+    cfg = TrainConfig.from_flat(folds=2, fold=0)
+    cfg.data.folds, cfg.data.fold = folds, fold                 # past TrainConfig's own checks, if it has them
+    with pytest.raises(UserError) as counted:
+        data.train_size(cfg)
+    with pytest.raises(UserError) as loaded:
+        data.load_for(cfg)
+    assert str(counted.value) == str(loaded.value)
+
+
 def test_folds_zero_keeps_the_fixed_split():
     perm = torch.randperm(1797, generator=torch.Generator().manual_seed(1234))
     val, train = perm[:359], perm[359:]

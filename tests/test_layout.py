@@ -107,6 +107,26 @@ def test_the_command_starts_without_loading_torch_or_ray():
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
+def test_raypar_train_starts_ray_without_torch(tmp_path):
+    """The command's own work before Ray starts (its settings, the data's check, the run's name and store) imports no
+    torch: only the drivers and the actors compute. `ray.init` is stopped where it is called; ``--help`` loads no torch
+    either."""
+    code = ("import sys, ray\n"
+            "def stop(*a, **k):\n"
+            "    print('torch' in sys.modules, flush=True); raise SystemExit(0)\n"
+            "ray.init = stop\n"
+            "from raypar.cli.main import main\n"
+            "main(['train', '--epochs', '1', '--folds', '3', '--fold', '1'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.stdout.strip().splitlines()[-1:] == ["False"], r.stdout + r.stderr
+    code = ("import sys, contextlib, io\nfrom raypar.cli.main import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    main(['train', '--help'])\n"
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.stdout.strip() == "False", r.stdout + r.stderr
+
+
 def test_raypar_train_loads_no_tool():
     """`raypar train` (and `jobs/train.py`) make only train's options: no bench, plan, tune or study module loads."""
     code = ("import sys; from raypar.cli.main import build_parser; "

@@ -421,7 +421,8 @@ import sys
 import torch
 from raypar.network.models import build
 from raypar.network.balance import profile
-from raypar.engine.optim import OptimConfig, make_optimizer, restore_scheduler
+from raypar.engine.optim import make_optimizer, restore_scheduler
+from raypar.engine.specs import OptimConfig
 model, x = build("vgg11", width_mult=0.25), torch.randn(2, 3, 32, 32)
 timed = profile(model, x, "time", repeats=1)
 counted_yet = "torch.utils.flop_counter" in sys.modules

@@ -14,7 +14,7 @@ from procs import free_port, nan_replica, stop_group
 
 from raypar.training.config import TrainConfig
 from raypar.training.tracking import checkpoints
-from raypar.training.loop import fit
+from raypar.training.launch import fit
 
 EPOCHS = 3
 
@@ -205,7 +205,7 @@ def test_failure_reason_says_when_the_restarts_ran_out():
     from ray.exceptions import ActorDiedError, RayTaskError
     from ray.train import WorkerGroupError
 
-    from raypar.training.loop import failure_reason
+    from raypar.training.launch import failure_reason
     lost = RayTaskError("train_loop", "Traceback (most recent call last): ...", ActorDiedError())
     error = WorkerGroupError("Training failed due to worker errors:", {0: lost})
     assert failure_reason(error, 0).startswith("ActorDiedError: ")
@@ -419,7 +419,7 @@ def test_mistakes_a_worker_would_meet_are_one_line(ray_local, tmp_path, capsys, 
     def fails(cfg, events=None, **options):          # what Ray Train raises for a UserError in rank 1's train_loop
         cause = RayTaskError("train_loop", "Traceback (most recent call last): ...", UserError("the worker's reason"))
         raise WorkerGroupError("Training failed due to worker errors:", {1: cause})
-    monkeypatch.setattr("raypar.training.loop.fit", fails)
+    monkeypatch.setattr("raypar.training.launch.fit", fails)
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["raypar: error: the worker's reason"]
 

@@ -9,7 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raypar.training.config import TrainConfig
-from raypar.training.loop import fit
+from raypar.training.launch import fit
 
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "samples_per_s",
            "time_pre_coarse_s", "time_fine_max_s", "time_transfer_s"]

@@ -26,8 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from raypar.engine.optim import OptimConfig, make_optimizer
-from raypar.network.coarse import CoarseSpec
+from raypar.engine.optim import make_optimizer
+from raypar.engine.specs import OptimConfig
+from raypar.network.specs import CoarseSpec
 from raypar.network.models import build
 from raypar.network.parareal import coarse_sweep
 from raypar.network.reference import PararealNet

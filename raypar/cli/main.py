@@ -163,7 +163,7 @@ def cmd_study(args) -> int:
 
     from ..tools.study import run_study
     from .train import fit_with_progress, log_file, quiet_console
-    from ..training.loop import fit
+    from ..training.launch import fit
     from ..training.session import connect
     from .options import config_and_splits
     cfg, splits = config_and_splits(args, skip=("subnets", "iterations", "seed", "name"))
@@ -221,8 +221,7 @@ def cmd_train(args) -> int:
 def cmd_info(args) -> int:
     from rich.console import Console
 
-    from ..network.balance import parse_balance
-    from ..network.coarse import CoarseSpec
+    from ..network.specs import CoarseSpec, parse_balance
     from ..network.models import build
     from ..network.reference import PararealNet
     from ..tools.report import split_table

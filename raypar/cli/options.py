@@ -116,7 +116,7 @@ def config_and_splits(args, skip: tuple = ()) -> tuple[TrainConfig, dict[int, li
     source sets ``balance`` or another ``model`` (the counts are that model's blocks)."""
     import os
 
-    from ..network.balance import parse_balance
+    from ..network.specs import parse_balance
     from ..training import recipes
     from ..training.config import check_splits, load_file
     values: dict = {}

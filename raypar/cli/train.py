@@ -174,23 +174,23 @@ def cmd_train(args) -> int:
     from rich.panel import Panel
 
     from ..training import data, tracking
-    from ..training.loop import fit, root_cause
+    from ..training.launch import fit, root_cause
     from ..training.runs import decide
     from ..training.session import check_address, connect
     from .options import config_from_args
 
     console = Console(highlight=False)
     cfg = config_from_args(args)
-    spec = data.load_for(cfg)                                 # a missing data set (or a bad --folds) fails here
-    batch = data.fitted_batch(spec, cfg.optim.batch_size, cfg.engine.replicas)
+    samples = data.train_size(cfg)                            # a missing data set (or a bad --folds) fails here
+    batch = data.fitted_batch(samples, cfg.optim.batch_size, cfg.engine.replicas)
     if batch != cfg.optim.batch_size:
-        print(f"raypar train: --batch-size {cfg.optim.batch_size} is more than the {len(spec.train)} training "
+        print(f"raypar train: --batch-size {cfg.optim.batch_size} is more than the {samples} training "
               f"samples{' per replica' if cfg.engine.replicas > 1 else ''}: using {batch}", flush=True)
         cfg = cfg.replace(batch_size=batch)
     tracking.check_reachable(cfg.run.tracking_uri)
     if cfg.model.subnets == AUTO:                             # a number before the run's name and resources
         from ..training.subnets import resolve_subnets
-        cfg, line = resolve_subnets(cfg, spec)
+        cfg, line = resolve_subnets(cfg, data.load_for(cfg))
         console.print(f"[{clock():5.1f} s] {line}", soft_wrap=True)
     decision = decide(cfg.resolved(), args.resume)
     cfg = decision.cfg
@@ -267,7 +267,7 @@ def _forget(log_path: str | None, made: str | None, cfg) -> None:
 
 def failure_line(error: BaseException, max_failures: int) -> str:
     """One line for a run that failed: which process was lost and what to do, or the error's first line."""
-    from ..training.loop import failure_reason
+    from ..training.launch import failure_reason
     reason = failure_reason(error, max_failures)
     if "ActorDiedError" in reason or "WorkerGroupError" in reason or "died" in reason.lower():
         reason += ("; a process of the run was lost. The last checkpoint is kept: run the same command with "

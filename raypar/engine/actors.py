@@ -20,7 +20,8 @@ from . import precision
 from ..network import split_backward
 from ..malloc import keep_freed_memory
 from ..network.models import memory_format
-from .optim import OptimConfig, make_optimizer, restore_scheduler
+from .optim import make_optimizer, restore_scheduler
+from .specs import OptimConfig
 from ..network.parareal import interval, running_stats_frozen
 from .transport import ActorEnd, from_numpy, to_numpy
 

@@ -151,7 +151,7 @@ def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, itera
     import torch
 
     from ..network import balance as bal
-    from ..network.coarse import CoarseSpec
+    from ..network.specs import MEASURES, CoarseSpec
     from ..network.parareal import coarse_work
     from ..network.reference import PararealNet, SegmentInfo
     from ..errors import UserError
@@ -168,7 +168,7 @@ def predict_subnets(staged, input_shape: tuple, batch: int, candidates, *, itera
     many = [n for n in candidates if n > 1]
     if not many:
         return out
-    measure = balance if balance in bal.MEASURES else "time"
+    measure = balance if balance in MEASURES else "time"
     where = torch.device(device)
     sample = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed)).to(where)
     deferring = driver_segment and defer_weights and measure == "time"

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..network.parareal import coarse_work
-from ..network.balance import MEASURES
+from ..network.specs import MEASURES
 
 # driver <-> actor through a local Ray object store (numpy arrays, as the engine ships them), as
 # raypar.tools.plan.measure_link measures it on a small CPU machine
@@ -141,7 +141,7 @@ class Planner:
         import torch
 
         from ..network import balance as bal
-        from ..network.coarse import CoarseSpec
+        from ..network.specs import CoarseSpec
         from ..network.models import build
         if batch < 1 or image_size < 1:
             raise UserError(f"--batch and --image-size must be >= 1, got {batch} and {image_size}")
@@ -338,7 +338,8 @@ def _optimizer_seconds_per_param(staged) -> float:
     """The optimizer step (raypar's SGD with momentum and weight decay) of the whole model, per parameter."""
     import torch
 
-    from ..engine.optim import OptimConfig, make_optimizer
+    from ..engine.optim import make_optimizer
+    from ..engine.specs import OptimConfig
     model = copy.deepcopy(staged)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:

@@ -27,7 +27,8 @@ from ..errors import UserError
 from ..malloc import keep_freed_memory
 from ..network.models import memory_format
 from ..network.reference import PararealNet
-from .optim import OptimConfig, make_optimizer, restore_scheduler
+from .optim import make_optimizer, restore_scheduler
+from .specs import OptimConfig
 from ..network.parareal import parareal
 from .step import StepStats, TrainingStep
 from .transport import EVAL_U, check_name, connect

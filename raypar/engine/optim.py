@@ -4,26 +4,10 @@ each fine actor's segment): SGD with momentum and weight decay, stepped once per
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 
 import torch
 
-SCHEDULES = ("cosine", "step")
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 1
-    schedule: str = "cosine"              # "cosine" (to 0 at the last epoch) or "step" (x gamma at each milestone)
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])   # fractions of the epochs ("step")
-    gamma: float = 0.1
-
-    def step_epochs(self) -> list[int]:
-        """The epochs after which a "step" schedule multiplies the LR by ``gamma``."""
-        return sorted({max(1, round(m * self.epochs)) for m in self.milestones})
+from .specs import OptimConfig
 
 
 class SGD(torch.optim.SGD):

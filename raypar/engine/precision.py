@@ -21,8 +21,8 @@ import contextlib
 import torch
 
 from ..errors import UserError
+from .specs import AMP_MODES
 
-AMP_MODES = ("off", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

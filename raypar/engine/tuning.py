@@ -28,9 +28,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..network.coarse import CoarseSpec
+from ..network.specs import CoarseSpec
 from ..errors import UserError
-from .optim import OptimConfig
+from .specs import OptimConfig
 
 
 @dataclass

@@ -19,9 +19,9 @@ from torch import nn
 from ..errors import UserError
 from ..malloc import keep_freed_memory
 from .models import StagedModel, memory_format
+from .specs import check_measure
 
-MEASURES = ("time", "flops", "params")
-TUNE = "tune"            # measured on the engine itself, candidate splits side by side (raypar.tools.tune)
+
 
 
 @dataclass
@@ -109,15 +109,6 @@ def measure_part(part: nn.Module, x: torch.Tensor, measure: str = "time", repeat
         with torch.no_grad():
             out = part(x_in)
     return Profile(cost, params, flops, tuple(x.shape[1:]), tuple(out.shape[1:]), weight_grad), out
-
-
-def check_measure(measure: str) -> None:
-    if measure == TUNE:
-        raise UserError("--balance tune measures splits on the engine (raypar train and raypar bench; raypar tune "
-                        "prints its table); here give time, flops, params or block counts")
-    if measure not in MEASURES:
-        raise UserError(f"unknown balance measure {measure!r}; choose one of {', '.join(MEASURES)} "
-                        f"or give block counts like 5,7")
 
 
 def in_layout(part: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
@@ -261,35 +252,3 @@ def check_num_subnets(n: int, num_blocks: int) -> None:
     if not isinstance(n, int) or n < 1 or n > num_blocks:
         raise UserError(f"number of sub-networks must be between 1 and the number of blocks ({num_blocks}), "
                         f"got {n}")
-
-
-def check_counts(counts: list[int], n: int, num_blocks: int) -> list[int]:
-    counts = [int(c) for c in counts]
-    if len(counts) != n or any(c < 1 for c in counts) or sum(counts) != num_blocks:
-        raise UserError(f"explicit split {counts} must be {n} positive block counts summing to {num_blocks}")
-    return counts
-
-
-def check_split(model: str, n: int, balance) -> None:
-    """Before anything runs: ``n`` sub-networks fit the built-in ``model``'s blocks, and an explicit split (a list
-    of block counts) has ``n`` positive counts that add up to them."""
-    from .models import num_blocks
-    blocks = num_blocks(model)
-    if not 1 <= n <= blocks:
-        raise UserError(f"--subnets must be between 1 and {model}'s {blocks} blocks, got {n}")
-    if isinstance(balance, list):
-        check_counts(balance, n, blocks)
-
-
-def parse_balance(text: str, tune: bool = False):
-    """CLI form: ``time``/``flops``/``params`` (``tune`` too where ``tune``) or a comma-separated list of block counts
-    like ``5,7``."""
-    if text == TUNE and not tune:
-        check_measure(text)                  # says where tuning is possible
-    if text in MEASURES or text == TUNE:
-        return text
-    try:
-        return [int(t) for t in text.split(",")]
-    except ValueError:
-        names = ", ".join(MEASURES + ((TUNE,) if tune else ()))
-        raise UserError(f"--balance must be one of {names} or block counts like 5,7; got {text!r}") from None

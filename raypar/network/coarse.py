@@ -23,39 +23,11 @@ benchmarks/throughput/README.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
 from ..errors import UserError
 from .models import norm_layer
-
-
-DOWNSAMPLE = ("patch", "pool", "stride")
-PATCH_MAX_STRIDE = 4     # beyond it a patch convolution costs more than 16/9 of the pooled design: pool first there
-
-
-@dataclass(frozen=True)
-class CoarseSpec:
-    depth: int = 1          # number of conv/BN/ReLU layers
-    width: float = 1.0      # hidden channels = width * output channels (only used when depth > 1)
-    kernel: int = 3
-    norm: str = "group"     # "group" (GroupNorm, the default) or "batch" (BatchNorm): see the module docstring
-    downsample: str = "patch"  # "patch": an s x s convolution of stride s; "pool": average-pool to the output's size,
-    #                            then convolve; "stride": a strided convolution
-
-    def __post_init__(self):
-        if self.norm not in ("batch", "group"):
-            raise UserError(f"coarse norm must be batch or group, got {self.norm!r}")
-        if self.downsample not in DOWNSAMPLE:
-            raise UserError(f"coarse downsample must be {', '.join(DOWNSAMPLE[:-1])} or {DOWNSAMPLE[-1]}, "
-                            f"got {self.downsample!r}")
-        if self.depth < 1:
-            raise UserError(f"coarse depth must be >= 1, got {self.depth}")
-        if self.width <= 0:
-            raise UserError(f"coarse width must be > 0, got {self.width}")
-        if self.kernel < 1 or self.kernel % 2 == 0:
-            raise UserError(f"coarse kernel must be an odd number >= 1, got {self.kernel}")
+from .specs import PATCH_MAX_STRIDE, CoarseSpec
 
 
 def _layer(c_in: int, c_out: int, kernel: int, stride: int, norm: str) -> list[nn.Module]:

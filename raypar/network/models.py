@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from .specs import NORMS, VGG_CONFIGS, check_depth, check_name
 
 
 class StagedModel(nn.Module):
@@ -42,20 +42,11 @@ class StagedModel(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- VGG
-VGG_CONFIGS = {
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-}
-
-
 def _ch(c: int, width_mult: float) -> int:
     return max(1, int(round(c * width_mult)))
 
 
-NORMS = ("batch", "group")
+
 
 
 def norm_layer(kind: str, channels: int, flat: bool = False) -> nn.Module:
@@ -112,15 +103,9 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
-def _check_depth(depth: int) -> None:
-    if depth < 11 or (depth - 2) % 9:
-        raise UserError(f"invalid ResNet depth {depth}: the pre-activation bottleneck ResNet needs depth = 9n+2 "
-                        f"with n >= 1 (e.g. 11, 20, 29, 164, 1001)")
-
-
 def preact_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
                   image_size: int = 32, norm: str = "batch") -> StagedModel:
-    _check_depth(depth)
+    check_depth(depth)
     n = (depth - 2) // 9
     base = _ch(16, width_mult)
     pre = nn.Conv2d(in_channels, base, 3, padding=1, bias=False)
@@ -144,10 +129,6 @@ def memory_format(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
 
 
-def available() -> list[str]:
-    return sorted(VGG_CONFIGS) + ["resnet<D> (D = 9n+2, e.g. resnet20, resnet164, resnet1001)"]
-
-
 def build(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
           image_size: int = 32, norm: str = "batch") -> StagedModel:
     """Build a built-in model by name (``vgg16``, ``resnet164``, ``resnet20``, ...); ``norm``: see
@@ -163,23 +144,3 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, width_mult: fl
     if key in VGG_CONFIGS:
         return vgg(key, num_classes, in_channels, width_mult, image_size, norm)
     return preact_resnet(int(key[len("resnet"):]), num_classes, in_channels, width_mult, image_size, norm)
-
-
-def num_blocks(name: str) -> int:
-    """How many blocks (the units a split counts) ``build(name)`` has, without building it."""
-    check_name(name)
-    key = name.lower()
-    if key in VGG_CONFIGS:
-        return sum(v != "M" for v in VGG_CONFIGS[key]) - 1           # the first conv unit is pre
-    return 3 * ((int(key[len("resnet"):]) - 2) // 9)
-
-
-def check_name(name: str) -> None:
-    """A :class:`UserError` unless ``name`` is a built-in model (checked without building it)."""
-    key = name.lower()
-    if key in VGG_CONFIGS:
-        return
-    m = re.fullmatch(r"resnet(\d+)", key)
-    if not m:
-        raise UserError(f"unknown model {name!r}; available: {', '.join(available())}")
-    _check_depth(int(m.group(1)))

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from . import balance as bal
-from .coarse import CoarseSpec, build_coarse
+from .coarse import build_coarse
+from .specs import CoarseSpec, check_counts
 from .convert import staged_from
 from ..errors import UserError
 from .parareal import coarse_work, parareal, running_stats_frozen
@@ -101,7 +102,7 @@ class PararealNet(nn.Module):
             else:
                 self.split = bal.partition(costs, num_subnets)
         else:
-            self.split = bal.check_counts(list(balance), num_subnets, num_blocks)
+            self.split = check_counts(list(balance), num_subnets, num_blocks)
         self.balance_measure = measure
         self.pre_profile, self.post_profile = pre_p, post_p
 

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from ..errors import UserError
 from ..engine.cost import (CALL_LATENCY_MS, LINK_GBPS, Link, Planner, PlanRow, check_inputs, cpu_cores,
                            predict)
-from ..network.balance import MEASURES
+from ..network.specs import MEASURES
 
 def measure_link(size_bytes: int = 4 << 20, repeats: int = 15) -> Link:
     """Driver <-> actor through this machine's local Ray object store, as the engine ships interface tensors (numpy
@@ -191,7 +191,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parareal iterations K (capped at N for each row) (default: %(default)s)")
     p.add_argument("--coarse-kernel", type=int, default=3, help="kernel size of the coarse convolutions "
                    "(default: %(default)s)")
-    from ..network.coarse import DOWNSAMPLE
+    from ..network.specs import DOWNSAMPLE
     p.add_argument("--coarse-downsample", default="patch", choices=DOWNSAMPLE,
                    help="how a coarse network shrinks its input (default: %(default)s)")
     p.add_argument("--coarse-depth", type=int, default=1, help="conv/GroupNorm/ReLU layers per coarse network "

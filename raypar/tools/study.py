@@ -63,7 +63,7 @@ def plan(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: li
 def check(base: TrainConfig, subnets: list[int], iterations: list[int], seeds: list[int]) -> None:
     """Every mistake in the study's lists, before anything runs."""
     from ..training import data
-    from ..network.models import num_blocks
+    from ..network.specs import num_blocks
     if min(subnets) < 1 or min(iterations) < 1:
         raise UserError("--subnets and --iterations must list numbers >= 1")
     if not any(k <= n for n in subnets for k in iterations):
@@ -299,7 +299,7 @@ def run_study(base: TrainConfig, subnets: list[int], iterations: list[int], seed
     tracking.check_reachable(base.run.tracking_uri)
     init_ray(base.replace(subnets=max(subnets)))
     if fit is None:
-        from ..training.loop import fit
+        from ..training.launch import fit
     parent = open_parent(base, name, subnets, iterations, seeds)
     runs = plan(base, subnets, iterations, seeds, name, parent, splits)
     console = Console()

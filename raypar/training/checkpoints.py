@@ -3,7 +3,8 @@
 A checkpoint folder holds ``state.pt`` (the engine's state: every part's weights, optimizer, scheduler and RNG)
 and ``raypar_meta.json`` (epoch, split, where the coarse sweep runs, MLflow run id, the epoch's metrics, the
 configuration, the state's SHA-256), written last: a folder without it, or whose state does not match the hash, is
-torn and skipped.
+torn and skipped. Only writing and reading a state import torch: the command that decides whether a run is new reads
+the metadata alone.
 """
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import json
 import os
 import sys
 
-import torch
-
 from . import tracking
 from .config import TrainConfig
 
 
 def write(folder: str, engine, meta: dict) -> None:
+    import torch
     path = os.path.join(folder, tracking.STATE_FILE)
     torch.save(engine.get_state(), path)
     meta = dict(meta, state_sha256=sha256(path))
@@ -40,6 +40,7 @@ def read(folder: str) -> tuple[dict, dict]:
     path = os.path.join(folder, tracking.STATE_FILE)
     if sha256(path) != meta.get("state_sha256"):
         raise ValueError(f"checkpoint {folder} is torn: {tracking.STATE_FILE} does not match its hash")
+    import torch
     # weights_only: a checkpoint can never run code on load
     return meta, torch.load(path, weights_only=True, map_location="cpu")
 

@@ -32,13 +32,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from ..engine import optim as engine_optim
+from ..engine import specs as engine_specs
 from ..engine.auto import AUTO
-from ..engine.precision import AMP_MODES
-from ..engine.transport import TRANSPORTS
+from ..engine.specs import AMP_MODES, TRANSPORTS
 from ..errors import UserError
-from ..network.balance import MEASURES, TUNE, check_split
-from ..network.coarse import DOWNSAMPLE, CoarseSpec
+from ..network.specs import DOWNSAMPLE, MEASURES, TUNE, CoarseSpec, check_split
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist")
 
@@ -90,7 +88,7 @@ class ModelConfig:
                                  "batch: replicas compute exactly what one process would)", choices=("batch", "group"))
 
     def __post_init__(self):
-        from ..network.models import check_name
+        from ..network.specs import check_name
         check_name(self.name)
         _positive("width_mult", self.width_mult)
         if self.subnets == AUTO:                             # resolved to a number before a run starts
@@ -150,7 +148,7 @@ class OptimConfig:
     weight_decay: float = setting(5e-4, "SGD weight decay")
     lr_schedule: str = setting("cosine", "per-epoch LR schedule: cosine to 0, or x --lr-gamma at each of "
                                          "lr_milestones (fractions of the epochs, in a config file)",
-                               choices=engine_optim.SCHEDULES)
+                               choices=engine_specs.SCHEDULES)
     lr_milestones: list = setting(help="fractions of the epochs where the step schedule multiplies the LR",
                                   factory=lambda: [0.5, 0.75])
     lr_gamma: float = setting(0.1, "the step schedule's factor")
@@ -170,8 +168,8 @@ class OptimConfig:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.lr_schedule not in engine_optim.SCHEDULES:
-            raise UserError(f"--lr-schedule must be one of {', '.join(engine_optim.SCHEDULES)}, "
+        if self.lr_schedule not in engine_specs.SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {', '.join(engine_specs.SCHEDULES)}, "
                             f"got {self.lr_schedule!r}")
         if not isinstance(self.lr_milestones, list) or not all(
                 isinstance(m, (int, float)) and 0 < m < 1 for m in self.lr_milestones):
@@ -182,9 +180,9 @@ class OptimConfig:
             raise UserError(f"--on-nonfinite must be stop or skip, got {self.on_nonfinite!r}")
 
     @property
-    def sgd(self) -> engine_optim.OptimConfig:
+    def sgd(self) -> engine_specs.OptimConfig:
         """What every part's optimizer and scheduler are made from."""
-        return engine_optim.OptimConfig(self.lr, self.momentum, self.weight_decay, self.epochs, self.lr_schedule,
+        return engine_specs.OptimConfig(self.lr, self.momentum, self.weight_decay, self.epochs, self.lr_schedule,
                                         list(self.lr_milestones), self.lr_gamma)
 
 

@@ -10,16 +10,21 @@ Cross-validation (``--folds F``, ``--fold f``): the data set's *training pool* i
 ``digits`` is all 1797 samples (so across the folds every sample is validated once per seed); the pool of a
 torchvision set or an image folder is its official training split, and its official test split (``val/`` of an
 image folder) stays the test set (:attr:`DataSpec.test`), untouched by the folds and never used in training.
+
+Importing this module does not import torch; :func:`train_size` checks a run's data and counts its training samples
+without it for ``digits`` (the command's start, before Ray).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
 
 _MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -62,6 +67,7 @@ def fold_indices(labels, folds: int, seed: int = 0) -> list[torch.Tensor]:
     Raises:
         UserError: fewer than 2 folds, or more folds than samples.
     """
+    import torch
     y = torch.as_tensor(labels, dtype=torch.long).flatten()
     if folds < 2 or folds > len(y):
         raise UserError(f"--folds must be between 2 and the {len(y)} samples of the training pool, got {folds}")
@@ -86,6 +92,7 @@ def fold_split(labels, folds: int, fold: int, seed: int = 0) -> tuple[torch.Tens
     """
     if not 0 <= fold < folds:
         raise UserError(f"--fold must be between 0 and --folds - 1 ({folds - 1}), got {fold}")
+    import torch
     parts = fold_indices(labels, folds, seed)
     train = torch.sort(torch.cat([p for i, p in enumerate(parts) if i != fold]))[0]
     return train, parts[fold]
@@ -93,6 +100,7 @@ def fold_split(labels, folds: int, fold: int, seed: int = 0) -> tuple[torch.Tens
 
 def _labels(ds: Dataset) -> torch.Tensor:
     """The class of every sample of a torchvision data set, read without loading an image."""
+    import torch
     for attr in ("targets", "labels"):                 # CIFAR, MNIST, ImageFolder: targets; SVHN: labels
         if getattr(ds, attr, None) is not None:
             return torch.as_tensor(getattr(ds, attr), dtype=torch.long)
@@ -134,6 +142,8 @@ def digits(val_fraction: float = 0.2, folds: int = 0, fold: int = 0, seed: int =
     Raises:
         UserError: a bad ``folds`` or ``fold``.
     """
+    import torch
+    from torch.utils.data import TensorDataset
     images, target = digits_arrays()
     x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0            # (1797, 1, 8, 8) in [0, 1]
     x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
@@ -152,6 +162,7 @@ def _cross_validated(spec: DataSpec, pool_for_val: Dataset, folds: int, fold: in
     """``spec`` with its training split cut into folds: the other folds train (with the training transform), fold
     ``fold`` validates (the same samples through ``pool_for_val``, the training split with the validation
     transform), the official test split becomes ``test``."""
+    from torch.utils.data import Subset
     train, val = fold_split(_labels(spec.train), folds, fold, seed)
     return DataSpec(Subset(spec.train, train.tolist()), Subset(pool_for_val, val.tolist()), spec.num_classes,
                     spec.in_channels, spec.image_size, test=spec.val)
@@ -269,6 +280,8 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: in
     ``shard = (rank, world)`` gives each data-parallel replica its own disjoint part of the epoch, every replica
     the same number of samples (the last ``len % world`` samples of a shuffled epoch are left out): replica r's
     i-th batch of size B holds exactly the samples of the i-th batch of size ``world * B`` of one process."""
+    import torch
+    from torch.utils.data import DataLoader, Subset, TensorDataset
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     idx = torch.randperm(len(ds), generator=g) if shuffle else torch.arange(len(ds))
     rank, world = shard
@@ -276,11 +289,40 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: in
         idx = idx[:len(idx) - len(idx) % world]
     idx = idx[rank::world].tolist()
     workers = 0 if isinstance(ds, TensorDataset) else min(4, os.cpu_count() or 1)
-    return DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False,
+    return DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False,
                       num_workers=workers, drop_last=shuffle and len(idx) >= 2 * batch_size)
 
 
-def fitted_batch(spec: DataSpec, batch_size: int, replicas: int = 1) -> int:
-    """``batch_size``, or the training set's share per replica where that is smaller: a step never holds more samples
-    than there are (a larger batch would only size buffers and profiles for data that does not exist)."""
-    return max(1, min(batch_size, len(spec.train) // max(1, replicas)))
+def train_size(cfg) -> int:
+    """How many samples train in the run ``cfg`` (a :class:`~raypar.training.config.TrainConfig`): ``len(load_for(cfg)
+    .train)``, with the same checks. ``digits`` is counted without torch (its folds dealt as :func:`fold_indices`
+    deals them); another data set is loaded.
+
+    Raises:
+        UserError: as :func:`load`.
+    """
+    d = cfg.data
+    if d.dataset != "digits":
+        return len(load_for(cfg).train)
+    if d.data_dir and os.path.exists(d.data_dir) and not os.path.isdir(d.data_dir):
+        raise UserError(f"--data-dir {d.data_dir} is a file, not a folder")
+    _, target = digits_arrays()
+    if not d.folds:
+        return len(target) - int(len(target) * 0.2)        # digits()'s fixed split
+    if not 0 <= d.fold < d.folds:
+        raise UserError(f"--fold must be between 0 and --folds - 1 ({d.folds - 1}), got {d.fold}")
+    if d.folds < 2 or d.folds > len(target):
+        raise UserError(f"--folds must be between 2 and the {len(target)} samples of the training pool, got {d.folds}")
+    validating, start = 0, 0
+    for c in sorted(set(target.tolist())):                # each class dealt round the folds from ``start``
+        members = int((target == c).sum())
+        validating += len(range((d.fold - start) % d.folds, members, d.folds))
+        start = (start + members) % d.folds
+    return len(target) - validating
+
+
+def fitted_batch(train_samples: int, batch_size: int, replicas: int = 1) -> int:
+    """``batch_size``, or the training set's share per replica (of ``train_samples``) where that is smaller: a step
+    never holds more samples than there are (a larger batch would only size buffers and profiles for data that does
+    not exist)."""
+    return max(1, min(batch_size, train_samples // max(1, replicas)))

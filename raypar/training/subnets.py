@@ -26,7 +26,8 @@ def resolve_subnets(cfg, spec) -> tuple:
 
     from ..engine.auto import THRESHOLD, devices_in_use, pick_subnets, predict_subnets
     from ..engine.cost import cpu_cores, num_threads
-    from ..network.models import build, num_blocks
+    from ..network.models import build
+    from ..network.specs import num_blocks
     from .checkpoints import newest_readable_meta
     m, e = cfg.model, cfg.engine
     if cfg.run.name:

@@ -22,6 +22,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 META_FILE = "raypar_meta.json"
 STARTED_OVER_TAG = "raypar.started_over_from"   # a run whose checkpoints were all torn: the MLflow run it replaces
 INTERRUPTED = "interrupted"
+STOPPED_TAG = "raypar.stopped"     # why the driver ended a run for good (a non-finite loss); "" while it runs
 STATE_FILE = "state.pt"
 
 # scheme://user:password@host -> scheme://user:***@host (scheme://token@host -> scheme://***@host), and the values of
@@ -161,13 +162,29 @@ def connect(tracking_uri: str, experiment: str):
                         f"{redact(str(e).splitlines()[0][:200])}") from None
 
 
+def torch_version() -> str:
+    """``torch.__version__`` (with its build tag, e.g. ``+cu130``), read from torch's ``version.py`` where it can be,
+    so that a process that has not imported torch need not (the command's start)."""
+    import importlib.util
+    found = importlib.util.find_spec("torch")
+    for folder in (found.submodule_search_locations or []) if found else []:
+        try:
+            with open(os.path.join(folder, "version.py")) as f:
+                m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
+            if m:
+                return m.group(1)
+        except OSError:
+            pass
+    import torch
+    return torch.__version__
+
+
 def params_of(cfg) -> dict:
     import ray
-    import torch
     p = {k: v for k, v in redact_config(cfg.flat()).items() if k not in ("tracking_uri", "address")}
     p["num_subnets"] = p.pop("subnets")
     p["balance"] = ",".join(map(str, p["balance"])) if isinstance(p["balance"], list) else p["balance"]
-    p.update(torch_version=torch.__version__, ray_version=ray.__version__,
+    p.update(torch_version=torch_version(), ray_version=ray.__version__,
              python_version=platform.python_version())
     return p
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from .actor_end import ActorEnd
-from .choose import IPC_MIN_BYTES, TRANSPORTS, check_name, choose
+from .choose import IPC_MIN_BYTES, check_name, choose
+from ..specs import TRANSPORTS
 from .cuda_ipc import CudaIpcEnd
 from .driver_end import DriverEnd, Pending
 from .gloo import GlooEnd, Streamed

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ...errors import UserError
+from ..specs import TRANSPORTS
 
-TRANSPORTS = ("auto", "object-store", "p2p", "cuda-ipc")
 # auto on a shared GPU: CUDA IPC from this many interface bytes a step; below it, its fixed cost per tensor outweighs
 # the object store's copies through host memory (measured: benchmarks/gpu/README.md)
 IPC_MIN_BYTES = 24 * 2**20

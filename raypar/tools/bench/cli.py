@@ -9,7 +9,7 @@ import sys
 import torch
 
 from ...errors import UserError, make_output_dir
-from ...network.coarse import DOWNSAMPLE
+from ...network.specs import DOWNSAMPLE
 from ...training.session import start_private
 from .config import CONTENDERS, CPU_ONLY, DEFAULT_CONTENDERS, BenchConfig
 from .cores import core_speeds
@@ -137,7 +137,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 def config_from_args(args) -> BenchConfig:
     """The validated :class:`BenchConfig` of ``raypar bench``'s parsed options."""
-    from ...network.balance import parse_balance
+    from ...network.specs import parse_balance
     cfg = BenchConfig(model=args.model, width_mult=args.width_mult, image_size=args.image_size,
                       in_channels=args.in_channels, num_classes=args.num_classes, batch=args.batch,
                       warmup=args.warmup, steps=args.steps, subnets=_ints(args.subnets, "--subnets"),

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...engine.optim import OptimConfig
+from ...engine.specs import OptimConfig
 from ...errors import UserError
-from ...network.balance import check_split
+from ...network.specs import check_split
 from ...network.models import build
 
 # the raypar contenders, named by raypar train's flags (plain raypar: train's defaults): (driver_segment,
@@ -68,7 +68,7 @@ class BenchConfig:
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
         if unknown or not self.contenders:
             raise UserError(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
-        from ...engine.transport import TRANSPORTS
+        from ...engine.specs import TRANSPORTS
         bad = sorted(set(self.transports) - set(TRANSPORTS)) if self.transports else ["(none)"]
         if bad:
             raise UserError(f"unknown transports {bad}; choose from {', '.join(TRANSPORTS)}")

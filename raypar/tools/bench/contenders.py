@@ -11,7 +11,7 @@ from typing import Callable
 from torch import nn
 
 from ...engine.auto import choose_coarse_in_actors
-from ...network.balance import TUNE
+from ...network.specs import TUNE
 from ...network.reference import PararealNet
 from .config import CONTENDERS, ENGINES, BenchConfig
 from .rows import engine_processes, local_row, pipe_row, ranks_row, raypar_row

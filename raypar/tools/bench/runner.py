@@ -14,7 +14,8 @@ from torch import nn
 from ...engine import precision
 from ...engine.actors import gpu_peak_mb
 from ...engine.driver import TURN_CPUS, PararealEngine, Resources
-from ...engine.optim import OptimConfig, make_optimizer
+from ...engine.optim import make_optimizer
+from ...engine.specs import OptimConfig
 from ...malloc import keep_freed_memory
 from ...network.reference import PararealNet
 from .config import BenchConfig

@@ -12,8 +12,7 @@ from torch import nn
 from ...engine import precision
 from ...engine.driver import Resources
 from ...engine.optim import make_optimizer
-from ...network.balance import TUNE
-from ...network.coarse import CoarseSpec
+from ...network.specs import TUNE, CoarseSpec
 from ...network.models import build, memory_format
 from ...network.reference import PararealNet
 from .config import BenchConfig
