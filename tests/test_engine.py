@@ -1,5 +1,7 @@
 """The distributed engine equals the in-process reference: same loss, same parameters after 1 and 3 steps."""
 import copy
+import subprocess
+import sys
 import time
 
 import pytest
@@ -157,6 +159,27 @@ def test_fine_actors_started_first_become_the_engines_and_a_failed_engine_stops_
         PararealEngine(PararealNet(build("vgg11", width_mult=0.125), 2, iterations=2, balance="flops"), OPT,
                        Resources(cpus_per_subnet=0.5, coarse_in_actors=True), actors=standby)
     assert live_groups() == before and standby.actors == []
+
+
+def test_fine_actors_are_asked_for_without_torch(tmp_path):
+    """A driver asks for its fine actors before it imports torch (raypar.training.launch.driver): making them imports
+    none in the driver's process, and each actor's process has the engine loaded once it is up."""
+    code = """
+import sys
+import ray
+from raypar.engine.placement import FineActors, Resources
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+standby = FineActors(1, Resources(cpus_per_subnet=0.5, transport="auto"))
+standby.ready()
+there = ray.get(standby.actors[0].__ray_call__.remote(lambda self: sorted(
+    m for m in ("torch", "raypar.engine.transport", "raypar.engine.optim") if m in sys.modules)))
+print("torch here:", "torch" in sys.modules, "there:", there)
+standby.shutdown()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == ("torch here: False there: "
+                                                 "['raypar.engine.optim', 'raypar.engine.transport', 'torch']"), r.stdout
 
 
 def test_transport_choice_on_cpu(ray_local, monkeypatch):

@@ -11,23 +11,36 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from . import hybrid
-from . import precision
-from ..network import split_backward
 from ..malloc import keep_freed_memory
-from ..network.models import memory_format
-from .optim import make_optimizer, restore_scheduler
-from .specs import OptimConfig
-from ..network.parareal import interval, running_stats_frozen
-from .transport import ActorEnd, from_numpy, to_numpy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .specs import OptimConfig
+
+
+def _load() -> None:
+    """Import what the worker computes with (torch, the engine's modules) into this module's namespace.
+
+    The class is importable without torch, so that a driver can ask for its actors before it imports torch itself
+    (:class:`raypar.engine.placement.FineActors`); each actor's process imports it all as it starts."""
+    global torch, hybrid, precision, split_backward, memory_format, make_optimizer, restore_scheduler
+    global interval, running_stats_frozen, ActorEnd, from_numpy, to_numpy
+    import torch
+
+    from . import hybrid, precision
+    from ..network import split_backward
+    from ..network.models import memory_format
+    from ..network.parareal import interval, running_stats_frozen
+    from .optim import make_optimizer, restore_scheduler
+    from .transport import ActorEnd, from_numpy, to_numpy
 
 
 def to_cpu(obj):
     """A copy of a (nested) state dict with every tensor on the CPU, for checkpoints and transfers."""
+    import torch
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
@@ -39,6 +52,7 @@ def to_cpu(obj):
 
 def gpu_peak_mb(device: torch.device) -> float | None:
     """The most GPU memory PyTorch's allocator has handed out in this process on ``device``, in MiB (None on CPUs)."""
+    import torch
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
@@ -50,6 +64,7 @@ class FineWorker:
                  head: nn.ModuleDict | None = None, defer_weights: bool = False, iterations: int = 1):
         """A worker for segment ``index``, ``module``; with no arguments an idle one that :meth:`configure` gives its
         segment later (an actor started before the split is known: its process is up when the network is)."""
+        _load()
         keep_freed_memory()            # each step's tensors reuse the last step's pages (raypar.malloc)
         if module is not None:
             self.configure(index, module, optim, seed, use_gpu, channels_last, amp, head, defer_weights, iterations)
@@ -59,12 +74,12 @@ class FineWorker:
                   defer_weights: bool = False, iterations: int = 1) -> int:
         """Take segment ``index``, ``module``, and its optimizer; returns this process's pid.
 
-        ``iterations``: the network's K; only this segment's last forward of a step (iteration min(j, K) for
-        interval j) moves its BatchNorm statistics (:func:`raypar.network.parareal.running_stats_frozen`). ``head`` (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with
-        which :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns
-        their weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before
-        the weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
-        (:mod:`raypar.network.split_backward`)."""
+        ``iterations``: the network's K; only this segment's last forward of a step (iteration min(j, K) for interval j)
+        moves its BatchNorm statistics (:func:`raypar.network.parareal.running_stats_frozen`). ``head``
+        (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with which :meth:`head_forward`
+        computes this interval's input and coarse term from the batch; the driver owns their weights and sends them with
+        every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before the weight gradients are computed;
+        :meth:`step` (or :meth:`unscale`) computes them first (:mod:`raypar.network.split_backward`)."""
         self.index = index
         self.iterations = iterations
         self.amp = amp
@@ -248,15 +263,14 @@ class FineWorker:
     def end_epoch(self) -> None:
         self.sched.step()
 
-    @torch.no_grad()
     def eval_forward(self, key, x):
         self.module.eval()
         try:
-            return self.end.reply(self._run(self.end.receive(x, writable=True)), x)
+            with torch.no_grad():
+                return self.end.reply(self._run(self.end.receive(x, writable=True)), x)
         finally:
             self.module.train()
 
-    @torch.no_grad()
     def output_shape(self, shape: tuple, dtype: torch.dtype, batch: bool = False) -> tuple[tuple, torch.dtype]:
         """The shape and dtype of this segment's output for an input of ``shape`` and ``dtype`` (a forward in eval
         mode: no statistics change); ``batch``: for a batch of that shape given to :meth:`head_forward`."""
@@ -264,8 +278,9 @@ class FineWorker:
         for p in parts:
             p.eval()
         try:
-            u = torch.zeros(shape, dtype=dtype, device=self.device)
-            out = self._run_interval(u) if batch else self._run(u)
+            with torch.no_grad():
+                u = torch.zeros(shape, dtype=dtype, device=self.device)
+                out = self._run_interval(u) if batch else self._run(u)
             return tuple(out.shape), out.dtype
         finally:
             for p in parts:
@@ -313,8 +328,3 @@ class FineWorker:
         hybrid.init_group(addr, port, world, rank, self.device, listener=getattr(self, "listener", None))
         self.listener = None
         self.world = world
-
-
-def fine_actor_class():
-    import ray
-    return ray.remote(FineWorker)

@@ -20,15 +20,7 @@ import contextlib
 
 import torch
 
-from ..errors import UserError
-from .specs import AMP_MODES
-
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_name(mode: str) -> None:
-    if mode not in AMP_MODES:
-        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
 
 
 def autocast(device_type: str, mode: str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 SCHEDULES = ("cosine", "step")
 
 
@@ -27,3 +29,15 @@ class OptimConfig:
 AMP_MODES = ("off", "bf16", "fp16")
 # how interface tensors travel (--transport): raypar.engine.transport
 TRANSPORTS = ("auto", "object-store", "p2p", "cuda-ipc")
+
+
+def check_amp(mode: str) -> None:
+    """Raise a one-line :class:`UserError` for a precision that does not exist."""
+    if mode not in AMP_MODES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+
+
+def check_transport(name: str) -> None:
+    """Raise a one-line :class:`UserError` for a transport that does not exist."""
+    if name not in TRANSPORTS:
+        raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")

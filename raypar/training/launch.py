@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from . import data, tracking
 from ..errors import UserError
 from .config import TrainConfig
-from .preflight import check_shared_storage, gpus_per_subnet, wait_for_resources
-from .ray_compat import abort, interruptible, quick_to_stop, without_idle_helpers
+from .events import emit, starting_actors
+from .preflight import check_shared_storage, gpus_per_subnet, run_resources, wait_for_resources
+from .ray_compat import abort, interruptible, quick_to_stop, quiet_train_logs, without_idle_helpers
 
 
 @dataclass
@@ -26,14 +27,29 @@ class TrainResult:
 
 
 def driver(config: dict) -> None:
-    """The Ray Train worker's function: :func:`raypar.training.loop.train_loop` (``config`` as it takes it)."""
-    from .loop import train_loop
-    train_loop(config)
+    """The Ray Train worker's function: asks for this driver's fine actors, then runs
+    :func:`raypar.training.loop.train_loop` (``config`` as it takes it) with them.
 
+    The actors' processes (Python, Ray, torch) start while this one imports torch and the engine, which takes as
+    long; a run with ``--balance tune`` starts them after its trials instead, which need the machine to themselves."""
+    import ray.train
 
-def _emit(events, **event) -> None:
-    if events is not None:
-        events.actor.put_nowait.remote(event)          # fire and forget
+    from ..engine.placement import FineActors
+    from ..network.specs import TUNE
+    quiet_train_logs()
+    cfg = TrainConfig(**config["cfg"])
+    rank = ray.train.get_context().get_world_rank()
+    standby = None
+    if cfg.model.balance != TUNE:
+        standby = FineActors(starting_actors(cfg, config.get("events") if rank == 0 else None),
+                             run_resources(cfg, rank))
+    try:
+        from .loop import train_loop
+    except BaseException:
+        if standby is not None:
+            standby.shutdown()
+        raise
+    train_loop(config, standby)
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -73,11 +89,11 @@ def _close_quietly(tracking_uri: str, run_id: str, error: BaseException, reason:
 
 
 def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None = None) -> TrainResult:
-    """Train ``cfg`` with a Ray Train ``DataParallelTrainer`` on the current Ray cluster: a new run, or an unfinished one resumed,
-    by the rule of :mod:`raypar.training.runs`.
+    """Train ``cfg`` with a Ray Train ``DataParallelTrainer`` on the current Ray cluster: a new run, or an unfinished
+    one resumed, by the rule of :mod:`raypar.training.runs`.
 
     Args:
-        events: an optional ``ray.util.queue.Queue`` that receives progress events (see :func:`raypar.training.loop.train_loop`).
+        events: an optional ``ray.util.queue.Queue`` that receives progress events (:mod:`raypar.training.events`).
         resume: ``--resume``: resume the newest unfinished run with these settings, or train a finished run
             further (more epochs).
         opened: filled with ``run_id`` (and ``tracking_uri``) as soon as the MLflow run is open, so that a caller
@@ -95,14 +111,14 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
     if cfg.model.subnets == AUTO:                         # (the CLI resolves it first, and says so)
         from .subnets import resolve_subnets
         cfg, line = resolve_subnets(cfg, data.load_for(cfg))
-        _emit(events, kind="note", epoch=0, text=line)
+        emit(events, kind="note", epoch=0, text=line)
     decision = decide(cfg.resolved(), resume)
     cfg = decision.cfg
     gpus = gpus_per_subnet(cfg)
     if cfg.engine.transport == "cuda-ipc" and not gpus:
         raise UserError("--transport cuda-ipc needs GPUs, and this Ray cluster has none: use another --transport, "
                         "or a cluster with GPUs")
-    _emit(events, kind="phase", text="checking the cluster's resources and storage")
+    emit(events, kind="phase", text="checking the cluster's resources and storage")
     check_shared_storage(cfg)
     wait_for_resources(cfg, gpus)
     run_id, resumed = tracking.open_run(cfg, decision.meta)
@@ -112,7 +128,7 @@ def fit(cfg: TrainConfig, events=None, resume: bool = False, opened: dict | None
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.epochs",
                          f"{cfg.optim.epochs} (was {decision.epochs_before}; changed at epoch {decision.epoch})")
     cfg = cfg.replace(extra=dict(cfg.extra, mlflow_run_id=run_id))
-    _emit(events, kind="phase", text="starting the driver (a Ray Train worker)")
+    emit(events, kind="phase", text="starting the driver (a Ray Train worker)")
     # R drivers share a torch.distributed group that train_loop makes itself (bound to the node's address, where Ray
     # Train's TorchConfig would listen on every interface); one driver needs none
     # Ctrl-C is the caller's KeyboardInterrupt, in the main thread too (Ray Train's own handler would end fit() as if

@@ -17,13 +17,14 @@ import torch
 from ray.train import Checkpoint
 
 from . import checkpoints, data, tracking
+from .events import emit, starting_actors
 from ..network.specs import TUNE
 from .config import TrainConfig
 from ..engine import hybrid
 from ..engine.driver import FineActors, PararealEngine, Replica, Resources, StepStats
 from ..network.models import build
 from ..network.reference import PararealNet
-from .preflight import gpus_per_subnet
+from .preflight import gpus_per_subnet, run_resources
 from .ray_compat import quiet_train_logs
 
 
@@ -36,18 +37,13 @@ def _tuned_split(cfg: TrainConfig, spec, staged, resources: Resources, events, r
                                input_shape=(spec.in_channels, spec.image_size, spec.image_size),
                                num_classes=spec.num_classes, batch=cfg.optim.batch_size, optim=cfg.optim.sgd,
                                resources=resources, seed=cfg.optim.seed,
-                               log=lambda text: _emit(events, kind="note", epoch=0, text=text))
+                               log=lambda text: emit(events, kind="note", epoch=0, text=text))
     tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.tuned_split", ",".join(map(str, split)))
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "tuning.json"), "w") as f:
             json.dump(as_json(trials), f, indent=2)
         tracking.log_artifacts(cfg.run.tracking_uri, run_id, folder)
     return split
-
-
-def _emit(events, **event) -> None:
-    if events is not None:
-        events.actor.put_nowait.remote(event)          # fire and forget: progress never slows training
 
 
 def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[StepStats, float, int, int]:
@@ -66,19 +62,11 @@ def _train_epoch(engine: PararealEngine, batches, epoch: int, events) -> tuple[S
             loss_sum += loss * len(y)
             correct += right
             seen += len(y)
-        _emit(events, kind="step", epoch=epoch, done=i + 1, total=len(batches))
+        emit(events, kind="step", epoch=epoch, done=i + 1, total=len(batches))
     if not seen:
         raise FloatingPointError(f"every batch of epoch {epoch} had a non-finite loss ({totals.skipped} skipped): "
                                  f"training stopped; the last good checkpoint is kept (try a lower --lr)")
     return totals, loss_sum, correct, seen
-
-
-def _starting_actors(cfg: TrainConfig, events) -> int:
-    """The number of fine actors the run starts, said as a start-up phase."""
-    actors = cfg.model.subnets - int(cfg.engine.driver_segment)
-    if actors:
-        _emit(events, kind="phase", text=f"starting {actors} fine actor{'s' if actors != 1 else ''}")
-    return actors
 
 
 def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica, balance, state, standby, events,
@@ -103,7 +91,7 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
                            channels_last=cfg.engine.channels_last)
     if standby is not None and balance == "time":
         standby.ready()                        # the actors' start-up done: a time profile measures a quiet machine
-    _emit(events, kind="phase", text=("measuring candidate splits" if balance == TUNE else
+    emit(events, kind="phase", text=("measuring candidate splits" if balance == TUNE else
                                       "profiling the split" if isinstance(balance, str) else "building the network"))
     if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split
         balance = _tuned_split(cfg, spec, staged, resources, events, run_id) if rank0 else "flops"
@@ -122,10 +110,10 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
         predicted, lines = run_prediction(net, cfg.engine.driver_segment, resources.gpus_per_subnet,
                                           resources.coarse_in_actors)
         for line in lines:                                    # (a start-up line, with the others)
-            _emit(events, kind="phase", text=line)
+            emit(events, kind="phase", text=line)
         tracking.set_tag(cfg.run.tracking_uri, run_id, "raypar.predicted_speedup", f"{predicted:.3f}")
     if standby is None:
-        _starting_actors(cfg, events)
+        starting_actors(cfg, events)
     engine = PararealEngine(net, cfg.optim.sgd, resources, seed=cfg.optim.seed,
                             skip_nonfinite=cfg.optim.on_nonfinite == "skip", replica=replica, actors=standby,
                             label_smoothing=cfg.optim.label_smoothing)
@@ -136,12 +124,14 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
     return engine, net
 
 
-def train_loop(config: dict) -> None:
+def train_loop(config: dict, standby: FineActors | None = None) -> None:
     """Runs in the Ray Train worker (the driver of one parareal network).
 
     ``config`` holds the run's ``cfg`` (a :class:`TrainConfig` as a dict) and ``events``: a ``ray.util.queue.Queue``
-    (or None) that receives progress events (dicts with ``kind`` = ``phase`` (a start-up phase begins: ``text``),
-    ``note`` (a line of text), ``start``, ``step`` or ``epoch``)."""
+    (or None) that receives progress events (:mod:`raypar.training.events`). ``standby``: this driver's fine actors,
+    asked for before torch was imported (:func:`raypar.training.launch.driver`), with the resources
+    :func:`~raypar.training.preflight.run_resources` gives; the loop owns them from here. None: the loop starts them
+    (after the trials of ``--balance tune``)."""
     import ray.train
 
     quiet_train_logs()
@@ -163,15 +153,11 @@ def train_loop(config: dict) -> None:
     if coarse_in_actors is None and meta and cfg.model.iterations == 1:
         coarse_in_actors = meta.get("coarse_in_actors", False)
     gpus = gpus_per_subnet(cfg)
-    resources = Resources(gpus, cfg.engine.cpus_per_subnet, cfg.engine.placement, driver_segment=cfg.engine.driver_segment,
-                          transport=cfg.engine.transport, channels_last=cfg.engine.channels_last, amp=cfg.engine.amp,
-                          coarse_in_actors=coarse_in_actors, defer_weights=cfg.engine.defer_weights,
-                          batch=cfg.optim.batch_size, group_name=f"raypar-{cfg.run.name}-r{replica.rank}")
-    # the fine actors' processes start now, beside the data loading and the MLflow bookkeeping below (a tuned split
-    # starts them after its trials, which need the room)
-    standby = None
-    if balance != TUNE:
-        standby = FineActors(_starting_actors(cfg, events), resources)
+    resources = run_resources(cfg, replica.rank, coarse_in_actors)
+    # a resumed tuned run starts its actors now, beside the data loading and the MLflow bookkeeping below (a new one
+    # after its trials, which need the room; any other run's driver asked for them first: launch.driver)
+    if standby is None and balance != TUNE:
+        standby = FineActors(starting_actors(cfg, events), resources)
     try:
         restarts = 0
         if rank0:
@@ -193,7 +179,7 @@ def train_loop(config: dict) -> None:
         raise
     start = meta["epoch"] if meta else 0
     del state
-    _emit(events, kind="start", epoch=start, restarts=restarts, driver_pid=os.getpid(),
+    emit(events, kind="start", epoch=start, restarts=restarts, driver_pid=os.getpid(),
           actor_pids=engine.actor_pids(), split=net.split, metrics=meta["metrics"] if meta else None)
     where = engine.placement()
     if replica.world > 1:
@@ -241,7 +227,7 @@ def train_loop(config: dict) -> None:
                 ray.train.report(dict(metrics, epoch=epoch), checkpoint=checkpoint)
             if rank0:
                 tracking.log_metrics(cfg.run.tracking_uri, run_id, metrics, step=epoch)
-            _emit(events, kind="epoch", epoch=epoch, metrics=metrics)
+            emit(events, kind="epoch", epoch=epoch, metrics=metrics)
         if rank0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(engine.state_dict(), os.path.join(folder, "final_weights.pt"))

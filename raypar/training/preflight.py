@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..engine.placement import Resources
 from ..errors import UserError
 from . import tracking
 from .config import TrainConfig
@@ -16,6 +17,16 @@ def gpus_per_subnet(cfg: TrainConfig) -> float:
         return cfg.engine.gpus_per_subnet
     import ray
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def run_resources(cfg: TrainConfig, rank: int, coarse_in_actors: bool | None = None) -> Resources:
+    """The :class:`~raypar.engine.placement.Resources` of replica ``rank``'s engine and fine actors in the run ``cfg``
+    (``coarse_in_actors``: None until the run decides it)."""
+    e = cfg.engine
+    return Resources(gpus_per_subnet(cfg), e.cpus_per_subnet, e.placement, driver_segment=e.driver_segment,
+                     transport=e.transport, channels_last=e.channels_last, amp=e.amp, coarse_in_actors=coarse_in_actors,
+                     defer_weights=e.defer_weights, batch=cfg.optim.batch_size,
+                     group_name=f"raypar-{cfg.run.name}-r{rank}")
 
 
 def bundles(cfg: TrainConfig, gpus: float) -> list[dict]:

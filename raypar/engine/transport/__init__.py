@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .actor_end import ActorEnd
-from .choose import IPC_MIN_BYTES, check_name, choose
+from .choose import IPC_MIN_BYTES, choose
 from ..specs import TRANSPORTS
 from .cuda_ipc import CudaIpcEnd
 from .driver_end import DriverEnd, Pending
@@ -30,7 +30,7 @@ from .wire import (DONE, EARLY_U, EVAL_OUT, EVAL_U, F_OUT, GRAD_F, GRAD_U, NEXT,
                    from_numpy, incoming, is_failed_reply, make_group, outgoing, to_numpy)
 
 __all__ = ["ActorEnd", "CudaIpcEnd", "DriverEnd", "GlooEnd", "ObjectStoreEnd", "P2pEnd", "Pending", "Streamed",
-           "Wire", "IPC_MIN_BYTES", "TRANSPORTS", "check_name", "choose", "connect", "end_class", "failed_reply",
+           "Wire", "IPC_MIN_BYTES", "TRANSPORTS", "choose", "connect", "end_class", "failed_reply",
            "from_numpy", "incoming", "is_failed_reply", "make_group", "outgoing", "to_numpy",
            "U", "F_OUT", "GRAD_F", "GRAD_U", "EVAL_U", "EVAL_OUT", "EARLY_U", "NEXT", "DONE", "NEXT_WAIT"]
 

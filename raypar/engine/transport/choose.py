@@ -2,17 +2,11 @@
 from __future__ import annotations
 
 from ...errors import UserError
-from ..specs import TRANSPORTS
+from ..specs import check_transport
 
 # auto on a shared GPU: CUDA IPC from this many interface bytes a step; below it, its fixed cost per tensor outweighs
 # the object store's copies through host memory (measured: benchmarks/gpu/README.md)
 IPC_MIN_BYTES = 24 * 2**20
-
-
-def check_name(name: str) -> None:
-    """Raise a one-line :class:`UserError` for a transport that does not exist."""
-    if name not in TRANSPORTS:
-        raise UserError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
 
 
 def choose(name: str, device_type: str, here: tuple, visible: int, there: list[tuple],
@@ -25,7 +19,7 @@ def choose(name: str, device_type: str, here: tuple, visible: int, there: list[t
 
     ``here``: the driver's (node id, Ray GPU ids); ``visible``: the GPUs its CUDA sees; ``there``: each actor's
     (node id, Ray GPU ids, device type); ``step_bytes``: the interface bytes a training step ships, when known."""
-    check_name(name)
+    check_transport(name)
     odd = [w[2] for w in there if w[2] != device_type]
     if odd:
         raise UserError(f"the driver computes on {device_type} but a fine actor on {odd[0]}: give both GPUs or "

@@ -72,8 +72,8 @@ class BenchConfig:
         bad = sorted(set(self.transports) - set(TRANSPORTS)) if self.transports else ["(none)"]
         if bad:
             raise UserError(f"unknown transports {bad}; choose from {', '.join(TRANSPORTS)}")
-        from ...engine.precision import check_name
-        check_name(self.amp)
+        from ...engine.specs import check_amp
+        check_amp(self.amp)
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
