@@ -178,8 +178,8 @@ standby.shutdown()
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] == ("torch here: False there: "
-                                                 "['raypar.engine.optim', 'raypar.engine.transport', 'torch']"), r.stdout
+    want = "torch here: False there: ['raypar.engine.optim', 'raypar.engine.transport', 'torch']"
+    assert r.stdout.strip().splitlines()[-1] == want, r.stdout
 
 
 def test_transport_choice_on_cpu(ray_local, monkeypatch):

@@ -74,12 +74,13 @@ class FineWorker:
                   defer_weights: bool = False, iterations: int = 1) -> int:
         """Take segment ``index``, ``module``, and its optimizer; returns this process's pid.
 
-        ``iterations``: the network's K; only this segment's last forward of a step (iteration min(j, K) for interval j)
-        moves its BatchNorm statistics (:func:`raypar.network.parareal.running_stats_frozen`). ``head``
-        (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with which :meth:`head_forward`
-        computes this interval's input and coarse term from the batch; the driver owns their weights and sends them with
-        every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before the weight gradients are computed;
-        :meth:`step` (or :meth:`unscale`) computes them first (:mod:`raypar.network.split_backward`)."""
+        ``iterations``: the network's K; only this segment's last forward of a step (iteration min(j, K) for interval
+        j) moves its BatchNorm statistics (:func:`raypar.network.parareal.running_stats_frozen`). ``head``
+        (``--coarse-in-actors``): copies of ``pre`` and ``C_1..C_j`` (keys ``pre``, ``coarse``), with which
+        :meth:`head_forward` computes this interval's input and coarse term from the batch; the driver owns their
+        weights and sends them with every step. ``defer_weights``: :meth:`backward` returns ``dL/du`` before the
+        weight gradients are computed; :meth:`step` (or :meth:`unscale`) computes them first
+        (:mod:`raypar.network.split_backward`)."""
         self.index = index
         self.iterations = iterations
         self.amp = amp

@@ -47,6 +47,7 @@ class DataSpec:
     test: Dataset | None = None
 
 
+DIGITS_VAL_FRACTION = 0.2       # the share of digits' fixed validation split (no folds)
 # mixed into the seed of the folds' shuffles, so that they do not repeat the data order of the same seed
 _FOLD_SALT = 0x5EEDF01D
 
@@ -132,7 +133,7 @@ def digits_arrays():
     return d.images, d.target
 
 
-def digits(val_fraction: float = 0.2, folds: int = 0, fold: int = 0, seed: int = 0) -> DataSpec:
+def digits(val_fraction: float = DIGITS_VAL_FRACTION, folds: int = 0, fold: int = 0, seed: int = 0) -> DataSpec:
     """scikit-learn's handwritten digits at 32x32, one channel, 10 classes.
 
     Args:
@@ -308,7 +309,7 @@ def train_size(cfg) -> int:
         raise UserError(f"--data-dir {d.data_dir} is a file, not a folder")
     _, target = digits_arrays()
     if not d.folds:
-        return len(target) - int(len(target) * 0.2)        # digits()'s fixed split
+        return len(target) - int(len(target) * DIGITS_VAL_FRACTION)
     if not 0 <= d.fold < d.folds:
         raise UserError(f"--fold must be between 0 and --folds - 1 ({d.folds - 1}), got {d.fold}")
     if d.folds < 2 or d.folds > len(target):

@@ -45,11 +45,11 @@ def driver(config: dict) -> None:
                              run_resources(cfg, rank))
     try:
         from .loop import train_loop
+        train_loop(config, standby)
     except BaseException:
-        if standby is not None:
+        if standby is not None:            # (a second shutdown, after the engine's own, does nothing)
             standby.shutdown()
         raise
-    train_loop(config, standby)
 
 
 def root_cause(error: BaseException) -> BaseException:

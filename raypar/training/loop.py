@@ -92,7 +92,7 @@ def _build_engine(cfg: TrainConfig, spec, resources: Resources, replica: Replica
     if standby is not None and balance == "time":
         standby.ready()                        # the actors' start-up done: a time profile measures a quiet machine
     emit(events, kind="phase", text=("measuring candidate splits" if balance == TUNE else
-                                      "profiling the split" if isinstance(balance, str) else "building the network"))
+                                     "profiling the split" if isinstance(balance, str) else "building the network"))
     if balance == TUNE:                                   # rank 0 measures; the other replicas wait for its split
         balance = _tuned_split(cfg, spec, staged, resources, events, run_id) if rank0 else "flops"
     net = network(balance)
@@ -180,7 +180,7 @@ def train_loop(config: dict, standby: FineActors | None = None) -> None:
     start = meta["epoch"] if meta else 0
     del state
     emit(events, kind="start", epoch=start, restarts=restarts, driver_pid=os.getpid(),
-          actor_pids=engine.actor_pids(), split=net.split, metrics=meta["metrics"] if meta else None)
+         actor_pids=engine.actor_pids(), split=net.split, metrics=meta["metrics"] if meta else None)
     where = engine.placement()
     if replica.world > 1:
         import torch.distributed as dist
