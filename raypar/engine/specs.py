@@ -1,6 +1,6 @@
 """The engine's settings as plain data, importable without torch: what a run's configuration names and checks
-before any process imports torch (the command's start, its ``--help``). The modules that act on them re-export
-them: :mod:`raypar.engine.optim`, :mod:`raypar.engine.precision`, :mod:`raypar.engine.transport`."""
+before any process imports torch (the command's start, its ``--help``). The modules that act on them take them from
+here: :mod:`raypar.engine.optim`, :mod:`raypar.engine.precision`, :mod:`raypar.engine.transport`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,6 +1,6 @@
 """What a run's configuration names and checks about the network, importable without torch: the built-in models
 (their names and block counts), the measures a split is balanced by, the coarse networks' design. The modules that
-build and measure re-export them: :mod:`raypar.network.models`, :mod:`raypar.network.balance`,
+build and measure take them from here: :mod:`raypar.network.models`, :mod:`raypar.network.balance`,
 :mod:`raypar.network.coarse`."""
 from __future__ import annotations
 

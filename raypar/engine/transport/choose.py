@@ -1,4 +1,5 @@
-"""Which transport a run uses: the names ``--transport`` takes, and what ``auto`` resolves to where the run landed."""
+"""Which transport a run uses: what ``auto`` resolves to where the run landed (the names ``--transport`` takes are
+:data:`raypar.engine.specs.TRANSPORTS`)."""
 from __future__ import annotations
 
 from ...errors import UserError
