@@ -22,8 +22,6 @@ from .models import StagedModel, memory_format
 from .specs import check_measure
 
 
-
-
 @dataclass
 class Profile:
     """What one dry run learns about a part of the network (pre, one block, or post)."""

@@ -52,6 +52,21 @@ DIGITS_VAL_FRACTION = 0.2       # the share of digits' fixed validation split (n
 _FOLD_SALT = 0x5EEDF01D
 
 
+def _check_folds(folds: int, pool: int) -> None:
+    if folds < 2 or folds > pool:
+        raise UserError(f"--folds must be between 2 and the {pool} samples of the training pool, got {folds}")
+
+
+def _check_fold(folds: int, fold: int) -> None:
+    if not 0 <= fold < folds:
+        raise UserError(f"--fold must be between 0 and --folds - 1 ({folds - 1}), got {fold}")
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} is a file, not a folder")
+
+
 def fold_indices(labels, folds: int, seed: int = 0) -> list[torch.Tensor]:
     """The training pool's samples dealt into ``folds`` stratified folds, the same for a seed on every machine.
 
@@ -70,8 +85,7 @@ def fold_indices(labels, folds: int, seed: int = 0) -> list[torch.Tensor]:
     """
     import torch
     y = torch.as_tensor(labels, dtype=torch.long).flatten()
-    if folds < 2 or folds > len(y):
-        raise UserError(f"--folds must be between 2 and the {len(y)} samples of the training pool, got {folds}")
+    _check_folds(folds, len(y))
     g = torch.Generator().manual_seed(seed + _FOLD_SALT)
     parts: list[list[torch.Tensor]] = [[] for _ in range(folds)]
     start = 0                                          # the fold that the next class's first sample goes to
@@ -91,8 +105,7 @@ def fold_split(labels, folds: int, fold: int, seed: int = 0) -> tuple[torch.Tens
     Raises:
         UserError: a bad number of folds (see :func:`fold_indices`), or ``fold`` not in ``0..folds-1``.
     """
-    if not 0 <= fold < folds:
-        raise UserError(f"--fold must be between 0 and --folds - 1 ({folds - 1}), got {fold}")
+    _check_fold(folds, fold)
     import torch
     parts = fold_indices(labels, folds, seed)
     train = torch.sort(torch.cat([p for i, p in enumerate(parts) if i != fold]))[0]
@@ -250,10 +263,9 @@ def load(name: str, data_dir: str | None = None, download: bool = False, folds: 
         UserError: an unknown name, a ``data_dir`` that is not a folder, data that is missing or unreadable, a bad
             ``folds`` or ``fold``.
     """
-    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {data_dir} is a file, not a folder")
-    if folds and not 0 <= fold < folds:
-        raise UserError(f"--fold must be between 0 and --folds - 1 ({folds - 1}), got {fold}")
+    _check_data_dir(data_dir)
+    if folds:
+        _check_fold(folds, fold)
     if name == "digits":
         return digits(folds=folds, fold=fold, seed=seed)
     if name in _MEAN_STD:
@@ -305,15 +317,12 @@ def train_size(cfg) -> int:
     d = cfg.data
     if d.dataset != "digits":
         return len(load_for(cfg).train)
-    if d.data_dir and os.path.exists(d.data_dir) and not os.path.isdir(d.data_dir):
-        raise UserError(f"--data-dir {d.data_dir} is a file, not a folder")
+    _check_data_dir(d.data_dir)
     _, target = digits_arrays()
     if not d.folds:
         return len(target) - int(len(target) * DIGITS_VAL_FRACTION)
-    if not 0 <= d.fold < d.folds:
-        raise UserError(f"--fold must be between 0 and --folds - 1 ({d.folds - 1}), got {d.fold}")
-    if d.folds < 2 or d.folds > len(target):
-        raise UserError(f"--folds must be between 2 and the {len(target)} samples of the training pool, got {d.folds}")
+    _check_fold(d.folds, d.fold)
+    _check_folds(d.folds, len(target))
     validating, start = 0, 0
     for c in sorted(set(target.tolist())):                # each class dealt round the folds from ``start``
         members = int((target == c).sum())
